@@ -1,0 +1,47 @@
+# lvm-study — two commands: `make run` (the study) and `make test` (the suite).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PARAMS ?= params/default.yaml
+ARGS   ?=
+# Big-tensor CPU speed-up measured in benchmarks/ (glibc malloc keeps large blocks instead of mmap/munmap).
+export MALLOC_MMAP_THRESHOLD_ ?= 4294967296
+export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: setup run test test-fast study bench clean-runs help
+
+help:
+	@echo "make run [PARAMS=params/x.yaml] [ARGS='--set train.epochs=3']   run the study"
+	@echo "make test                                                      run the test suite"
+	@echo "make study                                                     V1 vs V2 comparison (<= 30 min)"
+	@echo "make bench                                                     benchmarks/ (prints tables)"
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --sys-prefix --name lvm-study --display-name "lvm-study (.venv)" >/dev/null
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m lvmlib run $(PARAMS) $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests $(ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests $(ARGS)
+
+study: $(STAMP)
+	$(PY) -m lvmlib study $(ARGS)
+
+bench: $(STAMP)
+	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+clean-runs:
+	rm -rf runs reports/*/ reports/index.html

