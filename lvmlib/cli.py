@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last.pt")
     r.add_argument("--only", action="append", default=None, metavar="NOTEBOOK",
                    help="run only these notebooks (e.g. --only 04_eval) against --resume RUN_DIR")
+    r.add_argument("--param", dest="nb_params", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra notebook parameter (must be declared by a selected notebook)")
     r.add_argument("--runs-root", default=os.environ.get("LVM_RUNS_DIR", "runs"))
     r.add_argument("--reports-root", default=os.environ.get("LVM_REPORTS_DIR", "reports"))
     r.add_argument("--quiet", action="store_true", help="no per-cell progress")
@@ -67,6 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _nb_params(items: list[str]) -> dict:
+    import yaml
+    from .config import ConfigError
+    out = {}
+    for text in items:
+        if "=" not in text:
+            raise ConfigError(f"--param {text!r}: expected KEY=VALUE")
+        k, v = text.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     _env_defaults()
     args = build_parser().parse_args(argv)
@@ -88,7 +102,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         try:
             run_study(args.params, args.overrides, run_id=args.run_id, runs_root=args.runs_root,
                       reports_root=args.reports_root, resume=args.resume, only=args.only,
-                      progress=not args.quiet)
+                      progress=not args.quiet, notebook_params=_nb_params(args.nb_params))
         except StudyFailed as exc:
             print(f"[lvm-study] FAILED: {exc}", file=sys.stderr)
             return 1

@@ -188,6 +188,28 @@ def _execute(name: str, run_dir: Path, params_path: str, overrides: list[str], e
                         cwd=str(PROJECT_ROOT), stdout_file=None, stderr_file=None)
 
 
+def check_notebook_params(names: list[str], notebook_params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Route `--param key=value` to the notebooks that declare `key`; unknown names are an error."""
+    import papermill as pm
+    unknown = [n for n in names if n not in NOTEBOOKS]
+    if unknown:
+        raise RunError(f"unknown notebook(s) {unknown}; the study's notebooks are {list(NOTEBOOKS)}")
+    missing = [str(NOTEBOOK_DIR / f"{n}.ipynb") for n in names if not (NOTEBOOK_DIR / f"{n}.ipynb").is_file()]
+    if missing:
+        raise RunError(f"notebook file(s) missing: {', '.join(missing)}")
+    declared = {n: set(pm.inspect_notebook(str(NOTEBOOK_DIR / f"{n}.ipynb"))) for n in names}
+    routed: dict[str, dict[str, Any]] = {n: {} for n in names}
+    for key, value in notebook_params.items():
+        takers = [n for n in names if key in declared[n]]
+        if not takers:
+            known = sorted(set().union(*declared.values()))
+            raise RunError(f"notebook parameter '{key}' (value {value!r}) does not exist in {', '.join(names)}; "
+                           f"declared parameters: {', '.join(known)}")
+        for n in takers:
+            routed[n][key] = value
+    return routed
+
+
 def _failure_line(name: str, exc: BaseException) -> str:
     ename = getattr(exc, "ename", type(exc).__name__)
     evalue = getattr(exc, "evalue", str(exc))
@@ -199,22 +221,28 @@ def _failure_line(name: str, exc: BaseException) -> str:
 
 def run_study(params_path: str | Path, overrides: list[str] | tuple[str, ...] = (), run_id: str | None = None,
               runs_root: str | Path = "runs", reports_root: str | Path = "reports", resume: str | Path | None = None,
-              only: list[str] | None = None, progress: bool = True) -> Path:
+              only: list[str] | None = None, progress: bool = True,
+              notebook_params: dict[str, Any] | None = None) -> Path:
     """Execute the notebooks in order; returns the run dir. Raises StudyFailed with a one-line reason."""
     reports_root = Path(reports_root).resolve()
     overrides = list(overrides)
+    names = only or list(NOTEBOOKS)
+    # Everything that can be checked is checked before anything is written.
     if resume:
         run_dir = Path(resume).resolve()
         if not (run_dir / "manifest.json").is_file():
             raise RunError(f"{run_dir}: not a run directory (no manifest.json) — cannot resume")
         cfg = load_config(run_dir / "params.yaml", overrides)
+    else:
+        cfg = load_config(params_path, overrides)
+    routed = check_notebook_params(names, dict(notebook_params or {}))
+    if resume:
         if overrides:  # e.g. --set train.epochs=20 to extend a finished run: keep it in the record
             atomic_write_text(run_dir / "params.yaml", dump_config(cfg))
         params_arg = str(run_dir / "params.yaml")
         manifest = write_manifest(run_dir, status="running", resumed_at=now_iso(), pid=os.getpid(), failure=None)
         run_id = manifest["run_id"]
     else:
-        cfg = load_config(params_path, overrides)  # fail fast on bad params, before any directory exists
         run_id = run_id or new_run_id(cfg.name)
         run_dir = create_run_dir(Path(runs_root).resolve(), run_id)
         atomic_write_text(run_dir / "params.yaml", dump_config(cfg))
@@ -223,7 +251,6 @@ def run_study(params_path: str | Path, overrides: list[str] | tuple[str, ...] = 
     (reports_root / run_id).mkdir(parents=True, exist_ok=True)
     record_run(reports_root, run_dir)
     stages = read_json(run_dir / "manifest.json").get("stages", {})
-    names = only or list(NOTEBOOKS)
     for i, name in enumerate(names, 1):
         if resume and stages.get(name, {}).get("status") == "succeeded" and name != "02_train":
             print(f"[lvm-study] {i}/{len(names)} {name}: done earlier, skipped", flush=True)
@@ -231,6 +258,7 @@ def run_study(params_path: str | Path, overrides: list[str] | tuple[str, ...] = 
         print(f"[lvm-study] {i}/{len(names)} {name} → {run_dir.name}", flush=True)
         t0 = time.time()
         extra = {"resume": bool(resume)} if name == "02_train" else {}
+        extra.update(routed[name])
         # Executing from the run's resolved params keeps re-runs honest; overrides already applied.
         err: BaseException | None = None
         try:

@@ -1,0 +1,120 @@
+"""The runner: notebooks' contract, the smoke study end to end, and the failure path."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import math
+
+import nbformat
+import pytest
+
+from lvmlib.runner import NOTEBOOKS, NOTEBOOK_DIR, write_index
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_contract(name):
+    nb = nbformat.read(str(NOTEBOOK_DIR / f"{name}.ipynb"), as_version=4)
+    assert nb.metadata["kernelspec"]["name"] == "lvm-study"
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1, "exactly one papermill parameters cell"
+    src = params[0].source
+    for p in ("params_path", "run_dir", "overrides"):
+        assert f"{p}:" in src, p
+    for c in nb.cells:  # committed without outputs
+        if c.cell_type == "code":
+            assert not c.outputs and c.execution_count is None, f"{name}: strip outputs before committing"
+
+
+def test_index_lists_runs_newest_first(tmp_path):
+    for rid, t, st in (("old", "2026-01-01T00:00:00", "succeeded"), ("new", "2026-02-01T00:00:00", "failed")):
+        (tmp_path / rid).mkdir()
+        (tmp_path / rid / "run.json").write_text(json.dumps(
+            {"run_id": rid, "kind": "run", "started_at": t, "status": st, "params_name": "p",
+             "failure": "01_data: boom" if st == "failed" else None, "recall_at_5": 0.25}))
+    html = write_index(tmp_path).read_text()
+    assert html.index("new/index.html") < html.index("old/index.html")
+    assert "01_data: boom" in html and "25.0%" in html
+
+
+def _run(args, tmp_path, env_extra=None):
+    import os
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "lvmlib", "run", *args, "--runs-root", str(tmp_path / "runs"),
+                           "--reports-root", str(tmp_path / "reports"), "--quiet"],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=1200)
+
+
+def test_bad_params_fail_before_any_run_dir(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochz: 2\n")
+    r = _run([str(bad)], tmp_path)
+    assert r.returncode == 2 and "train.epochz" in r.stderr and "bad.yaml" in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_failing_stage_marks_run_failed_and_renders_the_notebook(tmp_path):
+    missing = tmp_path / "nope.jsonl"
+    r = _run(["params/smoke.yaml", "--set", "data.source=jsonl", "--set", f"data.path={missing}",
+              "--run-id", "broken"], tmp_path)
+    assert r.returncode == 1, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert "FAILED" in last and "01_data" in last and "nope.jsonl" in last
+    manifest = json.loads((tmp_path / "runs/broken/manifest.json").read_text())
+    assert manifest["status"] == "failed" and "01_data" in manifest["failure"]
+    page = (tmp_path / "reports/broken/01_data.html").read_text()
+    assert "nope.jsonl" in page  # papermill's error banner and traceback are rendered
+    assert not (tmp_path / "reports/broken/02_train.html").exists()
+    assert "failed" in (tmp_path / "reports/index.html").read_text()
+
+
+@pytest.mark.slow
+def test_smoke_study_end_to_end(tmp_path):
+    r = _run(["params/smoke.yaml", "--run-id", "smoke"], tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run = tmp_path / "runs/smoke"
+    for f in ("params.yaml", "manifest.json", "history.json", "best.pt", "last.pt", "train.log", "gates.json",
+              "metrics/eval.json", *[f"notebooks/{n}.ipynb" for n in NOTEBOOKS]):
+        assert (run / f).is_file(), f
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "succeeded" and manifest["git_sha"] and manifest["ended_at"]
+    assert {"torch", "numpy"} <= set(manifest["packages"])
+    history = json.loads((run / "history.json").read_text())
+    assert len(history) >= 2
+    for rec in history:
+        for k in ("epoch", "train_loss", "train_infonce", "train_ar_cosine", "val_cosine", "lr", "seconds"):
+            assert k in rec and math.isfinite(rec[k]), (k, rec)
+    gates = json.loads((run / "gates.json").read_text())
+    assert gates["decision"] in ("continue", "extend_2_epochs", "stop_option_4")
+    assert gates["threshold"] == 0.5 and isinstance(gates["passed"], bool)
+    ev = json.loads((run / "metrics/eval.json").read_text())
+    for k in ("pred_target_cosine", "recall_at_1", "recall_at_5", "recall_at_10"):
+        assert math.isfinite(ev[k]) and 0 <= ev[k] <= 1 or k == "pred_target_cosine"
+        assert math.isfinite(ev["baseline_copy_last"][k])
+    assert ev["n_queries"] > 0 and ev["bank_size"] > ev["n_queries"]
+    assert ev["decision"] in ("proceed_phase_2", "weak", "option_4_or_5")
+    for n in NOTEBOOKS:
+        assert (tmp_path / "reports/smoke" / f"{n}.html").stat().st_size > 10_000
+        assert (tmp_path / "reports/smoke" / f"{n}.code.html").is_file()
+    index = (tmp_path / "reports/index.html").read_text()
+    assert "smoke/index.html" in index and "succeeded" in index
+    # any notebook can be re-run alone against the run dir (inputs are files, not kernel state)
+    r2 = subprocess.run([sys.executable, "-m", "papermill", "notebooks/03_gates.ipynb", str(tmp_path / "g.ipynb"),
+                         "-k", "lvm-study", "-p", "run_dir", str(run)], cwd=ROOT, capture_output=True, text=True)
+    assert r2.returncode == 0, r2.stderr[-2000:]
+
+
+def test_unknown_notebook_parameter_is_named(tmp_path):
+    r = _run(["params/smoke.yaml", "--only", "03_gates", "--param", "n_exampels=3"], tmp_path)
+    assert r.returncode == 2 and "n_exampels" in r.stderr and "03_gates" in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_notebook_name_is_named(tmp_path):
+    r = _run(["params/smoke.yaml", "--only", "09_magic"], tmp_path)
+    assert r.returncode == 2 and "09_magic" in r.stderr
