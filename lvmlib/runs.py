@@ -23,6 +23,8 @@ import numpy as np
 from filelock import FileLock
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 STATUSES = ("running", "succeeded", "failed")
 
 
@@ -37,6 +39,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; files we publish follow the umask like open()
     os.close(fd)
     tmp_path = Path(tmp)
     try:

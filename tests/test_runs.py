@@ -95,3 +95,9 @@ def test_concurrent_manifest_updates_are_all_kept(tmp_path):
         pool.map(_manifest_writer, [(d, i) for i in range(3)])
     m = runs.read_manifest(d)
     assert all(f"k{i}_{j}" in m for i in range(3) for j in range(20))
+
+
+def test_atomic_files_get_normal_permissions(tmp_path):
+    runs.atomic_write_text(tmp_path / "r.html", "x")
+    mode = (tmp_path / "r.html").stat().st_mode & 0o777
+    assert mode == 0o666 & ~runs._UMASK
