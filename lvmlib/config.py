@@ -7,6 +7,7 @@ the value, before any work starts. `--set section.key=value` overrides are parse
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,8 +126,14 @@ class EvalConfig:
     baselines: list[str] = field(default_factory=lambda: ["copy_last", "context_mean", "global_mean", "ridge"])
     bootstrap: int = 1000
     latency_queries: int = 200
+    latency_threads: int = 1  # torch/faiss threads while timing batch-1 queries (0 = leave the defaults)
     n_examples: int = 5
     search_chunk: int = 65536  # bank rows scored per matmul block
+    search_backend: str = "auto"  # auto (torch on CUDA, else faiss if importable) | faiss | torch
+    oracle_min_recall_at_1: float = 0.99  # sanity: query = true target must reach this R@1 in every bank
+    baseline_fit_windows: int = 50000  # train windows the ridge/global-mean baselines are fitted on (0 = all)
+    data_dir: str = ""  # evaluate on another prepared corpus (run dir, data dir or payload .npz); "" = the run's
+    out_dir: str = ""  # where eval.json + queries.csv go; "" = run_dir/metrics (run_dir/eval_<name> with data_dir)
 
 
 @dataclass
@@ -155,9 +162,13 @@ CHOICES = {
     "train.best_metric": {"val_cosine", "val_infonce", "val_recall_at_5", "train_loss"},
     "eval.split": {"val", "test"},
     "eval.primary_bank": {"global", "test", "same_article"},
+    "eval.search_backend": {"auto", "faiss", "torch"},
 }
 EVAL_BANKS = {"global", "test", "same_article"}
 BASELINES = {"copy_last", "context_mean", "global_mean", "ridge"}
+
+
+_FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
 def _type_ok(value: Any, tp: Any) -> bool:
@@ -188,6 +199,8 @@ def _apply(cfg: Config, section: str, key: str, value: Any, where: str) -> None:
     tp = types[key]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if tp is float and isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
     if not _type_ok(value, tp):
         tname = getattr(tp, "__name__", str(tp))
         raise ConfigError(f"{where}: key '{section}.{key}' expects {tname}, got {value!r} ({type(value).__name__})")
@@ -286,6 +299,14 @@ def validate(cfg: Config, where: str) -> None:
         bad("eval.ks", "k values must be >= 1 and include 5 (R@5 drives the decision)")
     if e.bootstrap < 0 or e.latency_queries < 0 or e.n_examples < 0:
         bad("eval.bootstrap", "counts must be >= 0")
+    if not 0.0 <= e.oracle_min_recall_at_1 <= 1.0:
+        bad("eval.oracle_min_recall_at_1", "must be in [0, 1]")
+    if e.latency_threads < 0:
+        bad("eval.latency_threads", "must be >= 0 (0 = the library defaults)")
+    if e.baseline_fit_windows < 0:
+        bad("eval.baseline_fit_windows", "must be >= 0 (0 = all)")
+    if e.search_chunk < 1:
+        bad("eval.search_chunk", "must be >= 1")
 
 
 def _merge(cfg: Config, raw: Any, where: str) -> None:

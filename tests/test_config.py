@@ -76,6 +76,9 @@ def test_missing_file_is_named(tmp_path):
 def test_overrides_apply_and_are_checked(tmp_path):
     cfg = load_config(PARAMS[0].parent / "smoke.yaml", ["train.epochs=7", "loss.proj_head=[8, 4]", "train.lr=0.5"])
     assert cfg.train.epochs == 7 and cfg.loss.proj_head == [8, 4] and cfg.train.lr == 0.5
+    assert load_config(None, ["train.lr=1e-4"]).train.lr == 1e-4  # YAML 1.1 reads 1e-4 as a string
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_config(None, ["train.lr=1e-4x"])
     with pytest.raises(ConfigError, match="train.nope"):
         load_config(None, ["train.nope=1"])
     with pytest.raises(ConfigError, match="section.key=value"):
