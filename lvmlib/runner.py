@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -51,20 +52,89 @@ def ensure_kernel() -> str:
 
 
 # --------------------------------------------------------------------------- HTML rendering
-def render_html(ipynb: Path, out_html: Path) -> list[Path]:
-    """Two renderings: `<name>.html` with code hidden (for reading), `<name>.code.html` with code."""
+_CR = re.compile(r"[^\n]*\r(?=[^\n])")  # text a later carriage return overwrote (progress bars)
+BANNER_CSS = ("position:sticky;top:0;z-index:10;font:13px system-ui,sans-serif;padding:7px 14px;"
+              "background:#f3f4f6;border-bottom:1px solid #d1d5db")
+REPORT_CSS = ("<style>.lvm-banner a{color:#1d4ed8;text-decoration:none;margin-right:2px}"
+              ".lvm-banner a:hover{text-decoration:underline}.lvm-banner .lvm-note{color:#6b7280;float:right}"
+              ".jp-OutputArea-output img{max-width:100%;height:auto}"
+              ".jp-RenderedHTMLCommon table{font-size:12.5px}"
+              ".jp-OutputArea-output{overflow-x:auto}</style>")
+# nbconvert's lab template minus the require.js and MathJax <script>s it fetches from a CDN: the reports
+# need neither (no widgets, no TeX) and must open offline without errors.
+OFFLINE_TEMPLATE = ("{%- extends 'index.html.j2' -%}"
+                    "{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}"
+                    "{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}")
+
+
+def tidy_streams(nb) -> None:
+    """Merge consecutive stdout/stderr chunks, keep what a terminal would show after carriage returns
+    (a progress bar's final state, or nothing when it cleared itself), and drop blank stream outputs."""
+    for cell in nb.cells:
+        outputs, merged = cell.get("outputs", []), []
+        for out in outputs:
+            if (out.output_type == "stream" and merged and merged[-1].output_type == "stream"
+                    and merged[-1].name == out.name):
+                merged[-1].text += out.text
+            else:
+                merged.append(out)
+        for out in merged:
+            if out.output_type == "stream":
+                out.text = _CR.sub("", out.text.replace("\r\n", "\n"))
+                out.text = "\n".join(line.rstrip() for line in out.text.replace("\r", "").split("\n"))
+        if outputs:
+            cell.outputs = [o for o in merged if o.output_type != "stream" or o.text.strip()]
+
+
+def summary_first(nb) -> bool:
+    """Reading order: move the `## Summary` section (a markdown cell starting with that heading, or cells
+    tagged `summary`, up to the next `## ` heading) right after the title cell. True if anything moved."""
+    cells = nb.cells
+    start = next((i for i, c in enumerate(cells) if "summary" in c.metadata.get("tags", []) or
+                  (c.cell_type == "markdown" and c.source.lstrip().lower().startswith("## summary"))), None)
+    first_output = next((i for i, c in enumerate(cells) if c.cell_type == "code" and c.get("outputs")), len(cells))
+    if start is None or start < first_output or start == 0:
+        return False  # no summary, or nothing with output comes before it
+    end = start + 1
+    while end < len(cells) and not (cells[end].cell_type == "markdown" and cells[end].source.lstrip().startswith("## ")) \
+            and "summary" not in cells[end].metadata.get("tags", []):
+        end += 1
+    while end < len(cells) and "summary" in cells[end].metadata.get("tags", []):
+        end += 1
+    block = cells[start:end]
+    if not any(c.cell_type == "code" and c.get("outputs") for c in block):
+        return False  # the summary never ran (a failed notebook): keep the order papermill left
+    nb.cells = cells[:1] + block + cells[1:start] + cells[end:]
+    return True
+
+
+def render_html(ipynb: Path, out_html: Path, nav: list[tuple[str, str]] | None = None) -> list[Path]:
+    """Two renderings: `<name>.html` with code hidden (for reading: the summary section first, progress
+    bars collapsed) and `<name>.code.html` with code, in execution order.
+
+    `nav`: (label, href) links for the top bar; default: this run's page and the index of all runs.
+    """
     import nbformat
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
-    nb = nbformat.read(str(ipynb), as_version=4)
+    nav = nav if nav is not None else [("run", "index.html"), ("all runs", "../index.html")]
     written = []
     for exclude_input, path in ((True, out_html), (False, out_html.with_suffix(".code.html"))):
-        exporter = HTMLExporter(exclude_input=exclude_input, exclude_input_prompt=True, exclude_output_prompt=True)
+        nb = nbformat.read(str(ipynb), as_version=4)
+        tidy_streams(nb)
+        moved = summary_first(nb) if exclude_input else False
+        exporter = HTMLExporter(exclude_input=exclude_input, exclude_input_prompt=True, exclude_output_prompt=True,
+                                extra_loaders=[DictLoader({"lvm_report.html.j2": OFFLINE_TEMPLATE})],
+                                template_file="lvm_report.html.j2")
         body, _ = exporter.from_notebook_node(nb)
         other = path.name.replace(".code.html", ".html") if not exclude_input else path.with_suffix(".code.html").name
         label = "hide code" if not exclude_input else "show code"
-        banner = (f'<div style="font:13px sans-serif;padding:6px 12px;background:#f3f4f6;border-bottom:1px solid #ddd">'
-                  f'<a href="index.html">run</a> · <a href="../index.html">all runs</a> · '
-                  f'<a href="{html.escape(other)}">{label}</a></div>')
+        links = " · ".join(f'<a href="{html.escape(h)}">{html.escape(t)}</a>' for t, h in nav)
+        note = "summary shown first · code hidden" if moved else ("code hidden" if exclude_input else
+                                                                  "code shown, in execution order")
+        banner = (f'<div class="lvm-banner" style="{BANNER_CSS}">{links}{" · " if links else ""}'
+                  f'<a href="{html.escape(other)}"><b>{label}</b></a><span class="lvm-note">{note}</span></div>')
+        body = body.replace("</head>", REPORT_CSS + "</head>", 1)
         idx = body.find(">", body.find("<body")) + 1
         body = body[:idx] + banner + body[idx:]
         atomic_write_text(path, body)
@@ -82,10 +152,15 @@ def headline(run_dir: Path) -> dict[str, Any]:
         except RunError:
             out[name] = None
     g, e = out["gates"] or {}, out["eval"] or {}
+    best = ((e.get("gates") or {}).get("best_baseline") or {})
     return {"epoch2_val_cosine": g.get("epoch2_val_cosine"), "gate_decision": g.get("decision"),
-            "recall_at_5": e.get("recall_at_5"), "pred_target_cosine": e.get("pred_target_cosine"),
-            "phase1_decision": e.get("decision"),
+            "gate_reason": g.get("reason"), "epochs_trained": g.get("epochs_trained"),
+            "recall_at_5": e.get("recall_at_5"), "recall_at_5_ci": e.get("recall_at_5_ci"), "mrr": e.get("mrr"),
+            "pred_target_cosine": e.get("pred_target_cosine"), "n_queries": e.get("n_queries"),
+            "phase1_decision": e.get("decision"), "phase1_reason": (e.get("gates") or {}).get("reason"),
+            "primary_description": e.get("primary_description"),
             "baseline_copy_last_r5": (e.get("baseline_copy_last") or {}).get("recall_at_5"),
+            "best_baseline": best.get("name"), "best_baseline_r5": best.get("recall_at_5"),
             "beats_best_baseline": e.get("beats_best_baseline")}
 
 
@@ -103,17 +178,14 @@ def record_run(reports_root: Path, run_dir: Path) -> None:
     write_index(reports_root)
 
 
-def write_run_page(reports_root: Path, rec: dict[str, Any]) -> None:
-    rows = "".join(
-        f'<li><a href="{n}.html">{n}</a> (<a href="{n}.code.html">with code</a>) — '
-        f'{html.escape(str(rec["stages"].get(n, {}).get("status", "not run")))}</li>' for n in NOTEBOOKS)
-    fail = f'<p style="color:#b91c1c"><b>Failed:</b> {html.escape(str(rec["failure"]))}</p>' if rec.get("failure") else ""
-    page = (f"<!doctype html><meta charset=utf-8><title>{html.escape(rec['run_id'])}</title>"
-            f"<body style='font:15px sans-serif;max-width:900px;margin:2em auto'>"
-            f"<p><a href='../index.html'>all runs</a></p><h1>{html.escape(rec['run_id'])}</h1>"
-            f"<p>status <b>{html.escape(str(rec['status']))}</b> · params {html.escape(str(rec['params_name']))}</p>"
-            f"{fail}<ol>{rows}</ol></body>")
-    atomic_write_text(reports_root / rec["run_id"] / "index.html", page)
+PAGE_CSS = ("body{font:15px/1.45 system-ui,sans-serif;color:#111;max-width:1200px;margin:1.5em auto;padding:0 1em}"
+            "a{color:#1d4ed8}table{border-collapse:collapse}td,th{border-bottom:1px solid #e5e7eb;"
+            "padding:6px 10px;text-align:left;vertical-align:top}th{background:#f3f4f6;font-weight:600}"
+            "small{color:#4b5563}.ok{color:#15803d}.bad{color:#b91c1c}.run{color:#b45309}"
+            ".card{display:inline-block;border:1px solid #e5e7eb;border-radius:8px;padding:8px 14px;margin:4px 8px 4px 0;"
+            "min-width:120px}.card b{display:block;font-size:20px}.cmp td{background:#eff6ff}"
+            ".summary{background:#f9fafb;border-left:4px solid #1d4ed8;padding:10px 14px;margin:1em 0}")
+_STATUS_CLASS = {"succeeded": "ok", "failed": "bad", "running": "run"}
 
 
 def _fmt(v: Any, pct: bool = False) -> str:
@@ -124,6 +196,72 @@ def _fmt(v: Any, pct: bool = False) -> str:
     if isinstance(v, float):
         return f"{v:.1%}" if pct else f"{v:.3f}"
     return html.escape(str(v))
+
+
+def _secs(v: Any) -> str:
+    return "—" if not isinstance(v, (int, float)) else f"{v:.0f} s" if v < 120 else f"{v / 60:.1f} min"
+
+
+def _when(iso: str | None) -> str:
+    """'2026-01-31T14:05:09+01:00' -> '2026-01-31 14:05' (the full stamp stays in run.json)."""
+    return html.escape(iso[:16].replace("T", " ")) if iso else "—"
+
+
+def _r5(rec: dict[str, Any]) -> str:
+    ci = rec.get("recall_at_5_ci")
+    txt = _fmt(rec.get("recall_at_5"), True)
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
+        txt += f" <small>[{ci[0]:.1%}–{ci[1]:.1%}]</small>"
+    return txt
+
+
+def _baseline(rec: dict[str, Any]) -> str:
+    if rec.get("best_baseline"):
+        return f"best baseline ({html.escape(str(rec['best_baseline']))}) {_fmt(rec.get('best_baseline_r5'), True)}"
+    return f"copy-last {_fmt(rec.get('baseline_copy_last_r5'), True)}"
+
+
+def _comparisons(reports_root: Path) -> list[dict[str, Any]]:
+    out = []
+    for p in reports_root.glob("compare_*.json"):
+        try:
+            out.append(json.loads(p.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return out
+
+
+def write_run_page(reports_root: Path, rec: dict[str, Any]) -> None:
+    """reports/<run_id>/index.html: summary numbers first, then the stage reports and comparisons."""
+    st = str(rec.get("status"))
+    stages = rec.get("stages") or {}
+    rows = "".join(
+        f"<tr><td><a href='{n}.html'>{n}</a></td><td><a href='{n}.code.html'>with code</a></td>"
+        f"<td class='{_STATUS_CLASS.get(stages.get(n, {}).get('status'), '')}'>"
+        f"{html.escape(str(stages.get(n, {}).get('status', 'not run')))}</td>"
+        f"<td>{_secs(stages.get(n, {}).get('seconds'))}</td></tr>" for n in NOTEBOOKS)
+    fail = f"<p class=bad><b>Failed:</b> {html.escape(str(rec['failure']))}</p>" if rec.get("failure") else ""
+    cards = "".join(f"<span class=card><small>{label}</small><b>{value}</b><small>{note}</small></span>" for label, value, note in (
+        ("epoch-2 val cosine", _fmt(rec.get("epoch2_val_cosine")), f"gate: {_fmt(rec.get('gate_decision'))}"),
+        ("R@5", _r5(rec), _baseline(rec)),
+        ("cosine", _fmt(rec.get("pred_target_cosine")), f"{_fmt(rec.get('n_queries'))} queries"),
+        ("Phase 1", _fmt(rec.get("phase1_decision")), f"beats best baseline: {_fmt(rec.get('beats_best_baseline'))}")))
+    reasons = "".join(f"<li>{html.escape(str(rec[k]))}</li>" for k in ("gate_reason", "phase1_reason") if rec.get(k))
+    cmps = [c for c in _comparisons(reports_root) if any(r.get("run_id") == rec["run_id"] for r in c.get("runs", []))]
+    cmp_html = ("<h2>Compared in</h2><ul>" + "".join(
+        f"<li><a href='../{html.escape(c['href'])}'>{html.escape(c['compare_id'])}</a> — "
+        f"{html.escape(c.get('verdict', ''))}</li>" for c in cmps) + "</ul>") if cmps else ""
+    sha = str(rec.get("git_sha") or "")[:10] + (" (dirty)" if rec.get("git_dirty") else "")
+    page = (f"<!doctype html><meta charset=utf-8><title>{html.escape(rec['run_id'])}</title><style>{PAGE_CSS}</style>"
+            f"<p><a href='../index.html'>all runs</a></p><h1>{html.escape(rec['run_id'])}</h1>"
+            f"<p>status <b class='{_STATUS_CLASS.get(st, '')}'>{html.escape(st)}</b> · params "
+            f"<b>{html.escape(str(rec.get('params_name')))}</b> · started {_when(rec.get('started_at'))}"
+            f" · ended {_when(rec.get('ended_at'))} · git {html.escape(sha or '—')}</p>{fail}"
+            f"<div class=summary>{cards}<ul>{reasons}</ul>"
+            f"<small>{html.escape(str(rec.get('primary_description') or ''))}</small></div>"
+            f"<h2>Reports</h2><table><tr><th>stage</th><th></th><th>status</th><th>time</th></tr>{rows}</table>"
+            f"{cmp_html}")
+    atomic_write_text(reports_root / rec["run_id"] / "index.html", page)
 
 
 def write_index(reports_root: Path) -> Path:
@@ -137,36 +275,41 @@ def write_index(reports_root: Path) -> Path:
                 recs.append(json.loads(p.read_text()))
             except (OSError, json.JSONDecodeError):
                 continue
-        for p in reports_root.glob("compare_*.json"):
-            try:
-                recs.append(json.loads(p.read_text()))
-            except (OSError, json.JSONDecodeError):
-                continue
+        recs += _comparisons(reports_root)
         recs.sort(key=lambda r: r.get("started_at") or "", reverse=True)
-        colour = {"succeeded": "#15803d", "failed": "#b91c1c", "running": "#b45309"}
         rows = []
         for r in recs:
             if r.get("kind") == "compare":
-                rows.append(f"<tr><td><a href='{html.escape(r['href'])}'>{html.escape(r['compare_id'])}</a></td>"
-                            f"<td>comparison</td><td>{html.escape(r.get('started_at') or '')}</td>"
-                            f"<td colspan=6>{html.escape(r.get('verdict', ''))}</td></tr>")
+                runs = ", ".join(f"<a href='{html.escape(x['href'])}'>{html.escape(x.get('label') or x['run_id'])}</a>"
+                                 if x.get("href") else html.escape(x.get("label") or x["run_id"])
+                                 for x in r.get("runs", []))
+                fail = f"<br><small class=bad>{html.escape(str(r['failure']))}</small>" if r.get("failure") else ""
+                rows.append(f"<tr class=cmp><td><a href='{html.escape(r['href'])}'>{html.escape(r['compare_id'])}</a>"
+                            f"<br><small>comparison of {runs}</small></td><td>comparison</td>"
+                            f"<td>{_when(r.get('started_at'))}</td>"
+                            f"<td class='{_STATUS_CLASS.get(r.get('status', 'succeeded'), '')}'>"
+                            f"<b>{html.escape(r.get('status', 'succeeded'))}</b></td>"
+                            f"<td colspan=5>{html.escape(r.get('verdict', ''))}{fail}</td></tr>")
                 continue
             st = r.get("status") or "?"
+            rid = html.escape(r["run_id"])
             fail = f"<br><small>{html.escape(str(r['failure']))}</small>" if r.get("failure") else ""
+            stages = " ".join(f"<a href='{rid}/{n}.html'>{n[:2]}</a>" for n in NOTEBOOKS
+                              if (reports_root / r["run_id"] / f"{n}.html").is_file())
             rows.append(
-                f"<tr><td><a href='{html.escape(r['run_id'])}/index.html'>{html.escape(r['run_id'])}</a></td>"
-                f"<td>{html.escape(str(r.get('params_name')))}</td><td>{html.escape(r.get('started_at') or '')}</td>"
-                f"<td style='color:{colour.get(st, '#000')}'><b>{html.escape(st)}</b>{fail}</td>"
+                f"<tr><td><a href='{rid}/index.html'>{rid}</a><br><small>reports: {stages or '—'}</small></td>"
+                f"<td>{html.escape(str(r.get('params_name')))}</td><td>{_when(r.get('started_at'))}</td>"
+                f"<td class='{_STATUS_CLASS.get(st, '')}'><b>{html.escape(st)}</b>{fail}</td>"
                 f"<td>{_fmt(r.get('epoch2_val_cosine'))}<br><small>{_fmt(r.get('gate_decision'))}</small></td>"
-                f"<td>{_fmt(r.get('recall_at_5'), True)}<br><small>copy-last {_fmt(r.get('baseline_copy_last_r5'), True)}</small></td>"
+                f"<td>{_r5(r)}<br><small>{_baseline(r)}</small></td>"
                 f"<td>{_fmt(r.get('pred_target_cosine'))}</td><td>{_fmt(r.get('phase1_decision'))}</td>"
                 f"<td>{_fmt(r.get('beats_best_baseline'))}</td></tr>")
-        page = ("<!doctype html><meta charset=utf-8><title>lvm-study runs</title>"
-                "<style>body{font:15px sans-serif;margin:2em}table{border-collapse:collapse}"
-                "td,th{border-bottom:1px solid #ddd;padding:6px 10px;text-align:left;vertical-align:top}"
-                "th{background:#f3f4f6}</style><h1>lvm-study — runs</h1>"
-                "<p>Newest first. R@5 and cosine: Phase-1 primary bank (global, context chunks excluded). "
-                "Gate: val cosine at epoch 2 (bar 0.50).</p>"
+        n_runs = sum(r.get("kind") != "compare" for r in recs)
+        page = (f"<!doctype html><meta charset=utf-8><title>lvm-study runs</title><style>{PAGE_CSS}</style>"
+                f"<h1>lvm-study — runs</h1><p>{n_runs} run(s), {len(recs) - n_runs} comparison(s), newest first. "
+                "R@5 (95% interval) and cosine: Phase-1 primary bank (global, context chunks excluded), beside the "
+                "best trivial baseline on the same queries. Gate: val cosine at epoch 2 (bar 0.50). "
+                "Comparisons (blue rows) answer which variant is better.</p>"
                 "<table><tr><th>run</th><th>params</th><th>started</th><th>status</th><th>epoch-2 val cos</th>"
                 "<th>R@5</th><th>cosine</th><th>Phase 1</th><th>beats best baseline</th></tr>"
                 + "".join(rows) + "</table>")

@@ -1,0 +1,528 @@
+"""Compare runs on one page (V1 vs V2): line up their files, and say in words which variant is better.
+
+Reads only run-directory files (`manifest.json`, `params.yaml`, `history.json`, `gates.json`,
+`metrics/eval.json`, `metrics/queries.csv`), so runs can be compared long after they finished.
+`verdict` turns the numbers into the paragraph the report opens with: which variant is better on the
+primary bank's R@5, by how much, whether the difference exceeds the 95% intervals (a paired
+bootstrap over test articles when both runs scored the same queries, else non-overlap of the
+per-run intervals), and whether each variant beats the best trivial baseline on the same queries.
+
+`compare_runs` executes `notebooks/05_compare.ipynb` with papermill and renders
+`reports/compare_<id>.html`; `run_pair_study` runs a params pair end to end and compares it.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .runs import PROJECT_ROOT, RunError, atomic_write_json, now_iso, read_json
+
+NOTEBOOK = PROJECT_ROOT / "notebooks" / "05_compare.ipynb"
+MODEL = "model"  # the trained model's key in our tables; every other key is a baseline
+
+
+class CompareFailed(RunError):
+    """The comparison (or a run of the pair study) failed; the message is the one-line reason."""
+
+
+# --------------------------------------------------------------------------- one run
+@dataclass
+class RunView:
+    """Everything the comparison needs from one run directory (missing files -> None / [])."""
+    run_dir: Path
+    run_id: str
+    label: str
+    config: dict[str, Any]
+    manifest: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    gates: dict[str, Any] | None = None
+    eval: dict[str, Any] | None = None
+
+    @property
+    def status(self) -> str:
+        return str(self.manifest.get("status", "?"))
+
+
+def _maybe_json(path: Path) -> Any:
+    try:
+        return read_json(path)
+    except RunError:
+        return None
+
+
+def load_run(run_dir: str | Path) -> RunView:
+    run_dir = Path(run_dir).resolve()
+    if not (run_dir / "manifest.json").is_file():
+        raise RunError(f"{run_dir}: not a run directory (no manifest.json)")
+    manifest = read_json(run_dir / "manifest.json")
+    params = run_dir / "params.yaml"
+    config = yaml.safe_load(params.read_text()) if params.is_file() else {}
+    return RunView(run_dir=run_dir, run_id=manifest.get("run_id", run_dir.name),
+                   label=str(config.get("name") or manifest.get("params_name") or run_dir.name),
+                   config=config or {}, manifest=manifest, history=_maybe_json(run_dir / "history.json") or [],
+                   gates=_maybe_json(run_dir / "gates.json"), eval=_maybe_json(run_dir / "metrics" / "eval.json"))
+
+
+def load_runs(run_dirs: list[str | Path]) -> list[RunView]:
+    """Load runs in the given order; labels are the params names, made unique with the run id."""
+    if not run_dirs:
+        raise RunError("compare: give at least one run directory")
+    runs = [load_run(d) for d in run_dirs]
+    if len({r.run_dir for r in runs}) < len(runs):
+        raise RunError("compare: the same run directory is given twice")
+    for short in (True, False):  # 'name (abcd)' from the run id's tail, else the whole run id
+        labels = [r.label for r in runs]
+        for r in runs:
+            if labels.count(r.label) > 1:
+                r.label = f"{r.label} ({r.run_id[-4:]})" if short else r.run_id
+    return runs
+
+
+def recipe(config: dict[str, Any]) -> str:
+    """The loss recipe in words, e.g. 'InfoNCE (head [512, 256]) 0.70 + AR cosine 0.30'."""
+    loss = config.get("loss", {})
+    where = f"head {loss['proj_head']}" if loss.get("proj_head") else "raw space"
+    return (f"InfoNCE ({where}) {loss.get('lambda_con', float('nan')):.2f} + "
+            f"AR cosine {loss.get('lambda_ar', float('nan')):.2f}")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def params_diff(runs: list[RunView]) -> list[dict[str, Any]]:
+    """Rows {key, <label>: value...} for every config key whose value differs between the runs."""
+    flat = [_flatten(r.config) for r in runs]
+    keys = sorted(set().union(*flat) - {"name", "description"})
+    return [{"key": k, **{r.label: repr(f.get(k)) if isinstance(f.get(k), list) else f.get(k)
+                          for r, f in zip(runs, flat)}}
+            for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
+
+
+# --------------------------------------------------------------------------- eval.json -> rows
+def _ci(m: dict[str, Any], key: str) -> tuple[float, float]:
+    ci = m.get(f"{key}_ci")  # [lo, hi], or None when eval.bootstrap == 0
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
+        return float(ci[0]), float(ci[1])
+    return math.nan, math.nan
+
+
+def eval_rows(run: RunView) -> list[dict[str, Any]]:
+    """One row per (bank, model) from the run's eval.json, on its primary context variant (context
+    chunks excluded by default): R@k, MRR, mean rank, cosine, and the 95% CIs of R@5 and MRR.
+
+    The run's trained model is `model` (extra checkpoints keep their names); baselines keep theirs.
+    """
+    ev = run.eval
+    if not ev:
+        return []
+    primary = ev.get("primary_bank", "global")
+    models = ev.get("models")
+    if not isinstance(models, dict) or not models:  # the end-to-end issue's flat contract only
+        rows = [_row(run, primary, MODEL, ev, ev, primary)]
+        if isinstance(ev.get("baseline_copy_last"), dict):
+            rows.append(_row(run, primary, "copy_last", ev["baseline_copy_last"], ev["baseline_copy_last"], primary))
+        return rows
+    variant = ev.get("primary_context", "context_excluded")
+    rows = []
+    for name, res in models.items():
+        key = MODEL if name == ev.get("primary_model") else name
+        for bank, variants in (res.get("banks") or {}).items():
+            m = variants.get(variant) if isinstance(variants, dict) else None
+            if m and "recall_at_5" in m:
+                rows.append(_row(run, bank, key, m, res, primary, baseline=res.get("role") == "baseline"))
+    return rows
+
+
+def _num(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+
+def _row(run: RunView, bank: str, model: str, m: dict[str, Any], res: dict[str, Any], primary: str,
+         baseline: bool | None = None) -> dict[str, Any]:
+    row = {"run": run.label, "run_id": run.run_id, "bank": bank, "primary": bank == primary, "model": model,
+           "is_baseline": (model != MODEL) if baseline is None else baseline}
+    for k, v in m.items():
+        if (k.startswith("recall_at_") and not k.endswith("_ci")) or k in ("mrr", "mean_rank", "median_rank"):
+            row[k] = _num(v)
+    row["pred_target_cosine"] = _num(res.get("pred_target_cosine"))
+    row["n_queries"] = _num(run.eval.get("n_queries"))
+    row["recall_at_5_lo"], row["recall_at_5_hi"] = _ci(m, "recall_at_5")
+    row["mrr_lo"], row["mrr_hi"] = _ci(m, "mrr")
+    return row
+
+
+def phase1_table(runs: list[RunView]):
+    """DataFrame of every run's (bank, model) rows; baselines only from the first run that has them
+    when all runs scored the same queries (the same data gives the same baselines)."""
+    import pandas as pd
+    rows, baselines_seen = [], False
+    same = same_queries(runs)
+    for r in runs:
+        rs = eval_rows(r)
+        for row in rs:
+            if row["is_baseline"] and same and baselines_seen:
+                continue
+            if row["is_baseline"] and same:
+                row["run"] = "baseline"
+            rows.append(row)
+        baselines_seen = baselines_seen or any(x["is_baseline"] for x in rs)
+    df = pd.DataFrame(rows)
+    if not df.empty:  # runs first, then baselines; banks in the order eval.json lists them
+        df = df.sort_values("is_baseline", kind="stable").reset_index(drop=True)
+        df["name"] = [r.run if r.model == MODEL else r.model if r.run == "baseline" else f"{r.run}: {r.model}"
+                      for r in df.itertuples()]
+    return df
+
+
+def same_queries(runs: list[RunView]) -> bool:
+    """Did every evaluated run score the same number of queries against the same bank size?"""
+    sig = {(r.eval.get("n_queries"), r.eval.get("bank_size"), r.eval.get("n_articles")) for r in runs if r.eval}
+    return len(sig) <= 1
+
+
+# --------------------------------------------------------------------------- score cards + verdict
+def scorecard(run: RunView, bank: str | None = None) -> dict[str, Any]:
+    """The numbers `verdict` needs for one run on one bank (default: its primary bank)."""
+    rows = [r for r in eval_rows(run) if (r["bank"] == bank if bank else r["primary"])]
+    card: dict[str, Any] = {"label": run.label, "evaluated": bool(rows), "status": run.status}
+    model = next((r for r in rows if r["model"] == MODEL), None)
+    if model is None:
+        return card
+    card.update(bank=model["bank"], n_queries=model.get("n_queries"), recall_at_5=model["recall_at_5"],
+                recall_at_5_ci=(model["recall_at_5_lo"], model["recall_at_5_hi"]),
+                pred_target_cosine=model.get("pred_target_cosine", math.nan))
+    base = [r for r in rows if r["is_baseline"]]
+    if base:  # evaluate's choice on the primary bank when recorded, else the same rule: R@5, then cosine
+        named = [r for r in base if r["model"] == (run.eval or {}).get("best_baseline") and r["primary"]]
+        b = named[0] if named else max(base, key=lambda r: (r["recall_at_5"], r["pred_target_cosine"]))
+        card["best_baseline"] = {"name": b["model"], "recall_at_5": b["recall_at_5"],
+                                 "recall_at_5_ci": (b["recall_at_5_lo"], b["recall_at_5_hi"]),
+                                 "pred_target_cosine": b.get("pred_target_cosine", math.nan)}
+    return card
+
+
+def _pct(x: float) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x:.1%}"
+
+
+def _ci_txt(ci: tuple[float, float]) -> str:
+    return "" if not all(math.isfinite(v) for v in ci) else f" [95% CI {ci[0]:.1%}–{ci[1]:.1%}]"
+
+
+def _beats(card: dict[str, Any]) -> dict[str, Any] | None:
+    """Same rule as gates.phase1_decision: above the best baseline on R@5 *and* cosine."""
+    b = card.get("best_baseline")
+    if b is None:
+        return None
+    r5, cos = card["recall_at_5"] > b["recall_at_5"], card["pred_target_cosine"] > b["pred_target_cosine"]
+    clear = card["recall_at_5_ci"][0] > (b["recall_at_5_ci"][1] if math.isfinite(b["recall_at_5_ci"][1])
+                                         else b["recall_at_5"])
+    return {"beats": bool(r5 and cos), "r5": bool(r5), "cosine": bool(cos), "clear": bool(r5 and cos and clear)}
+
+
+def verdict(cards: list[dict[str, Any]], paired: dict[str, Any] | None = None,
+            same_queries: bool = True) -> dict[str, Any]:
+    """One paragraph, generated from the numbers, answering "which variant is better?".
+
+    `cards`: `scorecard` dicts. `paired`: optional {"a", "b", "delta", "ci": (lo, hi)} — the paired
+    bootstrap of R@5(a) - R@5(b) over articles when both runs scored the same queries.
+    `same_queries`: False adds a warning that the runs were scored on different test sets.
+    Returns {"text", "headline", "better", "runner_up", "delta_r5", "ratio", "separated",
+    "separation", "beats_baseline": {label: bool|None}}.
+    """
+    ok = [c for c in cards if c.get("evaluated")]
+    missing = [c["label"] for c in cards if not c.get("evaluated")]
+    out: dict[str, Any] = {"better": None, "runner_up": None, "delta_r5": None, "ratio": None, "separated": None,
+                           "separation": None, "beats_baseline": {c["label"]: None for c in cards}}
+    miss_txt = (f" {', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no Phase-1 evaluation "
+                f"(status: {', '.join(c['status'] for c in cards if not c.get('evaluated'))}).") if missing else ""
+    if not ok:
+        out.update(text="No run has a Phase-1 evaluation yet, so there is nothing to compare." + miss_txt,
+                   headline="no evaluated runs")
+        return out
+    ok.sort(key=lambda c: c["recall_at_5"], reverse=True)
+    best = ok[0]
+    bank = f"the {best['bank']} bank" + (f" ({int(best['n_queries']):,} test queries)"
+                                         if best.get("n_queries") and math.isfinite(best["n_queries"]) else "")
+    parts: list[str] = []
+    if len(ok) == 1:
+        parts.append(f"Only {best['label']} was evaluated: R@5 {_pct(best['recall_at_5'])}"
+                     f"{_ci_txt(best['recall_at_5_ci'])} on {bank}.")
+        head = f"{best['label']} only: R@5 {_pct(best['recall_at_5'])}"
+    else:
+        second = ok[1]
+        d = best["recall_at_5"] - second["recall_at_5"]
+        ratio = best["recall_at_5"] / second["recall_at_5"] if second["recall_at_5"] > 0 else math.inf
+        lo_b, hi_s = best["recall_at_5_ci"][0], second["recall_at_5_ci"][1]
+        if paired and {paired.get("a"), paired.get("b")} == {best["label"], second["label"]} and all(
+                math.isfinite(v) for v in paired["ci"]):
+            sign = 1 if paired["a"] == best["label"] else -1
+            lo, hi = sorted((sign * paired["ci"][0], sign * paired["ci"][1]))
+            separated, how = lo > 0, "paired"
+            sep_txt = (f"the paired bootstrap interval of the difference ({lo * 100:+.1f} to {hi * 100:+.1f} points, "
+                       f"resampling test articles) {'excludes' if separated else 'includes'} zero")
+        elif math.isfinite(lo_b) and math.isfinite(hi_s):
+            separated, how = lo_b > hi_s, "intervals"
+            sep_txt = ("the two 95% intervals do not overlap" if separated else "the two 95% intervals overlap")
+        else:
+            separated, how, sep_txt = None, None, "no confidence intervals were recorded"
+        out.update(better=best["label"], runner_up=second["label"], delta_r5=d,
+                   ratio=ratio if math.isfinite(ratio) else None, separated=separated, separation=how)
+        times = f", {ratio:.1f}× as often" if math.isfinite(ratio) and ratio >= 1.05 else ""
+        if d == 0:
+            parts.append(f"{best['label']} and {second['label']} tie on {bank}: both reach R@5 "
+                         f"{_pct(best['recall_at_5'])}.")
+            head = f"tie: R@5 {_pct(best['recall_at_5'])}"
+        elif separated:
+            parts.append(f"**{best['label']} is better.** On {bank} it puts the true next chunk in the top 5 for "
+                         f"{_pct(best['recall_at_5'])}{_ci_txt(best['recall_at_5_ci'])} of queries against "
+                         f"{_pct(second['recall_at_5'])}{_ci_txt(second['recall_at_5_ci'])} for {second['label']} — "
+                         f"{d * 100:+.1f} points{times}. The difference exceeds the uncertainty: {sep_txt}.")
+            head = (f"{best['label']} better: R@5 {_pct(best['recall_at_5'])} vs {_pct(second['recall_at_5'])} "
+                    f"({d * 100:+.1f} pts, beyond the 95% intervals)")
+        else:
+            parts.append(f"**No clear winner.** {best['label']} is ahead on {bank} with R@5 "
+                         f"{_pct(best['recall_at_5'])}{_ci_txt(best['recall_at_5_ci'])} against "
+                         f"{_pct(second['recall_at_5'])}{_ci_txt(second['recall_at_5_ci'])} for {second['label']} "
+                         f"({d * 100:+.1f} points{times}), but {sep_txt}: on these queries the difference is "
+                         f"within the uncertainty{'' if separated is None else ' — treat them as tied'}.")
+            head = (f"no clear winner: {best['label']} {_pct(best['recall_at_5'])} vs {second['label']} "
+                    f"{_pct(second['recall_at_5'])} ({d * 100:+.1f} pts, "
+                    f"{'no intervals recorded' if separated is None else 'within the 95% intervals'})")
+        cos_best, cos_second = best["pred_target_cosine"], second["pred_target_cosine"]
+        if math.isfinite(cos_best) and math.isfinite(cos_second):
+            agree = (cos_best >= cos_second)
+            parts.append(f"Mean predicted→target cosine {cos_best:.3f} vs {cos_second:.3f}"
+                         f"{'' if agree else ' — the cosine ranks them the other way'}.")
+    beat_lines, heads = [], []
+    for c in ok:
+        b = _beats(c)
+        out["beats_baseline"][c["label"]] = None if b is None else b["beats"]
+        if b is None:
+            continue
+        bb = c["best_baseline"]
+        if b["beats"]:
+            beat_lines.append(f"{c['label']} beats the best baseline ({bb['name']}, R@5 {_pct(bb['recall_at_5'])}, "
+                              f"cosine {bb['pred_target_cosine']:.3f})"
+                              f"{' clearly (its R@5 interval lies above)' if b['clear'] else ', though not beyond the intervals'}")
+        else:
+            what = " and ".join(w for w, v in (("R@5", not b["r5"]), ("cosine", not b["cosine"])) if v)
+            beat_lines.append(f"{c['label']} does not beat the best baseline ({bb['name']}, R@5 "
+                              f"{_pct(bb['recall_at_5'])}, cosine {bb['pred_target_cosine']:.3f}) on {what}")
+        heads.append(f"{c['label']} {'beats' if b['beats'] else 'below'} baseline")
+    flags = [v for v in out["beats_baseline"].values() if v is not None]
+    if flags and not any(flags):
+        parts.append("**Neither variant beats the best trivial baseline** on the same queries: "
+                     + "; ".join(beat_lines) + ". The next-chunk signal these models learned is not yet worth "
+                     "more than copying or averaging the context.")
+    elif beat_lines:
+        parts.append("; ".join(beat_lines) + ".")
+    if len(ok) > 1 and not same_queries:
+        parts.append("Caution: the runs were scored on different test queries (different data), so their "
+                     "numbers are not directly comparable.")
+    out["text"] = " ".join(parts) + miss_txt
+    out["headline"] = head + ("; " + ", ".join(heads) if heads else "") + (
+        f"; not evaluated: {', '.join(missing)}" if missing else "")
+    return out
+
+
+# --------------------------------------------------------------------------- paired bootstrap
+def _primary_ranks(run: RunView, bank: str | None):
+    """(article_id, position, rank) of the run's trained model on `bank` (primary context variant)."""
+    import pandas as pd
+    ev = run.eval or {}
+    path = run.run_dir / "metrics" / ev.get("queries_file", "queries.csv")
+    if not path.is_file():
+        return None
+    col = f"rank_{bank or ev.get('primary_bank', 'global')}"
+    if ev.get("primary_context", "context_excluded") == "context_included":
+        col += "_incl_context"
+    q = pd.read_csv(path)
+    if col not in q.columns or not {"model", "article_id", "position"} <= set(q.columns):
+        return None
+    q = q[q["model"] == ev.get("primary_model")]
+    return q[["article_id", "position", col]].rename(columns={col: "rank"})
+
+
+def paired_difference(a: RunView, b: RunView, bank: str | None = None, n_boot: int = 1000,
+                      seed: int = 0) -> dict[str, Any] | None:
+    """Paired bootstrap of R@5(a) - R@5(b) over test articles, when both runs scored the same queries.
+
+    Reads each run's `metrics/queries.csv` (evaluate's per-query ranks). Returns {"a", "b", "delta",
+    "ci": (lo, hi), "n_queries", "n_articles"}, or None when the query sets differ or a file is missing.
+    """
+    from .metrics import article_bootstrap
+    qa, qb = _primary_ranks(a, bank), _primary_ranks(b, bank)
+    if qa is None or qb is None or qa.empty:
+        return None
+    m = qa.merge(qb, on=["article_id", "position"], suffixes=("_a", "_b"))
+    if len(m) != len(qa) or len(m) != len(qb):
+        return None  # not the same queries: no pairing
+    hit = (m["rank_a"] <= 5).to_numpy(float) - (m["rank_b"] <= 5).to_numpy(float)  # (n,) paired hit@5 gap
+    ci = article_bootstrap({"delta": hit}, m["article_id"].to_numpy(), n_boot=n_boot, seed=seed)["delta"]
+    if ci is None:
+        return None
+    return {"a": a.label, "b": b.label, "delta": float(hit.mean()), "ci": (float(ci[0]), float(ci[1])),
+            "n_queries": int(len(m)), "n_articles": int(m["article_id"].nunique())}
+
+
+# --------------------------------------------------------------------------- tables for the notebook
+def _minutes(manifest: dict[str, Any]) -> float | None:
+    secs = [s.get("seconds") for s in (manifest.get("stages") or {}).values() if s.get("seconds") is not None]
+    return round(sum(secs) / 60, 1) if secs else None
+
+
+def summary_rows(runs: list[RunView]) -> list[dict[str, Any]]:
+    """One row per run: recipe, status, gate, primary-bank Phase-1 numbers, baseline check, time."""
+    rows = []
+    for r in runs:
+        c, g, e = scorecard(r), r.gates or {}, r.eval or {}
+        b = _beats(c) if c.get("evaluated") else None
+        bb = c.get("best_baseline") or {}
+        rows.append({"run": r.label, "run_id": r.run_id, "recipe": recipe(r.config), "status": r.status,
+                     "epochs": len(r.history), "epoch2_val_cosine": g.get("epoch2_val_cosine"),
+                     "gate_decision": g.get("decision"), "recall_at_5": c.get("recall_at_5"),
+                     "recall_at_5_ci": c.get("recall_at_5_ci"), "pred_target_cosine": c.get("pred_target_cosine"),
+                     "phase1_decision": e.get("decision"), "best_baseline": bb.get("name"),
+                     "best_baseline_r5": bb.get("recall_at_5"), "beats_best_baseline": None if b is None else b["beats"],
+                     "minutes": _minutes(r.manifest)})
+    return rows
+
+
+def gates_rows(runs: list[RunView]) -> list[dict[str, Any]]:
+    rows = []
+    for r in runs:
+        g = r.gates or {}
+        last = r.history[-1] if r.history else {}
+        rows.append({"run": r.label, "gate_epoch": g.get("gate_epoch"), "epoch2_val_cosine": g.get("epoch2_val_cosine"),
+                     "threshold": g.get("threshold"), "passed": g.get("passed"), "decision": g.get("decision"),
+                     "epochs_trained": len(r.history), "final_val_cosine": last.get("val_cosine"),
+                     "stopped_by_tree": g.get("stopped_by_tree"), "reason": g.get("reason", "no gates.json")})
+    return rows
+
+
+def comparison(runs: list[RunView], n_boot: int = 1000) -> dict[str, Any]:
+    """Score cards, the paired difference of the two best evaluated runs, and the verdict."""
+    cards = [scorecard(r) for r in runs]
+    ranked = sorted([(c, r) for c, r in zip(cards, runs) if c.get("evaluated")],
+                    key=lambda cr: cr[0]["recall_at_5"], reverse=True)
+    paired = None
+    if len(ranked) >= 2 and same_queries(runs):
+        paired = paired_difference(ranked[0][1], ranked[1][1], n_boot=n_boot)
+    same = same_queries(runs)
+    return {"cards": cards, "paired": paired, "verdict": verdict(cards, paired, same), "same_queries": same}
+
+
+# --------------------------------------------------------------------------- execution
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:80] or "runs"
+
+
+def new_compare_id(runs: list[RunView]) -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{_safe('-vs-'.join(r.label for r in runs))}"
+
+
+def compare_runs(run_dirs: list[Path], compare_id: str | None = None, reports_root: str | Path = "reports",
+                 progress: bool = False) -> Path:
+    """Execute 05_compare for these runs; writes reports/compare_<id>.html (+ .code.html, .json) and
+    rebuilds the index. Returns the HTML path. Raises CompareFailed with a one-line reason."""
+    import papermill as pm
+
+    from .runner import ensure_kernel, record_run, render_html, write_index
+    runs = load_runs([Path(d) for d in run_dirs])  # fails fast on a path that is not a run dir
+    compare_id = _safe(compare_id) if compare_id else new_compare_id(runs)
+    reports_root = Path(reports_root).resolve()
+    out_dir = reports_root / f"compare_{compare_id}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    html_path = reports_root / f"compare_{compare_id}.html"
+    started, t0, err = now_iso(), time.time(), None
+    try:
+        pm.execute_notebook(str(NOTEBOOK), str(out_dir / "05_compare.ipynb"), kernel_name=ensure_kernel(),
+                            parameters={"run_dirs": [str(r.run_dir) for r in runs], "compare_id": compare_id,
+                                        "out_dir": str(out_dir)},
+                            progress_bar=progress, log_output=progress, cwd=str(PROJECT_ROOT))
+    except Exception as exc:  # papermill raises PapermillExecutionError for a failing cell
+        err = exc
+    pages = {r.run_id: (reports_root / r.run_id / "run.json").is_file() for r in runs}  # runs with reports here
+    if (out_dir / "05_compare.ipynb").is_file():
+        render_html(out_dir / "05_compare.ipynb", html_path, nav=[("all runs", "index.html")] + [
+            (r.label, f"{r.run_id}/index.html") for r in runs if pages[r.run_id]])
+    summary = _maybe_json(out_dir / "compare.json") or {}
+    line = None
+    if err is not None:
+        from .runner import _failure_line
+        line = _failure_line("05_compare", err)
+    atomic_write_json(reports_root / f"compare_{compare_id}.json", {
+        "kind": "compare", "compare_id": compare_id, "href": html_path.name, "started_at": started,
+        "seconds": round(time.time() - t0, 1), "status": "failed" if err else "succeeded", "failure": line,
+        "verdict": (summary.get("verdict") or {}).get("headline") or (f"comparison failed: {line}" if line else ""),
+        "runs": [{"run_id": r.run_id, "label": r.label, "href": f"{r.run_id}/index.html" if pages[r.run_id] else None}
+                 for r in runs],
+        "summary": summary.get("summary", [])})
+    for r in runs:  # their pages list the comparisons they appear in; record_run also rebuilds the index
+        if pages[r.run_id]:
+            record_run(reports_root, r.run_dir)
+    write_index(reports_root)
+    if err is not None:
+        raise CompareFailed(f"{line} — see {html_path}") from err
+    return html_path
+
+
+def run_pair_study(params_paths: list[str], runs_root: str | Path = "runs", reports_root: str | Path = "reports",
+                   progress: bool = True) -> Path:
+    """Run each params file through the whole study (01..04), then compare the runs.
+
+    Every params file is validated before anything runs. A failing run does not stop the others;
+    the comparison shows what finished, then CompareFailed names the failure.
+    """
+    from .config import load_config
+    from .runner import StudyFailed, run_study
+    from .runs import new_run_id
+    cfgs = [load_config(p) for p in params_paths]  # ConfigError before any work
+    t0, run_dirs, failures = time.time(), [], []
+    for p, cfg in zip(params_paths, cfgs):
+        run_id = new_run_id(cfg.name)
+        try:
+            run_dirs.append(run_study(p, runs_root=runs_root, reports_root=reports_root, run_id=run_id,
+                                      progress=progress))
+        except StudyFailed as exc:
+            failures.append(f"{cfg.name}: {exc}")
+            if (Path(runs_root) / run_id / "manifest.json").is_file():
+                run_dirs.append((Path(runs_root) / run_id).resolve())
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = compare_runs(run_dirs, compare_id=f"{stamp}-study-{_safe('-vs-'.join(c.name for c in cfgs))}",
+                       reports_root=reports_root, progress=progress)
+    minutes = (time.time() - t0) / 60
+    print(f"[lvm-study] pair study: {len(run_dirs)} run(s) + comparison in {minutes:.1f} min", flush=True)
+    if failures:
+        raise CompareFailed("; ".join(failures) + f" — comparison of what ran: {out}")
+    return out
+
+
+# --------------------------------------------------------------------------- record
+def record(out_dir: str | Path, compare_id: str, runs: list[RunView], result: dict[str, Any]) -> dict[str, Any]:
+    """The notebook's closing record: out_dir/compare.json (the verdict and the summary rows)."""
+    rec = {"compare_id": compare_id, "runs": [{"run_id": r.run_id, "label": r.label, "run_dir": str(r.run_dir)}
+                                              for r in runs],
+           "verdict": result["verdict"], "paired": result["paired"], "same_queries": result["same_queries"],
+           "summary": summary_rows(runs)}
+    if out_dir:
+        atomic_write_json(Path(out_dir) / "compare.json", rec)
+    return rec

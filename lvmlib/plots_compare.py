@@ -1,0 +1,215 @@
+"""Figures and tables for 05_compare: overlaid training curves with the gate, R@5 with its
+intervals per bank, R@k bars, and the summary / Phase-1 tables formatted for reading.
+
+Figure functions return a matplotlib Figure; a run keeps its colour in every figure (`colours`),
+baselines are grey. Table functions return DataFrames of strings ('—' where a number is missing).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import matplotlib
+import matplotlib.pyplot as plt  # no matplotlib.use(): it would switch a notebook's inline backend off
+import matplotlib.ticker  # noqa: F401  (PercentFormatter)
+import numpy as np
+
+PALETTE = ("#1d4ed8", "#c2410c", "#15803d", "#7e22ce", "#be123c", "#0e7490")
+BASELINE = "#9ca3af"
+GREYS = ("#6b7280", "#9ca3af", "#d1d5db", "#4b5563", "#e5e7eb")
+GATE = "#15803d"
+
+
+def colours(labels: list[str]) -> dict[str, str]:
+    return {lab: PALETTE[i % len(PALETTE)] for i, lab in enumerate(labels)}
+
+
+def _series(history: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    pts = [(r["epoch"], r[key]) for r in history
+           if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def val_cosine_overlay(runs, threshold: float = 0.50, lower: float | None = 0.40, gate_epoch: int = 2):
+    """Validation cosine per epoch of every run, the 0.50 gate line and the gate epoch marked."""
+    col = colours([r.label for r in runs])
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    for r in runs:
+        ep, v = _series(r.history, "val_cosine")
+        if ep:
+            ax.plot(ep, v, "o-", color=col[r.label], label=r.label, lw=2)
+            g = r.gates or {}
+            if g.get("epoch2_val_cosine") is not None:
+                ax.plot([g.get("gate_epoch", gate_epoch)], [g["epoch2_val_cosine"]], "s", ms=11, mfc="none",
+                        mec=col[r.label], mew=2)
+    ax.axhline(threshold, color=GATE, ls="--", lw=1.5, label=f"gate {threshold:.2f}")
+    if lower is not None:
+        ax.axhline(lower, color="#b45309", ls=":", lw=1.2, label=f"lower bar {lower:.2f}")
+    ax.axvline(gate_epoch, color="#6b7280", lw=0.8)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel("validation cosine")
+    ax.set_title(f"Validation cosine — squares mark the epoch-{gate_epoch} gate reading", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(runs, keys: tuple[str, ...] = ("train_loss", "train_infonce", "train_ar_cosine",
+                                                    "val_recall_at_5")):
+    """Small multiples of the other per-epoch metrics (those present in at least one history)."""
+    keys = tuple(k for k in keys if any(_series(r.history, k)[0] for r in runs))
+    col = colours([r.label for r in runs])
+    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(3.4 * max(len(keys), 1), 3.0), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for r in runs:
+            ep, v = _series(r.history, key)
+            if ep:
+                ax.plot(ep, v, "o-", ms=3, color=col[r.label], label=r.label)
+        ax.set_title(key, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    if not keys:
+        axes[0][0].text(0.5, 0.5, "no training history", ha="center", va="center")
+        axes[0][0].axis("off")
+    else:
+        axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def r5_intervals(table, labels: list[str]):
+    """R@5 with its 95% interval for every run and baseline, one panel per bank (primary first).
+
+    When the intervals of two runs do not overlap, the difference is beyond bootstrap noise.
+    """
+    col = colours(labels)
+    banks = sorted(dict.fromkeys(table["bank"]), key=lambda b: not table[table.bank == b]["primary"].any())
+    fig, axes = plt.subplots(1, len(banks), figsize=(4.2 * len(banks), 0.45 * table["name"].nunique() + 1.6),
+                             squeeze=False, sharey=True)
+    names = list(dict.fromkeys(list(table[~table.is_baseline]["name"]) + list(table[table.is_baseline]["name"])))
+    for ax, bank in zip(axes[0], banks):
+        sub = table[table.bank == bank].set_index("name")
+        for y, name in enumerate(names):
+            if name not in sub.index:
+                continue
+            row = sub.loc[name]
+            c = BASELINE if row["is_baseline"] else col.get(row["run"], "#111")
+            lo, hi = row.get("recall_at_5_lo", math.nan), row.get("recall_at_5_hi", math.nan)
+            if math.isfinite(lo) and math.isfinite(hi):
+                ax.plot([lo, hi], [y, y], color=c, lw=3, alpha=0.6, solid_capstyle="butt")
+            ax.plot([row["recall_at_5"]], [y], "o", color=c, ms=8)
+            ax.annotate(f"{row['recall_at_5']:.1%}", (row["recall_at_5"], y), xytext=(0, 7),
+                        textcoords="offset points", ha="center", fontsize=8)
+        ax.set_yticks(range(len(names)), names)
+        ax.set_ylim(len(names) - 0.5, -0.7)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
+        primary = bool(sub["primary"].any())
+        ax.set_title(f"bank: {bank}{' (primary)' if primary else ''}", fontsize=10)
+        ax.set_xlabel("R@5 (95% CI)")
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def recall_at_k_bars(table, labels: list[str], bank: str | None = None):
+    """Grouped bars of R@k (k = 1, 5, 10, ...) on one bank: every run and every baseline."""
+    col = colours(labels)
+    bank = bank or table[table.primary]["bank"].iloc[0]
+    sub = table[table.bank == bank]
+    ks = sorted({int(c.rsplit("_", 1)[1]) for c in sub.columns if c.startswith("recall_at_") and
+                 c.rsplit("_", 1)[1].isdigit() and sub[c].notna().any()})
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(ks) + 3), 3.6))
+    n = len(sub)
+    width = 0.8 / max(n, 1)
+    x = np.arange(len(ks))
+    n_base = 0
+    for i, row in enumerate(sub.sort_values("is_baseline", kind="stable").itertuples()):
+        vals = [getattr(row, f"recall_at_{k}") for k in ks]
+        c = GREYS[n_base % len(GREYS)] if row.is_baseline else col.get(row.run, "#111")
+        n_base += bool(row.is_baseline)
+        bars = ax.bar(x + (i - (n - 1) / 2) * width, vals, width, color=c, label=row.name, edgecolor="white")
+        if not row.is_baseline:
+            ax.bar_label(bars, labels=[f"{v:.0%}" for v in vals], fontsize=7, padding=1)
+    ax.set_xticks(x, [f"R@{k}" for k in ks])
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
+    ax.set_ylabel("queries with the true next chunk in the top k")
+    ax.set_title(f"Recall at k — bank: {bank}", fontsize=11)
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- tables (strings, for reading)
+def _fmt(v: Any, kind: str = "num") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if kind == "pct":
+        return f"{v:.1%}"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _ci_short(ci: tuple[float, float], bare: bool = False) -> str:
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in ci):
+        return "—" if bare else ""
+    txt = f"{ci[0]:.1%}–{ci[1]:.1%}"
+    return txt if bare else f" [{txt}]"
+
+
+def format_summary(rows: list[dict[str, Any]]):
+    """The summary rows as a readable DataFrame of strings (percentages, intervals, '—' for missing)."""
+    import pandas as pd
+    out = []
+    for r in rows:
+        ci = r.get("recall_at_5_ci") or (math.nan, math.nan)
+        out.append({"run": r["run"], "loss": r["recipe"], "status": r["status"], "epochs": r["epochs"],
+                    "epoch-2 val cos": _fmt(r["epoch2_val_cosine"]), "gate": _fmt(r["gate_decision"]),
+                    "R@5 (95% CI)": _fmt(r["recall_at_5"], "pct") + _ci_short(tuple(ci)),
+                    "cosine": _fmt(r["pred_target_cosine"]),
+                    "Phase 1": _fmt(r["phase1_decision"]),
+                    "best baseline R@5": (f"{r['best_baseline']} {_fmt(r['best_baseline_r5'], 'pct')}"
+                                          if r["best_baseline"] else "—"),
+                    "beats it": _fmt(r["beats_best_baseline"]),
+                    "minutes": "—" if r["minutes"] is None else f"{r['minutes']:.1f}"})
+    return pd.DataFrame(out).set_index("run") if out else pd.DataFrame()
+
+
+def format_phase1(table, bank: str):
+    """One bank of `phase1_table` as strings: R@k, R@5 and MRR with intervals, cosine, mean rank."""
+    import pandas as pd
+    sub = table[table.bank == bank]
+    ks = sorted(int(c.rsplit("_", 1)[1]) for c in sub.columns
+                if c.startswith("recall_at_") and c.rsplit("_", 1)[1].isdigit() and sub[c].notna().any())
+    out = []
+    for r in sub.to_dict("records"):
+        row = {"model": r["name"]}
+        for k in ks:
+            row[f"R@{k}"] = _fmt(r.get(f"recall_at_{k}"), "pct")
+        row["R@5 95% CI"] = _ci_short((r.get("recall_at_5_lo", math.nan), r.get("recall_at_5_hi", math.nan)),
+                                      bare=True)
+        for k, label in (("mrr", "MRR"), ("pred_target_cosine", "cosine"), ("mean_rank", "mean rank")):
+            if k in r:
+                row[label] = _fmt(r.get(k))
+        if "mrr" in r:
+            lo, hi = r.get("mrr_lo", math.nan), r.get("mrr_hi", math.nan)
+            row["MRR 95% CI"] = f"{lo:.3f}–{hi:.3f}" if math.isfinite(lo) and math.isfinite(hi) else "—"
+        out.append(row)
+    return pd.DataFrame(out).set_index("model") if out else pd.DataFrame()
+
+
+def format_params_diff(runs):
+    """`params_diff` as a DataFrame indexed by key, or a sentence when there is nothing to show."""
+    import pandas as pd
+    from IPython.display import Markdown
+    from .compare import params_diff
+    rows = params_diff(runs)
+    if len(runs) < 2:
+        return Markdown("A single run: nothing to compare its parameters with.")
+    if not rows:
+        return Markdown("The runs have **identical** resolved parameters (a repeat, e.g. another seed or machine).")
+    return pd.DataFrame(rows).set_index("key")

@@ -1,0 +1,104 @@
+"""Figures for 01_data: counts, chunk lengths, chunks per article, pair cosines, the trivial bar.
+
+Each function takes numbers the data stage produced (`summary.json`, `Prepared`) and returns a Figure.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+# No matplotlib.use(...): a Jupyter kernel must keep its inline backend for the figures to show.
+import matplotlib.pyplot as plt
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+SPLIT_COLORS = {"train": "#2563eb", "val": "#f59e0b", "test": "#dc2626"}
+PREDICTORS = ("copy_last", "context_mean", "global_mean")
+
+
+def counts_table(summary: dict[str, Any]):
+    """Articles / chunks / windows per split, and what was skipped or removed."""
+    c = summary["counts"]
+    rows = [[name, c["per_split"][name]["articles"], c["per_split"][name]["chunks"], c["per_split"][name]["windows"]]
+            for name in SPLITS]
+    rows.append(["all", c["articles"], c["chunks"], c["windows"]])
+    fig, ax = plt.subplots(figsize=(7, 2.6))
+    ax.axis("off")
+    table = ax.table(cellText=[[str(x) if not isinstance(x, int) else f"{x:,}" for x in r] for r in rows],
+                     colLabels=["split", "articles", "chunks (bank rows)", f"windows (K={summary['context_len']})"],
+                     loc="center", cellLoc="right")
+    table.scale(1, 1.5)
+    for j in range(4):
+        table[(len(rows), j)].set_text_props(weight="bold")
+    ax.set_title(f"{summary['source']} · {summary['encoder']} ({summary['d_vec']}-D) — "
+                 f"{c['articles_short']} articles < K+1 chunks (no windows), {c['articles_empty']} empty, "
+                 f"{c['duplicates_removed']} cross-split duplicate chunks removed", fontsize=8.5)
+    fig.tight_layout()
+    return fig
+
+
+def chunk_length_hist(words: np.ndarray, min_words: int, max_words: int):
+    """Histogram of words per chunk, with the chunker's min_words bound."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    hi = max(int(np.percentile(words, 99.5)), min_words + 1) if len(words) else 1
+    lo = int(words.min()) if len(words) else 0
+    step = max(1, (hi - lo) // 80)  # integer-aligned bins: no empty slivers between word counts
+    ax.hist(np.clip(words, 0, hi), bins=np.arange(lo, hi + step + 1, step) - 0.5, color="#4b5563")
+    ax.axvline(min_words, color="#dc2626", ls="--", lw=1, label=f"min_words = {min_words}")
+    ax.set_xlabel(f"words per chunk (clipped at {hi}; max {int(words.max()) if len(words) else 0}, "
+                  f"max_words = {max_words})")
+    ax.set_ylabel("chunks")
+    ax.set_title(f"Chunk length: median {np.median(words):.0f} words, mean {words.mean():.1f}")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def chunks_per_article(articles: list[dict[str, Any]], context_len: int):
+    """Chunks per article, sorted, coloured by split; the K+1 line marks the shortest usable article."""
+    arts = sorted(articles, key=lambda a: -a["n_chunks"])
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.bar(np.arange(len(arts)), [a["n_chunks"] for a in arts], width=1.0,
+           color=[SPLIT_COLORS[a["split"]] for a in arts])
+    ax.axhline(context_len + 1, color="k", ls="--", lw=1, label=f"K+1 = {context_len + 1}")
+    for name, col in SPLIT_COLORS.items():
+        ax.bar([0], [0], color=col, label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("articles, longest first")
+    ax.set_ylabel("chunks (log)")
+    ax.set_title(f"Chunks per article ({len(arts)} articles)")
+    ax.legend(ncol=4, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def pair_cosine_hist(pairs: dict[str, np.ndarray]):
+    """Cosine of adjacent chunks vs random pairs from different articles."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    bins = np.linspace(-0.3, 1.0, 66)
+    for key, col in (("random", "#9ca3af"), ("adjacent", "#2563eb")):
+        v = pairs[key]
+        ax.hist(v, bins=bins, alpha=0.6, color=col, density=True, label=f"{key}: mean {v.mean():.3f} (n={len(v):,})")
+    ax.set_xlabel("cosine")
+    ax.set_ylabel("density")
+    ax.set_title("Adjacent chunks vs random pairs")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def trivial_bars(trivial: dict[str, dict[str, float]]):
+    """Mean cosine to the target of the trivial predictors, per split: the bar before training."""
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    x = np.arange(len(PREDICTORS))
+    w = 0.8 / len(SPLITS)
+    for i, split in enumerate(SPLITS):
+        vals = [trivial[split][p] for p in PREDICTORS]
+        bars = ax.bar(x + (i - 1) * w, vals, w, color=SPLIT_COLORS[split], label=split)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks(x, PREDICTORS)
+    ax.set_ylabel("mean cosine(prediction, target)")
+    ax.set_ylim(0, 1)
+    ax.set_title("Trivial predictors (global_mean = mean of the train targets)")
+    ax.legend()
+    fig.tight_layout()
+    return fig
