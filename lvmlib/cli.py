@@ -132,9 +132,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "cache":
         from . import data
+        root = data.cache_root() if not args.dir else Path(args.dir)
         if args.action == "list":
-            print(data.cache_summary(args.dir))
+            recs = data.list_cache(root)
+            print(f"embedding cache: {root}" + ("" if recs else " (empty)"))
+            for r in recs:
+                size = f"{r['bytes'] / 1e6:8.1f} MB"
+                if r["kind"] == "embeddings":
+                    print(f"  {size}  {r['vectors']:>9,} vectors  dim {r['dim']}  {r['encoder']} "
+                          f"(max_length {r['max_length']})  [{r['id']}]")
+                else:
+                    print(f"  {size}  chunk list [{r['id']}]")
         else:
-            print(data.clear_cache(args.dir, model=args.model))
+            n = data.clear_cache(root, encoder=args.model)
+            print(f"removed {n} cache entr{'y' if n == 1 else 'ies'} from {root}")
         return 0
     raise AssertionError(args.command)

@@ -28,7 +28,7 @@ class DataConfig:
     path: str = ""  # file for jsonl / mediawiki_dump / vectors sources
     hf_name: str = "wikimedia/wikipedia"  # hf_dataset only
     hf_config: str = "20231101.en"  # hf_dataset only
-    max_articles: int = 0  # 0 = every article; else a deterministic (seeded) subset
+    max_articles: int = 0  # 0 = every article; else the first N articles in source order (deterministic)
     chunking: str = "sentences"  # sentences | paragraphs
     min_words: int = 10  # a chunk groups consecutive sentences until it has >= min_words words
     max_words: int = 500  # ... and never more than max_words (a longer sentence stands alone)
