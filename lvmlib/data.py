@@ -28,7 +28,7 @@ import numpy as np
 
 from .config import Config, DataConfig
 from .corpus import CorpusError, DataError, iter_chunked_cached, source_file
-from .runs import atomic_path, atomic_save_npy, atomic_save_npz, atomic_write_json
+from .runs import atomic_path, atomic_save_npy, atomic_save_npz, atomic_write_json, progress_bar
 
 __all__ = ["DataError", "CorpusError", "LeakageError", "prepare_data", "load_prepared", "Prepared",
            "EmbeddingCache", "Encoder", "cache_root", "list_cache", "clear_cache", "audit_leakage",
@@ -316,8 +316,7 @@ def _stage_text(cfg: DataConfig, stage: Path, progress: bool) -> _Staged:
     keys, digests, titles, n_chunks = [], [], [], []
     empty = 0
     texts_path = stage / "all_texts.jsonl"
-    from tqdm.auto import tqdm
-    bar = tqdm(desc="chunking articles", unit="article", disable=not progress)
+    bar = progress_bar(desc="chunking articles", unit="article", enabled=progress)
     with open(texts_path, "w", encoding="utf-8") as out:
         for title, chunks in iter_chunked_cached(cfg, cache_root(cfg)):
             bar.update(1)
@@ -409,7 +408,6 @@ def _iter_text_rows(path: Path, rows_mask: np.ndarray) -> Iterator[tuple[int, st
 def _embed_bank(d: DataConfig, digests: np.ndarray, texts_path: Path, out_path: Path, dtype,
                 progress: bool) -> dict[str, Any]:
     """Bank vectors (M, D) into out_path, encoding only texts the cache lacks. Returns cache stats."""
-    from tqdm.auto import tqdm
     enc = Encoder(d.encoder, d.encoder_max_length, d.encode_batch_size)
     cache = EmbeddingCache(cache_root(d), enc.cache_id, d.encoder_max_length)
     entry = cache.lookup(digests)
@@ -423,8 +421,8 @@ def _embed_bank(d: DataConfig, digests: np.ndarray, texts_path: Path, out_path: 
         mask = np.zeros(len(digests), dtype=bool)
         mask[todo] = True
         t0 = time.time()
-        bar = tqdm(total=len(todo), desc=f"embedding ({d.encoder})", unit="chunk", disable=not progress,
-                   smoothing=0.1)
+        bar = progress_bar(total=len(todo), desc=f"embedding ({d.encoder})", unit="chunk", enabled=progress,
+                           smoothing=0.1)
         rows, texts = [], []
         for i, text in _iter_text_rows(texts_path, mask):
             rows.append(i)

@@ -47,6 +47,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.filename is None:  # fsync/write errors (a full disk) carry no path: name the file we wrote
+            exc.filename = str(path)
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -97,6 +101,21 @@ def read_json(path: str | Path) -> Any:
         raise RunError(f"{path}: not valid JSON ({exc})") from None
 
 
+# --------------------------------------------------------------------------- progress
+def progress_bar(iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it",
+                 enabled: bool = True, **kw):
+    """One progress bar for terminal, papermill and Jupyter: a widget when ipywidgets is installed,
+    else the plain bar (its carriage returns are collapsed when reports are rendered)."""
+    try:
+        import ipywidgets  # noqa: F401
+        from tqdm.auto import tqdm
+    except ImportError:
+        from tqdm.std import tqdm
+    kw.setdefault("mininterval", 2.0)
+    kw.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not enabled, **kw)
+
+
 # --------------------------------------------------------------------------- run directory
 def new_run_id(name: str) -> str:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -106,12 +125,17 @@ def new_run_id(name: str) -> str:
 def create_run_dir(runs_root: str | Path, run_id: str) -> Path:
     """Create runs/<run_id>/ exclusively: two runs can never share (clobber) a directory."""
     root = Path(runs_root)
-    root.mkdir(parents=True, exist_ok=True)
     run_dir = root / run_id
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where a directory should be, a read-only place...
+        raise RunError(f"{root}: cannot create the runs directory ({exc.strerror or exc})") from None
     try:
         run_dir.mkdir()
     except FileExistsError:
         raise RunError(f"{run_dir}: run directory already exists; pick another --run-id or use --resume") from None
+    except OSError as exc:
+        raise RunError(f"{run_dir}: cannot create the run directory ({exc.strerror or exc})") from None
     for sub in ("data", "metrics", "notebooks"):
         (run_dir / sub).mkdir()
     return run_dir

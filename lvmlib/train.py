@@ -33,7 +33,7 @@ from torch.utils.data import DistributedSampler
 from .config import Config, dump_config, load_config
 from .gates import in_loop_action
 from .losses import LVMLoss, MicroBatch, cached_step, direct_step, duplicate_ids
-from .runs import RunError, atomic_write_json, atomic_write_text, now_iso, read_json
+from .runs import RunError, atomic_write_json, atomic_write_text, now_iso, progress_bar, read_json
 
 HIGHER_IS_BETTER = {"val_cosine": True, "val_recall_at_5": True, "val_infonce": False, "train_loss": False}
 TIMING_KEYS = ("seconds", "train_seconds", "val_seconds", "seq_per_s")  # differ between identical runs
@@ -198,12 +198,7 @@ def _better(metric: str, new: float, old: float | None) -> bool:
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
-    try:  # a widget in Jupyter when ipywidgets is there, else the plain bar (terminal and papermill)
-        import ipywidgets  # noqa: F401
-        from tqdm.auto import tqdm
-    except ImportError:
-        from tqdm.std import tqdm
-    return tqdm(total=total, desc=desc, disable=not enabled, mininterval=2.0, leave=False, dynamic_ncols=True)
+    return progress_bar(total=total, desc=desc, enabled=enabled, leave=False)
 
 
 # --------------------------------------------------------------------------- the loop
