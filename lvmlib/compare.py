@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from .runs import PROJECT_ROOT, RunError, atomic_write_json, now_iso, read_json
@@ -310,29 +309,36 @@ def verdict(cards: list[dict[str, Any]], paired: dict[str, Any] | None = None,
             agree = (cos_best >= cos_second)
             parts.append(f"Mean predicted→target cosine {cos_best:.3f} vs {cos_second:.3f}"
                          f"{'' if agree else ' — the cosine ranks them the other way'}.")
-    beat_lines, heads = [], []
+    beat_lines, heads, bases = [], [], set()
     for c in ok:
         b = _beats(c)
         out["beats_baseline"][c["label"]] = None if b is None else b["beats"]
         if b is None:
             continue
         bb = c["best_baseline"]
+        bases.add((bb["name"], bb["recall_at_5"], bb["pred_target_cosine"]))
         if b["beats"]:
-            beat_lines.append(f"{c['label']} beats the best baseline ({bb['name']}, R@5 {_pct(bb['recall_at_5'])}, "
-                              f"cosine {bb['pred_target_cosine']:.3f})"
+            beat_lines.append(f"{c['label']} beats it"
                               f"{' clearly (its R@5 interval lies above)' if b['clear'] else ', though not beyond the intervals'}")
         else:
             what = " and ".join(w for w, v in (("R@5", not b["r5"]), ("cosine", not b["cosine"])) if v)
-            beat_lines.append(f"{c['label']} does not beat the best baseline ({bb['name']}, R@5 "
-                              f"{_pct(bb['recall_at_5'])}, cosine {bb['pred_target_cosine']:.3f}) on {what}")
+            beat_lines.append(f"{c['label']} falls short on {what}")
         heads.append(f"{c['label']} {'beats' if b['beats'] else 'below'} baseline")
-    flags = [v for v in out["beats_baseline"].values() if v is not None]
-    if flags and not any(flags):
-        parts.append("**Neither variant beats the best trivial baseline** on the same queries: "
-                     + "; ".join(beat_lines) + ". The next-chunk signal these models learned is not yet worth "
-                     "more than copying or averaging the context.")
-    elif beat_lines:
-        parts.append("; ".join(beat_lines) + ".")
+    if beat_lines:
+        if len(bases) == 1:  # one shared baseline (same queries): name it once
+            name, r5, cos = next(iter(bases))
+            base_txt = f"the best trivial baseline, {name} (R@5 {_pct(r5)}, cosine {cos:.3f}) on the same queries"
+        else:
+            base_txt = "the best trivial baseline of its own evaluation (" + "; ".join(
+                f"{c['label']}: {c['best_baseline']['name']} R@5 {_pct(c['best_baseline']['recall_at_5'])}"
+                for c in ok if c.get("best_baseline")) + ")"
+        flags = [v for v in out["beats_baseline"].values() if v is not None]
+        if not any(flags):
+            parts.append(f"**{'Neither variant beats' if len(ok) > 1 else 'It does not beat'}** {base_txt}: "
+                         + "; ".join(beat_lines) + ". The next-chunk signal learned here is not yet worth more "
+                         "than copying or averaging the context.")
+        else:
+            parts.append(f"Against {base_txt}: " + "; ".join(beat_lines) + ".")
     if len(ok) > 1 and not same_queries:
         parts.append("Caution: the runs were scored on different test queries (different data), so their "
                      "numbers are not directly comparable.")
@@ -412,6 +418,7 @@ def gates_rows(runs: list[RunView]) -> list[dict[str, Any]]:
         last = r.history[-1] if r.history else {}
         rows.append({"run": r.label, "gate_epoch": g.get("gate_epoch"), "epoch2_val_cosine": g.get("epoch2_val_cosine"),
                      "threshold": g.get("threshold"), "passed": g.get("passed"), "decision": g.get("decision"),
+                     "tree_in_loop": r.config.get("train", {}).get("decision_tree"),
                      "epochs_trained": len(r.history), "final_val_cosine": last.get("val_cosine"),
                      "stopped_by_tree": g.get("stopped_by_tree"), "reason": g.get("reason", "no gates.json")})
     return rows

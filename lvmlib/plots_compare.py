@@ -33,7 +33,7 @@ def _series(history: list[dict[str, Any]], key: str) -> tuple[list[int], list[fl
 def val_cosine_overlay(runs, threshold: float = 0.50, lower: float | None = 0.40, gate_epoch: int = 2):
     """Validation cosine per epoch of every run, the 0.50 gate line and the gate epoch marked."""
     col = colours([r.label for r in runs])
-    fig, ax = plt.subplots(figsize=(8, 3.8))
+    fig, ax = plt.subplots(figsize=(9, 3.8))
     for r in runs:
         ep, v = _series(r.history, "val_cosine")
         if ep:
@@ -51,7 +51,7 @@ def val_cosine_overlay(runs, threshold: float = 0.50, lower: float | None = 0.40
     ax.set_ylabel("validation cosine")
     ax.set_title(f"Validation cosine — squares mark the epoch-{gate_epoch} gate reading", fontsize=11)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     return fig
 
@@ -194,7 +194,7 @@ def format_phase1(table, bank: str):
                                       bare=True)
         for k, label in (("mrr", "MRR"), ("pred_target_cosine", "cosine"), ("mean_rank", "mean rank")):
             if k in r:
-                row[label] = _fmt(r.get(k))
+                row[label] = _fmt(r.get(k)) if k != "mean_rank" else f"{r[k]:.1f}" if math.isfinite(r[k]) else "—"
         if "mrr" in r:
             lo, hi = r.get("mrr_lo", math.nan), r.get("mrr_hi", math.nan)
             row["MRR 95% CI"] = f"{lo:.3f}–{hi:.3f}" if math.isfinite(lo) and math.isfinite(hi) else "—"
@@ -213,3 +213,15 @@ def format_params_diff(runs):
     if not rows:
         return Markdown("The runs have **identical** resolved parameters (a repeat, e.g. another seed or machine).")
     return pd.DataFrame(rows).set_index("key")
+
+
+def format_gates(rows: list[dict[str, Any]]):
+    """`compare.gates_rows` as HTML: numbers rounded, the whole reason shown (pandas would cut it)."""
+    import pandas as pd
+    from IPython.display import HTML
+    out = [{"run": r["run"], "epoch-2 val cos": _fmt(r["epoch2_val_cosine"]), "bar": _fmt(r["threshold"]),
+            "passed": _fmt(r["passed"]), "decision": _fmt(r["decision"]),
+            "tree in loop": {True: "on", False: "off (judged, not enforced)"}.get(r["tree_in_loop"], "—"),
+            "epochs": r["epochs_trained"], "final val cos": _fmt(r["final_val_cosine"]),
+            "stopped by tree": _fmt(r["stopped_by_tree"]), "reason": r["reason"]} for r in rows]
+    return HTML(pd.DataFrame(out).to_html(index=False, escape=True, border=0))

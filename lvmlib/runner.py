@@ -5,11 +5,13 @@ inputs are files in the run directory, so any notebook can be re-run alone again
 """
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import os
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -362,6 +364,45 @@ def _failure_line(name: str, exc: BaseException) -> str:
     return f"{name}{where}: {ename}: {first}"
 
 
+def _check_writable(path: Path, what: str) -> None:
+    """Fail before anything is written when `path` cannot take files (a file in the way, read-only, full)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise RunError(f"{path}: cannot write {what} here ({exc.strerror or exc})") from None
+
+
+def _check_resume_overrides(run_dir: Path, cfg: Config) -> None:
+    """--resume keeps the model: last.pt/best.pt hold weights of the stored shape, so model.* overrides
+    (other than the scan backend, a runtime choice) are refused before params.yaml is rewritten."""
+    ckpts = [p.name for p in (run_dir / "last.pt", run_dir / "best.pt") if p.is_file()]
+    if not ckpts:
+        return
+    old = load_config(run_dir / "params.yaml").model
+    keys = [f.name for f in dataclasses.fields(old) if f.name != "scan"]
+    changed = [f"model.{k} {getattr(old, k)!r} -> {getattr(cfg.model, k)!r}" for k in keys
+               if getattr(old, k) != getattr(cfg.model, k)]
+    if changed:
+        raise RunError(f"{run_dir}: --resume cannot change the model of a run that has {' and '.join(ckpts)} "
+                       f"({'; '.join(changed)}); start a new run instead")
+
+
+def _mark_failed(run_dir: Path, reports_root: Path, stages: dict[str, Any], line: str) -> str:
+    """Record the failure in the manifest and the index (best effort on a full disk); -> the reason line."""
+    try:
+        write_manifest(run_dir, status="failed", ended_at=now_iso(), stages=stages, failure=line)
+    except OSError as exc:
+        line += f" (the manifest could not be marked failed either: {exc})"
+    try:
+        record_run(reports_root, run_dir)
+    except OSError:
+        pass  # the manifest is the record; the next run rebuilds the index
+    return line
+
+
 def run_study(params_path: str | Path, overrides: list[str] | tuple[str, ...] = (), run_id: str | None = None,
               runs_root: str | Path = "runs", reports_root: str | Path = "reports", resume: str | Path | None = None,
               only: list[str] | None = None, progress: bool = True,
@@ -379,6 +420,9 @@ def run_study(params_path: str | Path, overrides: list[str] | tuple[str, ...] = 
     else:
         cfg = load_config(params_path, overrides)
     routed = check_notebook_params(names, dict(notebook_params or {}))
+    if resume and overrides:
+        _check_resume_overrides(run_dir, cfg)
+    _check_writable(reports_root, "reports")
     if resume:
         if overrides:  # e.g. --set train.epochs=20 to extend a finished run: keep it in the record
             atomic_write_text(run_dir / "params.yaml", dump_config(cfg))
@@ -391,37 +435,41 @@ def run_study(params_path: str | Path, overrides: list[str] | tuple[str, ...] = 
         atomic_write_text(run_dir / "params.yaml", dump_config(cfg))
         params_arg = str(Path(params_path).resolve())
         start_manifest(run_dir, run_id, params_arg, overrides, cfg.train.seed, cfg.name)
-    (reports_root / run_id).mkdir(parents=True, exist_ok=True)
-    record_run(reports_root, run_dir)
-    stages = read_json(run_dir / "manifest.json").get("stages", {})
-    for i, name in enumerate(names, 1):
-        if resume and stages.get(name, {}).get("status") == "succeeded" and name != "02_train":
-            print(f"[lvm-study] {i}/{len(names)} {name}: done earlier, skipped", flush=True)
-            continue
-        print(f"[lvm-study] {i}/{len(names)} {name} → {run_dir.name}", flush=True)
-        t0 = time.time()
-        extra = {"resume": bool(resume)} if name == "02_train" else {}
-        extra.update(routed[name])
-        # Executing from the run's resolved params keeps re-runs honest; overrides already applied.
-        err: BaseException | None = None
-        try:
-            _execute(name, run_dir, params_arg if not resume else str(run_dir / "params.yaml"),
-                     overrides if not resume else [], extra, progress)
-        except Exception as exc:  # papermill raises PapermillExecutionError for a failing cell
-            err = exc
-        secs = round(time.time() - t0, 1)
-        executed = run_dir / "notebooks" / f"{name}.ipynb"
-        if executed.is_file():
-            render_html(executed, reports_root / run_id / f"{name}.html")
-        stages[name] = {"status": "failed" if err else "succeeded", "seconds": secs}
-        if err is not None:
-            line = _failure_line(name, err)
-            write_manifest(run_dir, status="failed", ended_at=now_iso(), stages=stages, failure=line)
-            record_run(reports_root, run_dir)
-            raise StudyFailed(line) from err
-        write_manifest(run_dir, stages=stages)
-        print(f"[lvm-study] {name} done in {secs:.1f}s", flush=True)
-    write_manifest(run_dir, status="succeeded", ended_at=now_iso(), stages=stages)
-    record_run(reports_root, run_dir)
+    stages: dict[str, Any] = read_json(run_dir / "manifest.json").get("stages", {})
+    try:
+        (reports_root / run_id).mkdir(parents=True, exist_ok=True)
+        record_run(reports_root, run_dir)
+        for i, name in enumerate(names, 1):
+            if resume and stages.get(name, {}).get("status") == "succeeded" and name != "02_train":
+                print(f"[lvm-study] {i}/{len(names)} {name}: done earlier, skipped", flush=True)
+                continue
+            print(f"[lvm-study] {i}/{len(names)} {name} → {run_dir.name}", flush=True)
+            t0 = time.time()
+            extra = {"resume": bool(resume)} if name == "02_train" else {}
+            extra.update(routed[name])
+            # Executing from the run's resolved params keeps re-runs honest; overrides already applied.
+            err: BaseException | None = None
+            try:
+                _execute(name, run_dir, params_arg if not resume else str(run_dir / "params.yaml"),
+                         overrides if not resume else [], extra, progress)
+            except Exception as exc:  # papermill raises PapermillExecutionError for a failing cell
+                err = exc
+            secs = round(time.time() - t0, 1)
+            executed = run_dir / "notebooks" / f"{name}.ipynb"
+            if executed.is_file():
+                try:
+                    render_html(executed, reports_root / run_id / f"{name}.html")
+                except OSError as exc:  # a full disk: the stage's report is lost, so the stage failed
+                    err = err or exc
+            stages[name] = {"status": "failed" if err else "succeeded", "seconds": secs}
+            if err is not None:
+                raise StudyFailed(_mark_failed(run_dir, reports_root, stages, _failure_line(name, err))) from err
+            write_manifest(run_dir, stages=stages)
+            print(f"[lvm-study] {name} done in {secs:.1f}s", flush=True)
+        write_manifest(run_dir, status="succeeded", ended_at=now_iso(), stages=stages)
+        record_run(reports_root, run_dir)
+    except OSError as exc:  # the runner's own records (manifest, run page, index) could not be written
+        line = f"writing the run's records failed: {type(exc).__name__}: {exc}"
+        raise StudyFailed(_mark_failed(run_dir, reports_root, stages, line)) from exc
     print(f"[lvm-study] run {run_id} succeeded — reports: {reports_root / run_id / 'index.html'}", flush=True)
     return run_dir

@@ -100,8 +100,8 @@ def test_verdict_v2_better_beyond_intervals():
     t = v["text"]
     assert "**V2 is better.**" in t and "+15.0 points" in t and "2.5× as often" in t
     assert "do not overlap" in t and "25.0% [95% CI 22.0%–28.0%]" in t
-    assert "V2 beats the best baseline (copy_last, R@5 15.0%" in t and "clearly" in t
-    assert "V1 does not beat the best baseline" in t and "R@5 and cosine" in t
+    assert "Against the best trivial baseline, copy_last (R@5 15.0%, cosine 0.420) on the same queries" in t
+    assert "V2 beats it clearly" in t and "V1 falls short on R@5 and cosine" in t
     assert "V2 better" in v["headline"] and "beyond the 95% intervals" in v["headline"]
 
 
@@ -119,11 +119,12 @@ def test_verdict_neither_beats_the_baseline():
     base = ("context_mean", 0.40, (0.37, 0.43), 0.60)
     v = compare.verdict([card("V1", 0.10, (0.08, 0.12), 0.30, base), card("V2", 0.25, (0.22, 0.28), 0.55, base)])
     assert v["better"] == "V2" and v["beats_baseline"] == {"V1": False, "V2": False}
-    assert "Neither variant beats the best trivial baseline" in v["text"] and "context_mean" in v["text"]
+    assert "**Neither variant beats** the best trivial baseline, context_mean (R@5 40.0%" in v["text"]
+    assert "V2 falls short on R@5 and cosine; V1 falls short on R@5 and cosine" in v["text"]
     # beats on R@5 but not on cosine is not beating it (the Phase-1 rule of gates.phase1_decision)
     base2 = ("copy_last", 0.20, (0.18, 0.22), 0.60)
     w = compare.verdict([card("V1", 0.10, (0.08, 0.12), 0.30, base2), card("V2", 0.25, (0.22, 0.28), 0.55, base2)])
-    assert w["beats_baseline"]["V2"] is False and "on cosine" in w["text"]
+    assert w["beats_baseline"]["V2"] is False and "V2 falls short on cosine;" in w["text"]
 
 
 def test_paired_interval_decides_when_given():
@@ -259,6 +260,36 @@ def test_a_failing_comparison_is_recorded_and_named(pair, tmp_path, monkeypatch)
     assert rec["status"] == "failed" and "boom" in rec["failure"] and "comparison failed" in rec["verdict"]
     assert "boom in the comparison" in (reports / "compare_t3.html").read_text()  # papermill's error, rendered
     assert "boom in the comparison" in (reports / "index.html").read_text()
+
+
+def test_pair_study_compares_what_ran_and_names_the_failure(tmp_path, monkeypatch):
+    from lvmlib import runner
+
+    def fake_run_study(params, runs_root, reports_root, run_id, progress):  # stands in for 01..04
+        v1 = "study_v1" in str(params)
+        run = make_run(Path(runs_root), run_id, params, 0.05 if v1 else 0.3, 0.3, [0.3, 0.4], seed=int(v1),
+                       status="failed" if v1 else "succeeded")
+        if v1:
+            (run / "metrics" / "eval.json").unlink()
+            raise runner.StudyFailed("02_train (cell 5): RuntimeError: out of memory")
+        return run
+
+    monkeypatch.setattr(runner, "run_study", fake_run_study)
+    with pytest.raises(compare.CompareFailed, match="study_v1: 02_train .*out of memory.*comparison of what ran"):
+        compare.run_pair_study(["params/study_v1.yaml", "params/study_v2.yaml"], runs_root=tmp_path / "runs",
+                               reports_root=tmp_path / "reports", progress=False)
+    (rec_path,) = (tmp_path / "reports").glob("compare_*-study-study_v1-vs-study_v2.json")
+    rec = json.loads(rec_path.read_text())
+    assert [r["label"] for r in rec["runs"]] == ["study_v1", "study_v2"] and "study_v2 only" in rec["verdict"]
+
+
+def test_pair_study_validates_every_params_file_first(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("loss:\n  lambda_cn: 0.5\n")
+    with pytest.raises(Exception, match="lambda_cn"):
+        compare.run_pair_study(["params/study_v1.yaml", str(bad)], runs_root=tmp_path / "runs",
+                               reports_root=tmp_path / "reports", progress=False)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_compare_runs_rejects_a_non_run_dir(tmp_path):

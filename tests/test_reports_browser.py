@@ -287,3 +287,20 @@ def test_index_lists_the_run_and_the_comparison(reports, browser):
     assert "smoke" in text and "succeeded" in text and "pair" in text and "comparison" in text
     rows = browser.evaluate("document.querySelectorAll('tr').length")
     assert rows == 1 + 3  # header, two runs, one comparison
+
+
+def test_the_checks_catch_a_broken_page(browser, tmp_path):
+    """The checker itself: a script error, a missing file and an undecodable image are all reported."""
+    page = tmp_path / "broken.html"
+    page.write_text("<!doctype html><body><h2>Summary</h2><p>text</p>"
+                    "<img src='data:image/png;base64,AAAA'><img src='missing.png'>"
+                    "<script>undefined_function()</script></body>")
+    problems = _open(browser, page)
+    assert any("JS exception" in p and "undefined_function" in p for p in problems), problems
+    assert any("missing.png" in p for p in problems), problems
+    images = browser.evaluate(IMAGES_JS)
+    assert [i["w"] for i in images] == [0, 0]
+    blank = tmp_path / "blank.html"
+    blank.write_text("<!doctype html><body></body>")
+    assert not _open(browser, blank)
+    assert _ink(_screenshot(browser, "blank")) < 0.01
