@@ -811,18 +811,13 @@ def copy_last_retrieval(prep: Prepared, split: str, max_queries: int = 2000, see
     ctx, tgt = prep.windows(split)
     sel = _sample(len(tgt), max_queries, seed)
     ctx, tgt = ctx[sel], tgt[sel]
+    from .metrics import recall_at_k, target_ranks  # the evaluation's own exact ranking, not a second copy
     q = prep.targets(ctx[:, -1])  # (n, D) the copy-last prediction
-    t_score = (q * prep.targets(tgt)).sum(1)  # (n,)
-    higher = np.zeros(len(q), dtype=np.int64)
-    for s in range(0, len(prep), 16384):
-        b = np.asarray(prep.bank_vectors[s:s + 16384], dtype=np.float32)  # (m, D)
-        higher += ((q @ b.T) > t_score[:, None]).sum(1)
-    c_score = np.einsum("nd,nkd->nk", q, prep.contexts(ctx))  # (n, K)
-    higher_excl = higher - (c_score > t_score[:, None]).sum(1)
+    r = target_ranks(q, prep.bank_vectors, tgt, exclude_rows=ctx)["global"]
     out: dict[str, float] = {"n_queries": int(len(q)), "bank_size": int(len(prep))}
     for k in ks:
-        out[f"recall_at_{k}"] = float((higher < k).mean())
-        out[f"recall_at_{k}_excl_context"] = float((higher_excl < k).mean())
+        out[f"recall_at_{k}"] = recall_at_k(r.included, k)
+        out[f"recall_at_{k}_excl_context"] = recall_at_k(r.excluded, k)
     return out
 
 

@@ -102,3 +102,31 @@ def trivial_bars(trivial: dict[str, dict[str, float]]):
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def summary_markdown(summary: dict) -> str:
+    """The data report's opening paragraph: sizes, the audit verdict and the bar a model must clear."""
+    c, a, t = summary["counts"], summary["audit"], summary["trivial"]
+    ps = c["per_split"]
+    test = t.get("test", {})
+    clr = summary.get("copy_last_retrieval", {}).get("test", {})
+    lines = [
+        f"**{c['articles']:,} articles → {c['chunks']:,} chunks → {c['windows']:,} windows** "
+        f"(K = {summary['context_len']}, encoder `{summary['encoder']}`, {summary['d_vec']}-D). "
+        f"Split by article: train {ps['train']['articles']} / val {ps['val']['articles']} / "
+        f"test {ps['test']['articles']} articles ({ps['train']['windows']:,} / {ps['val']['windows']:,} / "
+        f"{ps['test']['windows']:,} windows); {c['articles_short']} article(s) too short for a window; "
+        f"{c['duplicates_removed']} duplicate chunk(s) removed across splits.",
+        f"- **Leakage audit {'passed' if a['passed'] else 'FAILED'}**: {a['articles_in_several_splits']} articles in "
+        f"several splits, {a['shared_across_splits']} chunk texts shared across splits, "
+        f"{a['payload_mismatches']} payload vectors differing from the bank.",
+    ]
+    if test:
+        lines.append(
+            f"- **The bar on test windows** — cosine to the true next chunk: copy last context "
+            f"{test['copy_last']:.3f}, context mean {test['context_mean']:.3f}, global mean {test['global_mean']:.3f}.")
+    if clr:
+        lines.append(
+            f"- Copy-last as a retrieval query over all {clr['bank_size']:,} chunks: R@5 {clr['recall_at_5']:.1%} "
+            f"({clr['recall_at_5_excl_context']:.1%} with the context chunks removed from the bank).")
+    return "\n".join(lines)

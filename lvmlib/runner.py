@@ -440,7 +440,7 @@ def run_study(params_path: str | Path, overrides: list[str] | tuple[str, ...] = 
         (reports_root / run_id).mkdir(parents=True, exist_ok=True)
         record_run(reports_root, run_dir)
         for i, name in enumerate(names, 1):
-            if resume and stages.get(name, {}).get("status") == "succeeded" and name != "02_train":
+            if resume and not only and stages.get(name, {}).get("status") == "succeeded" and name != "02_train":
                 print(f"[lvm-study] {i}/{len(names)} {name}: done earlier, skipped", flush=True)
                 continue
             print(f"[lvm-study] {i}/{len(names)} {name} → {run_dir.name}", flush=True)
