@@ -7,6 +7,7 @@ the value, before any work starts. `--set section.key=value` overrides are parse
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -204,6 +205,8 @@ def _apply(cfg: Config, section: str, key: str, value: Any, where: str) -> None:
     if not _type_ok(value, tp):
         tname = getattr(tp, "__name__", str(tp))
         raise ConfigError(f"{where}: key '{section}.{key}' expects {tname}, got {value!r} ({type(value).__name__})")
+    if tp is float and not math.isfinite(value):  # YAML reads .nan / .inf; no range check would catch them
+        raise ConfigError(f"{where}: key '{section}.{key}' = {value!r}: must be a finite number")
     del top
     setattr(sec_obj, key, value)
 
@@ -236,9 +239,11 @@ def validate(cfg: Config, where: str) -> None:
             bad(f"data.{k}", "must be in [0, 1]")
     total = d.train_frac + d.val_frac + d.test_frac
     if abs(total - 1.0) > 1e-6:
-        bad("data.test_frac", f"train_frac + val_frac + test_frac = {total:.4f}, must sum to 1")
-    if d.train_frac <= 0 or d.val_frac <= 0 or d.test_frac <= 0:
-        bad("data.train_frac", "every split needs a positive fraction")
+        raise ConfigError(f"{where}: data.train_frac + data.val_frac + data.test_frac = {d.train_frac:g} + "
+                          f"{d.val_frac:g} + {d.test_frac:g} = {total:.4f}, must sum to 1")
+    for k in ("train_frac", "val_frac", "test_frac"):
+        if getattr(d, k) <= 0:
+            bad(f"data.{k}", "every split needs a positive fraction")
     for k in ("d_model", "n_layers", "d_state", "d_conv", "expand", "amn_hidden"):
         if getattr(m, k) < 1:
             bad(f"model.{k}", "must be >= 1")
@@ -248,8 +253,9 @@ def validate(cfg: Config, where: str) -> None:
         bad("model.dt_min", f"need 0 < dt_min <= dt_max ({m.dt_max})")
     if not 0.0 <= m.dropout < 1.0:
         bad("model.dropout", "must be in [0, 1)")
-    if lo.lambda_con < 0 or lo.lambda_ar < 0:
-        bad("loss.lambda_con", "loss weights must be >= 0")
+    for k in ("lambda_con", "lambda_ar"):
+        if getattr(lo, k) < 0:
+            bad(f"loss.{k}", "loss weights must be >= 0")
     if lo.lambda_con + lo.lambda_ar <= 0:
         bad("loss.lambda_con", f"lambda_con + lambda_ar = {lo.lambda_con + lo.lambda_ar}: at least one weight must be > 0")
     if lo.temperature <= 0:
@@ -363,7 +369,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             setattr(cfg, section, str(value))
             continue
         _apply(cfg, section, key, value, f"--set {text}")
-    validate(cfg, str(path) if path is not None else "<defaults>")
+    where = str(path) if path is not None else "<defaults>"
+    validate(cfg, where + "".join(f" + --set {o}" for o in overrides))  # a bad value may come from either
     return cfg
 
 

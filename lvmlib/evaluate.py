@@ -109,6 +109,7 @@ def _codes(keys: np.ndarray) -> np.ndarray:
 
 
 def _payload_arrays(path: Path) -> dict[str, np.ndarray]:
+    import zipfile
     from .data import npz_member
     out = {}
     for name in ("context_sequences", "target_vectors", "truth_keys", "split"):
@@ -117,6 +118,10 @@ def _payload_arrays(path: Path) -> dict[str, np.ndarray]:
         except KeyError:
             raise SanityError(f"{path}: payload has no '{name}' array (needs context_sequences, "
                               "target_vectors, truth_keys, split)") from None
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:  # truncated or not an .npz
+            raise SanityError(f"{path}: not a readable payload .npz ({type(exc).__name__}: {exc})") from None
+    if out["context_sequences"].ndim != 3:
+        raise SanityError(f"{path}: 'context_sequences' has shape {out['context_sequences'].shape}, expected (N, K, D)")
     N, K, D = out["context_sequences"].shape
     shapes = {"target_vectors": (N, D), "truth_keys": (N, 2), "split": (N,)}
     for name, shape in shapes.items():
@@ -220,16 +225,17 @@ def _check_windows(data: EvalData, split: str) -> tuple[np.ndarray, np.ndarray, 
     return ctx_rows, tgt_rows, out
 
 
-def _check_bank(bank: np.ndarray, chunk: int) -> dict[str, Any]:
+def _check_bank(bank: np.ndarray, chunk: int, where: str = "bank") -> dict[str, Any]:
     lo, hi = np.inf, -np.inf
     for s in range(0, len(bank), chunk):
         b = np.asarray(bank[s:s + chunk], np.float32)
         if not np.isfinite(b).all():
-            raise SanityError(f"bank rows {s}..{s + len(b) - 1}: non-finite values")
+            bad = s + int(np.flatnonzero(~np.isfinite(b).all(axis=1))[0])
+            raise SanityError(f"{where}: bank row {bad} (rows {s}..{s + len(b) - 1}) has NaN/inf values")
         nrm = np.linalg.norm(b, axis=1)
         lo, hi = min(lo, float(nrm.min())), max(hi, float(nrm.max()))
     if lo < 0.99 or hi > 1.01:
-        raise SanityError(f"bank vectors are not L2-normalised (norms in [{lo:.4f}, {hi:.4f}]); inner-product "
+        raise SanityError(f"{where}: bank vectors are not L2-normalised (norms in [{lo:.4f}, {hi:.4f}]); inner-product "
                           "search would not rank by cosine")
     return {"finite": True, "norm_min": lo, "norm_max": hi}
 
@@ -440,7 +446,7 @@ def evaluate_run(cfg: Config, run_dir: str | Path, checkpoint: str | Path | None
     _log(progress, f"data from {data_dir or run_dir}; device {device}, search backend {backend}")
     data = load_eval_data(data_dir or run_dir)
     split_code = SPLITS.index(e.split)
-    sanity: dict[str, Any] = {"bank": _check_bank(data.bank_vectors, e.search_chunk)}
+    sanity: dict[str, Any] = {"bank": _check_bank(data.bank_vectors, e.search_chunk, data.source)}
     ctx_rows, tgt_rows, sanity["alignment"] = _check_windows(data, e.split)
     n, K, M = len(tgt_rows), ctx_rows.shape[1], len(data.bank_keys)
     groups = mt.duplicate_groups(data.bank_vectors, e.search_chunk)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -393,8 +394,16 @@ def load_checkpoint(path, map_location="cpu", *, model_cfg: ModelConfig | None =
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, bad pickle, foreign object...
+        msg = str(exc)
+        foreign = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
+        if foreign:  # torch's own text suggests weights_only=False: the one thing not to do with such a file
+            raise CheckpointError(f"{path}: refused: it holds a pickled object ({foreign.group(1)}), not just tensors "
+                                  "and plain values; checkpoints are read with torch.load(weights_only=True) so that "
+                                  "no code from a file is ever run") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", msg)
+        first = detail.group(1).strip() if detail else (msg.strip().splitlines() or [""])[0]
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupted?): "
-                              f"{type(exc).__name__}: {str(exc)[:200]}") from None
+                              f"{type(exc).__name__}: {first[:200]}") from None
     if not isinstance(ckpt, dict) or not {"config", "d_vec", "model"} <= set(ckpt):
         raise CheckpointError(f"{path}: not an lvm-study checkpoint (needs keys config, d_vec, model)")
     try:

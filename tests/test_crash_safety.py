@@ -1,0 +1,451 @@
+"""Crash safety (issue 8): a non-finite loss, a SIGKILL while embedding, a failed write, two runs at once
+and a checkpoint carrying a pickled object each end cleanly: a clear error, the run marked failed,
+earlier results kept, nothing half-written.
+
+Proved elsewhere, not repeated here: SIGKILL during training then --resume gives the identical
+history (tests/test_train.py::test_sigkill_after_epoch_1_then_resume_equals_uninterrupted); atomic
+writes keep the old file and leave no temp file (tests/test_runs.py); concurrent record_run /
+write_manifest keep every entry (tests/test_runs.py::test_concurrent_runs_never_clobber_the_index,
+::test_concurrent_manifest_updates_are_all_kept); an interrupted encode keeps complete shards with a
+fake encoder (tests/test_data.py::test_interrupted_embedding_keeps_complete_shards_and_resumes).
+"""
+from __future__ import annotations
+
+import ast
+import errno
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lvmlib import data, runner, runs
+from lvmlib.config import load_config
+from lvmlib.model import CheckpointError, build_model, load_checkpoint
+from lvmlib.runner import StudyFailed, run_study
+from lvmlib.train import TrainingDiverged, train, training_summary
+from test_bad_inputs import (SMOKE, CliFailed, cli, cli_subprocess, copy_run, make_tiny_run, snapshot,  # noqa: F401
+                             tiny_overrides, vectors_npz)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def lvm_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.getbasetemp() / "lvm-cache"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """01_data + one epoch of 02_train on a tiny vectors corpus, with a manifest (see test_bad_inputs)."""
+    root = tmp_path_factory.mktemp("tiny")
+    return make_tiny_run(root / "runs", vectors_npz(root / "corpus.npz"))
+
+
+def no_tmp_files(root: Path) -> list[str]:
+    return [str(p) for p in root.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".data-staging-")]
+
+
+def _manifest(run: Path) -> dict:
+    return json.loads((run / "manifest.json").read_text())
+
+
+# --------------------------------------------------------------------------- non-finite loss
+@pytest.mark.slow
+def test_nan_loss_stops_training_keeps_the_last_good_checkpoint_and_renders_the_notebook(tmp_path, tiny_run, lvm_cache):
+    """End to end: epoch 1 is on disk; the train rows of the bank then turn to NaN (a corrupted copy),
+    so the loss of epoch 2 is NaN. The runner reports the divergence in one line, the run is failed,
+    last.pt/best.pt/history.json are those of epoch 1, and 02_train.html shows the error."""
+    run = copy_run(tiny_run, tmp_path)
+    bank = np.load(run / "data" / "bank_vectors.npy")
+    bank[np.load(run / "data" / "bank_split.npy") == 0] = np.nan
+    np.save(run / "data" / "bank_vectors.npy", bank)
+    kept = {n: (run / n).read_bytes() for n in ("last.pt", "best.pt")}
+    history = json.loads((run / "history.json").read_text())
+    with pytest.raises(CliFailed) as info:
+        cli_subprocess(tmp_path, "--resume", run, "--only", "02_train", "--set", "train.epochs=2", cache=lvm_cache)
+    line = str(info.value)
+    assert info.value.code == 1 and "Traceback" not in info.value.stderr
+    assert "FAILED: 02_train" in line and "TrainingDiverged" in line, line
+    assert "loss is nan at epoch 2, optimizer step 1" in line, line
+    assert f"last good checkpoint kept: {run / 'last.pt'} (epoch 1)" in line, line
+    for name, content in kept.items():
+        assert (run / name).read_bytes() == content, f"{name} changed by the diverged epoch"
+    # resume rewrites history.json from last.pt (saved before the epoch's timing and stop reason): epoch 1 only
+    keys = ("epoch", "train_loss", "val_cosine", "val_infonce", "val_recall_at_5", "lr")
+    after = json.loads((run / "history.json").read_text())
+    assert [[r[k] for k in keys] for r in after] == [[r[k] for k in keys] for r in history] and len(after) == 1
+    _, _, ck = load_checkpoint(run / "last.pt")
+    assert ck["epoch"] == 1 and len(ck["history"]) == 1
+    m = _manifest(run)
+    assert m["status"] == "failed" and m["stages"]["02_train"]["status"] == "failed"
+    assert "TrainingDiverged" in m["failure"]
+    page = (tmp_path / "reports" / "base" / "02_train.html").read_text()
+    assert "TrainingDiverged" in page and "last good checkpoint kept" in page
+    assert "<b>failed</b>" in (tmp_path / "reports" / "index.html").read_text()
+    assert "ERROR training diverged" in (run / "train.log").read_text()
+    assert json.loads((run / "train_progress.json").read_text())["state"] == "diverged"
+    assert not no_tmp_files(run)
+
+
+def test_an_exploding_learning_rate_is_caught_as_a_non_finite_loss(tmp_path):
+    """No monkeypatching: lr 1e30 overflows the weights after one step; training stops in epoch 1 and,
+    with no good epoch yet, writes no checkpoint and no history."""
+    cfg = load_config(SMOKE, tiny_overrides(vectors_npz(tmp_path / "c.npz")) + ["train.lr=1e30"])
+    run = runs.create_run_dir(tmp_path / "runs", "r")
+    data.prepare_data(cfg, run, progress=False)
+    with pytest.raises(TrainingDiverged, match=r"at epoch 1, optimizer step \d+; no checkpoint was written yet"):
+        train(cfg, run, progress=False)
+    assert not any((run / n).exists() for n in ("last.pt", "best.pt", "history.json"))
+
+
+# --------------------------------------------------------------------------- SIGKILL while embedding
+_EMBED = """
+import sys
+from lvmlib import data
+from lvmlib.config import load_config
+data.FLUSH_EVERY = 16  # commit a cache shard every 16 chunks, so the kill lands between shards
+data.prepare_data(load_config(None, sys.argv[2:]), sys.argv[1], progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_while_embedding_keeps_the_cache_whole_and_the_rerun_embeds_only_the_rest(tmp_path):
+    """The real MiniLM encoder in a subprocess, SIGKILLed once >= 2 shards are committed: the cache
+    loads, holds only complete entries whose vectors are right, and the re-run encodes exactly the
+    chunks that were missing."""
+    corpus = tmp_path / "c.jsonl"
+    topics = ["rivers", "castles", "comets", "violins", "glaciers", "markets", "orchids", "bridges", "deserts",
+              "harbours", "volcanoes", "libraries"]
+    with open(corpus, "w") as fh:
+        for a, topic in enumerate(topics):
+            sents = [f"The {topic} of region {a} were described in survey number {i} by careful observers."
+                     for i in range(40)]
+            fh.write(json.dumps({"title": topic, "paragraphs": [" ".join(sents)]}) + "\n")
+    over = ["data.source=jsonl", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}", "data.min_words=5",
+            "data.encode_batch_size=8"]
+    run = tmp_path / "run"
+    run.mkdir()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", _EMBED, str(run), *over], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    shards = tmp_path / "cache" / "embeddings"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and len(list(shards.glob("*/shard-*.keys.npy"))) < 2:
+        time.sleep(0.005)
+    assert proc.poll() is None, "embedding ended before the kill:\n" + proc.stdout.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    total = 12 * 40  # chunks (one per sentence), ~30 shards: the kill lands early even on a fast machine
+
+    cache = data.EmbeddingCache(tmp_path / "cache", data.BUNDLED_ENCODER, 256)  # loads: no torn entry
+    n_cached = len(cache)
+    assert 32 <= n_cached < total, n_cached
+    assert [r["vectors"] for r in data.list_cache(tmp_path / "cache") if r["kind"] == "embeddings"] == [n_cached]
+    assert not (run / "data" / "summary.json").exists()
+
+    s = data.prepare_data(load_config(None, over), run, progress=False)  # same run dir: stale staging removed
+    assert s["counts"]["chunks"] == total
+    assert s["embedding"]["cache_hits"] == n_cached and s["embedding"]["encoded"] == total - n_cached
+    assert not no_tmp_files(run)
+    # what the killed process committed is right: equal to a fresh encode of the same texts
+    prep = data.load_prepared(run)
+    hit = np.flatnonzero(cache.lookup(data.text_digests(prep.texts(np.arange(len(prep))))) >= 0)[:8]
+    fresh = data.Encoder(data.BUNDLED_ENCODER, 256).encode(prep.texts(hit))
+    np.testing.assert_allclose(np.asarray(prep.bank_vectors[hit]), fresh, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- failed writes
+def _enospc_after(n: int):
+    """An os.fsync that works n times, then fails like a full disk."""
+    calls, real = [0], os.fsync
+
+    def fsync(fd):
+        calls[0] += 1
+        if calls[0] > n:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+    return fsync
+
+
+def test_disk_full_while_preparing_data_leaves_the_previous_data_dir(tmp_path, monkeypatch):
+    run = runs.create_run_dir(tmp_path / "runs", "r")
+    data.prepare_data(load_config(SMOKE, tiny_overrides(vectors_npz(tmp_path / "a.npz"))), run, progress=False)
+    before = snapshot(run)
+    cfg_b = load_config(SMOKE, tiny_overrides(vectors_npz(tmp_path / "b.npz", seed=1)))
+    monkeypatch.setattr(os, "fsync", _enospc_after(3))
+    with pytest.raises(OSError, match=r"No space left on device: '.*\.data-staging-[^/]+/\w+\.\w+'"):
+        data.prepare_data(cfg_b, run, progress=False)
+    monkeypatch.undo()
+    assert snapshot(run) == before, "a failed data stage changed data/"
+    assert not no_tmp_files(run)
+
+
+def test_a_failure_while_publishing_data_is_never_read_as_complete(tmp_path, monkeypatch):
+    """Files move into data/ one by one, summary.json last (it is removed first): a failure in between
+    leaves data/ without summary.json, and every reader refuses it until the stage is re-run."""
+    run = runs.create_run_dir(tmp_path / "runs", "r")
+    cfg = load_config(SMOKE, tiny_overrides(vectors_npz(tmp_path / "a.npz")))
+    data.prepare_data(cfg, run, progress=False)
+    real, moved = os.replace, []
+
+    def replace(src, dst):
+        if Path(dst).parent == run / "data":
+            if len(moved) == 3:
+                raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+            moved.append(dst)
+        return real(src, dst)
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="No space left on device"):
+        data.prepare_data(cfg, run, progress=False)
+    monkeypatch.undo()
+    assert not (run / "data" / "summary.json").exists() and not no_tmp_files(run)
+    with pytest.raises(data.DataError, match=r"summary\.json: missing — run the data stage first"):
+        data.load_prepared(run)
+    data.prepare_data(cfg, run, progress=False)  # and the re-run repairs it
+    assert data.load_prepared(run).summary["counts"]["windows"] > 0
+
+
+@pytest.mark.slow
+def test_a_stage_that_cannot_write_fails_the_run_cleanly(tmp_path, tiny_run, lvm_cache):
+    """End to end: gates.json cannot be written (a directory stands where the file goes — root ignores
+    chmod, this does not): 03_gates fails naming the file, the run is marked failed, nothing else changes."""
+    run = copy_run(tiny_run, tmp_path)
+    (run / "gates.json").mkdir()
+    (run / "gates.json" / "keep").write_text("x")
+    before = snapshot(run)
+    with pytest.raises(CliFailed) as info:
+        cli_subprocess(tmp_path, "--resume", run, "--only", "03_gates", cache=lvm_cache)
+    line = str(info.value)
+    assert info.value.code == 1 and "FAILED: 03_gates" in line and str(run / "gates.json") in line, line
+    m = _manifest(run)
+    assert m["status"] == "failed" and m["stages"]["03_gates"]["status"] == "failed"
+    assert (tmp_path / "reports" / "base" / "03_gates.html").is_file()
+    changed = {k for k in snapshot(run).keys() | before.keys() if snapshot(run).get(k) != before.get(k)}
+    assert changed <= {"manifest.json", "notebooks/03_gates.ipynb"}, changed
+    assert not no_tmp_files(run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("what", ["render_html", "record_run"])
+def test_a_full_disk_in_the_runners_own_writes_fails_the_run_cleanly(tmp_path, tiny_run, monkeypatch, what):
+    """The runner's own writes fail (a stage's HTML; the final run page and index): the run is marked
+    failed with the path and the reason, instead of a traceback that leaves the manifest 'running'."""
+    run = copy_run(tiny_run, tmp_path)
+    real, calls = getattr(runner, what), []
+
+    def full_disk(*args, **kw):
+        calls.append(args)
+        if what == "render_html" or len(calls) == 2:  # record_run: the one after the stage succeeded
+            target = args[1] if what == "render_html" else tmp_path / "reports" / "index.html"
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        return real(*args, **kw)
+    monkeypatch.setattr(runner, what, full_disk)
+    with pytest.raises(StudyFailed) as info:
+        run_study("", resume=run, only=["03_gates"], reports_root=tmp_path / "reports", progress=False)
+    line = str(info.value)
+    expect = ("03_gates: OSError: [Errno 28] No space left on device: " if what == "render_html" else
+              "writing the run's records failed: OSError: [Errno 28] No space left on device: ")
+    assert line.startswith(expect) and ("03_gates.html" in line or "index.html" in line), line
+    m = _manifest(run)
+    assert m["status"] == "failed" and m["failure"] == line and m["ended_at"]
+    assert m["stages"]["03_gates"]["status"] == ("failed" if what == "render_html" else "succeeded")
+    assert "<b>failed</b>" in (tmp_path / "reports" / "index.html").read_text()
+    assert not no_tmp_files(run) and not no_tmp_files(tmp_path / "reports")
+
+
+def test_a_failed_write_before_the_run_starts_is_one_line_and_changes_nothing(tmp_path, tiny_run, monkeypatch):
+    """--resume with an override rewrites params.yaml first; a full disk there -> exit 1, one line
+    naming params.yaml, and params.yaml/manifest.json as they were."""
+    run = copy_run(tiny_run, tmp_path)
+    before = snapshot(run)
+    monkeypatch.setattr(os, "fsync", _enospc_after(0))
+    with pytest.raises(CliFailed) as info:
+        cli("run", "--resume", run, "--only", "03_gates", "--set", "gates.threshold=0.4",
+            "--reports-root", tmp_path / "reports")
+    monkeypatch.undo()
+    assert info.value.code == 1 and "Traceback" not in info.value.stderr
+    assert str(info.value) == f"error: OSError: [Errno 28] No space left on device: '{run / 'params.yaml'}'"
+    assert snapshot(run) == before and not no_tmp_files(tmp_path)
+
+
+@pytest.mark.parametrize("which", ["reports", "runs"])
+def test_an_unwritable_output_root_is_refused_before_the_run_starts(tmp_path, which):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a directory should be")  # works as root, unlike chmod
+    roots = {"runs": tmp_path / "runs", "reports": tmp_path / "reports", which: blocker / which}
+    with pytest.raises(CliFailed) as info:
+        cli("run", SMOKE, "--runs-root", roots["runs"], "--reports-root", roots["reports"], "--quiet")
+    assert info.value.code == 2 and str(blocker / which) in str(info.value)
+    why = "cannot write reports here" if which == "reports" else "cannot create the runs directory"
+    assert why in str(info.value)
+    assert not (tmp_path / "runs").exists(), "a run was created although its reports cannot be written"
+
+
+# --------------------------------------------------------------------------- concurrency
+def _create_same_run_dir(args):
+    root, barrier = args
+    barrier.wait()
+    try:
+        runs.create_run_dir(root, "same")
+        return "created"
+    except runs.RunError as exc:
+        return str(exc)
+
+
+def test_two_runs_racing_for_one_run_id_never_share_the_directory(tmp_path):
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        barrier = manager.Barrier(4)
+        with ctx.Pool(4) as pool:
+            results = pool.map(_create_same_run_dir, [(tmp_path, barrier)] * 4)
+    assert results.count("created") == 1, results
+    assert all("already exists" in r for r in results if r != "created")
+
+
+_TEXTS = [f"chunk number {i}" for i in range(120)]
+
+
+def _vector_of(dig: np.ndarray) -> np.ndarray:
+    """(n, 2) digests -> (n, 4) a vector that is a function of the text, so any mix-up shows."""
+    return np.repeat((dig[:, :1] % 1000).astype(np.float32), 4, axis=1)
+
+
+def _cache_writer(args):
+    root, order_seed = args
+    order = np.random.default_rng(order_seed).permutation(len(_TEXTS))
+    cache = data.EmbeddingCache(root, "fake-encoder", 16)
+    cache.set_dim(4)
+    for s in range(0, len(order), 24):  # 5 shards each, the same texts in another order
+        dig = data.text_digests([_TEXTS[i] for i in order[s:s + 24]])
+        cache.add(dig, _vector_of(dig))
+    return int((cache.lookup(data.text_digests(_TEXTS)) >= 0).sum())
+
+
+def _cache_reader(args):
+    root, seconds = args
+    dig = data.text_digests(_TEXTS)
+    end, checked = time.time() + seconds, 0
+    while time.time() < end:  # whatever the writers are doing, a reader sees whole, right entries
+        c = data.EmbeddingCache(root, "fake-encoder", 16)
+        found = c.lookup(dig)
+        hit = np.flatnonzero(found >= 0)
+        out = np.empty((len(hit), 4), np.float32)
+        c.gather(found[hit], out)
+        np.testing.assert_array_equal(out, _vector_of(dig[hit]))
+        checked += len(hit)
+    return checked
+
+
+def test_concurrent_runs_share_the_embedding_cache_without_clobbering(tmp_path):
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(3) as pool:
+        reader = pool.apply_async(_cache_reader, ((tmp_path, 4.0),))
+        counts = pool.map(_cache_writer, [(tmp_path, 1), (tmp_path, 2)])
+        assert reader.get(timeout=120) > 0
+    assert counts == [120, 120]
+    cache = data.EmbeddingCache(tmp_path, "fake-encoder", 16)
+    assert len(cache.shards) == 10, "a shard was overwritten"
+    dig = data.text_digests(_TEXTS)
+    entry = cache.lookup(dig)
+    assert (entry >= 0).all()
+    out = np.empty((120, 4), np.float32)
+    cache.gather(entry, out)
+    np.testing.assert_array_equal(out, _vector_of(dig))
+    assert not no_tmp_files(tmp_path)
+
+
+@pytest.mark.slow
+def test_runs_started_at_once_keep_their_own_directories_and_the_index(tmp_path, lvm_cache):
+    """Three `python -m lvmlib run` at once on one runs/, reports/ and cache: two race for one run id
+    (one wins, the other stops before writing anything), the third runs beside them."""
+    npz = vectors_npz(tmp_path / "c.npz")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", LVM_CACHE_DIR=str(lvm_cache))
+    over = [a for o in tiny_overrides(npz) for a in ("--set", o)]
+
+    def start(run_id):
+        return subprocess.Popen([sys.executable, "-m", "lvmlib", "run", str(SMOKE), *over, "--only", "01_data",
+                                 "--run-id", run_id, "--runs-root", str(tmp_path / "runs"),
+                                 "--reports-root", str(tmp_path / "reports"), "--quiet"],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = {"a": start("same"), "b": start("same"), "c": start("other")}
+    out = {k: (p.wait(timeout=600), p.communicate()[1], p.pid) for k, p in procs.items()}
+    assert out["c"][0] == 0, out["c"][1][-2000:]
+    codes = sorted(out[k][0] for k in "ab")
+    assert codes == [0, 2], {k: (out[k][0], out[k][1][-1500:]) for k in "ab"}
+    winner, loser = ("a", "b") if out["a"][0] == 0 else ("b", "a")
+    assert "run directory already exists" in out[loser][1].strip().splitlines()[-1]
+    m = _manifest(tmp_path / "runs" / "same")
+    assert m["status"] == "succeeded" and m["pid"] == out[winner][2], "the loser touched the winner's manifest"
+    for rid in ("same", "other"):
+        assert data.load_prepared(tmp_path / "runs" / rid).summary["counts"]["windows"] > 0
+    index = (tmp_path / "reports" / "index.html").read_text()
+    assert "same/index.html" in index and "other/index.html" in index
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["other", "same"]
+    assert not no_tmp_files(tmp_path)
+
+
+# --------------------------------------------------------------------------- no unpickling of arbitrary code
+class _Payload:
+    """Unpickling this creates a file: stands for any code a hostile checkpoint would run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _hostile_checkpoint(path: Path, marker: Path, cfg) -> None:
+    model = build_model(cfg.model, 32)
+    torch.save({"config": cfg.to_dict(), "d_vec": 32, "model": model.state_dict(), "n_params": 1,
+                "extra": _Payload(marker)}, path)
+
+
+def test_a_checkpoint_with_a_pickled_object_is_refused_and_never_run(tmp_path, tiny_run):
+    run = copy_run(tiny_run, tmp_path)
+    cfg = load_config(run / "params.yaml")
+    marker = tmp_path / "code_ran"
+    _hostile_checkpoint(tmp_path / "probe.pt", marker, cfg)
+    torch.load(tmp_path / "probe.pt", weights_only=False)  # the file really is hostile...
+    assert marker.exists()
+    marker.unlink()
+    for name in ("best.pt", "last.pt"):
+        _hostile_checkpoint(run / name, marker, cfg)
+    with pytest.raises(CheckpointError, match=r"best\.pt: refused: it holds a pickled object \((io|builtins)\.open\)"):
+        load_checkpoint(run / "best.pt")
+    from lvmlib.evaluate import evaluate_run
+    with pytest.raises(CheckpointError, match=r"best\.pt: refused"):
+        evaluate_run(cfg, run, progress=False)
+    with pytest.raises(CheckpointError, match=r"last\.pt: refused"):
+        train(cfg, run, resume=True, progress=False)
+    (run / "train_progress.json").unlink()  # so training_summary reads n_params from best.pt itself
+    with pytest.raises(Exception, match="Weights only load failed"):
+        training_summary(run)
+    assert not marker.exists(), "loading a checkpoint ran code from it"
+
+
+def test_every_load_in_lvmlib_refuses_pickles():
+    """torch.load without weights_only=True, or np.load with allow_pickle=True, anywhere in lvmlib
+    would unpickle arbitrary objects from a file someone handed over."""
+    offenders = []
+    for path in sorted((ROOT / "lvmlib").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load"
+                    and isinstance(node.func.value, ast.Name)):
+                continue
+            kw = {k.arg: k.value for k in node.keywords}
+            flag = lambda k: kw[k].value if isinstance(kw.get(k), ast.Constant) else None  # noqa: E731
+            if node.func.value.id == "torch" and flag("weights_only") is not True:
+                offenders.append(f"{path.name}:{node.lineno} torch.load")
+            if node.func.value.id == "np" and ("allow_pickle" in kw and flag("allow_pickle") is not False):
+                offenders.append(f"{path.name}:{node.lineno} np.load")
+    assert not offenders, f"loads that may unpickle: {offenders}"
