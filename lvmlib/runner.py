@@ -454,6 +454,8 @@ def run_study(params_path: str | Path, overrides: list[str] | tuple[str, ...] = 
                          overrides if not resume else [], extra, progress)
             except Exception as exc:  # papermill raises PapermillExecutionError for a failing cell
                 err = exc
+            except KeyboardInterrupt:  # Ctrl-C: the run is marked failed, not left "running"
+                err = KeyboardInterrupt("interrupted by the user (Ctrl-C)")
             secs = round(time.time() - t0, 1)
             executed = run_dir / "notebooks" / f"{name}.ipynb"
             if executed.is_file():

@@ -119,3 +119,25 @@ def test_unknown_notebook_parameter_is_named(tmp_path):
 def test_unknown_notebook_name_is_named(tmp_path):
     r = _run(["params/smoke.yaml", "--only", "09_magic"], tmp_path)
     assert r.returncode == 2 and "09_magic" in r.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_the_run_failed(tmp_path):
+    import os
+    import signal
+    import time
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    p = subprocess.Popen([sys.executable, "-m", "lvmlib", "run", "params/smoke.yaml", "--run-id", "ctrlc",
+                          "--runs-root", str(tmp_path / "runs"), "--reports-root", str(tmp_path / "reports"),
+                          "--quiet"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    manifest = tmp_path / "runs/ctrlc/manifest.json"
+    deadline = time.time() + 120
+    while not manifest.is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(2.0)  # inside 01_data
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 1, err[-2000:]
+    m = json.loads(manifest.read_text())
+    assert m["status"] == "failed" and "interrupted" in m["failure"], m["failure"]
+    assert "failed" in (tmp_path / "reports/index.html").read_text()
