@@ -450,9 +450,8 @@ def compare_runs(run_dirs: list[Path], compare_id: str | None = None, reports_ro
                  progress: bool = False) -> Path:
     """Execute 05_compare for these runs; writes reports/compare_<id>.html (+ .code.html, .json) and
     rebuilds the index. Returns the HTML path. Raises CompareFailed with a one-line reason."""
-    import papermill as pm
 
-    from .runner import ensure_kernel, record_run, render_html, write_index
+    from .runner import execute_notebook, record_run, render_html, write_index
     runs = load_runs([Path(d) for d in run_dirs])  # fails fast on a path that is not a run dir
     compare_id = _safe(compare_id) if compare_id else new_compare_id(runs)
     reports_root = Path(reports_root).resolve()
@@ -461,10 +460,9 @@ def compare_runs(run_dirs: list[Path], compare_id: str | None = None, reports_ro
     html_path = reports_root / f"compare_{compare_id}.html"
     started, t0, err = now_iso(), time.time(), None
     try:
-        pm.execute_notebook(str(NOTEBOOK), str(out_dir / "05_compare.ipynb"), kernel_name=ensure_kernel(),
-                            parameters={"run_dirs": [str(r.run_dir) for r in runs], "compare_id": compare_id,
-                                        "out_dir": str(out_dir)},
-                            progress_bar=progress, log_output=progress, cwd=str(PROJECT_ROOT))
+        execute_notebook(NOTEBOOK, out_dir / "05_compare.ipynb",
+                         {"run_dirs": [str(r.run_dir) for r in runs], "compare_id": compare_id,
+                          "out_dir": str(out_dir)}, progress)
     except Exception as exc:  # papermill raises PapermillExecutionError for a failing cell
         err = exc
     pages = {r.run_id: (reports_root / r.run_id / "run.json").is_file() for r in runs}  # runs with reports here

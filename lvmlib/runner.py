@@ -328,9 +328,26 @@ def _execute(name: str, run_dir: Path, params_path: str, overrides: list[str], e
     if not src.is_file():
         raise StudyFailed(f"{src}: notebook missing")
     params = {"params_path": params_path, "run_dir": str(run_dir), "overrides": list(overrides), **extra}
-    pm.execute_notebook(str(src), str(run_dir / "notebooks" / f"{name}.ipynb"), parameters=params,
-                        kernel_name=ensure_kernel(), progress_bar=progress, log_output=progress,
-                        cwd=str(PROJECT_ROOT), stdout_file=None, stderr_file=None)
+    execute_notebook(src, run_dir / "notebooks" / f"{name}.ipynb", params, progress)
+
+
+def execute_notebook(src: Path, out: Path, params: dict[str, Any], progress: bool) -> None:
+    """papermill with the project's kernel over local IPC sockets (not unencrypted TCP ports)."""
+    import shutil
+    import tempfile
+
+    import papermill as pm
+    from jupyter_client.manager import KernelManager
+    sock_dir = tempfile.mkdtemp(prefix="lvm-kernel-")
+    km = KernelManager(kernel_name=ensure_kernel(), transport="ipc", ip=os.path.join(sock_dir, "k"))
+    try:
+        pm.execute_notebook(str(src), str(out), parameters=params, kernel_name=km.kernel_name, km=km,
+                            progress_bar=progress, log_output=progress, cwd=str(PROJECT_ROOT),
+                            stdout_file=None, stderr_file=None)
+    finally:
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
+        shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 def check_notebook_params(names: list[str], notebook_params: dict[str, Any]) -> dict[str, dict[str, Any]]:
