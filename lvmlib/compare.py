@@ -450,7 +450,6 @@ def compare_runs(run_dirs: list[Path], compare_id: str | None = None, reports_ro
                  progress: bool = False) -> Path:
     """Execute 05_compare for these runs; writes reports/compare_<id>.html (+ .code.html, .json) and
     rebuilds the index. Returns the HTML path. Raises CompareFailed with a one-line reason."""
-
     from .runner import execute_notebook, record_run, render_html, write_index
     runs = load_runs([Path(d) for d in run_dirs])  # fails fast on a path that is not a run dir
     compare_id = _safe(compare_id) if compare_id else new_compare_id(runs)
