@@ -14,10 +14,10 @@ Backends (`selective_scan(..., backend=)`):
 - `ref`: `selective_scan_ref`, the sequential specification mirroring mamba_ssm's
   `selective_scan_ref`; autograd keeps (B, ED, L, N) tensors, so it is only for tests and small runs.
 - `cpu`: ours. A custom autograd Function that keeps only its inputs for backward and recomputes the
-  states there. On CPU fp32 tensors it runs a small C kernel (compiled once with the system C compiler,
-  loaded with ctypes, cached in $LVM_CACHE_DIR or ~/.cache/lvm-study/scan_kernel); anywhere else
-  (CUDA tensors, other dtypes), with LVM_SCAN_KERNEL=0, or when no compiler works, it runs the
-  reference in batch chunks under recomputation (pure torch, any device).
+  states there. On CPU tensors it runs a small C kernel (compiled once with the system C compiler,
+  loaded with ctypes, cached in $LVM_CACHE_DIR or ~/.cache/lvm-study/scan_kernel, parallel over ED
+  in torch's own OpenMP pool); on CUDA tensors, with LVM_SCAN_KERNEL=0, or when no compiler works, it
+  runs the reference in batch chunks under recomputation (pure torch, any device).
 - `cuda`: mamba_ssm's `selective_scan_fn` (import guarded: mamba_ssm cannot be imported without CUDA).
 - `auto`: `cuda` when mamba_ssm is importable and the tensors are on a CUDA device, else `cpu`.
 """
@@ -116,13 +116,16 @@ def _batch_chunks(u, dt, A, B, C, D):
 # One (b, d) channel at a time: h (N floats) stays in registers/L1 across all L steps, so the
 # (B, ED, L, N) tensors of the reference never exist. Backward recomputes the channel's states into an
 # (L+1, N) scratch buffer, then runs the reverse recurrence (as mamba_ssm's CUDA kernel, per chunk).
-# Threads split ED; each owns its rows of dA, dD, ddelta_bias and a private dB/dC summed in torch.
+# Threads split ED; each owns its rows of dA and dD and a private dB/dC buffer, summed in torch.
 _C_SOURCE = r"""
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #if defined(__SSE__)
 #include <xmmintrin.h>
+#endif
+#if defined(_OPENMP)
+#include <omp.h>
 #endif
 typedef struct {
     const float *u, *dt, *A, *B, *C, *D, *dy;
@@ -243,6 +246,45 @@ int scan_bwd(const ScanArgs *a, float *dB, float *dC, int64_t d0, int64_t d1) {
     free(hs);
     return 0;
 }
+
+/* Threads split ED. Built with -fopenmp after torch is loaded, "libgomp.so.1" resolves to torch's own
+   runtime, so these regions reuse torch's idle threads instead of fighting them for the cores. */
+int scan_openmp(void) {
+#if defined(_OPENMP)
+    return 1;
+#else
+    return 0;
+#endif
+}
+int scan_fwd_par(const ScanArgs *a, int nthreads) {
+    int err = 0;
+#if defined(_OPENMP)
+    #pragma omp parallel num_threads(nthreads) reduction(|:err)
+    {
+        int64_t nt = omp_get_num_threads(), i = omp_get_thread_num();
+        err |= scan_fwd(a, a->ed * i / nt, a->ed * (i + 1) / nt);
+    }
+#else
+    (void)nthreads;
+    err = scan_fwd(a, 0, a->ed);
+#endif
+    return err;
+}
+/* dBC: (2, nthreads, batch, len, n) zeroed; thread i accumulates into dBC[0, i] (dB) and dBC[1, i] (dC). */
+int scan_bwd_par(const ScanArgs *a, float *dBC, int nthreads) {
+    const int64_t part = a->batch * a->len * a->n;
+    int err = 0;
+#if defined(_OPENMP)
+    #pragma omp parallel num_threads(nthreads) reduction(|:err)
+    {
+        int64_t nt = omp_get_num_threads(), i = omp_get_thread_num();
+        err |= scan_bwd(a, dBC + i * part, dBC + (nthreads + i) * part, a->ed * i / nt, a->ed * (i + 1) / nt);
+    }
+#else
+    err = scan_bwd(a, dBC, dBC + nthreads * part, 0, a->ed);
+#endif
+    return err;
+}
 """
 
 
@@ -253,8 +295,9 @@ class _Args(ctypes.Structure):
                 + [(k, ctypes.c_int64 * 2) for k in ("sB", "sC")])
 
 
-_FLAGS = (["-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=fast", "-fopenmp-simd"],
-          ["-O3", "-fno-trapping-math", "-fno-math-errno", "-fopenmp-simd"], ["-O2"])
+_FAST = ["-O3", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=fast"]
+_FLAGS = ([*_FAST, "-march=native", "-fopenmp"], [*_FAST, "-march=native", "-fopenmp-simd"],
+          [*_FAST, "-fopenmp-simd"], ["-O2"])  # tried in order; the first that builds and loads wins
 
 
 @functools.lru_cache(maxsize=1)
@@ -296,10 +339,12 @@ def _kernel():
         except OSError as exc:
             errors.append(f"{lib}: {exc}")
             continue
-        i64, ptr = ctypes.c_int64, ctypes.c_void_p
-        dll.scan_fwd.argtypes = [ctypes.POINTER(_Args), i64, i64]
-        dll.scan_bwd.argtypes = [ctypes.POINTER(_Args), ptr, ptr, i64, i64]
-        dll.scan_fwd.restype = dll.scan_bwd.restype = ctypes.c_int
+        i64, ptr, args = ctypes.c_int64, ctypes.c_void_p, ctypes.POINTER(_Args)
+        dll.scan_fwd.argtypes = [args, i64, i64]
+        dll.scan_bwd.argtypes = [args, ptr, ptr, i64, i64]
+        dll.scan_fwd_par.argtypes = [args, ctypes.c_int]
+        dll.scan_bwd_par.argtypes = [args, ptr, ctypes.c_int]
+        dll.openmp = bool(dll.scan_openmp()) and os.environ.get("LVM_SCAN_OPENMP", "1") != "0"
         return dll
     warnings.warn("lvmlib.scan: building the C scan kernel failed; the cpu scan uses the pure-torch path: "
                   + " | ".join(errors))
@@ -326,18 +371,31 @@ def _forget_pool() -> None:  # a forked child inherits the pool object but not i
 os.register_at_fork(after_in_child=_forget_pool)
 
 
-def _run_threads(fn, ed: int, make_args) -> None:
-    """Split the ED channels into one contiguous slice per torch thread; ctypes releases the GIL."""
+def _nthreads(ed: int) -> int:
+    return max(1, min(torch.get_num_threads(), ed))
+
+
+def _run(kind: str, args: _Args, dBC: torch.Tensor | None = None) -> None:
+    """Run scan_fwd / scan_bwd over all ED channels on torch's thread count: inside torch's OpenMP
+    pool when the kernel was built with OpenMP, else on a thread pool (ctypes releases the GIL)."""
     global _POOL
-    nthreads = max(1, min(torch.get_num_threads(), ed))
-    bounds = [ed * i // nthreads for i in range(nthreads + 1)]
-    if nthreads == 1:
-        codes = [fn(*make_args(0), 0, ed)]
+    dll, ed = _kernel(), args.ed
+    nthreads = _nthreads(ed) if dBC is None else dBC.shape[1]
+    extra = () if dBC is None else (dBC.data_ptr(),)
+    if dll.openmp or nthreads == 1:
+        code = getattr(dll, f"scan_{kind}_par")(ctypes.byref(args), *extra, nthreads)
     else:
         if _POOL is None or _POOL._max_workers < nthreads:
             _POOL = ThreadPoolExecutor(max_workers=nthreads, thread_name_prefix="lvm-scan")
-        codes = list(_POOL.map(lambda i: fn(*make_args(i), bounds[i], bounds[i + 1]), range(nthreads)))
-    if any(codes):
+        part = args.batch * args.len * args.n * 4  # bytes of one thread's dB (or dC) buffer
+
+        def job(i: int) -> int:
+            lo, hi = ed * i // nthreads, ed * (i + 1) // nthreads
+            if dBC is None:
+                return dll.scan_fwd(ctypes.byref(args), lo, hi)
+            return dll.scan_bwd(ctypes.byref(args), extra[0] + i * part, extra[0] + (nthreads + i) * part, lo, hi)
+        code = max(_POOL.map(job, range(nthreads)))
+    if code:
         raise MemoryError("lvmlib.scan: the C kernel could not allocate its scratch buffer")
 
 
@@ -351,8 +409,7 @@ class _CoreKernel(torch.autograd.Function):
         B, C = (t if t.stride(1) == 1 else t.transpose(1, 2).contiguous().transpose(1, 2) for t in (B, C))
         batch, ed, length = u.shape
         y = u.new_empty(batch, length, ed).transpose(1, 2)  # (B, ED, L) view of (B, L, ED) memory
-        args = _make_args(u=u, dt=dt, A=A, B=B, C=C, D=D, y=y)
-        _run_threads(_kernel().scan_fwd, ed, lambda i: (ctypes.byref(args),))
+        _run("fwd", _make_args(u=u, dt=dt, A=A, B=B, C=C, D=D, y=y))
         ctx.save_for_backward(u, dt, A, B, C, D)
         return y
 
@@ -364,11 +421,8 @@ class _CoreKernel(torch.autograd.Function):
         dy = dy.float()
         du, ddt, dA = torch.empty_like(u), torch.empty_like(dt), torch.zeros_like(A)
         dD = None if D is None else torch.zeros_like(D)
-        nthreads = max(1, min(torch.get_num_threads(), ed))
-        dBC = u.new_zeros(2, nthreads, batch, length, A.shape[1])  # per-thread (B, L, N) sums of dB, dC
-        args = _make_args(u=u, dt=dt, A=A, B=B, C=C, D=D, dy=dy, du=du, ddt=ddt, dA=dA, dD=dD)
-        _run_threads(_kernel().scan_bwd, ed,
-                     lambda i: (ctypes.byref(args), dBC[0, i].data_ptr(), dBC[1, i].data_ptr()))
+        dBC = u.new_zeros(2, _nthreads(ed), batch, length, A.shape[1])  # per-thread (B, L, N) sums of dB, dC
+        _run("bwd", _make_args(u=u, dt=dt, A=A, B=B, C=C, D=D, dy=dy, du=du, ddt=ddt, dA=dA, dD=dD), dBC)
         dB, dC = dBC.sum(1).transpose(2, 3)  # (B, N, L) each
         return du, ddt, dA, dB, dC, dD
 

@@ -1,6 +1,7 @@
 """lvmlib.scan: every backend against the sequential reference, outputs and every gradient."""
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -92,6 +93,35 @@ def test_realistic_sizes_match_ref():
     require_kernel()
     args, kw = make_inputs(5, batch=4, ed=67, n=64, seed=3)
     assert_all_close(run(cpu_fn, args, kw), run(ref_fn, args, kw), "N=64")
+
+
+@pytest.mark.parametrize("runtime", ["openmp", "thread_pool"])
+def test_kernel_threads_split_channels_correctly(runtime, monkeypatch):
+    """Several threads (each owning ED rows of dA, dD and its own dB/dC buffer) give the reference."""
+    require_kernel()
+    dll = scan._kernel()
+    if runtime == "openmp" and not dll.openmp:
+        pytest.skip("the kernel was built without OpenMP on this machine")
+    monkeypatch.setattr(dll, "openmp", runtime == "openmp")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        args, kw = make_inputs(9, ed=13)
+        assert_all_close(run(cpu_fn, args, kw), run(ref_fn, args, kw), f"3 threads {runtime}")
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_kernel_shares_torchs_openmp_runtime():
+    """Built with -fopenmp after torch is loaded, the kernel must not bring a second OpenMP runtime
+    (two runtimes spin against each other for the same cores)."""
+    require_kernel()
+    if not scan._kernel().openmp or not os.path.exists("/proc/self/maps"):
+        pytest.skip("kernel without OpenMP, or not Linux")
+    maps = open("/proc/self/maps").read()
+    runtimes = {line.split()[-1] for line in maps.splitlines() if "gomp" in line.rsplit("/", 1)[-1]}
+    print("OpenMP runtimes mapped:", runtimes)
+    assert len(runtimes) == 1
 
 
 def _saved_numels(fn, args, kw):
