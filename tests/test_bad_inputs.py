@@ -128,16 +128,6 @@ def snapshot(root: Path) -> dict[str, str]:
     return out
 
 
-@pytest.fixture(scope="session")
-def lvm_cache(tmp_path_factory) -> Path:
-    """One embedding cache for every CLI run of the session (never the user's ~/.cache)."""
-    return tmp_path_factory.getbasetemp() / "lvm-cache"
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny")
-    return make_tiny_run(root / "runs", vectors_npz(root / "corpus.npz"))
 
 
 def copy_run(src: Path, tmp: Path) -> Path:

@@ -37,16 +37,6 @@ from test_bad_inputs import (SMOKE, CliFailed, cli, cli_subprocess, copy_run, ma
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="session")
-def lvm_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.getbasetemp() / "lvm-cache"
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    """01_data + one epoch of 02_train on a tiny vectors corpus, with a manifest (see test_bad_inputs)."""
-    root = tmp_path_factory.mktemp("tiny")
-    return make_tiny_run(root / "runs", vectors_npz(root / "corpus.npz"))
 
 
 def no_tmp_files(root: Path) -> list[str]:
