@@ -165,6 +165,35 @@ CHOICES = {
     "eval.primary_bank": {"global", "test", "same_article"},
     "eval.search_backend": {"auto", "faiss", "torch"},
 }
+# Lower bounds of integer settings: key -> (minimum, message or None for 'must be >= minimum').
+MINIMUMS = {
+    "data.context_len": (1, 'K must be >= 1'),
+    "data.min_words": (1, None),
+    "data.max_articles": (0, 'must be >= 0 (0 = all)'),
+    "data.encode_batch_size": (1, None),
+    "model.dt_rank": (0, 'must be >= 0 (0 = auto)'),
+    "loss.false_negative_window": (0, None),
+    "train.epochs": (1, None),
+    "train.batch_size": (2, 'InfoNCE needs at least 2 samples per batch'),
+    "train.grad_accum": (1, None),
+    "train.weight_decay": (0, None),
+    "train.warmup_steps": (0, None),
+    "train.patience": (1, None),
+    "train.nproc": (1, None),
+    "train.threads": (0, None),
+    "train.max_train_windows": (0, 'must be >= 0 (0 = all)'),
+    "gates.epoch": (1, None),
+    "gates.extend_epochs": (0, None),
+    "eval.latency_threads": (0, 'must be >= 0 (0 = the library defaults)'),
+    "eval.baseline_fit_windows": (0, 'must be >= 0 (0 = all)'),
+    "eval.search_chunk": (1, None),
+    "model.d_model": (1, None),
+    "model.n_layers": (1, None),
+    "model.d_state": (1, None),
+    "model.d_conv": (1, None),
+    "model.expand": (1, None),
+    "model.amn_hidden": (1, None),
+}
 EVAL_BANKS = {"global", "test", "same_article"}
 BASELINES = {"copy_last", "context_mean", "global_mean", "ridge"}
 
@@ -221,19 +250,15 @@ def validate(cfg: Config, where: str) -> None:
         sec, k = key.split(".")
         if getattr(getattr(cfg, sec), k) not in allowed:
             bad(key, f"must be one of {sorted(allowed)}")
+    for key, (low, note) in MINIMUMS.items():
+        sec, k = key.split(".")
+        if getattr(getattr(cfg, sec), k) < low:
+            bad(key, note or f"must be >= {low}")
     d, m, lo, t, g, e = cfg.data, cfg.model, cfg.loss, cfg.train, cfg.gates, cfg.eval
     if d.source in ("jsonl", "mediawiki_dump", "vectors") and not d.path:
         bad("data.path", f"data.source '{d.source}' needs a file path")
-    if d.context_len < 1:
-        bad("data.context_len", "K must be >= 1")
-    if d.min_words < 1:
-        bad("data.min_words", "must be >= 1")
     if d.max_words < d.min_words:
         bad("data.max_words", f"must be >= data.min_words ({d.min_words})")
-    if d.max_articles < 0:
-        bad("data.max_articles", "must be >= 0 (0 = all)")
-    if d.encode_batch_size < 1:
-        bad("data.encode_batch_size", "must be >= 1")
     for k in ("train_frac", "val_frac", "test_frac"):
         if not 0.0 <= getattr(d, k) <= 1.0:
             bad(f"data.{k}", "must be in [0, 1]")
@@ -244,11 +269,6 @@ def validate(cfg: Config, where: str) -> None:
     for k in ("train_frac", "val_frac", "test_frac"):
         if getattr(d, k) <= 0:
             bad(f"data.{k}", "every split needs a positive fraction")
-    for k in ("d_model", "n_layers", "d_state", "d_conv", "expand", "amn_hidden"):
-        if getattr(m, k) < 1:
-            bad(f"model.{k}", "must be >= 1")
-    if m.dt_rank < 0:
-        bad("model.dt_rank", "must be >= 0 (0 = auto)")
     if not 0 < m.dt_min <= m.dt_max:
         bad("model.dt_min", f"need 0 < dt_min <= dt_max ({m.dt_max})")
     if not 0.0 <= m.dropout < 1.0:
@@ -262,39 +282,15 @@ def validate(cfg: Config, where: str) -> None:
         bad("loss.temperature", "must be > 0")
     if any(w < 1 for w in lo.proj_head):
         bad("loss.proj_head", "layer widths must be >= 1")
-    if lo.false_negative_window < 0:
-        bad("loss.false_negative_window", "must be >= 0")
-    if t.epochs < 1:
-        bad("train.epochs", "must be >= 1")
-    if t.batch_size < 2:
-        bad("train.batch_size", "InfoNCE needs at least 2 samples per batch")
-    if t.grad_accum < 1:
-        bad("train.grad_accum", "must be >= 1")
     if t.lr <= 0:
         bad("train.lr", "must be > 0")
-    if t.weight_decay < 0:
-        bad("train.weight_decay", "must be >= 0")
-    if t.warmup_steps < 0:
-        bad("train.warmup_steps", "must be >= 0")
     if not 0.0 <= t.min_lr_ratio <= 1.0:
         bad("train.min_lr_ratio", "must be in [0, 1]")
     for k in ("article_dropout", "span_corruption"):
         if not 0.0 <= getattr(t, k) <= 1.0:
             bad(f"train.{k}", "is a probability, must be in [0, 1]")
-    if t.patience < 1:
-        bad("train.patience", "must be >= 1")
-    if t.nproc < 1:
-        bad("train.nproc", "must be >= 1")
-    if t.threads < 0:
-        bad("train.threads", "must be >= 0")
-    if t.max_train_windows < 0:
-        bad("train.max_train_windows", "must be >= 0 (0 = all)")
-    if g.epoch < 1:
-        bad("gates.epoch", "must be >= 1")
     if not g.lower <= g.threshold:
         bad("gates.lower", f"must be <= gates.threshold ({g.threshold})")
-    if g.extend_epochs < 0:
-        bad("gates.extend_epochs", "must be >= 0")
     if not e.banks or any(b not in EVAL_BANKS for b in e.banks):
         bad("eval.banks", f"each bank must be one of {sorted(EVAL_BANKS)}")
     if e.primary_bank not in e.banks:
@@ -307,12 +303,6 @@ def validate(cfg: Config, where: str) -> None:
         bad("eval.bootstrap", "counts must be >= 0")
     if not 0.0 <= e.oracle_min_recall_at_1 <= 1.0:
         bad("eval.oracle_min_recall_at_1", "must be in [0, 1]")
-    if e.latency_threads < 0:
-        bad("eval.latency_threads", "must be >= 0 (0 = the library defaults)")
-    if e.baseline_fit_windows < 0:
-        bad("eval.baseline_fit_windows", "must be >= 0 (0 = all)")
-    if e.search_chunk < 1:
-        bad("eval.search_chunk", "must be >= 1")
 
 
 def _merge(cfg: Config, raw: Any, where: str) -> None:

@@ -223,9 +223,10 @@ def _baseline(rec: dict[str, Any]) -> str:
     return f"copy-last {_fmt(rec.get('baseline_copy_last_r5'), True)}"
 
 
-def _comparisons(reports_root: Path) -> list[dict[str, Any]]:
+def _records(reports_root: Path, pattern: str) -> list[dict[str, Any]]:
+    """Parse every JSON record under reports_root matching pattern; unreadable ones are skipped."""
     out = []
-    for p in reports_root.glob("compare_*.json"):
+    for p in reports_root.glob(pattern):
         try:
             out.append(json.loads(p.read_text()))
         except (OSError, json.JSONDecodeError):
@@ -249,7 +250,8 @@ def write_run_page(reports_root: Path, rec: dict[str, Any]) -> None:
         ("cosine", _fmt(rec.get("pred_target_cosine")), f"{_fmt(rec.get('n_queries'))} queries"),
         ("Phase 1", _fmt(rec.get("phase1_decision")), f"beats best baseline: {_fmt(rec.get('beats_best_baseline'))}")))
     reasons = "".join(f"<li>{html.escape(str(rec[k]))}</li>" for k in ("gate_reason", "phase1_reason") if rec.get(k))
-    cmps = [c for c in _comparisons(reports_root) if any(r.get("run_id") == rec["run_id"] for r in c.get("runs", []))]
+    cmps = [c for c in _records(reports_root, "compare_*.json")
+            if any(r.get("run_id") == rec["run_id"] for r in c.get("runs", []))]
     cmp_html = ("<h2>Compared in</h2><ul>" + "".join(
         f"<li><a href='../{html.escape(c['href'])}'>{html.escape(c['compare_id'])}</a> — "
         f"{html.escape(c.get('verdict', ''))}</li>" for c in cmps) + "</ul>") if cmps else ""
@@ -271,13 +273,7 @@ def write_index(reports_root: Path) -> Path:
     reports_root = Path(reports_root)
     reports_root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(reports_root / ".index.lock")):
-        recs = []
-        for p in reports_root.glob("*/run.json"):
-            try:
-                recs.append(json.loads(p.read_text()))
-            except (OSError, json.JSONDecodeError):
-                continue
-        recs += _comparisons(reports_root)
+        recs = _records(reports_root, "*/run.json") + _records(reports_root, "compare_*.json")
         recs.sort(key=lambda r: r.get("started_at") or "", reverse=True)
         rows = []
         for r in recs:
