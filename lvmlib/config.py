@@ -64,6 +64,8 @@ class ModelConfig:
     amn_hidden: int = 1024  # amn: width of the residual MLP
     tower_dim: int = 0  # two_tower: width of the learned retrieval space (0 = vector width D)
     ridge_alpha: float = 1.0  # ridge: L2 penalty of the closed-form fit
+    residual: str = "none"  # none (seed) | last | context_mix: prediction = skip(context) + zero-initialised head
+    mix_init_last: float = 4.0  # context_mix: initial logit of the last position (others 0): ~copy-last
 
 
 @dataclass
@@ -76,6 +78,7 @@ class LossConfig:
     learn_temperature: bool = False  # logit scale stored as log(1/tau), clamped at 100
     mask_false_negatives: bool = True  # same-article targets within +-false_negative_window, and duplicates
     false_negative_window: int = 1
+    negatives: str = "batch"  # batch (seed: in-batch) | bank (exact softmax over every train-bank chunk)
 
 
 @dataclass
@@ -91,11 +94,12 @@ class TrainConfig:
     grad_clip: float = 1.0
     article_dropout: float = 0.2
     span_corruption: float = 0.1
+    article_dropout_positions: str = "last"  # last (seed: zero the last k positions) | first (zero the first k)
     patience: int = 3
     early_stop_metric: str = "val_cosine"
     best_metric: str = "val_cosine"
     decision_tree: bool = True
-    val_bank_size: int = 20000  # val R@5 is measured against at most this many bank vectors
+    val_max_queries: int = 0  # val R@k/MRR on at most this many val windows (seeded sample; 0 = all)
     max_train_windows: int = 0  # 0 = all
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -115,6 +119,8 @@ class GatesConfig:
     r5_strong: float = 0.20
     cosine_min: float = 0.35
     v1_cosine: float = 0.22
+    against: str = "absolute"  # absolute (seed: threshold/lower as given) | best_baseline (bars relative to the
+    # best trivial predictor's val cosine: threshold = best, lower = best - (threshold - lower))
 
 
 @dataclass
@@ -158,9 +164,13 @@ CHOICES = {
     "model.kind": {"mamba", "two_tower", "amn", "copy_last", "context_mean", "global_mean", "ridge"},
     "model.scan": {"auto", "ref", "cpu", "cuda"},
     "train.negatives": {"effective_batch", "micro_batch"},
+    "model.residual": {"none", "last", "context_mix"},
+    "loss.negatives": {"batch", "bank"},
+    "train.article_dropout_positions": {"last", "first"},
+    "gates.against": {"absolute", "best_baseline"},
     "train.device": {"auto", "cpu", "cuda"},
-    "train.early_stop_metric": {"val_cosine", "val_infonce", "val_recall_at_5", "train_loss"},
-    "train.best_metric": {"val_cosine", "val_infonce", "val_recall_at_5", "train_loss"},
+    "train.early_stop_metric": {"val_cosine", "val_infonce", "val_recall_at_5", "val_mrr", "train_loss"},
+    "train.best_metric": {"val_cosine", "val_infonce", "val_recall_at_5", "val_mrr", "train_loss"},
     "eval.split": {"val", "test"},
     "eval.primary_bank": {"global", "test", "same_article"},
     "eval.search_backend": {"auto", "faiss", "torch"},
@@ -182,6 +192,7 @@ MINIMUMS = {
     "train.nproc": (1, None),
     "train.threads": (0, None),
     "train.max_train_windows": (0, 'must be >= 0 (0 = all)'),
+    "train.val_max_queries": (0, 'must be >= 0 (0 = all)'),
     "gates.epoch": (1, None),
     "gates.extend_epochs": (0, None),
     "eval.latency_threads": (0, 'must be >= 0 (0 = the library defaults)'),
@@ -282,6 +293,12 @@ def validate(cfg: Config, where: str) -> None:
         bad("loss.temperature", "must be > 0")
     if any(w < 1 for w in lo.proj_head):
         bad("loss.proj_head", "layer widths must be >= 1")
+    if lo.negatives == "bank" and lo.proj_head:
+        bad("loss.negatives", "bank negatives score every train chunk in the raw space; they do not combine with "
+                              "loss.proj_head (V1's head would have to re-project the whole bank every step)")
+    if lo.negatives == "bank" and m.kind == "two_tower":
+        bad("loss.negatives", "bank negatives need predictions in the bank's own space; two_tower's learned space "
+                              "would re-encode the whole bank every step (use mamba or amn)")
     if t.lr <= 0:
         bad("train.lr", "must be > 0")
     if not 0.0 <= t.min_lr_ratio <= 1.0:

@@ -9,10 +9,13 @@ Epoch-2 tree (seed): val_cosine at epoch `gates.epoch` (2)
 Phase 1 (seed) on the primary bank: R@5 > r5_meaningful (10%) -> `proceed_phase_2`;
 0 < R@5 <= 10% -> `weak`; R@5 == 0 -> `option_4_or_5`. Cosine bar 0.35 (V1 reached 0.22).
 Because trivial predictors already clear those absolute bars on our data, every verdict also says
-whether the model beats the best baseline on the same queries.
+whether the model beats the best baseline on the same queries, and `gates.against: best_baseline` runs
+the tree itself on bars relative to the best trivial predictor's val cosine (threshold = that cosine,
+lower = that cosine - (threshold - lower)); `absolute` (the default) is the seed's rule.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -32,11 +35,24 @@ def _val(history: list[dict], epoch: int) -> float | None:
     return None
 
 
-def epoch_gate(history: list[dict[str, Any]], g: GatesConfig) -> dict[str, Any]:
-    """Classify the gate epoch's val_cosine; `decision` is None while the gate epoch is not reached."""
+def bars(g: GatesConfig, best_baseline: float | None = None) -> tuple[float, float, str]:
+    """(threshold, lower, what they are) of the epoch gate under `gates.against`."""
+    if g.against == "best_baseline":
+        if best_baseline is None:
+            raise ValueError("gates.against = best_baseline needs the best trivial predictor's val cosine "
+                             "(data/summary.json from the data stage)")
+        return best_baseline, best_baseline - (g.threshold - g.lower), "relative to the best baseline"
+    return g.threshold, g.lower, "absolute"
+
+
+def epoch_gate(history: list[dict[str, Any]], g: GatesConfig, best_baseline: float | None = None) -> dict[str, Any]:
+    """Classify the gate epoch's val_cosine; `decision` is None while the gate epoch is not reached.
+    `best_baseline`: the best trivial predictor's val cosine (used when gates.against = best_baseline)."""
     v = _val(history, g.epoch)
+    threshold, lower, against = bars(g, best_baseline)
+    g = dataclasses.replace(g, threshold=threshold, lower=lower)
     out: dict[str, Any] = {"gate_epoch": g.epoch, "epoch2_val_cosine": v, "threshold": g.threshold,
-                           "lower": g.lower, "extend_epochs": g.extend_epochs}
+                           "lower": g.lower, "extend_epochs": g.extend_epochs, "against": against}
     if v is None:
         out.update(passed=None, decision=None, branch=None,
                    reason=f"epoch {g.epoch} not reached (history has {len(history)} epoch(s))")
@@ -55,13 +71,13 @@ def epoch_gate(history: list[dict[str, Any]], g: GatesConfig) -> dict[str, Any]:
     return out
 
 
-def in_loop_action(history: list[dict[str, Any]], g: GatesConfig) -> dict[str, Any]:
+def in_loop_action(history: list[dict[str, Any]], g: GatesConfig, best_baseline: float | None = None) -> dict[str, Any]:
     """Called after every epoch by the trainer: should training stop because of the decision tree?
 
     Returns {"stop": bool, "decision": str|None, "reason": str}. Only the tree is judged here;
     early stopping on patience is the trainer's own business.
     """
-    gate = epoch_gate(history, g)
+    gate = epoch_gate(history, g, best_baseline)
     last = history[-1]["epoch"] if history else 0
     if gate["decision"] is None:
         return {"stop": False, "decision": None, "reason": gate["reason"]}
@@ -133,7 +149,8 @@ def write_gates(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
     """
     run_dir = Path(run_dir)
     history = read_json(run_dir / "history.json")
-    gate = epoch_gate(history, cfg.gates)
+    base = baseline_val_cosines(run_dir)
+    gate = epoch_gate(history, cfg.gates, max(base.values()) if base else None)
     stops = [r for r in history if r.get("decision_stop")]
     gate["epochs_trained"] = len(history)
     gate["stopped_by_tree"] = bool(stops)
@@ -146,7 +163,6 @@ def write_gates(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
     if gate["decision"] is None:
         gate["reason"] = (f"training ended after {len(history)} epoch(s), before the epoch-{cfg.gates.epoch} gate; "
                           "no decision")
-    base = baseline_val_cosines(run_dir)
     gate["baselines_val_cosine"] = base
     if base:
         name = max(base, key=base.get)

@@ -5,6 +5,13 @@ Shapes: B queries (predictions), N keys (targets; N = B here, positives on the d
 D vector width (D' for two_tower's learned space), E projection-head width (V1), b micro-batch,
 A grad-accum micro-batches, W processes (DDP ranks).
 
+Negatives (`loss.negatives`): `batch` (seed) — the other targets of the effective batch; `bank` — an
+exact softmax over every chunk of the train bank (`BankNegatives`), each query's own context chunks and
+the duplicates of its context and target removed, exactly as evaluation's primary bank removes them. A
+bank loss is a mean of per-query terms whose negatives do not depend on the rest of the batch, so plain
+gradient accumulation already equals one big batch (no gradient cache needed) and under DDP every rank
+holds the whole train bank and averaging gradients over ranks is exact.
+
 Recipes (seed):
   V2: loss = 0.85 * InfoNCE(tau=0.07) on L2-normalised raw outputs + 0.15 * (1 - cos(pred, target))
   V1: loss = 0.70 * InfoNCE in a D -> 512 -> 256 projection head + 0.30 * (1 - cos) on the raw output
@@ -93,6 +100,61 @@ def duplicate_ids(vectors: np.ndarray, rows: np.ndarray | None = None, chunk: in
     return inverse.astype(np.int64).reshape(-1)  # (n)
 
 
+def bank_info_nce(q: torch.Tensor, target: torch.Tensor, bank: torch.Tensor, scale: float | torch.Tensor,
+                  exclude: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Mean InfoNCE of queries q (B, D) whose positive is `target` (B, D) against every row of `bank`
+    (M, D), L2-normalised rows, stop-grad. logits = scale * [q.t, q @ bank.T]; `exclude` = (query index,
+    bank column) pairs dropped from that query's negatives (its target's own row and duplicates, its
+    context rows and their duplicates)."""
+    q = F.normalize(q.float(), dim=-1)  # (B, D)
+    t = F.normalize(target.float(), dim=-1)  # (B, D)
+    pos = scale * (q * t).sum(-1)  # (B)
+    logits = scale * q @ bank.T  # (B, M)
+    if exclude is not None and exclude[0].numel():
+        logits = logits.index_put(exclude, torch.tensor(float("-inf"), device=logits.device))
+    return (torch.logsumexp(torch.cat([pos[:, None], logits], dim=1), dim=1) - pos).mean()
+
+
+class BankNegatives:
+    """The train bank as negatives for `loss.negatives: bank`.
+
+    vectors (M, D) the whole corpus bank; rows (M_t,) the train-split rows that become negatives;
+    groups (M,) duplicate-group ids (`metrics.duplicate_groups`: rows with bit-identical vectors share one).
+    `exclusions(ctx_rows (b, K), tgt_rows (b,))` -> (query index, column) pairs: every bank column whose
+    group is the target's or one of the context rows' groups."""
+
+    def __init__(self, vectors: np.ndarray, rows: np.ndarray, groups: np.ndarray, device: torch.device | str = "cpu"):
+        rows = np.asarray(rows, dtype=np.int64)
+        self.bank = F.normalize(torch.from_numpy(np.asarray(vectors[rows], dtype=np.float32)), dim=-1).to(device)  # (M_t, D)
+        groups = np.asarray(groups, dtype=np.int64)
+        col = np.full(len(groups), -1, dtype=np.int64)
+        col[rows] = np.arange(len(rows))
+        self.col_of_row = col  # (M,) -1 = not a negative
+        self.groups = groups
+        self._order = np.argsort(groups, kind="stable")  # rows grouped by group id
+        self._sorted = groups[self._order]
+        self.device = device
+
+    def __len__(self) -> int:
+        return int(self.bank.shape[0])
+
+    def exclusions(self, ctx_rows: np.ndarray, tgt_rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = np.concatenate([np.asarray(tgt_rows, np.int64)[:, None], np.asarray(ctx_rows, np.int64)], axis=1)
+        b, width = rows.shape
+        g = self.groups[rows.ravel()]  # (b*(K+1))
+        lo = np.searchsorted(self._sorted, g, "left")
+        hi = np.searchsorted(self._sorted, g, "right")
+        counts = hi - lo
+        qi = np.repeat(np.repeat(np.arange(b), width), counts)
+        offs = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        members = self._order[np.repeat(lo, counts) + offs]
+        cols = self.col_of_row[members]
+        keep = cols >= 0
+        code = np.unique(qi[keep] * (len(self) + 1) + cols[keep])  # each pair once
+        return (torch.from_numpy(code // (len(self) + 1)).to(self.device),
+                torch.from_numpy(code % (len(self) + 1)).to(self.device))
+
+
 def projection_head(d_in: int, widths: list[int]) -> nn.Module:
     """V1's head, e.g. widths [512, 256]: Linear(D, 512) -> GELU -> Linear(512, 256)."""
     layers: list[nn.Module] = []
@@ -115,6 +177,7 @@ class LVMLoss(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.head = projection_head(d_vec, list(cfg.proj_head)) if cfg.proj_head else None
+        self.bank: BankNegatives | None = None  # set by the trainer for loss.negatives = bank
         init = torch.tensor(math.log(1.0 / cfg.temperature))
         if cfg.learn_temperature:
             self.logit_scale = nn.Parameter(init)  # log(1/tau), CLIP-style
@@ -134,12 +197,20 @@ class LVMLoss(nn.Module):
         return false_negative_mask(keys, self.cfg.false_negative_window, dup_ids)
 
     def contrastive(self, pred: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """In-batch InfoNCE (also what validation reports as val_infonce, whatever the training negatives)."""
         if self.head is not None:
             pred, key = self.head(pred.float()), self.head(key.float())  # (B, E) each
         return info_nce(pred, key, self.scale(), mask, self.cfg.symmetric)
 
-    def forward(self, pred: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
-        nce = self.contrastive(pred, key, mask)
+    def forward(self, pred: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None = None,
+                rows: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+        """rows = (ctx_rows (B, K), tgt_rows (B,)) bank rows of the samples: needed by bank negatives."""
+        if self.bank is not None:
+            if rows is None:
+                raise ValueError("loss.negatives = bank needs each sample's bank rows (MicroBatch.rows)")
+            nce = bank_info_nce(pred, key, self.bank.bank, self.scale(), self.bank.exclusions(*rows))
+        else:
+            nce = self.contrastive(pred, key, mask)
         ar = ar_cosine(pred, key)
         loss = self.cfg.lambda_con * nce + self.cfg.lambda_ar * ar
         return {"loss": loss, "infonce": nce, "ar_cosine": ar}
@@ -163,6 +234,7 @@ class MicroBatch:
     tgt: torch.Tensor  # (b, D) target vectors
     keys: torch.Tensor  # (b, 2) int64 (article_id, position) of the targets
     dup: torch.Tensor | None = None  # (b) int64 duplicate-group ids of the targets
+    rows: tuple[np.ndarray, np.ndarray] | None = None  # (ctx_rows (b, K), tgt_rows (b,)) bank rows (bank negatives)
 
 
 Encode = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -262,15 +334,17 @@ def cached_step(encode: Encode, loss_fn: LVMLoss, micro: list[MicroBatch], key_t
 def direct_step(encode: Encode, loss_fn: LVMLoss, micro: list[MicroBatch], key_tower: bool = False,
                 sync: Callable[[bool], contextlib.AbstractContextManager] | None = None) -> dict[str, float]:
     """Plain accumulation: each micro-batch is its own InfoNCE batch (b-1 negatives, this rank only);
-    gradients of the mean over micro-batches. `negatives: micro_batch`, or a single micro-batch."""
+    gradients of the mean over micro-batches. `negatives: micro_batch`, or a single micro-batch, or bank
+    negatives (then every sample already sees the whole train bank)."""
     totals: dict[str, float] = {}
     outs = []
     for i, mb in enumerate(micro):
         ctx_mgr = sync(i == len(micro) - 1) if sync is not None else contextlib.nullcontext()
         with ctx_mgr:
             p, k = encode(mb.ctx, mb.tgt)
-            out = loss_fn(p.float(), k.float(), loss_fn.mask(mb.keys.to(p.device),
-                                                             mb.dup.to(p.device) if mb.dup is not None else None))
+            mask = None if loss_fn.bank is not None else loss_fn.mask(
+                mb.keys.to(p.device), mb.dup.to(p.device) if mb.dup is not None else None)
+            out = loss_fn(p.float(), k.float(), mask, mb.rows)
             outs.append(_stats(out))
             if not math.isfinite(outs[-1]["loss"]):
                 return outs[-1]

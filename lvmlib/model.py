@@ -12,6 +12,10 @@ bank vectors) or "learned" (two_tower: the bank must go through `encode_bank` fi
 - mamba: input projection D -> d_model, n_layers pre-norm residual Mamba-1 blocks, final RMSNorm,
   head d_model -> D, read at the last position. RMSNorm, as mamba_ssm's released LMs and mambapy, so
   a whole backbone (`layers.i.norm`, `layers.i.mixer`) loads into either.
+- `model.residual` (mamba, two_tower's query tower, amn): `none` is the seed (the network alone);
+  `last` / `context_mix` add a skip from the input vectors — the last context vector, or a learned
+  softmax mixture of the K positions that starts near copy-last — and zero-initialise the output head,
+  so at step 0 the model *is* that trivial predictor and training learns a correction to it.
 - two_tower: query tower = the mamba model above (output D'); passage tower = residual MLP on chunks.
 - amn: attention over the context vectors (query = last one) + a residual MLP; ~1-2M parameters.
 - copy_last, context_mean, global_mean, ridge: closed-form baselines with `fit(ctx, tgt)`.
@@ -39,6 +43,53 @@ _BANK_CHUNK = 65536  # rows per passage-tower call in encode_bank
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated, corrupted or does not fit the model; names the file."""
+
+
+# --------------------------------------------------------------------------- the skip from the inputs
+class ContextSkip(nn.Module):
+    """The residual path of `model.residual`: (B, L, D) -> (B, D).
+
+    last: ctx[:, -1] (copy-last). context_mix: softmax(mix_logits) over the L positions, counted from the
+    end (mix_logits[0] = the last position), initialised to [mix_init_last, 0, 0, ...] so the mixture
+    starts near copy-last (weight ~0.93 on the last of 5 with the default 4.0)."""
+
+    def __init__(self, kind: str, init_last: float = 4.0):
+        super().__init__()
+        if kind not in ("last", "context_mix"):
+            raise ValueError(f"ContextSkip: kind must be 'last' or 'context_mix', got {kind!r}")
+        self.kind = kind
+        if kind == "context_mix":
+            logits = torch.zeros(AMN_MAX_LEN)  # (Lmax), 0 = last position
+            logits[0] = init_last
+            self.mix_logits = nn.Parameter(logits)
+            self.mix_logits._no_weight_decay = True
+
+    def weights(self, length: int) -> torch.Tensor:
+        """(L) mixture weights in context order (the last entry weighs the last position)."""
+        if length > AMN_MAX_LEN:
+            raise ValueError(f"context_mix supports contexts up to {AMN_MAX_LEN} vectors, got L={length}")
+        return torch.softmax(self.mix_logits[:length].flip(0), dim=0)  # (L)
+
+    def forward(self, ctx: torch.Tensor) -> torch.Tensor:
+        if self.kind == "last":
+            return ctx[:, -1]  # (B, D)
+        return torch.einsum("l,bld->bd", self.weights(ctx.shape[1]).to(ctx.dtype), ctx)  # (B, D)
+
+
+def _skip(cfg: ModelConfig, d_vec: int, d_out: int) -> ContextSkip | None:
+    if cfg.residual == "none":
+        return None
+    if d_out != d_vec:
+        raise ValueError(f"model.residual={cfg.residual!r} adds the context vectors (width {d_vec}) to the "
+                         f"prediction, which has width {d_out}: set model.tower_dim to 0 or {d_vec}")
+    return ContextSkip(cfg.residual, cfg.mix_init_last)
+
+
+def _zero_(layer: nn.Linear) -> nn.Linear:
+    nn.init.zeros_(layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+    return layer
 
 
 # --------------------------------------------------------------------------- the Mamba-1 block
@@ -133,6 +184,9 @@ class MambaLVM(nn.Module):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm_f = nn.RMSNorm(cfg.d_model, eps=1e-5)
         self.head = nn.Linear(cfg.d_model, d_out or d_vec)
+        self.skip = _skip(cfg, d_vec, d_out or d_vec)
+        if self.skip is not None:
+            _zero_(self.head)  # step 0 = the skip alone
 
     def backbone(self, ctx: torch.Tensor) -> torch.Tensor:
         h = self.input_proj(ctx)  # (B, L, d_model)
@@ -141,7 +195,8 @@ class MambaLVM(nn.Module):
         return h
 
     def forward(self, ctx: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm_f(self.backbone(ctx)[:, -1]))  # (B, D')
+        out = self.head(self.norm_f(self.backbone(ctx)[:, -1]))  # (B, D')
+        return out if self.skip is None else self.skip(ctx) + out  # (B, D')
 
     def encode_bank(self, vectors: torch.Tensor) -> torch.Tensor:
         return vectors  # (M, D)
@@ -199,6 +254,8 @@ class AMN(nn.Module):
         self.pos._no_weight_decay = True
         self.mlp = nn.Sequential(nn.Linear(d_vec, cfg.amn_hidden), nn.GELU(), nn.Dropout(cfg.dropout),
                                  nn.Linear(cfg.amn_hidden, d_vec))
+        self.skip = _skip(cfg, d_vec, d_vec)
+        self.head = None if self.skip is None else _zero_(nn.Linear(d_vec, d_vec))  # step 0 = the skip alone
 
     def forward(self, ctx: torch.Tensor) -> torch.Tensor:
         length = ctx.shape[1]
@@ -208,7 +265,8 @@ class AMN(nn.Module):
         query = self.q(ctx[:, -1])  # (B, d_att)
         att = torch.softmax(torch.einsum("bla,ba->bl", keys, query) / keys.shape[-1] ** 0.5, dim=1)  # (B, L)
         mix = torch.einsum("bl,bld->bd", att, ctx)  # (B, D)
-        return mix + self.mlp(mix)  # (B, D)
+        out = mix + self.mlp(mix)  # (B, D)
+        return out if self.skip is None else self.skip(ctx) + self.head(out)  # (B, D)
 
     def encode_bank(self, vectors: torch.Tensor) -> torch.Tensor:
         return vectors  # (M, D)

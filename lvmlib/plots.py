@@ -69,7 +69,7 @@ def loss_curves(history: list[dict[str, Any]], ax=None):
 
 
 def recall_curve(history: list[dict[str, Any]], ax=None):
-    """val_recall_at_5 per epoch against the bounded validation bank."""
+    """val_recall_at_5 per epoch against evaluation's primary bank (every chunk, context removed)."""
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 3.2))
     ep = _epochs(history)
     ax.plot(ep, [100 * (v or 0.0) for v in _series(history, "val_recall_at_5")], "o-", color=GATE,
@@ -77,7 +77,7 @@ def recall_curve(history: list[dict[str, Any]], ax=None):
     bank = history[-1].get("val_bank_size") if history else None
     ax.set_xlabel("epoch")
     ax.set_ylabel("val_recall_at_5 (%)")
-    ax.set_title(f"Validation R@5 against {bank} bank vectors" if bank else "Validation R@5")
+    ax.set_title(f"Validation R@5 against all {bank:,} chunks (context removed)" if bank else "Validation R@5")
     ax.set_xticks(ep)
     ax.grid(alpha=0.3)
     fig.tight_layout()

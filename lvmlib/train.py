@@ -32,10 +32,12 @@ from torch.utils.data import DistributedSampler
 
 from .config import Config, dump_config, load_config
 from .gates import in_loop_action
-from .losses import LVMLoss, MicroBatch, cached_step, direct_step, duplicate_ids
+from .losses import BankNegatives, LVMLoss, MicroBatch, cached_step, direct_step, duplicate_ids
+from .metrics import duplicate_groups
 from .runs import RunError, atomic_write_json, atomic_write_text, now_iso, progress_bar, read_json
 
-HIGHER_IS_BETTER = {"val_cosine": True, "val_recall_at_5": True, "val_infonce": False, "train_loss": False}
+HIGHER_IS_BETTER = {"val_cosine": True, "val_recall_at_5": True, "val_mrr": True, "val_infonce": False,
+                    "train_loss": False}
 TIMING_KEYS = ("seconds", "train_seconds", "val_seconds", "seq_per_s")  # differ between identical runs
 PROGRESS_EVERY_S = 10.0
 
@@ -53,13 +55,17 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> flo
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def augment(ctx: np.ndarray, rng: np.random.Generator, article_dropout: float, span_corruption: float):
+def augment(ctx: np.ndarray, rng: np.random.Generator, article_dropout: float, span_corruption: float,
+            positions: str = "last"):
     """Training-batch augmentation of contexts (b, L, D) -> new array (the input is not modified).
 
     Span corruption (p each sample): one position j ~ U{0..L-1} takes position j of another sample.
-    Article dropout (p each sample): the last k positions, k ~ U{1..L}, are zeroed.
+    Article dropout (p each sample): k ~ U{1..L} positions are zeroed — the last k (`positions="last"`,
+    the seed) or the first k (`"first"`, which keeps the most recent chunk).
     Returns (ctx_aug, info) with info = {"corrupted" (b) bool, "dropped" (b) bool, "drop_k" (b) int}.
     """
+    if positions not in ("last", "first"):
+        raise ValueError(f"augment: positions must be 'last' or 'first', got {positions!r}")
     b, L, _ = ctx.shape
     out = ctx.copy()  # (b, L, D)
     corrupted = rng.random(b) < span_corruption  # (b)
@@ -71,7 +77,10 @@ def augment(ctx: np.ndarray, rng: np.random.Generator, article_dropout: float, s
     out[rows, pos] = ctx[other, pos]
     dropped = rng.random(b) < article_dropout  # (b)
     drop_k = np.where(dropped, rng.integers(1, L + 1, size=b), 0)  # (b)
-    zero = np.arange(L)[None, :] >= (L - drop_k)[:, None]  # (b, L)
+    if positions == "last":
+        zero = np.arange(L)[None, :] >= (L - drop_k)[:, None]  # (b, L)
+    else:
+        zero = np.arange(L)[None, :] < drop_k[:, None]  # (b, L)
     out[zero] = 0.0
     return out, {"corrupted": corrupted, "dropped": dropped, "drop_k": drop_k}
 
@@ -95,72 +104,57 @@ class _Encode(nn.Module):
 
 
 # --------------------------------------------------------------------------- validation
-@torch.no_grad()
-def val_bank(prep, cfg: Config) -> dict[str, np.ndarray]:
-    """The bounded R@5 bank: val targets (as many as fit in `train.val_bank_size`), filled up with
-    other val-split chunks; queries are the val windows whose target is in it (seeded, deterministic)."""
+VAL_KS = (1, 5, 10)
+
+
+def val_queries(prep, cfg: Config) -> dict[str, np.ndarray]:
+    """The val windows validation ranks: all of them, or a seeded sample of `train.val_max_queries`."""
     ctx_idx, tgt_idx = prep.windows("val")
-    cap = cfg.train.val_bank_size
-    rng = np.random.default_rng(cfg.train.seed)
-    targets = np.unique(tgt_idx)
-    if targets.size > cap:
-        targets = np.sort(rng.choice(targets, cap, replace=False))
-    others = np.setdiff1d(np.flatnonzero(np.asarray(prep.bank_split) == 1), targets)
-    fill = max(0, cap - targets.size)
-    if others.size > fill:
-        others = np.sort(rng.choice(others, fill, replace=False))
-    rows = np.concatenate([targets, others])  # (M')
-    q = np.flatnonzero(np.isin(tgt_idx, targets))
-    return {"rows": rows, "ctx_idx": ctx_idx[q], "tgt_idx": tgt_idx[q]}
+    cap = cfg.train.val_max_queries
+    if cap and len(tgt_idx) > cap:
+        keep = np.sort(np.random.default_rng(cfg.train.seed).choice(len(tgt_idx), cap, replace=False))
+        ctx_idx, tgt_idx = ctx_idx[keep], tgt_idx[keep]
+    return {"ctx_idx": ctx_idx, "tgt_idx": tgt_idx}
 
 
 @torch.no_grad()
-def validate(model: nn.Module, loss_fn: LVMLoss, prep, bank: dict, cfg: Config, device, n_neg: int,
-             key_tower: bool, recall: bool = True) -> dict[str, float]:
-    """val_cosine, val_infonce (chunks of n_neg samples, as training sees them), val_recall_at_5
-    against bank["rows"] with each query's own context rows left out (as eval's primary bank)."""
+def validate(model: nn.Module, loss_fn: LVMLoss, prep, queries: dict, cfg: Config, device, n_neg: int,
+             key_tower: bool, recall: bool = True, groups: np.ndarray | None = None) -> dict[str, float]:
+    """Validation with evaluation's own code, so the two cannot disagree.
+
+    val_cosine: mean cosine(prediction, true next vector). val_infonce: in-batch InfoNCE over shuffled
+    batches of n_neg windows (the training batch), the same permutation every epoch. val_recall_at_k /
+    val_mrr: `evaluate.predict` + `metrics.target_ranks` on evaluation's primary bank — every chunk of
+    the corpus, each query's context chunks and their duplicates removed, ties counted against the model.
+    `groups`: `metrics.duplicate_groups` of the bank (computed here when not given)."""
+    from . import metrics as mt
+    from .evaluate import model_bank, predict
     model.eval()
-    enc = _Encode(model, key_tower, False)
     vecs = prep.bank_vectors
-    preds, keys = [], []
-    step = 512
-    for s in range(0, len(bank["tgt_idx"]), step):
-        ctx = torch.from_numpy(_rows(vecs, bank["ctx_idx"][s:s + step])).to(device)  # (b, L, D)
-        tgt = torch.from_numpy(_rows(vecs, bank["tgt_idx"][s:s + step])).to(device)  # (b, D)
-        p, k = enc(ctx, tgt)
-        preds.append(p)
-        keys.append(k)
-    P, K = torch.cat(preds), torch.cat(keys)  # (n, D'), (n, D')
-    meta = torch.from_numpy(np.asarray(prep.bank_keys)[bank["tgt_idx"]]).to(device)  # (n, 2)
+    ctx_idx, tgt_idx = queries["ctx_idx"], queries["tgt_idx"]
+    P = torch.from_numpy(predict(model, prep.contexts(ctx_idx), device)).to(device)  # (n, D')
+    T = torch.from_numpy(_rows(vecs, tgt_idx)).to(device)  # (n, D)
+    K = model.encode_bank(T).float() if key_tower else T  # (n, D')
     cos = torch.nn.functional.cosine_similarity(P, K, dim=-1)  # (n)
+    meta = torch.from_numpy(np.asarray(prep.bank_keys)[tgt_idx]).to(device)  # (n, 2)
+    perm = torch.from_numpy(np.random.default_rng(cfg.train.seed).permutation(len(P))).to(device)  # fixed shuffle
     nce, seen = 0.0, 0
     for s in range(0, len(P), n_neg):
-        e = min(len(P), s + n_neg)
-        if e - s < 2:
+        sel = perm[s:s + n_neg]
+        if len(sel) < 2:
             break
-        nce += float(loss_fn.contrastive(P[s:e], K[s:e], loss_fn.mask(meta[s:e]))) * (e - s)
-        seen += e - s
+        nce += float(loss_fn.contrastive(P[sel], K[sel], loss_fn.mask(meta[sel]))) * len(sel)
+        seen += len(sel)
     out = {"val_cosine": float(cos.mean()), "val_infonce": nce / max(seen, 1)}
-    if not recall:
-        model.train()
-        return out
-    B = torch.from_numpy(_rows(vecs, bank["rows"])).to(device)  # (M', D)
-    B = torch.nn.functional.normalize(enc.model.encode_bank(B).float() if key_tower else B, dim=-1)
-    col = np.full(len(vecs), -1, dtype=np.int64)
-    col[bank["rows"]] = np.arange(len(bank["rows"]))
-    true_col = torch.from_numpy(col[bank["tgt_idx"]]).to(device)  # (n)
-    ctx_col = torch.from_numpy(col[bank["ctx_idx"]]).to(device)  # (n, L), -1 = not in the bank
-    hits = 0
-    Pn = torch.nn.functional.normalize(P, dim=-1)
-    for s in range(0, len(P), 1024):
-        sc = Pn[s:s + 1024] @ B.T  # (q, M')
-        cc = ctx_col[s:s + 1024]  # (q, L)
-        qi = torch.arange(len(cc), device=device)[:, None].expand_as(cc)  # (q, L)
-        sc[qi[cc >= 0], cc[cc >= 0]] = float("-inf")  # the query's own context chunks are not candidates
-        true = sc.gather(1, true_col[s:s + 1024, None])  # (q, 1)
-        hits += int(((sc > true).sum(1) < 5).sum())  # rank = number of strictly better bank rows
+    if recall:
+        groups = mt.duplicate_groups(vecs) if groups is None else groups
+        bank = model_bank(model, vecs, device)  # (M, D')
+        ranks = mt.target_ranks(mt.l2_normalize(P.cpu().numpy()), bank, tgt_idx, exclude_rows=ctx_idx,
+                                groups=groups, device=device)["global"].excluded  # (n)
+        out.update({f"val_recall_at_{k}": mt.recall_at_k(ranks, k) for k in VAL_KS})
+        out.update(val_mrr=float(np.mean(1.0 / ranks)), n_val_queries=len(ranks), val_bank_size=len(bank))
     model.train()
-    return {**out, "val_recall_at_5": hits / max(len(P), 1), "n_val_queries": len(P), "val_bank_size": len(B)}
+    return out
 
 
 # --------------------------------------------------------------------------- run-dir helpers
@@ -252,8 +246,16 @@ class _Trainer:
         self.key_tower = getattr(self.model, "retrieval_space", "bank") == "learned"
         d_out = (cfg.model.tower_dim or self.d_vec) if self.key_tower else self.d_vec  # D'
         self.loss_fn = LVMLoss(cfg.loss, d_out).to(self.device)
-        self.bank = val_bank(self.prep, cfg)
-        if len(self.bank["tgt_idx"]) == 0:
+        self.val = val_queries(self.prep, cfg)
+        from .gates import baseline_val_cosines, bars
+        base = baseline_val_cosines(run_dir)
+        self.best_baseline_cosine = max(base.values()) if base else None
+        bars(cfg.gates, self.best_baseline_cosine)  # gates.against = best_baseline without baselines: fail now
+        self.groups = duplicate_groups(self.prep.bank_vectors)  # (M) as evaluation groups duplicates
+        if cfg.loss.negatives == "bank":
+            self.loss_fn.bank = BankNegatives(self.prep.bank_vectors, np.flatnonzero(np.asarray(self.prep.bank_split) == 0),
+                                              self.groups, self.device)
+        if len(self.val["tgt_idx"]) == 0:
             raise RunError(f"{run_dir}/data: no validation windows (val articles shorter than K+1 chunks?); "
                            "validation metrics and the epoch-2 gate need at least one")
         self.per_step = t.batch_size * t.grad_accum  # samples per optimizer step on this rank
@@ -283,7 +285,8 @@ class _Trainer:
         self.model.to(self.device)
         tr = validate(self.model, self.loss_fn, self.prep, {"ctx_idx": self.ctx_idx, "tgt_idx": self.tgt_idx},
                       self.cfg, self.device, self.per_step, False, recall=False)
-        va = validate(self.model, self.loss_fn, self.prep, self.bank, self.cfg, self.device, self.per_step, False)
+        va = validate(self.model, self.loss_fn, self.prep, self.val, self.cfg, self.device, self.per_step, False,
+                      groups=self.groups)
         lc, la = self.cfg.loss.lambda_con, self.cfg.loss.lambda_ar
         rec = {"epoch": 1, "train_loss": lc * tr["val_infonce"] + la * (1 - tr["val_cosine"]),
                "train_infonce": tr["val_infonce"], "train_ar_cosine": 1 - tr["val_cosine"], **va,
@@ -359,17 +362,19 @@ class _Trainer:
             net = nn.parallel.DistributedDataParallel(enc, device_ids=[dev] if dev.type == "cuda" else None,
                                                       broadcast_buffers=False)
             sync = lambda last_mb: contextlib.nullcontext() if last_mb else net.no_sync()  # noqa: E731
-        cached = t.negatives == "effective_batch" and (t.grad_accum > 1 or self.world > 1)
+        bank_neg = self.loss_fn.bank is not None  # per-sample negatives: plain accumulation is exact
+        cached = t.negatives == "effective_batch" and (t.grad_accum > 1 or self.world > 1) and not bank_neg
         sampler = DistributedSampler(range(len(self.tgt_idx)), num_replicas=self.world, rank=self.rank,
                                      shuffle=True, seed=t.seed)
-        n_neg = self.per_step * self.world if cached else t.batch_size
+        n_neg = self.per_step * self.world if cached or bank_neg else t.batch_size
         if self.main and start == 1:
             _log(self.run_dir, (
                 f"start pid {os.getpid()} on {platform.node()} device {dev} x{self.world}; {cfg.model.kind} "
                 f"{self.n_params:,} params; {len(self.tgt_idx)} train windows, {self.steps_per_epoch} steps/epoch, "
-                f"effective batch {self.per_step * self.world} ({'InfoNCE over all of it' if cached else 'InfoNCE per micro-batch'}, "
-                f"{n_neg} samples per InfoNCE); val R@5 bank {len(self.bank['rows'])} rows, "
-                f"{len(self.bank['tgt_idx'])} queries"))
+                f"effective batch {self.per_step * self.world} ("
+                + (f"bank negatives: {len(self.loss_fn.bank):,} train chunks per query" if bank_neg else
+                   'InfoNCE over all of it' if cached else 'InfoNCE per micro-batch')
+                + f"); val ranks {len(self.val['tgt_idx'])} queries against all {len(self.groups):,} chunks"))
         vecs, keys_np = self.prep.bank_vectors, np.asarray(self.prep.bank_keys)
         params = [p for g in groups for p in g["params"]]
         for epoch in range(start, t.epochs + 1):
@@ -386,11 +391,13 @@ class _Trainer:
                 micro = []
                 for s in range(0, len(sel), t.batch_size):
                     w = sel[s:s + t.batch_size]
-                    ctx, _ = augment(_rows(vecs, self.ctx_idx[w]), self.aug_rng, t.article_dropout, t.span_corruption)
+                    ctx, _ = augment(_rows(vecs, self.ctx_idx[w]), self.aug_rng, t.article_dropout, t.span_corruption,
+                                     t.article_dropout_positions)
                     micro.append(MicroBatch(torch.from_numpy(ctx).to(dev),
                                             torch.from_numpy(_rows(vecs, self.tgt_idx[w])).to(dev),
                                             torch.from_numpy(keys_np[self.tgt_idx[w]]).to(dev),
-                                            torch.from_numpy(self.dup[w]).to(dev)))
+                                            torch.from_numpy(self.dup[w]).to(dev),
+                                            rows=(self.ctx_idx[w], self.tgt_idx[w]) if bank_neg else None))
                 opt.zero_grad(set_to_none=True)
                 if cached:  # pass 1 embeds through the bare module (no DDP hooks without a graph)
                     out = cached_step(net, self.loss_fn, micro, key_tower, sync, embed=enc)
@@ -433,7 +440,8 @@ class _Trainer:
                 dist.all_gather_object(rngs, _rng_state(self.aug_rng))
             if self.main:
                 t1 = time.time()
-                rec.update(validate(self.model, self.loss_fn, self.prep, self.bank, cfg, dev, n_neg, key_tower))
+                rec.update(validate(self.model, self.loss_fn, self.prep, self.val, cfg, dev, n_neg, key_tower,
+                                    groups=self.groups))
                 rec.update(lr=lr_used, temperature=self.loss_fn.temperature, grad_norm=sums["grad_norm"] / n,
                            steps=epoch * n, train_seconds=train_s, val_seconds=time.time() - t1,
                            seq_per_s=min(len(order), n * self.per_step) * self.world / train_s)
@@ -472,7 +480,7 @@ class _Trainer:
         rec["best_epoch"], rec["bad_epochs"] = state["best_epoch"], state["bad_epochs"]
         stop = False
         if t.decision_tree:
-            act = in_loop_action(history, g)
+            act = in_loop_action(history, g, self.best_baseline_cosine)
             rec.update(decision=act["decision"], decision_reason=act["reason"], decision_stop=bool(act["stop"]))
             if act["stop"]:
                 stop, state["stop_reason"] = True, "decision_tree"
@@ -487,7 +495,8 @@ class _Trainer:
             self._save("best.pt", epoch=rec["epoch"], metric=t.best_metric, value=rec[t.best_metric])
         self._save("last.pt", epoch=rec["epoch"], optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                    rng=rngs, history=history, train_state=dict(state))
-        line = " ".join(f"{k} {rec[k]:.4f}" for k in ("train_loss", "val_cosine", "val_infonce", "val_recall_at_5"))
+        line = " ".join(f"{k} {rec[k]:.4f}" for k in ("train_loss", "val_cosine", "val_infonce", "val_recall_at_5",
+                                                          "val_mrr"))
         _log(self.run_dir, f"epoch {rec['epoch']}: {line} lr {rec['lr']:.2e} {rec['seq_per_s']:.0f} seq/s"
                            f"{' *best*' if rec['is_best'] else ''}; {rec['decision_reason']}"
                            + (f"; STOP ({state['stop_reason']})" if stop else ""), echo=self.progress)
@@ -602,7 +611,12 @@ def status(run_dir: str | Path) -> str:
     else:
         lines.append(f"epochs done: {done}/{epochs}" + (f", stop reason {history[-1].get('stop_reason')}"
                                                         if history and history[-1].get("stop_reason") else ""))
-    gate = epoch_gate(history, cfg.gates)
+    from .gates import baseline_val_cosines
+    base = baseline_val_cosines(run_dir)
+    try:
+        gate = epoch_gate(history, cfg.gates, max(base.values()) if base else None)
+    except ValueError as exc:
+        gate = {"decision": None, "reason": str(exc)}
     lines.append(f"epoch-{cfg.gates.epoch} gate: {gate['decision'] or 'pending'} — {gate['reason']}")
     if history:
         rates = [r["seq_per_s"] for r in history if r.get("seq_per_s")]

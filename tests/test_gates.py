@@ -83,3 +83,18 @@ def test_write_gates_compares_with_the_baselines(tmp_path):
     assert g["beats_best_baseline"] is False
     assert "does NOT beat" in summary_markdown(g) and "context_mean at 0.510" in summary_markdown(g)
     assert json.loads((tmp_path / "gates.json").read_text())["beats_best_baseline"] is False
+
+
+def test_gate_against_the_best_baseline_moves_the_bars():
+    from lvmlib.gates import epoch_gate, in_loop_action
+    g = GatesConfig(against="best_baseline")  # threshold 0.50 / lower 0.40 -> best / best - 0.10
+    hist = [{"epoch": 1, "val_cosine": 0.45}, {"epoch": 2, "val_cosine": 0.47}]
+    assert epoch_gate(hist, GatesConfig())["decision"] == "extend_2_epochs"  # the seed's absolute bar
+    assert epoch_gate(hist, g, best_baseline=0.46)["decision"] == "continue"
+    out = epoch_gate(hist, g, best_baseline=0.52)
+    assert out["decision"] == "extend_2_epochs" and out["threshold"] == 0.52
+    assert out["lower"] == pytest.approx(0.42) and out["against"] == "relative to the best baseline"
+    assert epoch_gate(hist, g, best_baseline=0.60)["decision"] == "stop_option_4"
+    assert in_loop_action(hist, g, best_baseline=0.60)["stop"]
+    with pytest.raises(ValueError, match="best_baseline"):
+        epoch_gate(hist, g)

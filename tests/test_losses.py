@@ -315,3 +315,80 @@ def test_ddp_two_processes_equal_single_process(tmp_path):
                 torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-6)
             for a, c in zip(_grads(loss_fn), r[kind]["loss"]):
                 torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- bank negatives
+def _naive_bank_loss(q, target, vectors, train_rows, groups, ctx_rows, tgt_rows, scale):
+    """One query at a time, float64: softmax over [target] + every train row not sharing a group with
+    the query's target or any of its context rows."""
+    total = 0.0
+    for i in range(len(q)):
+        qi = q[i].double() / q[i].double().norm()
+        ti = target[i].double() / target[i].double().norm()
+        pos = scale * float(qi @ ti)
+        banned = {int(groups[r]) for r in [tgt_rows[i], *ctx_rows[i]]}
+        logits = [pos]
+        for r in train_rows:
+            if int(groups[r]) in banned:
+                continue
+            v = torch.from_numpy(np.asarray(vectors[r], np.float64))
+            logits.append(scale * float(qi @ (v / v.norm())))
+        total += float(torch.logsumexp(torch.tensor(logits), 0)) - pos
+    return total / len(q)
+
+
+def test_bank_info_nce_matches_a_naive_loop():
+    from lvmlib.losses import BankNegatives, bank_info_nce
+    from lvmlib.metrics import duplicate_groups
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(60, 8)).astype(np.float32)
+    vectors[7] = vectors[3]  # a duplicate of a context row
+    vectors[30] = vectors[12]  # a duplicate of a target
+    groups = duplicate_groups(vectors)
+    train_rows = np.arange(0, 45)  # rows 45.. are val/test: never negatives
+    ctx_rows = np.array([[1, 2, 3, 4, 5], [8, 9, 10, 11, 12], [40, 41, 42, 43, 44]])
+    tgt_rows = np.array([6, 13, 12])  # query 2's target has a duplicate (row 30) in the train bank
+    neg = BankNegatives(vectors, train_rows, groups)
+    q = torch.from_numpy(rng.normal(size=(3, 8)).astype(np.float32)).requires_grad_()
+    target = torch.from_numpy(vectors[tgt_rows])
+    got = bank_info_nce(q, target, neg.bank, 1 / 0.07, neg.exclusions(ctx_rows, tgt_rows))
+    want = _naive_bank_loss(q.detach(), target, vectors, train_rows, groups, ctx_rows, tgt_rows, 1 / 0.07)
+    assert float(got.detach()) == pytest.approx(want, rel=1e-5)
+    qi, cols = neg.exclusions(ctx_rows, tgt_rows)
+    assert 7 in cols[qi == 0].tolist()  # the duplicate of context row 3 is masked for query 0
+    assert 30 in cols[qi == 2].tolist() and 30 not in cols[qi == 0].tolist()  # target duplicate: query 2 only
+    got.backward()
+    assert torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
+
+
+def test_bank_loss_gradient_equals_one_big_batch():
+    """Per-sample negatives: accumulating micro-batches (direct_step) equals one batch of everything."""
+    from lvmlib.config import LossConfig
+    from lvmlib.losses import BankNegatives, LVMLoss, MicroBatch, direct_step
+    from lvmlib.metrics import duplicate_groups
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(80, 6)).astype(np.float32)
+    ctx_rows = rng.integers(0, 60, size=(16, 5))
+    tgt_rows = rng.integers(0, 60, size=16)
+    lin = torch.nn.Linear(6, 6)
+    enc = lambda ctx, tgt: (lin(ctx.mean(1)), tgt)  # noqa: E731
+    loss = LVMLoss(LossConfig(negatives="bank"), 6)
+    loss.bank = BankNegatives(vectors, np.arange(60), duplicate_groups(vectors))
+
+    def micro(sl):
+        return MicroBatch(torch.from_numpy(vectors[ctx_rows[sl]]), torch.from_numpy(vectors[tgt_rows[sl]]),
+                          torch.zeros(len(tgt_rows[sl]), 2, dtype=torch.long), rows=(ctx_rows[sl], tgt_rows[sl]))
+    direct_step(enc, loss, [micro(slice(0, 16))])
+    g_big = lin.weight.grad.clone()
+    lin.weight.grad = None
+    lin.bias.grad = None
+    direct_step(enc, loss, [micro(slice(0, 8)), micro(slice(8, 16))])
+    assert torch.allclose(lin.weight.grad, g_big, atol=1e-6)
+
+
+def test_bank_negatives_refuse_heads_and_two_tower():
+    from lvmlib.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match="loss.negatives"):
+        load_config(None, ["loss.negatives=bank", "loss.proj_head=[8, 4]"])
+    with pytest.raises(ConfigError, match="loss.negatives"):
+        load_config(None, ["loss.negatives=bank", "model.kind=two_tower"])

@@ -338,3 +338,53 @@ def test_model_on_cuda_matches_cpu(backend):
     pairs = {"out": (o.cpu(), o_cpu), "d_input": (gx.cpu(), gx_cpu)}
     pairs.update({f"d_{n}": (gp[n].cpu(), gp_cpu[n]) for n in gp_cpu})
     report_and_assert(pairs, f"cuda {backend}")
+
+
+# --------------------------------------------------------------------------- model.residual
+@pytest.mark.parametrize("kind", ["mamba", "amn", "two_tower"])
+@pytest.mark.parametrize("residual", ["last", "context_mix"])
+def test_residual_step0_equals_the_skip_exactly(kind, residual):
+    """With a residual path, the untrained model *is* the trivial predictor: copy-last, or the
+    initial context mixture (weight ~0.93 on the last position)."""
+    from lvmlib.config import load_config
+    from lvmlib.model import build_model
+    cfg = load_config(None, [f"model.kind={kind}", f"model.residual={residual}", "model.d_model=16",
+                             "model.n_layers=1", "model.d_state=4", "model.amn_hidden=8"]).model
+    torch.manual_seed(0)
+    model = build_model(cfg, 12).eval()
+    ctx = torch.randn(7, 5, 12)
+    with torch.no_grad():
+        pred = model(ctx)
+    if residual == "last":
+        assert torch.equal(pred, ctx[:, -1])
+    else:
+        w = torch.softmax(torch.tensor([0.0, 0.0, 0.0, 0.0, cfg.mix_init_last]), dim=0)
+        assert w[-1] > 0.9
+        assert torch.allclose(pred, torch.einsum("l,bld->bd", w, ctx), atol=1e-6)
+    # and the correction is trainable: one step moves the prediction away from the skip
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    loss = (model(ctx) - torch.randn(7, 12)).pow(2).sum()
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        assert not torch.allclose(model.eval()(ctx), pred)
+
+
+def test_residual_none_is_the_seed_model():
+    from lvmlib.config import load_config
+    from lvmlib.model import build_model
+    cfg = load_config(None, ["model.d_model=16", "model.n_layers=1", "model.d_state=4"]).model
+    torch.manual_seed(0)
+    model = build_model(cfg, 12)
+    assert model.skip is None and float(model.head.weight.abs().sum()) > 0
+    assert not any("skip" in k for k in model.state_dict())
+
+
+def test_residual_refuses_a_tower_of_another_width():
+    from lvmlib.config import load_config
+    from lvmlib.model import build_model
+    cfg = load_config(None, ["model.kind=two_tower", "model.residual=last", "model.tower_dim=8",
+                             "model.d_model=16", "model.n_layers=1", "model.d_state=4"]).model
+    with pytest.raises(ValueError, match="tower_dim"):
+        build_model(cfg, 12)

@@ -70,7 +70,7 @@ def make_run_dir(run_dir: Path, n_articles: int = 30, n_chunks: int = 14, d: int
     atomic_write_json(data / "summary.json", {"fake": True})
     cfg = load_config(None, ["model.d_model=16", "model.n_layers=1", "model.d_state=4", "model.expand=2",
                              "train.epochs=3", "train.batch_size=16", "train.grad_accum=2", "train.warmup_steps=2",
-                             "train.val_bank_size=100", "train.threads=1", "gates.threshold=0.0",
+                             "train.threads=1", "gates.threshold=0.0",
                              "gates.lower=-1.0", *overrides])
     atomic_write_text(run_dir / "params.yaml", dump_config(cfg))
     return run_dir
@@ -143,31 +143,103 @@ def test_validation_sees_clean_windows(tmp_path):
     history = T.train(cfg_of(run_dir), run_dir, progress=False)
     model, cfg, _ = load_checkpoint(run_dir / "last.pt")
     prep = load_prepared(run_dir)
-    bank = T.val_bank(prep, cfg)
+    q = T.val_queries(prep, cfg)
     with torch.no_grad():
-        pred = model.eval()(torch.from_numpy(prep.contexts(bank["ctx_idx"])))
-        cos = torch.nn.functional.cosine_similarity(pred, torch.from_numpy(prep.targets(bank["tgt_idx"])), dim=-1)
+        pred = model.eval()(torch.from_numpy(prep.contexts(q["ctx_idx"])))
+        cos = torch.nn.functional.cosine_similarity(pred, torch.from_numpy(prep.targets(q["tgt_idx"])), dim=-1)
     assert history[0]["val_cosine"] == pytest.approx(float(cos.mean()), rel=1e-5)
-    ctx, _ = T.augment(prep.contexts(bank["ctx_idx"]), np.random.default_rng(0), 1.0, 1.0)
+    ctx, _ = T.augment(prep.contexts(q["ctx_idx"]), np.random.default_rng(0), 1.0, 1.0)
     with torch.no_grad():
         cos_aug = torch.nn.functional.cosine_similarity(model(torch.from_numpy(ctx)),
-                                                        torch.from_numpy(prep.targets(bank["tgt_idx"])), dim=-1)
+                                                        torch.from_numpy(prep.targets(q["tgt_idx"])), dim=-1)
     assert abs(float(cos_aug.mean()) - history[0]["val_cosine"]) > 1e-3  # the check can tell the two apart
 
 
-def test_val_bank_is_bounded_and_holds_every_query_target(run_dir):
+def test_val_queries_cap_is_a_seeded_sample(run_dir):
     from lvmlib.data import load_prepared
     prep = load_prepared(run_dir)
-    cfg = cfg_of(run_dir, "train.val_bank_size=40")
-    bank = T.val_bank(prep, cfg)
-    assert len(bank["rows"]) == 40 and len(np.unique(bank["rows"])) == 40
-    assert np.isin(bank["tgt_idx"], bank["rows"]).all() and len(bank["tgt_idx"]) > 0
-    assert (prep.bank_split[bank["rows"]] == 1).all()  # validation chunks only
+    every = T.val_queries(prep, cfg_of(run_dir))
+    assert len(every["tgt_idx"]) == len(prep.windows("val")[1])
+    a = T.val_queries(prep, cfg_of(run_dir, "train.val_max_queries=10"))
+    b = T.val_queries(prep, cfg_of(run_dir, "train.val_max_queries=10"))
+    assert len(a["tgt_idx"]) == 10 and (a["tgt_idx"] == b["tgt_idx"]).all()
+    assert np.isin(a["tgt_idx"], every["tgt_idx"]).all()
+
+
+def test_validation_equals_evaluation_on_the_val_split(tmp_path):
+    """The same checkpoint gives the same val R@k / MRR from the training loop and from 04_eval's code
+    (evaluate_run on the val split, primary bank = global, context excluded, ties against the model)."""
+    from lvmlib.evaluate import evaluate_run
+    run_dir = make_run_dir(tmp_path / "run", overrides=("train.epochs=2", "train.best_metric=val_mrr"))
+    history = T.train(cfg_of(run_dir), run_dir, progress=False)
+    best = next(r for r in reversed(history) if r["is_best"])
+    cfg = cfg_of(run_dir, "eval.split=val", "eval.bootstrap=0", "eval.latency_queries=0",
+                 "eval.baselines=[copy_last]")
+    ev = evaluate_run(cfg, run_dir, progress=False, out_dir=tmp_path / "ev")
+    assert ev["primary_bank"] == "global" and ev["primary_context"] == "context_excluded"
+    assert ev["n_queries"] == best["n_val_queries"]
+    assert best["val_recall_at_5"] == ev["recall_at_5"]
+    assert best["val_recall_at_1"] == ev["recall_at_1"]
+    assert best["val_mrr"] == pytest.approx(ev["mrr"], rel=1e-9)
+    assert best["val_cosine"] == pytest.approx(ev["pred_target_cosine"], rel=1e-5)
+
+
+def test_val_infonce_uses_one_fixed_shuffle(tmp_path):
+    """val_infonce ranks in shuffled batches (not article order), the same shuffle every call."""
+    from lvmlib.data import load_prepared
+    from lvmlib.losses import LVMLoss
+    from lvmlib.model import build_model
+    run_dir = make_run_dir(tmp_path / "run", n_articles=60)
+    cfg = cfg_of(run_dir)
+    prep = load_prepared(run_dir)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, D)
+    loss = LVMLoss(cfg.loss, D)
+    q = T.val_queries(prep, cfg)
+    a = T.validate(model, loss, prep, q, cfg, "cpu", 8, False, recall=False)
+    b = T.validate(model, loss, prep, q, cfg, "cpu", 8, False, recall=False)
+    assert a["val_infonce"] == b["val_infonce"]
+    ordered = dict(q)  # by hand: the same windows in article order give another number
+    perm = np.random.default_rng(cfg.train.seed).permutation(len(q["tgt_idx"]))
+    inv = np.argsort(perm)
+    ordered = {k: v[inv] for k, v in q.items()}  # un-shuffled so that the fixed shuffle yields article order
+    c = T.validate(model, loss, prep, ordered, cfg, "cpu", 8, False, recall=False)
+    with torch.no_grad():
+        P = model.eval()(torch.from_numpy(prep.contexts(q["ctx_idx"])))
+        Tt = torch.from_numpy(prep.targets(q["tgt_idx"]))
+        meta = torch.from_numpy(np.asarray(prep.bank_keys)[q["tgt_idx"]])
+        want = sum(float(loss.contrastive(P[s:s + 8], Tt[s:s + 8], loss.mask(meta[s:s + 8]))) * len(P[s:s + 8])
+                   for s in range(0, len(P), 8) if len(P[s:s + 8]) >= 2) / len(P)
+    assert c["val_infonce"] == pytest.approx(want, rel=1e-5)
+    assert c["val_infonce"] != pytest.approx(a["val_infonce"], rel=1e-3)
+
+
+def test_article_dropout_positions_first_keeps_the_last_chunk():
+    ctx = np.random.default_rng(1).normal(size=(4000, K, 4)).astype(np.float32) + 5.0
+    out, info = T.augment(ctx, np.random.default_rng(0), 1.0, 0.0, positions="first")
+    zero = (out == 0).all(-1)  # (b, K)
+    assert (zero.sum(1) == info["drop_k"]).all()
+    for k in range(1, K + 1):
+        rows = info["drop_k"] == k
+        assert zero[rows][:, :k].all() and not zero[rows][:, k:].any()
+    out_l, info_l = T.augment(ctx, np.random.default_rng(0), 1.0, 0.0, positions="last")
+    assert (out_l == 0).all(-1)[:, -1].all() and not (out == 0).all(-1)[info["drop_k"] < K, -1].any()
+    with pytest.raises(ValueError, match="positions"):
+        T.augment(ctx, np.random.default_rng(0), 1.0, 0.0, positions="middle")
+
+
+def test_bank_negatives_train_and_never_see_the_context(tmp_path):
+    run_dir = make_run_dir(tmp_path / "run", overrides=("loss.negatives=bank", "model.residual=last",
+                                                        "train.epochs=2"))
+    history = T.train(cfg_of(run_dir), run_dir, progress=False)
+    assert all(math.isfinite(r["train_loss"]) for r in history)
+    log = (run_dir / "train.log").read_text()
+    assert "bank negatives: 252 train chunks per query" in log  # 18 train articles x 14 chunks
 
 
 # --------------------------------------------------------------------------- the loop
 HISTORY_KEYS = {"epoch", "train_loss", "train_infonce", "train_ar_cosine", "val_cosine", "lr", "seconds",
-                "val_infonce", "val_recall_at_5", "seq_per_s", "decision", "decision_reason", "decision_stop"}
+                "val_infonce", "val_recall_at_5", "val_recall_at_1", "val_mrr", "seq_per_s", "decision", "decision_reason", "decision_stop"}
 
 
 def test_train_writes_the_contract(run_dir):
