@@ -3,7 +3,8 @@
   run PARAMS [--set section.key=value ...] [--run-id ID] [--resume RUN_DIR]   the whole study
   status RUN_DIR                                                             training progress
   eval RUN_DIR --data PAYLOAD_OR_PARAMS                                      score a checkpoint elsewhere
-  compare RUN_DIR [RUN_DIR ...]                                              V1 vs V2 on one page
+  compare RUN_DIR [RUN_DIR ...] [--reference RUN_DIR]                        runs side by side (paired vs a reference)
+  scaling PARAMS --articles 100,300,1000 [--corpus JSONL] [--set k=v ...]    one run per training-set size + page
   study                                                                      V1/V2 pair + comparison
   cache {list,clear}                                                         the embedding cache
   check PARAMS                                                               validate a params file
@@ -52,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("run_dirs", nargs="+")
     c.add_argument("--id", default=None)
     c.add_argument("--reports-root", default=os.environ.get("LVM_REPORTS_DIR", "reports"))
+
+    sc = sub.add_parser("scaling", help="one run per training-set size on fixed held-out articles, and the page")
+    sc.add_argument("params")
+    sc.add_argument("--articles", required=True, metavar="N,N,...", help="training-set sizes in articles, e.g. 100,300,1000")
+    sc.add_argument("--corpus", default=None, help="JSONL corpus (sets data.source=jsonl, data.path); default: the params' data")
+    sc.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    sc.add_argument("--id", default=None)
+    sc.add_argument("--runs-root", default=os.environ.get("LVM_RUNS_DIR", "runs"))
+    sc.add_argument("--reports-root", default=os.environ.get("LVM_REPORTS_DIR", "reports"))
+    sc.add_argument("--quiet", action="store_true")
 
     st = sub.add_parser("study", help="run V1 and V2 (plus baselines) at CPU size and compare them")
     st.add_argument("--params", nargs="+", default=["params/study_v1.yaml", "params/study_v2.yaml"])
@@ -139,6 +150,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .compare import compare_runs
         out = compare_runs([Path(p) for p in args.run_dirs], compare_id=args.id, reports_root=args.reports_root)
         print(f"[lvm-study] comparison: {out}")
+        return 0
+    if args.command == "scaling":
+        from .config import ConfigError
+        from .scaling import parse_sizes, scaling_study
+        try:
+            sizes = parse_sizes(args.articles)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        out = scaling_study(args.params, sizes, corpus=args.corpus, overrides=args.overrides, scaling_id=args.id,
+                            runs_root=args.runs_root, reports_root=args.reports_root, progress=not args.quiet)
+        print(f"[lvm-study] scaling page: {out}")
         return 0
     if args.command == "study":
         from .compare import run_pair_study

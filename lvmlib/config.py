@@ -44,6 +44,8 @@ class DataConfig:
     val_frac: float = 0.1
     test_frac: float = 0.1
     split_seed: int = 0
+    train_articles: int = 0  # 0 = every train article; else train on the first N of a seeded order of them (val,
+    # test and the bank stay those of the whole corpus, so a scaling curve has fixed held-out articles)
     dedup: bool = True  # drop exact-duplicate chunk texts that appear in more than one split
 
 
@@ -180,6 +182,7 @@ MINIMUMS = {
     "data.context_len": (1, 'K must be >= 1'),
     "data.min_words": (1, None),
     "data.max_articles": (0, 'must be >= 0 (0 = all)'),
+    "data.train_articles": (0, 'must be >= 0 (0 = every train article)'),
     "data.encode_batch_size": (1, None),
     "model.dt_rank": (0, 'must be >= 0 (0 = auto)'),
     "loss.false_negative_window": (0, None),

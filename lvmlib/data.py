@@ -290,6 +290,22 @@ def build_windows(keys: np.ndarray, split: np.ndarray, K: int) -> tuple[np.ndarr
     return context.astype(np.int64), target.astype(np.int64), split[target].astype(np.int8)
 
 
+def limit_train_articles(ctx: np.ndarray, tgt: np.ndarray, wsplit: np.ndarray, keys: np.ndarray,
+                         d: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`data.train_articles` = N > 0: keep the train windows of the first N train articles of a seeded
+    order (nested: N=100 is inside N=300), every val/test window, and the whole bank. DataError when the
+    corpus has fewer train articles with a window than N."""
+    if not d.train_articles:
+        return ctx, tgt, wsplit
+    arts = np.unique(keys[tgt[wsplit == 0], 0])  # train articles that have a window
+    if d.train_articles > len(arts):
+        raise DataError(f"{d.path or d.source}: data.train_articles = {d.train_articles}, but the corpus has only "
+                        f"{len(arts)} train articles with a window of K+1 = {d.context_len + 1} chunks")
+    chosen = arts[np.random.default_rng([d.split_seed, 1]).permutation(len(arts))[:d.train_articles]]
+    keep = (wsplit != 0) | np.isin(keys[tgt, 0], chosen)
+    return ctx[keep], tgt[keep], wsplit[keep]
+
+
 # --------------------------------------------------------------------------- streaming npz
 def save_npz_streaming(path: Path, arrays: dict[str, tuple[tuple[int, ...], Any, Callable[[int, int], np.ndarray]]],
                        block: int = 8192) -> None:
@@ -506,6 +522,7 @@ def _prepare(cfg: Config, stage: Path, progress: bool) -> dict[str, Any]:
     keys, digests, split = staged.keys[keep], staged.digests[keep], row_split[keep]
     n_chunks = np.bincount(keys[:, 0], minlength=len(staged.titles))
     ctx, tgt, wsplit = build_windows(keys, split, K)
+    ctx, tgt, wsplit = limit_train_articles(ctx, tgt, wsplit, keys, d)
     if len(tgt) == 0:
         raise DataError(f"{d.path or d.source}: no article reaches K+1 = {K + 1} chunks (data.context_len={K}; "
                         f"the longest of {len(n_chunks)} articles has {int(n_chunks.max())})")
@@ -553,6 +570,7 @@ def _prepare(cfg: Config, stage: Path, progress: bool) -> dict[str, Any]:
     counts = {
         **staged.counts, "articles": len(staged.titles), "articles_short": int((n_chunks < K + 1).sum()),
         "chunks": int(len(keys)), "windows": int(len(tgt)),
+        "train_articles_used": int(len(np.unique(keys[tgt[wsplit == 0], 0]))),
         "duplicates_removed": int((~keep).sum()),
         "per_split": {name: {"articles": int((art_split == s).sum()), "chunks": int((split == s).sum()),
                              "windows": int((wsplit == s).sum())} for s, name in enumerate(SPLITS)}}

@@ -137,7 +137,8 @@ def duplicate_groups(bank: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """(M, D) -> (M,) int64 group id = the smallest row holding a bit-identical vector.
 
     Rows are hashed exactly (integer arithmetic on their bytes), candidates with equal hashes are then
-    compared byte for byte, so a hash collision can never merge two different vectors."""
+    compared byte for byte, so a hash collision can never merge two different vectors (and NaN rows,
+    which never compare equal as floats, still terminate: they are grouped by their bits)."""
     M = len(bank)
     rng = np.random.default_rng(12345)
     mult = None
@@ -154,7 +155,7 @@ def duplicate_groups(bank: np.ndarray, chunk: int = 65536) -> np.ndarray:
     sizes = np.diff(np.r_[starts, M])
     for s, size in zip(starts[sizes > 1], sizes[sizes > 1]):
         rows = np.sort(order[s:s + size])
-        vecs = np.asarray(bank[rows], dtype=np.float32)
+        vecs = np.ascontiguousarray(bank[rows], dtype=np.float32).view(np.uint32)  # bits: NaN == NaN
         while len(rows):  # split a hash bucket into its truly identical subsets
             same = (vecs == vecs[0]).all(axis=1)
             groups[rows[same]] = rows[0]

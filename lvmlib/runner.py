@@ -273,17 +273,19 @@ def write_index(reports_root: Path) -> Path:
     reports_root = Path(reports_root)
     reports_root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(reports_root / ".index.lock")):
-        recs = _records(reports_root, "*/run.json") + _records(reports_root, "compare_*.json")
+        recs = (_records(reports_root, "*/run.json") + _records(reports_root, "compare_*.json")
+                + _records(reports_root, "scaling_*.json"))
         recs.sort(key=lambda r: r.get("started_at") or "", reverse=True)
         rows = []
         for r in recs:
-            if r.get("kind") == "compare":
+            if r.get("kind") in ("compare", "scaling"):
                 runs = ", ".join(f"<a href='{html.escape(x['href'])}'>{html.escape(x.get('label') or x['run_id'])}</a>"
                                  if x.get("href") else html.escape(x.get("label") or x["run_id"])
                                  for x in r.get("runs", []))
                 fail = f"<br><small class=bad>{html.escape(str(r['failure']))}</small>" if r.get("failure") else ""
                 rows.append(f"<tr class=cmp><td><a href='{html.escape(r['href'])}'>{html.escape(r['compare_id'])}</a>"
-                            f"<br><small>comparison of {runs}</small></td><td>comparison</td>"
+                            f"<br><small>{'scaling curve over' if r['kind'] == 'scaling' else 'comparison of'} {runs}"
+                            f"</small></td><td>{'scaling' if r['kind'] == 'scaling' else 'comparison'}</td>"
                             f"<td>{_when(r.get('started_at'))}</td>"
                             f"<td class='{_STATUS_CLASS.get(r.get('status', 'succeeded'), '')}'>"
                             f"<b>{html.escape(r.get('status', 'succeeded'))}</b></td>"
@@ -302,7 +304,7 @@ def write_index(reports_root: Path) -> Path:
                 f"<td>{_r5(r)}<br><small>{_baseline(r)}</small></td>"
                 f"<td>{_fmt(r.get('pred_target_cosine'))}</td><td>{_fmt(r.get('phase1_decision'))}</td>"
                 f"<td>{_fmt(r.get('beats_best_baseline'))}</td></tr>")
-        n_runs = sum(r.get("kind") != "compare" for r in recs)
+        n_runs = sum(r.get("kind") not in ("compare", "scaling") for r in recs)
         page = (f"<!doctype html><meta charset=utf-8><title>lvm-study runs</title><style>{PAGE_CSS}</style>"
                 f"<h1>lvm-study — runs</h1><p>{n_runs} run(s), {len(recs) - n_runs} comparison(s), newest first. "
                 "R@5 (95% interval) and cosine: Phase-1 primary bank (global, context chunks excluded), beside the "

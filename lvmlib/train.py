@@ -253,7 +253,8 @@ class _Trainer:
         bars(cfg.gates, self.best_baseline_cosine)  # gates.against = best_baseline without baselines: fail now
         self.groups = duplicate_groups(self.prep.bank_vectors)  # (M) as evaluation groups duplicates
         if cfg.loss.negatives == "bank":
-            self.loss_fn.bank = BankNegatives(self.prep.bank_vectors, np.flatnonzero(np.asarray(self.prep.bank_split) == 0),
+            c_all, t_all = self.prep.windows("train")  # every chunk of the articles trained on (all windows)
+            self.loss_fn.bank = BankNegatives(self.prep.bank_vectors, np.union1d(c_all.ravel(), t_all),
                                               self.groups, self.device)
         if len(self.val["tgt_idx"]) == 0:
             raise RunError(f"{run_dir}/data: no validation windows (val articles shorter than K+1 chunks?); "

@@ -419,3 +419,25 @@ def test_default_corpus_through_minilm(tmp_path):
     assert 0.35 <= s["trivial"]["test"]["copy_last"] <= 0.50
     assert 0.42 <= s["trivial"]["test"]["context_mean"] <= 0.58
     assert s["audit"]["passed"] and s["d_vec"] == 384
+
+
+def test_train_articles_keeps_val_test_and_nests():
+    from lvmlib.config import DataConfig
+    from lvmlib.corpus import DataError
+    from lvmlib.data import build_windows, limit_train_articles
+    n_art, per = 40, 9
+    keys = np.array([(a, p) for a in range(n_art) for p in range(per)], np.int64)
+    art_split = np.array([0] * 30 + [1] * 5 + [2] * 5, np.int8)
+    ctx, tgt, ws = build_windows(keys, art_split[keys[:, 0]], 5)
+    full = limit_train_articles(ctx, tgt, ws, keys, DataConfig(train_articles=0))
+    assert all((a == b).all() for a, b in zip(full, (ctx, tgt, ws)))
+    kept = {}
+    for n in (3, 10, 30):
+        c, t, w = limit_train_articles(ctx, tgt, ws, keys, DataConfig(train_articles=n))
+        kept[n] = set(keys[t[w == 0], 0].tolist())
+        assert len(kept[n]) == n
+        assert (t[w != 0] == tgt[ws != 0]).all()  # val and test windows untouched
+        assert (keys[c[:, 0], 0] == keys[t, 0]).all()
+    assert kept[3] < kept[10] < kept[30]  # nested: a learning curve adds articles
+    with pytest.raises(DataError, match="train_articles = 31.*only 30"):
+        limit_train_articles(ctx, tgt, ws, keys, DataConfig(train_articles=31))

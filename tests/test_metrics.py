@@ -88,6 +88,14 @@ def test_duplicate_groups_float16_and_many_sets():
     assert g.tolist() == expect.tolist()
 
 
+def test_duplicate_groups_terminates_on_nan_rows():
+    # A diverged model's predictions can be all-NaN; NaN != NaN as floats, so a float comparison would
+    # never empty the bucket. Rows are grouped by their bits instead.
+    bank = np.full((4, 3), np.nan, np.float32)
+    bank[2] = [1.0, 2.0, 3.0]
+    assert mt.duplicate_groups(bank).tolist() == [0, 0, 2, 0]
+
+
 def test_label_banks_and_targets_outside_their_bank():
     art = np.array([0, 0, 0, 1, 1])
     q = unit((0, 1))

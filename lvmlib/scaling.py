@@ -1,0 +1,241 @@
+"""The scaling study: one run per training-set size, the same held-out val and test articles at every
+size, and a page that says whether the model's gap to the trivial predictors closes with data.
+
+`scaling_study` runs the whole study (`runner.run_study`, notebooks 01..04) once per size with
+`data.train_articles = N` — the split is made on the whole corpus first, so every size shares the val
+and test articles and the bank, and the sizes are nested (N=100 is inside N=300). Then it executes
+`notebooks/06_scaling.ipynb`, which reads only the runs' files (`metrics/eval.json`, `metrics/queries.csv`)
+through `load_study` / `study_table` / `trend` / `verdict` below, and renders `reports/scaling_<id>.html`,
+listed on `reports/index.html`.
+
+Trend: R@5 and cosine of the model (and of ridge, the one baseline that learns) are fitted as
+a + b * log10(N) over the sizes; copy_last and context_mean do not depend on N. The verdict says where
+the model's fitted line crosses the best constant baseline — inside the measured range, or extrapolated.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .runs import PROJECT_ROOT, RunError, atomic_write_json, now_iso, read_json
+
+NOTEBOOK = PROJECT_ROOT / "notebooks" / "06_scaling.ipynb"
+BASELINES = ("copy_last", "context_mean", "ridge")
+CONSTANT = ("copy_last", "context_mean")  # predictors that do not learn from the train articles
+
+
+class ScalingFailed(RunError):
+    """A size's run or the scaling page failed; the message is the one-line reason."""
+
+
+def parse_sizes(text: str) -> list[int]:
+    """'100,300,1000' -> [100, 300, 1000] (sorted, unique, each >= 1); ValueError naming the bad item."""
+    sizes = []
+    for item in str(text).split(","):
+        item = item.strip()
+        if not item.isdigit() or int(item) < 1:
+            raise ValueError(f"--articles {text!r}: {item!r} is not a positive whole number of training articles")
+        sizes.append(int(item))
+    return sorted(set(sizes))
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "scaling"
+
+
+# --------------------------------------------------------------------------- reading the runs
+def load_study(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
+    """One record per run: its size (train articles actually used), eval.json and per-query table."""
+    import pandas as pd
+    out = []
+    for d in run_dirs:
+        d = Path(d)
+        ev = read_json(d / "metrics" / "eval.json")
+        summary = read_json(d / "data" / "summary.json")
+        out.append({"run_dir": str(d), "run_id": d.name, "n_articles": int(summary["counts"]["train_articles_used"]),
+                    "n_train_windows": int(summary["counts"]["per_split"]["train"]["windows"]), "eval": ev,
+                    "queries": pd.read_csv(d / "metrics" / "queries.csv")})
+    out.sort(key=lambda r: r["n_articles"])
+    keys = {tuple(r["queries"].loc[r["queries"]["model"] == r["queries"]["model"].iloc[0], "target_row"])
+            for r in out}
+    if len(keys) > 1:
+        raise ScalingFailed("the runs did not score the same test queries (different corpus, split or K?); "
+                            "a scaling curve needs fixed held-out articles")
+    return out
+
+
+def _paired(q, model: str, other: str, n_boot: int, seed: int) -> dict[str, Any]:
+    from .metrics import article_bootstrap
+    a = q[q["model"] == model].sort_values("query")
+    b = q[q["model"] == other].sort_values("query")
+    d_r5 = (a["rank_global"].to_numpy() <= 5).astype(float) - (b["rank_global"].to_numpy() <= 5)
+    d_cos = a["cosine"].to_numpy() - b["cosine"].to_numpy()
+    ci = article_bootstrap({"recall_at_5": d_r5, "cosine": d_cos}, a["article_id"].to_numpy(), n_boot, seed)
+    return {"diff_recall_at_5": float(d_r5.mean()), "diff_recall_at_5_ci": ci["recall_at_5"],
+            "diff_cosine": float(d_cos.mean()), "diff_cosine_ci": ci["cosine"]}
+
+
+def study_table(study: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0):
+    """Tidy DataFrame: one row per (size, predictor) with R@5 (+95% CI), cosine, and the paired
+    differences of the model against that baseline on the same test queries (article bootstrap)."""
+    import pandas as pd
+    rows = []
+    for r in study:
+        ev, q = r["eval"], r["queries"]
+        primary = ev["primary_model"]
+        for name, res in ev["models"].items():
+            if name != primary and name not in BASELINES:
+                continue
+            m = res["banks"][ev["primary_bank"]][ev["primary_context"]]
+            row = {"n_articles": r["n_articles"], "n_train_windows": r["n_train_windows"], "run_id": r["run_id"],
+                   "predictor": "model" if name == primary else name, "recall_at_5": m["recall_at_5"],
+                   "recall_at_5_lo": (m.get("recall_at_5_ci") or [math.nan, math.nan])[0],
+                   "recall_at_5_hi": (m.get("recall_at_5_ci") or [math.nan, math.nan])[1],
+                   "mrr": m["mrr"], "cosine": res["pred_target_cosine"]}
+            if name != primary:
+                row.update(_paired(q, primary, name, n_boot, seed))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- trend and verdict
+def trend(n: np.ndarray, y: np.ndarray) -> tuple[float, float] | None:
+    """Least-squares a + b * log10(n) -> (a, b); None with fewer than two distinct sizes."""
+    n, y = np.asarray(n, float), np.asarray(y, float)
+    if len(np.unique(n)) < 2:
+        return None
+    b, a = np.polyfit(np.log10(n), y, 1)
+    return float(a), float(b)
+
+
+def crossing(fit: tuple[float, float] | None, level: float) -> float | None:
+    """Training articles at which a + b log10(n) reaches `level` (None: never, the slope is not positive)."""
+    if fit is None or fit[1] <= 0:
+        return None
+    return float(10 ** ((level - fit[0]) / fit[1]))
+
+
+def verdict(table) -> dict[str, Any]:
+    """The page's answer in words, per metric: does the model beat the best constant baseline at the
+    largest size (paired 95% interval above zero), is the gap closing, and where the fitted trend
+    crosses it."""
+    sizes = sorted(table["n_articles"].unique())
+    model = table[table["predictor"] == "model"].sort_values("n_articles")
+    out: dict[str, Any] = {"sizes": [int(s) for s in sizes], "metrics": {}}
+    lines = []
+    for metric, label, fmt in (("recall_at_5", "R@5", "{:.1%}"), ("cosine", "cosine", "{:.3f}")):
+        base = table[table["predictor"].isin(CONSTANT)]
+        best_name = base.groupby("predictor")[metric].mean().idxmax()
+        level = float(base[base["predictor"] == best_name][metric].mean())
+        largest = table[(table["n_articles"] == sizes[-1]) & (table["predictor"] == best_name)].iloc[0]
+        ci = largest[f"diff_{metric}_ci"]
+        gaps = (model[metric].to_numpy() - level).tolist()
+        fit = trend(model["n_articles"].to_numpy(), model[metric].to_numpy())
+        cross = crossing(fit, level)
+        beats = ci is not None and not (isinstance(ci, float) and math.isnan(ci)) and ci[0] > 0
+        m_last = float(model[metric].iloc[-1])
+        if beats:
+            text = (f"{label}: the model beats {best_name} at {sizes[-1]:,} training articles "
+                    f"({fmt.format(m_last)} vs {fmt.format(level)}, paired 95% interval of the difference "
+                    f"{fmt.format(ci[0])} to {fmt.format(ci[1])}).")
+        else:
+            text = (f"{label}: at {sizes[-1]:,} training articles the model does not beat {best_name} "
+                    f"({fmt.format(m_last)} vs {fmt.format(level)}" + (
+                        f", paired 95% interval of the difference {fmt.format(ci[0])} to {fmt.format(ci[1])})."
+                        if ci is not None and not isinstance(ci, float) else ")."))
+        if len(gaps) >= 2:
+            closing = gaps[-1] > gaps[0]
+            text += f" The gap {'closes' if closing else 'does not close'} with data ({fmt.format(gaps[0])} at " \
+                    f"{sizes[0]:,} -> {fmt.format(gaps[-1])} at {sizes[-1]:,})."
+        if cross is not None and not beats:
+            where = "inside the measured range" if cross <= sizes[-1] else "by extrapolation"
+            text += f" The fitted trend (a + b log10 N) reaches {best_name} at about {cross:,.0f} articles ({where})."
+        elif fit is not None and fit[1] <= 0 and not beats:
+            text += " The fitted trend is flat or falling: more articles of this kind would not close the gap."
+        out["metrics"][metric] = {"best_constant_baseline": best_name, "baseline_level": level, "model_last": m_last,
+                                  "beats_at_largest": bool(beats), "diff_ci_at_largest": ci, "gaps": gaps,
+                                  "fit": fit, "crossing_articles": cross}
+        lines.append(text)
+    out["text"] = lines
+    out["headline"] = " ".join(lines)
+    return out
+
+
+def record(out_dir: str | Path, scaling_id: str, table, result: dict[str, Any]) -> dict[str, Any]:
+    """The notebook's closing record: out_dir/scaling.json."""
+    rec = {"scaling_id": scaling_id, "verdict": result, "rows": table.to_dict(orient="records")}
+    if out_dir:
+        atomic_write_json(Path(out_dir) / "scaling.json", rec)
+    return rec
+
+
+# --------------------------------------------------------------------------- running it
+def scaling_study(params_path: str | Path, sizes: list[int], corpus: str | Path | None = None,
+                  overrides: list[str] | tuple[str, ...] = (), scaling_id: str | None = None,
+                  runs_root: str | Path = "runs", reports_root: str | Path = "reports", progress: bool = True) -> Path:
+    """One full run per size (largest first, so a size the corpus cannot hold fails before hours of
+    smaller runs), then the scaling page. Returns reports/scaling_<id>.html."""
+    from .config import load_config
+    from .runner import StudyFailed, execute_notebook, render_html, run_study, write_index
+    from .runs import new_run_id
+    extra = list(overrides)
+    if corpus is not None:
+        if not Path(corpus).is_file():
+            raise RunError(f"{corpus}: corpus file not found")
+        extra = [f"data.source=jsonl", f"data.path={Path(corpus).resolve()}", *extra]
+    cfg = load_config(params_path, extra)  # ConfigError before any work
+    if not sizes:
+        raise RunError("--articles: give at least one size")
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    scaling_id = _safe(scaling_id) if scaling_id else f"{stamp}-{_safe(cfg.name)}"
+    t0, run_dirs = time.time(), []
+    for n in sorted(sizes, reverse=True):
+        run_id = new_run_id(f"{cfg.name}-n{n}")
+        if progress:
+            print(f"[lvm-study] scaling {scaling_id}: {n} training articles -> run {run_id}", flush=True)
+        try:
+            run_dirs.append(run_study(params_path, [*extra, f"data.train_articles={n}"], run_id=run_id,
+                                      runs_root=runs_root, reports_root=reports_root, progress=progress))
+        except StudyFailed as exc:
+            raise ScalingFailed(f"size {n}: {exc}") from None
+    reports_root = Path(reports_root).resolve()
+    out_dir = reports_root / f"scaling_{scaling_id}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    html_path = reports_root / f"scaling_{scaling_id}.html"
+    started, err = now_iso(), None
+    try:
+        execute_notebook(NOTEBOOK, out_dir / "06_scaling.ipynb", {"run_dirs": [str(d) for d in run_dirs],
+                                                                  "scaling_id": scaling_id, "out_dir": str(out_dir)},
+                         progress)
+    except Exception as exc:  # papermill raises PapermillExecutionError for a failing cell
+        err = exc
+    if (out_dir / "06_scaling.ipynb").is_file():
+        render_html(out_dir / "06_scaling.ipynb", html_path, nav=[("all runs", "index.html")])
+    rec = {}
+    if (out_dir / "scaling.json").is_file():
+        rec = read_json(out_dir / "scaling.json")
+    line = None
+    if err is not None:
+        from .runner import _failure_line
+        line = _failure_line("06_scaling", err)
+    runs = [{"run_id": Path(d).name, "label": Path(d).name,
+             "href": f"{Path(d).name}/index.html" if (reports_root / Path(d).name / "run.json").is_file() else None}
+            for d in run_dirs]
+    atomic_write_json(reports_root / f"scaling_{scaling_id}.json", {
+        "kind": "scaling", "compare_id": f"scaling {scaling_id}", "href": html_path.name, "started_at": started,
+        "seconds": round(time.time() - t0, 1), "status": "failed" if err else "succeeded", "failure": line,
+        "verdict": ((rec.get("verdict") or {}).get("headline") or (f"scaling page failed: {line}" if line else "")),
+        "runs": runs})
+    write_index(reports_root)
+    if err is not None:
+        raise ScalingFailed(f"{line} — see {html_path}") from err
+    if progress:
+        print(f"[lvm-study] scaling {scaling_id}: {len(run_dirs)} run(s) in {(time.time() - t0) / 60:.1f} min -> "
+              f"{html_path}", flush=True)
+    return html_path

@@ -1,0 +1,106 @@
+"""The scaling study: sizes parsing, trend and verdict on hand-built tables, and the command end to end
+on the smoke corpus (numbers there mean nothing; the files, the fixed held-out queries and the page do)."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lvmlib import scaling
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_parse_sizes():
+    assert scaling.parse_sizes("300, 100,1000,100") == [100, 300, 1000]
+    for bad in ("100,x", "0", "100,-3", ""):
+        with pytest.raises(ValueError, match="--articles"):
+            scaling.parse_sizes(bad)
+
+
+def test_trend_and_crossing():
+    n = np.array([100, 1000, 10000])
+    fit = scaling.trend(n, 0.1 + 0.05 * np.log10(n))
+    assert fit == pytest.approx((0.1, 0.05))
+    assert scaling.crossing(fit, 0.3) == pytest.approx(1e4)
+    assert scaling.crossing((0.3, -0.01), 0.4) is None
+    assert scaling.trend(np.array([100, 100]), np.array([0.1, 0.2])) is None
+
+
+def _table(model_r5, model_cos, sizes=(100, 300, 800), ci_lo=None):
+    rows = []
+    for i, n in enumerate(sizes):
+        rows.append({"n_articles": n, "n_train_windows": 100 * n, "run_id": f"r{n}", "predictor": "model",
+                     "recall_at_5": model_r5[i], "recall_at_5_lo": model_r5[i] - 0.02,
+                     "recall_at_5_hi": model_r5[i] + 0.02, "mrr": 0.1, "cosine": model_cos[i]})
+        for name, r5, cos in (("copy_last", 0.25, 0.42), ("context_mean", 0.15, 0.49), ("ridge", 0.2, 0.45)):
+            lo = (ci_lo[i] if ci_lo is not None else model_r5[i] - r5 - 0.02)
+            rows.append({"n_articles": n, "n_train_windows": 100 * n, "run_id": f"r{n}", "predictor": name,
+                         "recall_at_5": r5, "recall_at_5_lo": r5 - 0.02, "recall_at_5_hi": r5 + 0.02, "mrr": 0.1,
+                         "cosine": cos, "diff_recall_at_5": model_r5[i] - r5,
+                         "diff_recall_at_5_ci": (lo, model_r5[i] - r5 + 0.02), "diff_cosine": model_cos[i] - cos,
+                         "diff_cosine_ci": (model_cos[i] - cos - 0.01, model_cos[i] - cos + 0.01)})
+    return pd.DataFrame(rows)
+
+
+def test_verdict_says_where_the_trend_crosses():
+    v = scaling.verdict(_table([0.10, 0.15, 0.20], [0.40, 0.44, 0.47]))
+    r5 = v["metrics"]["recall_at_5"]
+    assert r5["best_constant_baseline"] == "copy_last" and not r5["beats_at_largest"]
+    assert r5["crossing_articles"] > 800 and "by extrapolation" in v["text"][0] and "closes" in v["text"][0]
+    cos = v["metrics"]["cosine"]
+    assert cos["best_constant_baseline"] == "context_mean" and not cos["beats_at_largest"]
+
+
+def test_verdict_when_the_model_wins_and_when_it_falls():
+    v = scaling.verdict(_table([0.22, 0.27, 0.31], [0.47, 0.50, 0.53]))
+    assert v["metrics"]["recall_at_5"]["beats_at_largest"] and "beats copy_last at 800" in v["text"][0]
+    assert v["metrics"]["cosine"]["beats_at_largest"]
+    v = scaling.verdict(_table([0.12, 0.11, 0.10], [0.40, 0.40, 0.39]))
+    assert "does not close" in v["text"][0] and "flat or falling" in v["text"][0]
+
+
+def test_scaling_notebook_contract():
+    import nbformat
+    import papermill as pm
+    nb = nbformat.read(str(ROOT / "notebooks/06_scaling.ipynb"), as_version=4)
+    assert nb.cells[0].source.startswith("# 06")
+    declared = pm.inspect_notebook(str(ROOT / "notebooks/06_scaling.ipynb"))
+    assert {"run_dirs", "scaling_id", "out_dir"} <= set(declared)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "def " not in code and "class " not in code  # logic lives in lvmlib
+    assert all(not c.outputs for c in nb.cells if c.cell_type == "code")
+
+
+@pytest.mark.slow
+def test_scaling_command_on_the_smoke_corpus(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    r = subprocess.run([sys.executable, "-m", "lvmlib", "scaling", "params/smoke.yaml", "--articles", "3,6",
+                        "--set", "train.epochs=1", "--id", "tiny", "--runs-root", str(tmp_path / "runs"),
+                        "--reports-root", str(tmp_path / "reports"), "--quiet"],
+                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=1500)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rec = json.loads((tmp_path / "reports/scaling_tiny/scaling.json").read_text())
+    sizes = sorted({row["n_articles"] for row in rec["rows"]})
+    assert sizes == [3, 6]
+    assert {row["predictor"] for row in rec["rows"]} == {"model", "copy_last", "context_mean", "ridge"}
+    for row in rec["rows"]:
+        assert 0.0 <= row["recall_at_5"] <= 1.0 and math.isfinite(row["cosine"])
+    copy = [row for row in rec["rows"] if row["predictor"] == "copy_last"]
+    assert copy[0]["recall_at_5"] == copy[1]["recall_at_5"]  # same held-out queries at every size
+    assert rec["verdict"]["text"] and (tmp_path / "reports/scaling_tiny.html").stat().st_size > 10_000
+    index = (tmp_path / "reports/index.html").read_text()
+    assert "scaling_tiny.html" in index
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 2
+    used = sorted(json.loads((d / "data/summary.json").read_text())["counts"]["train_articles_used"] for d in runs)
+    assert used == [3, 6]
+    r = subprocess.run([sys.executable, "-m", "lvmlib", "scaling", "params/smoke.yaml", "--articles", "3,500",
+                        "--runs-root", str(tmp_path / "runs2"), "--reports-root", str(tmp_path / "reports2"), "--quiet"],
+                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode != 0 and "train_articles = 500" in r.stderr  # the largest size runs first and fails fast
