@@ -538,11 +538,11 @@ def run_study(params_path: str | Path, overrides: list[str] | tuple[str, ...] = 
     routed = check_notebook_params(names, dict(notebook_params or {}))
     if resume and overrides:
         _check_resume_overrides(run_dir, cfg)
-    _check_writable(reports_root, "reports")
-    _check_reports_owner(reports_root, run_id, run_dir if resume else Path(runs_root).resolve() / run_id)
     if resume:
         lock = RunLock(run_dir, "run --resume")  # refused while another process runs or trains it
         try:
+            _check_writable(reports_root, "reports")
+            _check_reports_owner(reports_root, run_id, run_dir)
             if overrides:  # e.g. --set train.epochs=20 to extend a finished run: keep it in the record
                 atomic_write_text(run_dir / "params.yaml", dump_config(cfg))
             copied = {"copied_from": old.get("run_id")} if old.get("run_id") != run_id else {}
@@ -553,6 +553,8 @@ def run_study(params_path: str | Path, overrides: list[str] | tuple[str, ...] = 
             raise
         params_arg = str(run_dir / "params.yaml")
     else:
+        _check_writable(reports_root, "reports")
+        _check_reports_owner(reports_root, run_id, Path(runs_root).resolve() / run_id)
         run_dir = create_run_dir(Path(runs_root).resolve(), run_id)
         lock = RunLock(run_dir, "run")
         try:

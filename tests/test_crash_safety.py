@@ -179,29 +179,35 @@ def test_disk_full_while_preparing_data_leaves_the_previous_data_dir(tmp_path, m
     assert not no_tmp_files(run)
 
 
-def test_a_failure_while_publishing_data_is_never_read_as_complete(tmp_path, monkeypatch):
-    """Files move into data/ one by one, summary.json last (it is removed first): a failure in between
-    leaves data/ without summary.json, and every reader refuses it until the stage is re-run."""
+def test_data_is_published_by_one_rename_and_a_failed_publish_keeps_the_old_data(tmp_path, monkeypatch):
+    """data/ is swapped in whole (rename over an empty data/, renameat2 exchange over a full one): a
+    failing publish leaves the previous data/ byte for byte, and a successful one replaces every file."""
     run = runs.create_run_dir(tmp_path / "runs", "r")
-    cfg = load_config(SMOKE, tiny_overrides(vectors_npz(tmp_path / "a.npz")))
-    data.prepare_data(cfg, run, progress=False)
-    real, moved = os.replace, []
+    cfg_a = load_config(SMOKE, tiny_overrides(vectors_npz(tmp_path / "a.npz")))
+    cfg_b = load_config(SMOKE, tiny_overrides(vectors_npz(tmp_path / "b.npz", seed=1, n_articles=30)))
+    data.prepare_data(cfg_a, run, progress=False)
+    before = snapshot(run)
+    renames = []
+    real_replace = os.replace
 
     def replace(src, dst):
-        if Path(dst).parent == run / "data":
-            if len(moved) == 3:
-                raise OSError(errno.ENOSPC, "No space left on device", str(dst))
-            moved.append(dst)
-        return real(src, dst)
+        renames.append((Path(src), Path(dst)))
+        return real_replace(src, dst)
+
+    def exchange_fails(a, b):
+        raise OSError(errno.ENOSPC, "No space left on device", str(b))
     monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(data, "_exchange", exchange_fails)
     with pytest.raises(OSError, match="No space left on device"):
-        data.prepare_data(cfg, run, progress=False)
+        data.prepare_data(cfg_b, run, progress=False)
     monkeypatch.undo()
-    assert not (run / "data" / "summary.json").exists() and not no_tmp_files(run)
-    with pytest.raises(data.DataError, match=r"summary\.json: missing — run the data stage first"):
-        data.load_prepared(run)
-    data.prepare_data(cfg, run, progress=False)  # and the re-run repairs it
-    assert data.load_prepared(run).summary["counts"]["windows"] > 0
+    assert snapshot(run) == before, "a failed publish changed data/"
+    assert not [d for _, d in renames if d.parent == run / "data"], f"files were moved one by one: {renames}"
+    assert not no_tmp_files(run)
+    s = data.prepare_data(cfg_b, run, progress=False)  # the exchange itself
+    assert data.load_prepared(run).summary["counts"] == s["counts"] and s["counts"]["articles"] == 30
+    assert sorted(p.name for p in (run / "data").iterdir()) == sorted(data.DATA_FILES)
+    assert [p.name for p in run.iterdir() if p.name.startswith(".data-")] == []
 
 
 @pytest.mark.slow
@@ -439,3 +445,144 @@ def test_every_load_in_lvmlib_refuses_pickles():
             if node.func.value.id == "np" and ("allow_pickle" in kw and flag("allow_pickle") is not False):
                 offenders.append(f"{path.name}:{node.lineno} np.load")
     assert not offenders, f"loads that may unpickle: {offenders}"
+
+
+# --------------------------------------------------------------------------- issue 13: hardening
+def test_a_checkpoint_is_refused_by_what_it_holds_not_by_torchs_wording(tmp_path, tiny_run, monkeypatch):
+    """The refusal comes from the file's globals, so it survives another torch message; `status`-side
+    readers (training_summary) give the same refusal, not torch's advice to set weights_only=False."""
+    import pickle
+    run = copy_run(tiny_run, tmp_path)
+    cfg = load_config(run / "params.yaml")
+    marker = tmp_path / "code_ran"
+    _hostile_checkpoint(run / "best.pt", marker, cfg)
+    real = torch.load
+
+    def reworded(*a, **kw):
+        try:
+            return real(*a, **kw)
+        except pickle.UnpicklingError:
+            raise pickle.UnpicklingError("some future wording") from None
+    monkeypatch.setattr(torch, "load", reworded)
+    with pytest.raises(CheckpointError, match=r"best\.pt: refused: it holds a pickled object \((io|builtins)\.open\)"):
+        load_checkpoint(run / "best.pt")
+    monkeypatch.undo()
+    (run / "train_progress.json").unlink()
+    with pytest.raises(CheckpointError, match=r"best\.pt: refused: it holds a pickled object"):
+        training_summary(run)
+    assert not marker.exists()
+
+
+_HOLD = """
+import sys, time
+from lvmlib.runs import RunLock
+lock = RunLock(sys.argv[1], "training")
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def _hold_lock(run: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(run)], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_live_run_refuses_a_second_trainer_and_a_dead_holders_lock_is_taken_over(tmp_path, tiny_run):
+    """Another process holds the run (a trainer): `run --resume` is refused before anything is written
+    (exit 2, naming its pid and host), train() refuses too, `status` says live; once the holder is
+    SIGKILLed, `status` says the run is dead and the lock is taken over."""
+    import platform
+    run = copy_run(tiny_run, tmp_path)
+    runs.write_manifest(run, status="running")
+    holder = _hold_lock(run)
+    try:
+        before = snapshot(run)
+        with pytest.raises(CliFailed) as info:
+            cli("run", "--resume", run, "--only", "03_gates", "--reports-root", tmp_path / "reports", "--quiet")
+        assert info.value.code == 2 and "Traceback" not in info.value.stderr
+        line = str(info.value)
+        assert f"the run is live: pid {holder.pid} on host {platform.node()} (training)" in line, line
+        assert "run --resume refused" in line, line
+        assert snapshot(run) == before and not (tmp_path / "reports").exists()
+        with pytest.raises(runs.RunError, match=f"the run is live: pid {holder.pid}"):
+            train(load_config(run / "params.yaml"), run, resume=True, progress=False)
+        assert f"live: pid {holder.pid} on host" in _status(run)
+    finally:
+        holder.kill()
+        holder.wait()
+    text = _status(run)
+    assert "no process holds the run" in text and f"pid {holder.pid}" in text and "killed or crashed" in text, text
+    with runs.RunLock(run, "run") as lock:  # the dead holder's lock is taken over
+        assert lock.owned and lock.taken_over.get("pid") == holder.pid
+        child = subprocess.run([sys.executable, "-c", "import sys; from lvmlib.runs import RunLock; "
+                                "print(RunLock(sys.argv[1], 'child').owned)", str(run)],
+                               cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True)
+        assert child.stdout.strip() == "False", child.stderr  # started by the holder: shares it, no refusal
+    assert json.loads((run / ".run.lock").read_text() or "{}") == {}
+
+
+def _status(run: Path) -> str:
+    from lvmlib.train import status
+    return status(run)
+
+
+def test_stale_temp_files_in_the_embedding_cache_are_removed_at_open(tmp_path):
+    """SIGKILL skips atomic_path's cleanup; the next open removes temp files of dead writers (and any
+    older than a day), never one a live writer is still filling."""
+    cache = data.EmbeddingCache(tmp_path, "fake-encoder", 16)
+    cache.set_dim(4)
+    dig = data.text_digests(_TEXTS[:8])
+    cache.add(dig, _vector_of(dig))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    old = time.time() - 3600
+    stale = cache.dir / f".shard-{time.time_ns():x}-{dead_pid}-abcdef.vec.npy.x1y2z3.tmp"
+    ancient = cache.dir / ".meta.json.q1w2e3.tmp"
+    live = cache.dir / f".shard-{time.time_ns():x}-{os.getpid()}-fedcba.vec.npy.a1b2c3.tmp"
+    for p in (stale, ancient, live):
+        p.write_bytes(b"half a shard")
+    os.utime(stale, (old, old))
+    os.utime(ancient, (time.time() - 2 * 86400,) * 2)
+    os.utime(live, (old, old))
+    reopened = data.EmbeddingCache(tmp_path, "fake-encoder", 16)
+    assert not stale.exists() and not ancient.exists() and live.exists()
+    assert reopened.removed_tmp == 2 and len(reopened) == 8
+
+
+def test_a_huge_paragraph_is_cut_into_bounded_pieces_and_counted(tmp_path, monkeypatch):
+    """A 300 KB paragraph (pysbd alone: ~108 s, growing with its square) reaches the sentence splitter
+    only in pieces of at most MAX_PARAGRAPH_CHARS, is counted in the data summary's counts (also when
+    replayed from the chunk cache) and named in the data report's summary; progress is reported."""
+    from lvmlib import corpus, plots_data
+    sent = "The old river flows past the castle and the market of the town every single day."
+    huge = " ".join([sent] * 3700)  # ~ 300 KB, one paragraph
+    path = tmp_path / "c.jsonl"
+    with open(path, "w") as fh:
+        fh.write(json.dumps({"title": "huge", "paragraphs": [huge]}) + "\n")
+        fh.write(json.dumps({"title": "small", "text": sent * 3}) + "\n")
+    corpus.split_sentences("warm up the segmenter.")
+    seg, seen = corpus._SEGMENTER, []
+    real = seg.segment
+    monkeypatch.setattr(seg, "segment", lambda text: (seen.append(len(text)), real(text))[1])
+    cfg = load_config(None, ["data.source=jsonl", f"data.path={path}", "data.min_words=5",
+                             f"data.cache_dir={tmp_path / 'cache'}"]).data
+    ticks = []
+    for attempt in range(2):  # chunked, then replayed from the chunk cache
+        stage = tmp_path / f"stage{attempt}"
+        stage.mkdir()
+        staged = data._stage_text(cfg, stage, progress=False)
+        assert staged.counts["paragraphs_cut"] == 1 and staged.counts["paragraphs_cut_chars"] == len(huge)
+        assert int(staged.n_chunks[0]) == 3700
+    assert max(seen) <= corpus.MAX_PARAGRAPH_CHARS and sum(seen) >= len(huge) - 3700
+    st = corpus.ChunkStats(on_piece=lambda done, total: ticks.append((done, total)))
+    corpus.split_sentences(huge, st)
+    assert ticks[-1][0] == ticks[-1][1] > 50
+    fake = {"counts": {"articles": 2, "chunks": 3701, "windows": 1, "articles_short": 0, "duplicates_removed": 0,
+                       "paragraphs_cut": 1, "paragraphs_cut_chars": len(huge),
+                       "per_split": {s: {"articles": 1, "windows": 1} for s in ("train", "val", "test")}},
+            "context_len": 5, "encoder": "e", "d_vec": 4,
+            "audit": {"passed": True, "articles_in_several_splits": 0, "shared_across_splits": 0,
+                      "payload_mismatches": 0}, "trivial": {}}
+    assert "1 over-long paragraph(s)" in plots_data.summary_markdown(fake)
