@@ -586,3 +586,128 @@ def test_a_huge_paragraph_is_cut_into_bounded_pieces_and_counted(tmp_path, monke
             "audit": {"passed": True, "articles_in_several_splits": 0, "shared_across_splits": 0,
                       "payload_mismatches": 0}, "trivial": {}}
     assert "1 over-long paragraph(s)" in plots_data.summary_markdown(fake)
+
+
+def _start_run(tmp_path: Path, args: list, cache: Path, session: bool) -> subprocess.Popen:
+    (tmp_path / "tmp").mkdir(exist_ok=True)  # the kernel's socket folder lands here: leaks are visible
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", LVM_CACHE_DIR=str(cache),
+               TMPDIR=str(tmp_path / "tmp"))
+    return subprocess.Popen([sys.executable, "-m", "lvmlib", "run", *map(str, args), "--runs-root", str(tmp_path / "runs"),
+                             "--reports-root", str(tmp_path / "reports"), "--quiet"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=session)
+
+
+def _wait_for(cond, proc: subprocess.Popen, what: str, timeout: float = 300.0) -> None:
+    deadline = time.time() + timeout  # a bound against hangs only, never an assertion on speed
+    while not cond():
+        assert proc.poll() is None, f"ended before {what}: {proc.communicate()[1][-3000:]}"
+        assert time.time() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.05)
+
+
+def _no_leaks(tmp_path: Path, run: Path) -> None:
+    assert not list((tmp_path / "tmp").glob("lvm-kernel-*")), "kernel socket folder leaked"
+    assert not no_tmp_files(run), no_tmp_files(run)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_interrupts_the_kernel_at_once_and_the_run_resumes(tmp_path, lvm_cache):
+    """Ctrl-C (SIGINT to the terminal's process group; the kernel has a session of its own) while 02_train
+    runs 200 epochs: the cell is interrupted, not finished; the run is `interrupted`, last.pt is the last
+    completed epoch, nothing leaked, `status` says no process holds it; --resume continues it."""
+    over = tiny_overrides(vectors_npz(tmp_path / "c.npz")) + ["train.epochs=200", "train.decision_tree=false",
+                                                              "train.patience=1000"]
+    proc = _start_run(tmp_path, [SMOKE, *[a for o in over for a in ("--set", o)], "--run-id", "sig"], lvm_cache, True)
+    run = tmp_path / "runs" / "sig"
+    _wait_for(lambda: (run / "history.json").is_file(), proc, "a completed epoch")
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    assert "INTERRUPTED: 02_train: interrupted by Ctrl-C (SIGINT)" in line and f"--resume {run}" in line, line
+    history = json.loads((run / "history.json").read_text())
+    assert 1 <= len(history) < 200, "training ran on after Ctrl-C"
+    _, _, ck = load_checkpoint(run / "last.pt")
+    assert ck["epoch"] == len(history)
+    m = _manifest(run)
+    assert m["status"] == "interrupted" and m["stages"]["02_train"]["status"] == "interrupted", m
+    assert json.loads((run / "train_progress.json").read_text())["state"] == "interrupted"
+    assert (tmp_path / "reports" / "sig" / "02_train.html").is_file()
+    assert "<b>interrupted</b>" in (tmp_path / "reports" / "index.html").read_text()
+    _no_leaks(tmp_path, run)
+    assert "run status: interrupted" in _status(run)
+    done = len(history)
+    proc = _start_run(tmp_path, ["--resume", run, "--set", f"train.epochs={done + 1}"], lvm_cache, False)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert _manifest(run)["status"] == "succeeded"
+    assert [r["epoch"] for r in json.loads((run / "history.json").read_text())] == list(range(1, done + 2))
+    _no_leaks(tmp_path, run)
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_data_stage_is_treated_like_ctrl_c(tmp_path, lvm_cache):
+    """SIGTERM to the runner alone (what `timeout` or a batch scheduler sends) while 01_data splits a
+    long corpus: the kernel is interrupted, the staging dir and the kernel's socket folder are removed,
+    the run is `interrupted` with its 01_data report, and `status` tells it is not live."""
+    sent = "The old river flows past the castle and the market of the town every single day."
+    corpus = tmp_path / "big.jsonl"
+    with open(corpus, "w") as fh:
+        for a in range(40):  # ~20 s of sentence splitting: the signal lands inside it
+            fh.write(json.dumps({"title": f"A{a}", "paragraphs": [f"{sent} Article {a}, part {i}." for i in range(400)]})
+                     + "\n")
+    proc = _start_run(tmp_path, [SMOKE, "--set", "data.source=jsonl", "--set", f"data.path={corpus}",
+                                 "--set", "data.max_articles=0", "--run-id", "term"], lvm_cache, False)
+    run = tmp_path / "runs" / "term"
+    _wait_for(lambda: run.is_dir() and any(run.glob(".data-staging-*")), proc, "the data stage")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "INTERRUPTED: 01_data: interrupted by SIGTERM" in err.strip().splitlines()[-1], err[-2000:]
+    m = _manifest(run)
+    assert m["status"] == "interrupted" and m["stages"]["01_data"]["status"] == "interrupted", m
+    assert not (run / "data" / "summary.json").exists()
+    assert (tmp_path / "reports" / "term" / "01_data.html").is_file()
+    _no_leaks(tmp_path, run)
+    text = _status(run)
+    assert "run status: interrupted" in text and "live:" not in text, text
+
+
+@pytest.mark.slow
+def test_a_copied_run_is_a_new_run_with_its_own_reports(tmp_path, tiny_run):
+    """`cp -r runs/A runs/B; run --resume runs/B --only 03_gates`: reports/B is written, reports/A and
+    A's record stay as they were, and B's manifest says where it was copied from."""
+    a = copy_run(tiny_run, tmp_path)
+    runner.record_run(tmp_path / "reports", a)
+    before = snapshot(tmp_path / "reports" / a.name)
+    b = tmp_path / "runs" / "copy"
+    import shutil
+    shutil.copytree(a, b)
+    run_study("", resume=b, only=["03_gates"], reports_root=tmp_path / "reports", progress=False)
+    assert snapshot(tmp_path / "reports" / a.name) == before
+    rec = json.loads((tmp_path / "reports" / "copy" / "run.json").read_text())
+    assert rec["run_id"] == "copy" and rec["status"] == "succeeded" and rec["run_dir"] == str(b)
+    m = _manifest(b)
+    assert m["run_id"] == "copy" and m["copied_from"] == a.name
+    assert _manifest(a)["run_id"] == a.name
+    index = (tmp_path / "reports" / "index.html").read_text()
+    assert "copy/index.html" in index and f"{a.name}/index.html" in index
+
+
+@pytest.mark.slow
+def test_eval_runs_its_kernel_like_run_and_takes_any_path(tmp_path, tiny_run, monkeypatch):
+    """`eval RUN --data '/dir with #hash/x.npz'`: the path reaches the evaluation whole (passed as data,
+    not YAML text), through the runner's kernel launcher (IPC sockets, Ctrl-C handling)."""
+    import shutil
+    run = copy_run(tiny_run, tmp_path)
+    odd = tmp_path / "with #hash: and 'quotes'"
+    odd.mkdir()
+    shutil.copy(run / "data" / "payload.npz", odd / "x.npz")
+    calls = []
+    real = runner.execute_notebook
+    monkeypatch.setattr(runner, "execute_notebook", lambda *a, **kw: (calls.append(a), real(*a, **kw))[1])
+    cli("eval", run, "--data", odd / "x.npz", "--reports-root", tmp_path / "reports")
+    assert len(calls) == 1
+    ev = json.loads((run / "eval_x" / "eval.json").read_text())
+    assert str(odd / "x.npz") in json.dumps(ev), "the path was cut"
+    assert (tmp_path / "reports" / run.name / "eval_x.html").is_file()
