@@ -624,6 +624,6 @@ def _run_stages(run_dir: Path, run_id: str, names: list[str], routed: dict[str, 
 def _interrupted(run_dir: Path, reports_root: Path, stages: dict[str, Any], name: str) -> StudyInterrupted:
     signum = _Stop.signum or signal.SIGINT
     how = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
-    line = (f"{name}: interrupted by {how}; files of completed steps are kept (last.pt: the last completed "
-            f"epoch); continue with: python -m lvmlib run --resume {run_dir}")
+    kept = "last.pt holds the last completed epoch" if name == "02_train" else "files of completed stages are kept"
+    line = f"{name}: interrupted by {how}; {kept}; continue with: python -m lvmlib run --resume {run_dir}"
     return StudyInterrupted(_mark_failed(run_dir, reports_root, stages, line, status="interrupted"), signum)
