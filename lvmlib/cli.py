@@ -88,7 +88,11 @@ def _nb_params(items: list[str]) -> dict:
         if "=" not in text:
             raise ConfigError(f"--param {text!r}: expected KEY=VALUE")
         k, v = text.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+        try:
+            out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+        except yaml.YAMLError as exc:
+            first = " ".join(str(exc).split())
+            raise ConfigError(f"--param {text!r}: value is not valid YAML ({first})") from None
     return out
 
 
@@ -124,11 +128,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
-        from .runner import StudyFailed, run_study
+        from .runner import StudyFailed, StudyInterrupted, run_study
         try:
             run_study(args.params, args.overrides, run_id=args.run_id, runs_root=args.runs_root,
                       reports_root=args.reports_root, resume=args.resume, only=args.only,
                       progress=not args.quiet, notebook_params=_nb_params(args.nb_params))
+        except StudyInterrupted as exc:
+            print(f"[lvm-study] INTERRUPTED: {exc}", file=sys.stderr)
+            return 128 + exc.signum
         except StudyFailed as exc:
             print(f"[lvm-study] FAILED: {exc}", file=sys.stderr)
             return 1
@@ -143,7 +150,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "eval":
         from .evaluate import evaluate_elsewhere
-        out = evaluate_elsewhere(Path(args.run_dir), args.data, out_dir=args.out, reports_root=args.reports_root)
+        from .runner import StudyFailed
+        try:
+            out = evaluate_elsewhere(Path(args.run_dir), args.data, out_dir=args.out, reports_root=args.reports_root)
+        except StudyFailed as exc:
+            print(f"[lvm-study] FAILED: {exc}", file=sys.stderr)
+            return 1
         print(f"[lvm-study] evaluation written to {out}")
         return 0
     if args.command == "compare":

@@ -346,8 +346,15 @@ def _merge(cfg: Config, raw: Any, where: str) -> None:
             _apply(cfg, section, str(key), value, where)
 
 
-def parse_override(text: str) -> tuple[str, str, Any]:
-    """'train.epochs=3' -> ('train', 'epochs', 3); the value is read as a YAML scalar."""
+def parse_override(text: str | dict[str, Any]) -> tuple[str, str, Any]:
+    """'train.epochs=3' -> ('train', 'epochs', 3); the value is read as a YAML scalar.
+    A one-entry mapping {'eval.data_dir': path} is taken as data, never parsed (paths with ' #', ': ')."""
+    if isinstance(text, dict):
+        if len(text) != 1 or "." not in str(next(iter(text))):
+            raise ConfigError(f"override {text!r}: expected one {{section.key: value}} entry")
+        (lhs, value), = text.items()
+        section, key = str(lhs).split(".", 1)
+        return section, key, value
     if "=" not in text or "." not in text.split("=", 1)[0]:
         raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. train.epochs=3")
     lhs, rhs = text.split("=", 1)

@@ -22,12 +22,12 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .config import DataConfig
 
 # Bump when cleaning or chunking changes: it is part of the chunk-cache key in lvmlib.data.
-CORPUS_VERSION = "1"
+CORPUS_VERSION = "2"  # 2: over-long paragraphs are cut before sentence splitting
 GENSIM_SAMPLE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
 
@@ -171,8 +171,13 @@ def iter_jsonl(path: str | Path) -> Iterator[Article]:
     opener = gzip.open if p.name.endswith(".gz") else open
     lineno = 0
     try:
-        with opener(p, "rt", encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
+        with opener(p, "rb") as fh:  # bytes, decoded line by line: a bad byte is named with its own line
+            for lineno, raw in enumerate(fh, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise CorpusError(f"{p}:{lineno}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column "
+                                      f"{len(raw[:exc.start].decode('utf-8', 'replace')) + 1})") from None
                 if not line.strip():
                     continue
                 try:
@@ -193,7 +198,7 @@ def iter_jsonl(path: str | Path) -> Iterator[Article]:
                 else:
                     raise CorpusError(f"{p}:{lineno}: needs key 'paragraphs' or 'text' (has {sorted(obj)})")
                 yield Article(str(title), [re.sub(r"\s+", " ", x).strip() for x in paras if x.strip()])
-    except (EOFError, OSError, UnicodeDecodeError) as exc:
+    except (EOFError, OSError) as exc:
         raise CorpusError(f"{p}: unreadable or truncated after line {lineno} ({type(exc).__name__}: {exc})") from None
 
 
@@ -269,15 +274,65 @@ def source_file(cfg: DataConfig) -> Path | None:
 
 # --------------------------------------------------------------------------- chunking
 _SEGMENTER = None
+# pysbd's time grows with the square of a paragraph's length (38 KB 1.4 s, 307 KB 108 s; ~10 us/char up
+# to 10 KB): longer paragraphs are first cut into pieces of at most this many characters.
+MAX_PARAGRAPH_CHARS = 5000
+_BREAK = re.compile(r"[.!?][\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")  # a sentence end, then a capital or digit
 
 
-def split_sentences(paragraph: str) -> list[str]:
-    """Sentences of one paragraph (pysbd, English rules, offline)."""
+@dataclass
+class ChunkStats:
+    """What chunking had to repair, for the data summary; `on_piece(done, total)` reports progress
+    through an over-long paragraph."""
+    long_paragraphs: int = 0  # paragraphs over MAX_PARAGRAPH_CHARS, cut into pieces before splitting
+    long_paragraph_chars: int = 0
+    on_piece: Callable[[int, int], None] | None = None
+
+
+def cut_paragraph(paragraph: str, limit: int = MAX_PARAGRAPH_CHARS) -> list[str]:
+    """Pieces of at most `limit` characters, in linear time: each cut is at the last sentence end
+    (., ! or ? then a space and a capital) in the second half of the window, else at its last
+    space, else hard (a paragraph without spaces)."""
+    pieces, start, n, half = [], 0, len(paragraph), limit // 2
+    while n - start > limit:
+        window = paragraph[start + half:start + limit]
+        cut = None
+        for m in _BREAK.finditer(window):
+            cut = m.end()
+        if cut is None:
+            space = window.rfind(" ")
+            cut = space + 1 if space >= 0 else len(window)
+        cut += start + half
+        pieces.append(paragraph[start:cut].strip())
+        start = cut
+    pieces.append(paragraph[start:].strip())
+    return [x for x in pieces if x]
+
+
+def _pieces(paragraph: str, stats: ChunkStats | None) -> list[str]:
+    if len(paragraph) <= MAX_PARAGRAPH_CHARS:
+        return [paragraph]
+    pieces = cut_paragraph(paragraph)
+    if stats is not None:
+        stats.long_paragraphs += 1
+        stats.long_paragraph_chars += len(paragraph)
+    return pieces
+
+
+def split_sentences(paragraph: str, stats: ChunkStats | None = None) -> list[str]:
+    """Sentences of one paragraph (pysbd, English rules, offline); linear time in its length (an
+    over-long paragraph is cut into pieces first, each piece a sentence boundary)."""
     global _SEGMENTER
     if _SEGMENTER is None:
         import pysbd
         _SEGMENTER = pysbd.Segmenter(language="en", clean=False)
-    return [s.strip() for s in _SEGMENTER.segment(paragraph) if s.strip()]
+    pieces = _pieces(paragraph, stats)
+    out = []
+    for i, piece in enumerate(pieces, 1):
+        out += [s.strip() for s in _SEGMENTER.segment(piece) if s.strip()]
+        if len(pieces) > 1 and stats is not None and stats.on_piece is not None:
+            stats.on_piece(i, len(pieces))
+    return out
 
 
 def group_sentences(sentences: list[str], min_words: int, max_words: int, overlap: bool = False) -> list[str]:
@@ -316,19 +371,20 @@ def group_sentences(sentences: list[str], min_words: int, max_words: int, overla
     return [" ".join(c) for c in chunks]
 
 
-def chunk_article(article: Article, cfg: DataConfig) -> list[str]:
+def chunk_article(article: Article, cfg: DataConfig, stats: ChunkStats | None = None) -> list[str]:
     """An article's chunks in order (position = index in the returned list)."""
     if cfg.chunking == "paragraphs":
-        # a paragraph is a chunk; short ones are grouped with the next like sentences are
-        return group_sentences(article.paragraphs, cfg.min_words, cfg.max_words, overlap=False)
-    sentences = [s for p in article.paragraphs for s in split_sentences(p)]
+        # a paragraph is a chunk (an over-long one: its pieces); short ones are grouped with the next
+        paras = [x for p in article.paragraphs for x in _pieces(p, stats)]
+        return group_sentences(paras, cfg.min_words, cfg.max_words, overlap=False)
+    sentences = [s for p in article.paragraphs for s in split_sentences(p, stats)]
     return group_sentences(sentences, cfg.min_words, cfg.max_words, cfg.sentence_overlap)
 
 
-def iter_chunked(cfg: DataConfig) -> Iterator[tuple[str, list[str]]]:
+def iter_chunked(cfg: DataConfig, stats: ChunkStats | None = None) -> Iterator[tuple[str, list[str]]]:
     """(title, chunks) per article, in source order."""
     for art in iter_articles(cfg):
-        yield art.title, chunk_article(art, cfg)
+        yield art.title, chunk_article(art, cfg, stats)
 
 
 # --------------------------------------------------------------------------- chunk cache
@@ -352,22 +408,30 @@ def chunk_cache_key(cfg: DataConfig) -> str:
     return hashlib.blake2b(json.dumps(parts).encode(), digest_size=12).hexdigest()
 
 
-def iter_chunked_cached(cfg: DataConfig, cache_root: Path | None) -> Iterator[tuple[str, list[str]]]:
+def iter_chunked_cached(cfg: DataConfig, cache_root: Path | None,
+                        stats: ChunkStats | None = None) -> Iterator[tuple[str, list[str]]]:
     """`iter_chunked`, replayed from `<cache>/chunks/<key>.jsonl` when this exact source + chunking
     was chunked before (sentence splitting is the slow part of a warm re-run). Written atomically,
     only after the whole stream was read, so an interrupted run never leaves a partial entry."""
+    stats = stats if stats is not None else ChunkStats()
     if cache_root is None:
-        yield from iter_chunked(cfg)
+        yield from iter_chunked(cfg, stats)
         return
     path = Path(cache_root) / "chunks" / f"{chunk_cache_key(cfg)}.jsonl"
     if path.is_file():
         with open(path, encoding="utf-8") as fh:
             for line in fh:
-                title, chunks = json.loads(line)
+                title, chunks, *cut = json.loads(line)  # cut: [paragraphs, characters] when any was cut
+                if cut:
+                    stats.long_paragraphs += cut[0]
+                    stats.long_paragraph_chars += cut[1]
                 yield title, chunks
         return
     from .runs import atomic_path
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
-        for title, chunks in iter_chunked(cfg):
-            out.write(json.dumps([title, chunks], ensure_ascii=False) + "\n")
+        n0, c0 = stats.long_paragraphs, stats.long_paragraph_chars
+        for title, chunks in iter_chunked(cfg, stats):
+            cut = [stats.long_paragraphs - n0, stats.long_paragraph_chars - c0]  # this article's
+            n0, c0 = stats.long_paragraphs, stats.long_paragraph_chars
+            out.write(json.dumps([title, chunks] + (cut if cut[0] else []), ensure_ascii=False) + "\n")
             yield title, chunks

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .config import Config, DataConfig
-from .corpus import CorpusError, DataError, iter_chunked_cached, source_file
+from .corpus import MAX_PARAGRAPH_CHARS, ChunkStats, CorpusError, DataError, iter_chunked_cached, source_file
 from .runs import atomic_path, atomic_save_npy, atomic_save_npz, atomic_write_json, progress_bar
 
 __all__ = ["DataError", "CorpusError", "LeakageError", "prepare_data", "load_prepared", "Prepared",
@@ -138,7 +138,25 @@ class EmbeddingCache:
         key = hashlib.blake2b(f"{encoder_id}|max_length={max_length}".encode(), digest_size=8).hexdigest()
         self.dir = Path(root) / "embeddings" / key
         self.meta = {"encoder": encoder_id, "max_length": max_length}
+        self.removed_tmp = self._clean_stale_tmp()
         self._load()
+
+    def _clean_stale_tmp(self, min_age_s: float = 60.0, max_age_s: float = 86400.0) -> int:
+        """Remove temp files a killed writer left (SIGKILL skips atomic_path's cleanup): those of a shard
+        whose writer pid is gone (`.shard-<time>-<pid>-<rand>....tmp`, older than a minute) and any
+        temp file older than a day. A live writer's temp file is never touched."""
+        n = 0
+        for p in self.dir.glob(".*.tmp") if self.dir.is_dir() else []:
+            try:
+                age = time.time() - p.stat().st_mtime
+            except OSError:
+                continue
+            parts = p.name.split("-")
+            pid = int(parts[2]) if p.name.startswith(".shard-") and len(parts) > 3 and parts[2].isdigit() else 0
+            if age > max_age_s or (pid and age > min_age_s and not _pid_alive(pid)):
+                p.unlink(missing_ok=True)
+                n += 1
+        return n
 
     def _load(self) -> None:
         self._dirty = False
@@ -339,8 +357,13 @@ def _stage_text(cfg: DataConfig, stage: Path, progress: bool) -> _Staged:
     empty = 0
     texts_path = stage / "all_texts.jsonl"
     bar = progress_bar(desc="chunking articles", unit="article", enabled=progress)
+
+    def on_piece(done: int, total: int) -> None:  # an over-long paragraph: show progress inside it
+        bar.set_postfix_str(f"long paragraph: piece {done}/{total}", refresh=False)
+        bar.update(0)
+    stats = ChunkStats(on_piece=on_piece)
     with open(texts_path, "w", encoding="utf-8") as out:
-        for title, chunks in iter_chunked_cached(cfg, cache_root(cfg)):
+        for title, chunks in iter_chunked_cached(cfg, cache_root(cfg), stats):
             bar.update(1)
             if not chunks:
                 empty += 1
@@ -359,7 +382,9 @@ def _stage_text(cfg: DataConfig, stage: Path, progress: bool) -> _Staged:
                         f"({empty} articles read, data.min_words={cfg.min_words})")
     return _Staged(np.concatenate(keys).astype(np.int64), np.concatenate(digests), titles,
                    np.asarray(n_chunks), texts_path, counts={"articles_read": len(titles) + empty,
-                                                             "articles_empty": empty})
+                                                             "articles_empty": empty,
+                                                             "paragraphs_cut": stats.long_paragraphs,
+                                                             "paragraphs_cut_chars": stats.long_paragraph_chars})
 
 
 def _stage_vectors(cfg: DataConfig, stage: Path) -> _Staged:
@@ -493,7 +518,7 @@ def prepare_data(cfg: Config, run_dir: str | Path, progress: bool = True) -> dic
     Raises DataError (CorpusError, LeakageError) with the file/line/key at fault; on any failure
     `data/` is left as it was."""
     run_dir = Path(run_dir)
-    for old in run_dir.glob(".data-staging-*"):  # left by a killed run (its pid is gone)
+    for old in [*run_dir.glob(".data-staging-*"), *run_dir.glob(".data-old-*")]:  # left by a killed run
         pid = int(old.name.split("-")[2]) if old.name.split("-")[2].isdigit() else 0
         if pid and not _pid_alive(pid):
             shutil.rmtree(old, ignore_errors=True)
@@ -501,14 +526,53 @@ def prepare_data(cfg: Config, run_dir: str | Path, progress: bool = True) -> dic
     stage.mkdir(parents=True)
     try:
         summary = _prepare(cfg, stage, progress)
-        out = run_dir / "data"
-        out.mkdir(exist_ok=True)
-        (out / "summary.json").unlink(missing_ok=True)  # summary.json marks a complete data/ : last in
-        for name in DATA_FILES:
-            os.replace(stage / name, out / name)
+        publish_dir(stage, run_dir / "data")
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)  # after a publish: the previous data/, swapped out
     return summary
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    AT_FDCWD = -100
+    if fn(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: the filesystem or kernel cannot exchange
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def publish_dir(stage: Path, out: Path) -> None:
+    """Make the complete directory `stage` become `out` in one atomic rename: a reader sees the old
+    data/ or the new one, never a mix. An empty or missing `out` is replaced by rename(2) itself; a
+    full one is swapped with renameat2(RENAME_EXCHANGE) (the old files end up in `stage`, removed by
+    the caller). Where exchange is unsupported, the old data/ is first moved aside: a reader in that
+    instant finds no data/ (refused as missing), still never a mix."""
+    for p in stage.iterdir():  # the staging dir holds exactly the published files
+        if p.name not in DATA_FILES:
+            p.unlink() if p.is_file() else shutil.rmtree(p)
+    try:
+        os.replace(stage, out)  # atomic; works when out is missing or an empty directory
+        return
+    except OSError as exc:
+        if exc.errno not in (39, 17):  # ENOTEMPTY, EEXIST: an earlier data/ to swap out
+            raise
+    if _exchange(stage, out):
+        return
+    aside = out.with_name(f".data-old-{os.getpid()}-{os.urandom(3).hex()}")
+    os.replace(out, aside)
+    os.replace(stage, out)
+    os.replace(aside, stage)
 
 
 def _prepare(cfg: Config, stage: Path, progress: bool) -> dict[str, Any]:
@@ -528,6 +592,12 @@ def _prepare(cfg: Config, stage: Path, progress: bool) -> dict[str, Any]:
                         f"the longest of {len(n_chunks)} articles has {int(n_chunks.max())})")
     for s, name in enumerate(SPLITS):
         if not (wsplit == s).any():
+            dropped = int(((row_split == s) & ~keep).sum())
+            if dropped:  # the split's chunks repeat text of an earlier split: a corpus of copies
+                raise DataError(f"{d.path or d.source}: split '{name}' has no window of K+1 = {K + 1} chunks because "
+                                f"{dropped} of its {int((row_split == s).sum())} chunks duplicate text of an earlier "
+                                f"split and were removed (data.dedup; {int((~keep).sum())} duplicates removed in "
+                                "all); the corpus repeats articles — remove the copies or add distinct articles")
             raise DataError(f"{d.path or d.source}: split '{name}' has no window of K+1 = {K + 1} chunks "
                             f"({int((n_chunks >= K + 1).sum())} articles are long enough); use more articles")
     with atomic_path(stage / "bank_texts.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as out, \

@@ -651,26 +651,51 @@ def evaluate_elsewhere(run_dir: str | Path, data: str | Path, out_dir: str | Pat
     the 04_eval report for it. X: a prepared run dir or data dir, a seed-format payload .npz, or a
     params YAML (its corpus is prepared first, with the run's encoder and K, into OUT/data).
     Outputs in OUT (default RUN_DIR/eval_<name of X>): eval.json, queries.csv, 04_eval.ipynb;
-    the HTML lands in reports/<run_id>/eval_<name>.html. -> OUT"""
-    import papermill as pm
+    the HTML lands in reports/<run_id>/eval_<name>.html. -> OUT
+
+    Every input is checked before anything is written or a kernel starts (RunError, ConfigError,
+    CheckpointError, SanityError, DataError: one line); a failure inside the notebook raises
+    runner.StudyFailed with one line, after the failed notebook is rendered."""
     from .config import load_config
-    from .runner import NOTEBOOK_DIR, ensure_kernel, render_html
+    from .data import prepare_data
+    from .model import BASELINE_KINDS, load_checkpoint
+    from .runner import NOTEBOOK_DIR, StudyFailed, _failure_line, execute_notebook, render_html
+    from .runs import RunError
     run_dir = Path(run_dir).resolve()
-    data = Path(data).resolve()
+    data = Path(data).expanduser().resolve()
+    if not (run_dir / "params.yaml").is_file():
+        raise RunError(f"{run_dir}: not a run directory (no params.yaml)")
+    if not data.exists():
+        raise RunError(f"{data}: --data not found (a prepared run or data dir, a payload .npz or a params YAML)")
+    run_cfg = load_config(run_dir / "params.yaml")
+    ckpt = run_dir / "best.pt"
+    dcfg = None
+    if data.suffix in (".yaml", ".yml"):
+        keep = {k: getattr(run_cfg.data, k) for k in ("encoder", "encoder_max_length", "context_len")}
+        dcfg = load_config(data, [{f"data.{k}": v} for k, v in keep.items()])
+        if ckpt.is_file() or run_cfg.model.kind not in BASELINE_KINDS:
+            load_checkpoint(ckpt)
+    elif ckpt.is_file() or run_cfg.model.kind not in BASELINE_KINDS:
+        load_checkpoint(ckpt, d_vec=load_eval_data(data).d_vec)  # the data and the checkpoint fit together
+    else:
+        load_eval_data(data)
     out = Path(out_dir).resolve() if out_dir else run_dir / f"eval_{re.sub(r'[^A-Za-z0-9_.-]+', '_', data.stem)}"
     out.mkdir(parents=True, exist_ok=True)
-    if data.suffix in (".yaml", ".yml"):
-        from .data import prepare_data
-        run_cfg = load_config(run_dir / "params.yaml")
-        keep = {k: getattr(run_cfg.data, k) for k in ("encoder", "encoder_max_length", "context_len")}
-        dcfg = load_config(data, [f"data.{k}={v}" for k, v in keep.items()])
+    if dcfg is not None:
         prepare_data(dcfg, out, progress=progress)
         data = out
-    overrides = [f"eval.data_dir={data}", f"eval.out_dir={out}"]
+    # paths go in as data ({key: value}), never as `key=value` text that YAML would parse (' #' starts a comment)
+    overrides = [{"eval.data_dir": str(data)}, {"eval.out_dir": str(out)}]
     executed = out / "04_eval.ipynb"
-    pm.execute_notebook(str(NOTEBOOK_DIR / "04_eval.ipynb"), str(executed), kernel_name=ensure_kernel(),
-                        parameters={"params_path": "", "run_dir": str(run_dir), "overrides": overrides},
-                        progress_bar=progress, cwd=str(NOTEBOOK_DIR.parent))
-    run_id = run_dir.name
-    render_html(executed, Path(reports_root).resolve() / run_id / f"{out.name}.html")
+    html_out = Path(reports_root).resolve() / run_dir.name / f"{out.name}.html"
+    err: BaseException | None = None
+    try:
+        execute_notebook(NOTEBOOK_DIR / "04_eval.ipynb", executed,
+                         {"params_path": "", "run_dir": str(run_dir), "overrides": overrides}, progress)
+    except Exception as exc:  # PapermillExecutionError: the failing cell's error
+        err = exc
+    if executed.is_file():
+        render_html(executed, html_out)
+    if err is not None:
+        raise StudyFailed(_failure_line("eval", err) + f" (report: {html_out})") from err
     return out

@@ -26,6 +26,7 @@ import dataclasses
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -441,27 +442,41 @@ def save_checkpoint(path, model: nn.Module, cfg: Config, d_vec: int, **extra) ->
         torch.save(obj, tmp)
 
 
+def read_checkpoint(path, map_location="cpu") -> Any:
+    """torch.load(weights_only=True) with the project's errors: a file that holds pickled objects
+    (found by inspecting its globals after the unpickler refused it, not by torch's wording) is
+    refused naming them; anything else unreadable is a truncated or corrupted checkpoint."""
+    import pickle
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, bad pickle, foreign object...
+        unsafe: list[str] = []
+        if isinstance(exc, pickle.UnpicklingError):
+            try:
+                unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            except Exception:  # not a zip checkpoint at all: corrupted
+                unsafe = []
+        if unsafe:  # torch's own text suggests weights_only=False: the one thing not to do with such a file
+            raise CheckpointError(f"{path}: refused: it holds a pickled object ({', '.join(unsafe[:3])}), not just "
+                                  "tensors and plain values; checkpoints are read with torch.load(weights_only=True) "
+                                  "so that no code from a file is ever run") from None
+        msg = str(exc)
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", msg)
+        first = detail.group(1).strip() if detail else (msg.strip().splitlines() or [""])[0]
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupted?): "
+                              f"{type(exc).__name__}: {first[:200]}") from None
+
+
 def load_checkpoint(path, map_location="cpu", *, model_cfg: ModelConfig | None = None,
                     d_vec: int | None = None, scan: str | None = None):
     """-> (model, cfg, ckpt). The model is built from the checkpoint's config and d_vec unless
     `model_cfg`/`d_vec` are given (then a checkpoint of another shape is refused). `scan` overrides
     the stored backend; a stored 'cuda' falls back to 'auto' where mamba_ssm cannot run."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, bad pickle, foreign object...
-        msg = str(exc)
-        foreign = re.search(r"Unsupported global: GLOBAL (\S+)", msg)
-        if foreign:  # torch's own text suggests weights_only=False: the one thing not to do with such a file
-            raise CheckpointError(f"{path}: refused: it holds a pickled object ({foreign.group(1)}), not just tensors "
-                                  "and plain values; checkpoints are read with torch.load(weights_only=True) so that "
-                                  "no code from a file is ever run") from None
-        detail = re.search(r"WeightsUnpickler error:\s*(.+)", msg)
-        first = detail.group(1).strip() if detail else (msg.strip().splitlines() or [""])[0]
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupted?): "
-                              f"{type(exc).__name__}: {first[:200]}") from None
+    ckpt = read_checkpoint(path, map_location)
     if not isinstance(ckpt, dict) or not {"config", "d_vec", "model"} <= set(ckpt):
         raise CheckpointError(f"{path}: not an lvm-study checkpoint (needs keys config, d_vec, model)")
     try:

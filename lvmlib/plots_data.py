@@ -106,6 +106,7 @@ def trivial_bars(trivial: dict[str, dict[str, float]]):
 
 def summary_markdown(summary: dict) -> str:
     """The data report's opening paragraph: sizes, the audit verdict and the bar a model must clear."""
+    from .corpus import MAX_PARAGRAPH_CHARS
     c, a, t = summary["counts"], summary["audit"], summary["trivial"]
     ps = c["per_split"]
     test = t.get("test", {})
@@ -116,7 +117,10 @@ def summary_markdown(summary: dict) -> str:
         f"Split by article: train {ps['train']['articles']} / val {ps['val']['articles']} / "
         f"test {ps['test']['articles']} articles ({ps['train']['windows']:,} / {ps['val']['windows']:,} / "
         f"{ps['test']['windows']:,} windows); {c['articles_short']} article(s) too short for a window; "
-        f"{c['duplicates_removed']} duplicate chunk(s) removed across splits.",
+        f"{c['duplicates_removed']} duplicate chunk(s) removed across splits"
+        + (f"; {c['paragraphs_cut']} over-long paragraph(s) ({c.get('paragraphs_cut_chars', 0):,} characters) cut "
+           f"into pieces of at most {MAX_PARAGRAPH_CHARS:,} characters before sentence splitting."
+           if c.get("paragraphs_cut") else "."),
         f"- **Leakage audit {'passed' if a['passed'] else 'FAILED'}**: {a['articles_in_several_splits']} articles in "
         f"several splits, {a['shared_across_splits']} chunk texts shared across splits, "
         f"{a['payload_mismatches']} payload vectors differing from the bank.",

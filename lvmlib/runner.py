@@ -9,9 +9,12 @@ import dataclasses
 import html
 import json
 import os
+import platform
 import re
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,16 +22,26 @@ from typing import Any
 from filelock import FileLock
 
 from .config import Config, dump_config, load_config
-from .runs import (PROJECT_ROOT, RunError, atomic_write_json, atomic_write_text, create_run_dir,
-                   new_run_id, now_iso, read_json, start_manifest, write_manifest)
+from .runs import (PROJECT_ROOT, RunError, RunLock, atomic_write_json, atomic_write_text, check_run_id,
+                   create_run_dir, new_run_id, now_iso, read_json, start_manifest, write_manifest)
 
 NOTEBOOKS = ("01_data", "02_train", "03_gates", "04_eval")
 KERNEL_NAME = "lvm-study"
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+RESERVED_PARAMS = ("params_path", "run_dir", "overrides", "resume")  # set by the runner, never by --param
+INTERRUPT_GRACE_S = 20.0  # after Ctrl-C/SIGTERM, a kernel that has not stopped by then is killed
 
 
 class StudyFailed(RuntimeError):
     """A stage failed; the message is the one-line reason shown to the user."""
+
+
+class StudyInterrupted(StudyFailed):
+    """Ctrl-C or SIGTERM stopped the run; `signum` gives the exit status 128 + signum."""
+
+    def __init__(self, line: str, signum: int):
+        super().__init__(line)
+        self.signum = signum
 
 
 def notebook_config(params_path: str, run_dir: str, overrides: list[str] | None = None) -> Config:
@@ -175,7 +188,8 @@ def record_run(reports_root: Path, run_dir: Path) -> None:
     rec["kind"] = "run"
     rec["stages"] = manifest.get("stages", {})
     rec.update(headline(run_dir))
-    atomic_write_json(reports_root / manifest["run_id"] / "run.json", rec)
+    rec["run_id"] = run_dir.name  # reports are keyed by the run folder (a copied run is a new run)
+    atomic_write_json(reports_root / rec["run_id"] / "run.json", rec)
     write_run_page(reports_root, rec)
     write_index(reports_root)
 
@@ -187,7 +201,7 @@ PAGE_CSS = ("body{font:15px/1.45 system-ui,sans-serif;color:#111;max-width:1200p
             ".card{display:inline-block;border:1px solid #e5e7eb;border-radius:8px;padding:8px 14px;margin:4px 8px 4px 0;"
             "min-width:120px}.card b{display:block;font-size:20px}.cmp td{background:#eff6ff}"
             ".summary{background:#f9fafb;border-left:4px solid #1d4ed8;padding:10px 14px;margin:1em 0}")
-_STATUS_CLASS = {"succeeded": "ok", "failed": "bad", "running": "run"}
+_STATUS_CLASS = {"succeeded": "ok", "failed": "bad", "running": "run", "interrupted": "run"}
 
 
 def _fmt(v: Any, pct: bool = False) -> str:
@@ -329,8 +343,67 @@ def _execute(name: str, run_dir: Path, params_path: str, overrides: list[str], e
     execute_notebook(src, run_dir / "notebooks" / f"{name}.ipynb", params, progress)
 
 
+class _Stop:
+    """Ctrl-C / SIGTERM while the study runs. The kernel runs in a session of its own (jupyter_client),
+    so a terminal's Ctrl-C never reaches it and the runner would wait for the cell to finish; instead
+    the first signal interrupts the kernel at once (KeyboardInterrupt inside the running cell, so
+    `finally` blocks clean up: the data stage's staging dir, a half-written file), and a kernel that
+    has not stopped after INTERRUPT_GRACE_S, or a second signal, is killed."""
+    signum: int | None = None
+    km = None  # the KernelManager of the notebook being executed, if any
+    executing = False
+
+    @classmethod
+    def _kernel_signal(cls, sig: int) -> bool:
+        proc = getattr(getattr(cls.km, "provisioner", None), "process", None)
+        if proc is None or proc.poll() is not None:
+            return False
+        try:
+            os.killpg(os.getpgid(proc.pid), sig)  # the kernel and what it started (torchrun ranks)
+        except OSError:
+            return False
+        return True
+
+    @classmethod
+    def handler(cls, signum, frame) -> None:
+        first = cls.signum is None
+        cls.signum = cls.signum or signum
+        if cls.executing and cls._kernel_signal(signal.SIGINT if first else signal.SIGKILL):
+            if first:
+                threading.Thread(target=cls._watchdog, args=(cls.km,), daemon=True).start()
+            return
+        raise KeyboardInterrupt  # no kernel is running a cell: stop the runner where it is
+
+    @classmethod
+    def _watchdog(cls, km) -> None:
+        deadline = time.monotonic() + INTERRUPT_GRACE_S
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            if cls.km is not km or not cls.executing:
+                return
+        if cls.km is km and cls.executing:
+            cls._kernel_signal(signal.SIGKILL)
+
+
+class _Signals:
+    """Route SIGINT and SIGTERM to `_Stop.handler` while a study runs (main thread only)."""
+
+    def __enter__(self):
+        _Stop.signum, _Stop.km, _Stop.executing = None, None, False
+        self.old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, _Stop.handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
+
+
 def execute_notebook(src: Path, out: Path, params: dict[str, Any], progress: bool) -> None:
-    """papermill with the project's kernel over local IPC sockets (not unencrypted TCP ports)."""
+    """papermill with the project's kernel over local IPC sockets (not unencrypted TCP ports).
+    Under `_Signals`, Ctrl-C/SIGTERM interrupt the kernel's running cell at once (see `_Stop`)."""
     import shutil
     import tempfile
 
@@ -339,12 +412,17 @@ def execute_notebook(src: Path, out: Path, params: dict[str, Any], progress: boo
     sock_dir = tempfile.mkdtemp(prefix="lvm-kernel-")
     km = KernelManager(kernel_name=ensure_kernel(), transport="ipc", ip=os.path.join(sock_dir, "k"))
     try:
+        if _Stop.signum is not None:
+            raise KeyboardInterrupt
+        _Stop.km, _Stop.executing = km, True
         pm.execute_notebook(str(src), str(out), parameters=params, kernel_name=km.kernel_name, km=km,
                             progress_bar=progress, log_output=progress, cwd=str(PROJECT_ROOT),
                             stdout_file=None, stderr_file=None)
     finally:
+        _Stop.executing = False
         if km.has_kernel:
             km.shutdown_kernel(now=True)
+        _Stop.km = None
         shutil.rmtree(sock_dir, ignore_errors=True)
 
 
@@ -360,6 +438,9 @@ def check_notebook_params(names: list[str], notebook_params: dict[str, Any]) -> 
     declared = {n: set(pm.inspect_notebook(str(NOTEBOOK_DIR / f"{n}.ipynb"))) for n in names}
     routed: dict[str, dict[str, Any]] = {n: {} for n in names}
     for key, value in notebook_params.items():
+        if key in RESERVED_PARAMS:
+            raise RunError(f"--param {key}={value!r}: '{key}' is set by `run` itself, not a user parameter "
+                           "(the run directory is --run-id/--runs-root or --resume; params are PARAMS and --set)")
         takers = [n for n in names if key in declared[n]]
         if not takers:
             known = sorted(set().union(*declared.values()))
@@ -405,10 +486,24 @@ def _check_resume_overrides(run_dir: Path, cfg: Config) -> None:
                        f"({'; '.join(changed)}); start a new run instead")
 
 
-def _mark_failed(run_dir: Path, reports_root: Path, stages: dict[str, Any], line: str) -> str:
+def _check_reports_owner(reports_root: Path, run_id: str, run_dir: Path) -> None:
+    """reports/<id>/ belongs to one run folder: refuse when it holds the reports of another folder
+    that still exists (two runs roots with a folder of the same name); a moved run takes it over."""
+    try:
+        other = Path(json.loads((reports_root / run_id / "run.json").read_text()).get("run_dir") or "")
+    except (OSError, ValueError, AttributeError):
+        return
+    if str(other) and other != run_dir and (other / "manifest.json").is_file() and not (
+            run_dir.exists() and os.path.samefile(other, run_dir)):
+        raise RunError(f"{reports_root / run_id}: holds the reports of another run folder ({other}); "
+                       f"rename {run_dir} or pass another --reports-root")
+
+
+def _mark_failed(run_dir: Path, reports_root: Path, stages: dict[str, Any], line: str,
+                 status: str = "failed") -> str:
     """Record the failure in the manifest and the index (best effort on a full disk); -> the reason line."""
     try:
-        write_manifest(run_dir, status="failed", ended_at=now_iso(), stages=stages, failure=line)
+        write_manifest(run_dir, status=status, ended_at=now_iso(), stages=stages, failure=line)
     except OSError as exc:
         line += f" (the manifest could not be marked failed either: {exc})"
     try:
@@ -422,7 +517,8 @@ def run_study(params_path: str | Path, overrides: list[str] | tuple[str, ...] = 
               runs_root: str | Path = "runs", reports_root: str | Path = "reports", resume: str | Path | None = None,
               only: list[str] | None = None, progress: bool = True,
               notebook_params: dict[str, Any] | None = None) -> Path:
-    """Execute the notebooks in order; returns the run dir. Raises StudyFailed with a one-line reason."""
+    """Execute the notebooks in order; returns the run dir. Raises StudyFailed with a one-line reason
+    (StudyInterrupted after Ctrl-C/SIGTERM: the run is marked `interrupted` and can be resumed)."""
     reports_root = Path(reports_root).resolve()
     overrides = list(overrides)
     names = only or list(NOTEBOOKS)
@@ -431,26 +527,58 @@ def run_study(params_path: str | Path, overrides: list[str] | tuple[str, ...] = 
         run_dir = Path(resume).resolve()
         if not (run_dir / "manifest.json").is_file():
             raise RunError(f"{run_dir}: not a run directory (no manifest.json) — cannot resume")
+        old = read_json(run_dir / "manifest.json")  # a truncated manifest: one line naming it
+        if not isinstance(old, dict):
+            raise RunError(f"{run_dir / 'manifest.json'}: not a run manifest (a JSON object) — cannot resume")
+        run_id = check_run_id(run_dir.name, "run folder")  # reports are keyed by the folder: a copy is a new run
         cfg = load_config(run_dir / "params.yaml", overrides)
     else:
+        if run_id is not None:
+            check_run_id(run_id)
         cfg = load_config(params_path, overrides)
+        run_id = run_id or new_run_id(cfg.name)
     routed = check_notebook_params(names, dict(notebook_params or {}))
     if resume and overrides:
         _check_resume_overrides(run_dir, cfg)
-    _check_writable(reports_root, "reports")
     if resume:
-        if overrides:  # e.g. --set train.epochs=20 to extend a finished run: keep it in the record
-            atomic_write_text(run_dir / "params.yaml", dump_config(cfg))
+        lock = RunLock(run_dir, "run --resume")  # refused while another process runs or trains it
+        try:
+            _check_writable(reports_root, "reports")
+            _check_reports_owner(reports_root, run_id, run_dir)
+            if overrides:  # e.g. --set train.epochs=20 to extend a finished run: keep it in the record
+                atomic_write_text(run_dir / "params.yaml", dump_config(cfg))
+            copied = {"copied_from": old.get("run_id")} if old.get("run_id") != run_id else {}
+            write_manifest(run_dir, status="running", resumed_at=now_iso(), pid=os.getpid(), host=platform.node(),
+                           failure=None, run_id=run_id, **copied)
+        except BaseException:
+            lock.release()
+            raise
         params_arg = str(run_dir / "params.yaml")
-        manifest = write_manifest(run_dir, status="running", resumed_at=now_iso(), pid=os.getpid(), failure=None)
-        run_id = manifest["run_id"]
     else:
-        run_id = run_id or new_run_id(cfg.name)
+        _check_writable(reports_root, "reports")
+        _check_reports_owner(reports_root, run_id, Path(runs_root).resolve() / run_id)
         run_dir = create_run_dir(Path(runs_root).resolve(), run_id)
-        atomic_write_text(run_dir / "params.yaml", dump_config(cfg))
-        params_arg = str(Path(params_path).resolve())
-        start_manifest(run_dir, run_id, params_arg, overrides, cfg.train.seed, cfg.name)
+        lock = RunLock(run_dir, "run")
+        try:
+            atomic_write_text(run_dir / "params.yaml", dump_config(cfg))
+            params_arg = str(Path(params_path).resolve())
+            start_manifest(run_dir, run_id, params_arg, overrides, cfg.train.seed, cfg.name)
+        except BaseException:
+            lock.release()
+            raise
+    try:
+        with _Signals():
+            _run_stages(run_dir, run_id, names, routed, reports_root, params_arg, overrides, resume, only, progress)
+    finally:
+        lock.release()
+    print(f"[lvm-study] run {run_id} succeeded — reports: {reports_root / run_id / 'index.html'}", flush=True)
+    return run_dir
+
+
+def _run_stages(run_dir: Path, run_id: str, names: list[str], routed: dict[str, dict[str, Any]], reports_root: Path,
+                params_arg: str, overrides: list[str], resume, only, progress: bool) -> None:
     stages: dict[str, Any] = read_json(run_dir / "manifest.json").get("stages", {})
+    name = names[0]
     try:
         (reports_root / run_id).mkdir(parents=True, exist_ok=True)
         record_run(reports_root, run_dir)
@@ -469,8 +597,8 @@ def run_study(params_path: str | Path, overrides: list[str] | tuple[str, ...] = 
                          overrides if not resume else [], extra, progress)
             except Exception as exc:  # papermill raises PapermillExecutionError for a failing cell
                 err = exc
-            except KeyboardInterrupt:  # Ctrl-C: the run is marked failed, not left "running"
-                err = KeyboardInterrupt("interrupted by the user (Ctrl-C)")
+            except KeyboardInterrupt as exc:  # a signal while no cell ran (the kernel starting...)
+                err = exc
             secs = round(time.time() - t0, 1)
             executed = run_dir / "notebooks" / f"{name}.ipynb"
             if executed.is_file():
@@ -478,6 +606,9 @@ def run_study(params_path: str | Path, overrides: list[str] | tuple[str, ...] = 
                     render_html(executed, reports_root / run_id / f"{name}.html")
                 except OSError as exc:  # a full disk: the stage's report is lost, so the stage failed
                     err = err or exc
+            if _Stop.signum is not None:
+                stages[name] = {"status": "interrupted", "seconds": secs}
+                raise _interrupted(run_dir, reports_root, stages, name)
             stages[name] = {"status": "failed" if err else "succeeded", "seconds": secs}
             if err is not None:
                 raise StudyFailed(_mark_failed(run_dir, reports_root, stages, _failure_line(name, err))) from err
@@ -488,5 +619,13 @@ def run_study(params_path: str | Path, overrides: list[str] | tuple[str, ...] = 
     except OSError as exc:  # the runner's own records (manifest, run page, index) could not be written
         line = f"writing the run's records failed: {type(exc).__name__}: {exc}"
         raise StudyFailed(_mark_failed(run_dir, reports_root, stages, line)) from exc
-    print(f"[lvm-study] run {run_id} succeeded — reports: {reports_root / run_id / 'index.html'}", flush=True)
-    return run_dir
+    except KeyboardInterrupt:  # a signal between stages
+        raise _interrupted(run_dir, reports_root, stages, name) from None
+
+
+def _interrupted(run_dir: Path, reports_root: Path, stages: dict[str, Any], name: str) -> StudyInterrupted:
+    signum = _Stop.signum or signal.SIGINT
+    how = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
+    kept = "last.pt holds the last completed epoch" if name == "02_train" else "files of completed stages are kept"
+    line = f"{name}: interrupted by {how}; {kept}; continue with: python -m lvmlib run --resume {run_dir}"
+    return StudyInterrupted(_mark_failed(run_dir, reports_root, stages, line, status="interrupted"), signum)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fcntl
 import io
 import json
 import os
 import platform
+import re
 import secrets
 import subprocess
 import sys
@@ -25,7 +27,9 @@ from filelock import FileLock
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-STATUSES = ("running", "succeeded", "failed")
+STATUSES = ("running", "succeeded", "failed", "interrupted")
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+LOCK_NAME = ".run.lock"  # held (flock) by the process that runs or trains the run; records its pid and host
 
 
 class RunError(RuntimeError):
@@ -117,13 +121,24 @@ def progress_bar(iterable=None, *, total: int | None = None, desc: str = "", uni
 
 
 # --------------------------------------------------------------------------- run directory
+def check_run_id(run_id: str, what: str = "--run-id") -> str:
+    """A run id names a folder under runs/ and reports/: no path separators, '..', spaces or control
+    characters, so it can never point outside them (the tool often runs as root)."""
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+        raise RunError(f"{what} {run_id!r}: a run id is 1-128 characters from A-Z a-z 0-9 . _ - and starts "
+                       "with a letter or digit (no '/', '..', spaces or control characters)")
+    return run_id
+
+
 def new_run_id(name: str) -> str:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")[:80] or "run"  # params `name:` is free text
     return f"{stamp}-{name}-{secrets.token_hex(2)}"
 
 
 def create_run_dir(runs_root: str | Path, run_id: str) -> Path:
     """Create runs/<run_id>/ exclusively: two runs can never share (clobber) a directory."""
+    check_run_id(run_id)
     root = Path(runs_root)
     run_dir = root / run_id
     try:
@@ -187,7 +202,7 @@ def write_manifest(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
     run_dir = Path(run_dir)
     path = run_dir / "manifest.json"
     with FileLock(str(run_dir / ".manifest.lock")):
-        manifest = json.loads(path.read_text()) if path.is_file() else {}
+        manifest = read_json(path) if path.is_file() else {}
         manifest.update(fields)
         if manifest.get("status") not in (None, *STATUSES):
             raise RunError(f"{path}: bad status {manifest.get('status')!r}")
@@ -206,3 +221,93 @@ def start_manifest(run_dir: Path, run_id: str, params_path: str, overrides: list
 
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     return read_json(Path(run_dir) / "manifest.json")
+
+
+# --------------------------------------------------------------------------- the live-run lock
+def _lock_record(path: Path) -> dict[str, Any]:
+    try:
+        rec = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return rec if isinstance(rec, dict) else {}
+
+
+def describe_holder(rec: dict[str, Any]) -> str:
+    what = f" ({rec['what']})" if rec.get("what") else ""
+    return f"pid {rec.get('pid', '?')} on host {rec.get('host', '?')}{what} since {rec.get('since', '?')}"
+
+
+def lock_state(run_dir: str | Path) -> tuple[bool | None, dict[str, Any]]:
+    """(live, record of the last holder): live True while a process holds the run's lock, False when
+    the lock is free (a recorded holder then ended or was killed), None when the run never had one.
+    Reads only: a shared non-blocking flock probe, released at once."""
+    path = Path(run_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None, {}
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True, _lock_record(path)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False, _lock_record(path)
+    finally:
+        os.close(fd)
+
+
+def _started_by(rec: dict[str, Any]) -> bool:
+    """Was this process started by the lock's holder (a notebook kernel of the runner, a torchrun rank)?"""
+    if rec.get("host") != platform.node() or not isinstance(rec.get("pid"), int):
+        return False
+    if rec["pid"] == os.getpid():
+        return True
+    import psutil
+    try:
+        return any(p.pid == rec["pid"] for p in psutil.Process().parents())
+    except psutil.Error:
+        return False
+
+
+class RunLock:
+    """The live-run lock `runs/<id>/.run.lock`: an flock held for as long as a process runs or trains
+    the run, so the operating system releases it when that process dies however it dies (a stale
+    lock from a dead process is simply taken over). The file records pid, host and start time for
+    messages; a process started by the holder shares its lock (`owned` False) instead of refusing."""
+
+    def __init__(self, run_dir: str | Path, what: str):
+        self.run_dir, self.path, self.fd, self.owned = Path(run_dir), Path(run_dir) / LOCK_NAME, None, False
+        self.taken_over: dict[str, Any] = {}
+        if not self.run_dir.is_dir():  # nothing to protect yet; the caller's own check names the problem
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            rec = _lock_record(self.path)
+            if _started_by(rec):
+                return
+            raise RunError(f"{self.run_dir}: the run is live: {describe_holder(rec)} holds {self.path.name}; "
+                           f"{what} refused. Wait for it to end or stop it first (Ctrl-C, or kill "
+                           f"{rec.get('pid', 'its pid')})") from None
+        self.fd, self.owned = fd, True
+        self.taken_over = _lock_record(self.path)  # the record of a holder that is gone, if any
+        rec = {"pid": os.getpid(), "host": platform.node(), "since": now_iso(), "what": what}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(rec).encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                os.ftruncate(self.fd, 0)  # never unlinked: a waiter may hold the old inode open
+            finally:
+                os.close(self.fd)  # releases the flock
+                self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

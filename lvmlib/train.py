@@ -34,7 +34,8 @@ from .config import Config, dump_config, load_config
 from .gates import in_loop_action
 from .losses import BankNegatives, LVMLoss, MicroBatch, cached_step, direct_step, duplicate_ids
 from .metrics import duplicate_groups
-from .runs import RunError, atomic_write_json, atomic_write_text, now_iso, progress_bar, read_json
+from .runs import (RunError, RunLock, atomic_write_json, atomic_write_text, describe_holder, lock_state, now_iso,
+                   progress_bar, read_json)
 
 HIGHER_IS_BETTER = {"val_cosine": True, "val_recall_at_5": True, "val_mrr": True, "val_infonce": False,
                     "train_loss": False}
@@ -203,9 +204,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     Raises TrainingDiverged on a NaN/inf loss (last.pt keeps the last good epoch).
     """
     run_dir = Path(run_dir)
-    if cfg.train.nproc > 1 and "LOCAL_RANK" not in os.environ:
-        return _launch_torchrun(cfg, run_dir, resume, progress)
-    return _Trainer(cfg, run_dir, resume, progress).run()
+    with RunLock(run_dir, "training"):  # one trainer per run (shared with the runner that started us)
+        if cfg.train.nproc > 1 and "LOCAL_RANK" not in os.environ:
+            return _launch_torchrun(cfg, run_dir, resume, progress)
+        return _Trainer(cfg, run_dir, resume, progress).run()
 
 
 class _Trainer:
@@ -314,6 +316,9 @@ class _Trainer:
             return self._loop()
         except TrainingDiverged as exc:
             self._progress_file(state="diverged", error=str(exc))
+            raise
+        except KeyboardInterrupt:  # Ctrl-C / SIGTERM via the runner: last.pt holds the last completed epoch
+            self._progress_file(state="interrupted", error="interrupted (KeyboardInterrupt); resumable")
             raise
         except BaseException as exc:
             self._progress_file(state="failed", error=f"{type(exc).__name__}: {exc}")
@@ -583,18 +588,32 @@ def status(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: no such run directory")
-    history = _read(run_dir / "history.json") or []
+    history = _read(run_dir / "history.json")
+    if history is None and (run_dir / "history.json").exists():
+        raise RunError(f"{run_dir / 'history.json'}: corrupt (not valid JSON — truncated?); last.pt holds the "
+                       "history of its epoch: `python -m lvmlib run --resume` rewrites it")
+    history = history or []
     prog = _read(run_dir / "train_progress.json") or {}
     try:
         cfg = load_config(run_dir / "params.yaml")
     except Exception:  # a run dir without params (or with a broken one) still gets a report
         cfg = Config()
     epochs = prog.get("epochs") or cfg.train.epochs
-    alive = _alive(prog)
+    live, holder = lock_state(run_dir)  # the run's lock says whether any process still runs it
+    alive = False if live is False else _alive(prog)
     state = prog.get("state", "not started" if not history else "unknown")
     proc = {True: f"alive (pid {prog.get('pid')})", False: f"not running (pid {prog.get('pid')})",
             None: f"unknown (pid {prog.get('pid')} on {prog.get('host')})" if prog.get("pid") else "no training process"}
     lines = [f"run {run_dir}", f"training: {state}; process {proc[alive]}"]
+    manifest = _read(run_dir / "manifest.json") or {}
+    if live:
+        lines.insert(1, f"run status: {manifest.get('status', '?')}; live: {describe_holder(holder)}")
+    elif manifest.get("status") == "running" or state == "running":
+        lines.insert(1, f"run status: {manifest.get('status', '?')} in manifest.json, but no process holds the run "
+                        f"(last {describe_holder(holder) if holder else 'holder unknown'}): it was killed or crashed; "
+                        f"continue with: python -m lvmlib run --resume {run_dir}")
+    elif manifest.get("status"):
+        lines.insert(1, f"run status: {manifest['status']}" + (f" — {manifest['failure']}" if manifest.get("failure") else ""))
     if prog.get("error"):
         lines.append(f"error: {prog['error']}")
     done = len(history)
@@ -648,7 +667,8 @@ def training_summary(run_dir: str | Path) -> dict[str, Any]:
     best = next((r for r in reversed(history) if r.get("is_best")), history[-1] if history else {})
     n_params = prog.get("n_params")
     if n_params is None and (run_dir / "best.pt").is_file():
-        n_params = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True).get("n_params")
+        from .model import read_checkpoint
+        n_params = read_checkpoint(run_dir / "best.pt").get("n_params")
     return {"n_params": n_params, "epochs_trained": len(history),
             "epochs_planned": prog.get("epochs") or (cfg.train.epochs if cfg else None),
             "best_metric": metric, "best_epoch": best.get("epoch"), "best_value": best.get(metric),

@@ -1,4 +1,4 @@
-"""Every bad input of issue 8, one table (ROWS), one test per row: a clear error, nothing half-written.
+"""Every bad input of issues 8 and 13, one table (ROWS), one test per row: a clear error, nothing half-written.
 
 Each row builds its bad input in a fresh tmp dir, calls what a user's command reaches — the CLI
 (`lvmlib.cli.main`, in-process) for params and notebook parameters, the stage function for corpora,
@@ -219,11 +219,80 @@ _nb_row("resume-changes-model-shape", ["--only", "02_train", "--set", "model.d_m
         see="tests/test_model.py::test_checkpoint_of_another_shape_is_refused")
 
 
+# ---- issue 13: run ids, notebook parameters, manifests, history — through the CLI; nothing created or changed
+RUN_ID_WORDS = "a run id is 1-128 characters from A-Z a-z 0-9 . _ -"
+
+
+def _run_id_row(id: str, make_id: Callable[[Path], str]):
+    def build(tmp, request):  # runs/ two levels down: '../../x' would land in tmp/x, inside the snapshot
+        return lambda: cli("run", SMOKE, "--run-id", make_id(tmp), "--runs-root", tmp / "a" / "runs",
+                           "--reports-root", tmp / "a" / "reports", "--quiet")
+
+    def nothing_outside(tmp):
+        assert not (tmp / "x").exists() and not (tmp / "abs").exists() and not (tmp / "a").exists()
+    ROWS.append(Row(id, build, CliFailed, ("--run-id", RUN_ID_WORDS), code=2, after=nothing_outside))
+
+
+_run_id_row("run-id-escapes-runs", lambda tmp: "../../x")
+_run_id_row("run-id-absolute", lambda tmp: str(tmp / "abs"))
+_run_id_row("run-id-control-char", lambda tmp: "ok\nx")
+_nb_row("notebook-param-run-dir", ["--param", "run_dir=/elsewhere"],
+        ["--param run_dir='/elsewhere'", "'run_dir' is set by `run` itself, not a user parameter"])
+_nb_row("notebook-param-invalid-yaml", ["--param", "batch=[1,"], ["--param 'batch=[1,'", "value is not valid YAML"])
+
+
+def _truncated_manifest(tmp, request):
+    run = copy_run(request.getfixturevalue("tiny_run"), tmp)
+    text = (run / "manifest.json").read_text()
+    (run / "manifest.json").write_text(text[: len(text) // 2])
+    return lambda: cli("run", "--resume", run, "--only", "03_gates", "--reports-root", tmp / "reports", "--quiet")
+
+
+ROWS.append(Row("manifest-truncated-on-resume", _truncated_manifest, CliFailed,
+                ("manifest.json", "not valid JSON"), code=2))
+
+
+def _truncated_history(tmp, request):
+    run = copy_run(request.getfixturevalue("tiny_run"), tmp)
+    text = (run / "history.json").read_text()
+    (run / "history.json").write_text(text[: len(text) // 2])
+    return lambda: cli("status", run)
+
+
+ROWS.append(Row("history-truncated-in-status", _truncated_history, CliFailed,
+                ("history.json", "corrupt (not valid JSON"), code=2))
+
+
+def _eval_row(id: str, damage: Callable[[Path, Path], list], error_words: list[str], code: int):
+    """`python -m lvmlib eval RUN --data X` with a bad input: one line, no kernel, nothing created."""
+    def build(tmp, request):
+        run = copy_run(request.getfixturevalue("tiny_run"), tmp)
+        shutil.copy(run / "data" / "payload.npz", tmp / "payload.npz")
+        args = damage(run, tmp)
+        return lambda: cli("eval", *args, "--reports-root", tmp / "reports")
+    ROWS.append(Row(id, build, CliFailed, tuple(error_words), code=code,
+                    see="tests/test_crash_safety.py::test_eval_runs_its_kernel_like_run_and_takes_any_path"))
+
+
+_eval_row("eval-checkpoint-truncated", lambda run, tmp: (_truncate("best.pt")(run), [run, "--data", tmp / "payload.npz"])[1],
+          ["error: CheckpointError:", "best.pt", "not a readable checkpoint"], 1)
+_eval_row("eval-payload-truncated",
+          lambda run, tmp: (_truncate_file(tmp / "payload.npz"), [run, "--data", tmp / "payload.npz"])[1],
+          ["error: SanityError:", "payload.npz", "not a readable payload .npz"], 1)
+_eval_row("eval-run-dir-missing", lambda run, tmp: [tmp / "runs" / "nope", "--data", tmp / "payload.npz"],
+          ["error:", "nope", "not a run directory"], 2)
+
+
+def _truncate_file(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
 # ---- corpora: the data stage (lvmlib.data.prepare_data, what 01_data calls) into a fresh run dir
 GOOD_LINE = json.dumps({"title": "Good", "text": "A sentence with more than enough words to make a chunk. " * 4})
 
 
-def _data_row(id: str, make_input: Callable[[Path], list[str]], error, names: list[str], see: str = ""):
+def _data_row(id: str, make_input: Callable[[Path], list[str]], error, names: list[str], see: str = "",
+              may_change: tuple[str, ...] = ()):
     """make_input(tmp) writes the bad input and returns the --set style data overrides."""
     def build(tmp, request):
         over = make_input(tmp) + [f"data.cache_dir={tmp / 'cache'}", "data.min_words=5"]
@@ -232,7 +301,7 @@ def _data_row(id: str, make_input: Callable[[Path], list[str]], error, names: li
         from lvmlib.data import prepare_data
         return lambda: prepare_data(cfg, run, progress=False)
     # the chunk cache may create its (empty) directory; an entry is only written after a complete read
-    ROWS.append(Row(id, build, error, tuple(names), see=see, may_change=("cache", "cache/chunks")))
+    ROWS.append(Row(id, build, error, tuple(names), see=see, may_change=("cache", "cache/chunks", *may_change)))
 
 
 def _jsonl(text: str, name: str = "bad.jsonl"):
@@ -263,6 +332,11 @@ def _npz(**replace):
         vectors_npz(tmp / "v.npz", **replace)
         return ["data.source=vectors", f"data.path={tmp / 'v.npz'}"]
     return make
+
+
+def _jsonl_bytes(tmp, raw: bytes) -> list[str]:
+    (tmp / "bad.jsonl").write_bytes(raw)
+    return ["data.source=jsonl", f"data.path={tmp / 'bad.jsonl'}"]
 
 
 def _gz_truncated(tmp):
@@ -302,6 +376,15 @@ _data_row("vectors-npz-wrong-shape", _npz(positions=np.zeros(_M - 1, np.int64)),
 _data_row("vectors-npz-not-a-matrix", _npz(vectors=np.ones((_M, 4, 2), np.float32)), DataError,
           ["v.npz", "key 'vectors' must have shape [M, D]", "[480, 4, 2]"])
 _data_row("vectors-npz-nan-inf", _npz(vectors=_nan_inf), DataError, ["v.npz", "2 rows with NaN/inf (first row 7)"])
+_data_row("jsonl-not-utf8", lambda tmp: _jsonl_bytes(tmp, b"\n".join([GOOD_LINE.encode()] * 3 + [
+    b'{"title": "Caf\xe9", "text": "x"}', GOOD_LINE.encode()]) + b"\n"), CorpusError,
+    ["bad.jsonl:4", "not UTF-8 (byte 0xe9 at column 15)"])
+_DUP_TEXT = " ".join(f"Sentence number {i} of the one article copied here sixteen times." for i in range(10))
+_data_row("duplicate-articles-only",
+          _jsonl("".join(json.dumps({"title": f"Copy {i}", "text": _DUP_TEXT}) + "\n" for i in range(16))),
+          DataError, ["bad.jsonl", "split 'val' has no window", "duplicate text of an earlier split and were removed",
+                      "the corpus repeats articles"],
+          may_change=("cache/chunks/*.jsonl",))  # the corpus was read whole: its chunk list is a valid entry
 _data_row("k-larger-than-every-article", lambda tmp: _npz()(tmp) + ["data.context_len=12"], DataError,
           ["v.npz", "no article reaches K+1 = 13 chunks", "data.context_len=12", "the longest of 40 articles has 12"],
           see="tests/test_data.py::test_bad_inputs_fail_cleanly")
@@ -430,7 +513,7 @@ ROWS.append(Row(
     after=_run_failed("bad", "01_data", ["bad.jsonl:2", "malformed JSON"]),
     # a failed run keeps its record and executed notebook; data/ stays empty (no staging, no *.tmp)
     may_change=("runs", "runs/bad", "runs/bad/data", "runs/bad/metrics", "runs/bad/notebooks", "runs/bad/params.yaml",
-                "runs/bad/manifest.json", "runs/bad/.manifest.lock", "runs/bad/notebooks/01_data.ipynb", "reports*"),
+                "runs/bad/manifest.json", "runs/bad/.manifest.lock", "runs/bad/.run.lock", "runs/bad/notebooks/01_data.ipynb", "reports*"),
     see="tests/test_runner.py::test_failing_stage_marks_run_failed_and_renders_the_notebook (missing path)"))
 
 
@@ -493,6 +576,15 @@ def test_every_row_of_the_issue_is_in_the_table():
         "corrupted or truncated checkpoint": {"checkpoint-corrupted", "checkpoint-truncated",
                                               "e2e-checkpoint-truncated"},
         "notebook parameter that does not exist": {"notebook-param-unknown", "notebook-unknown"},
+        # issue 13 (rows 1, 7, 10-14; rows 2-6, 8, 9 are in tests/test_crash_safety.py)
+        "run ids that escape runs/": {"run-id-escapes-runs", "run-id-absolute", "run-id-control-char"},
+        "eval inputs checked before a kernel starts": {"eval-checkpoint-truncated", "eval-payload-truncated",
+                                                       "eval-run-dir-missing"},
+        "truncated manifest / invalid --param YAML": {"manifest-truncated-on-resume", "notebook-param-invalid-yaml"},
+        "truncated history.json": {"history-truncated-in-status"},
+        "--param run_dir": {"notebook-param-run-dir"},
+        "non-UTF-8 byte in a JSONL": {"jsonl-not-utf8"},
+        "duplicates-only corpus": {"duplicate-articles-only"},
     }
     missing = {k: v - ids for k, v in required.items() if v - ids}
     assert not missing, missing

@@ -222,7 +222,7 @@ def test_chunk_cache_replays_and_never_keeps_a_partial_entry(tmp_path, monkeypat
     first = list(corpus.iter_chunked_cached(cfg, tmp_path / "cache"))
     assert len(list((tmp_path / "cache" / "chunks").glob("*.jsonl"))) == 1
 
-    def boom(_cfg):
+    def boom(_cfg, _stats=None):
         raise AssertionError("should replay from the cache")
     monkeypatch.setattr(corpus, "iter_chunked", boom)
     assert list(corpus.iter_chunked_cached(cfg, tmp_path / "cache")) == first

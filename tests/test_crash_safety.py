@@ -1,6 +1,9 @@
-"""Crash safety (issue 8): a non-finite loss, a SIGKILL while embedding, a failed write, two runs at once
-and a checkpoint carrying a pickled object each end cleanly: a clear error, the run marked failed,
-earlier results kept, nothing half-written.
+"""Crash safety (issues 8 and 13): a non-finite loss, a SIGKILL while embedding, a failed write, two runs
+at once and a checkpoint carrying a pickled object each end cleanly: a clear error, the run marked failed,
+earlier results kept, nothing half-written. Issue 13: a second trainer on a live run is refused (an OS
+lock that dies with its holder), Ctrl-C/SIGTERM interrupt the kernel at once and leave a resumable
+`interrupted` run, a copied run is a new run, data/ is published by one rename, huge paragraphs are
+split in linear time.
 
 Proved elsewhere, not repeated here: SIGKILL during training then --resume gives the identical
 history (tests/test_train.py::test_sigkill_after_epoch_1_then_resume_equals_uninterrupted); atomic
@@ -179,29 +182,35 @@ def test_disk_full_while_preparing_data_leaves_the_previous_data_dir(tmp_path, m
     assert not no_tmp_files(run)
 
 
-def test_a_failure_while_publishing_data_is_never_read_as_complete(tmp_path, monkeypatch):
-    """Files move into data/ one by one, summary.json last (it is removed first): a failure in between
-    leaves data/ without summary.json, and every reader refuses it until the stage is re-run."""
+def test_data_is_published_by_one_rename_and_a_failed_publish_keeps_the_old_data(tmp_path, monkeypatch):
+    """data/ is swapped in whole (rename over an empty data/, renameat2 exchange over a full one): a
+    failing publish leaves the previous data/ byte for byte, and a successful one replaces every file."""
     run = runs.create_run_dir(tmp_path / "runs", "r")
-    cfg = load_config(SMOKE, tiny_overrides(vectors_npz(tmp_path / "a.npz")))
-    data.prepare_data(cfg, run, progress=False)
-    real, moved = os.replace, []
+    cfg_a = load_config(SMOKE, tiny_overrides(vectors_npz(tmp_path / "a.npz")))
+    cfg_b = load_config(SMOKE, tiny_overrides(vectors_npz(tmp_path / "b.npz", seed=1, n_articles=30)))
+    data.prepare_data(cfg_a, run, progress=False)
+    before = snapshot(run)
+    renames = []
+    real_replace = os.replace
 
     def replace(src, dst):
-        if Path(dst).parent == run / "data":
-            if len(moved) == 3:
-                raise OSError(errno.ENOSPC, "No space left on device", str(dst))
-            moved.append(dst)
-        return real(src, dst)
+        renames.append((Path(src), Path(dst)))
+        return real_replace(src, dst)
+
+    def exchange_fails(a, b):
+        raise OSError(errno.ENOSPC, "No space left on device", str(b))
     monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(data, "_exchange", exchange_fails)
     with pytest.raises(OSError, match="No space left on device"):
-        data.prepare_data(cfg, run, progress=False)
+        data.prepare_data(cfg_b, run, progress=False)
     monkeypatch.undo()
-    assert not (run / "data" / "summary.json").exists() and not no_tmp_files(run)
-    with pytest.raises(data.DataError, match=r"summary\.json: missing — run the data stage first"):
-        data.load_prepared(run)
-    data.prepare_data(cfg, run, progress=False)  # and the re-run repairs it
-    assert data.load_prepared(run).summary["counts"]["windows"] > 0
+    assert snapshot(run) == before, "a failed publish changed data/"
+    assert not [d for _, d in renames if d.parent == run / "data"], f"files were moved one by one: {renames}"
+    assert not no_tmp_files(run)
+    s = data.prepare_data(cfg_b, run, progress=False)  # the exchange itself
+    assert data.load_prepared(run).summary["counts"] == s["counts"] and s["counts"]["articles"] == 30
+    assert sorted(p.name for p in (run / "data").iterdir()) == sorted(data.DATA_FILES)
+    assert [p.name for p in run.iterdir() if p.name.startswith(".data-")] == []
 
 
 @pytest.mark.slow
@@ -418,7 +427,7 @@ def test_a_checkpoint_with_a_pickled_object_is_refused_and_never_run(tmp_path, t
     with pytest.raises(CheckpointError, match=r"last\.pt: refused"):
         train(cfg, run, resume=True, progress=False)
     (run / "train_progress.json").unlink()  # so training_summary reads n_params from best.pt itself
-    with pytest.raises(Exception, match="Weights only load failed"):
+    with pytest.raises(CheckpointError, match=r"best\.pt: refused: it holds a pickled object"):
         training_summary(run)
     assert not marker.exists(), "loading a checkpoint ran code from it"
 
@@ -439,3 +448,269 @@ def test_every_load_in_lvmlib_refuses_pickles():
             if node.func.value.id == "np" and ("allow_pickle" in kw and flag("allow_pickle") is not False):
                 offenders.append(f"{path.name}:{node.lineno} np.load")
     assert not offenders, f"loads that may unpickle: {offenders}"
+
+
+# --------------------------------------------------------------------------- issue 13: hardening
+def test_a_checkpoint_is_refused_by_what_it_holds_not_by_torchs_wording(tmp_path, tiny_run, monkeypatch):
+    """The refusal comes from the file's globals, so it survives another torch message; `status`-side
+    readers (training_summary) give the same refusal, not torch's advice to set weights_only=False."""
+    import pickle
+    run = copy_run(tiny_run, tmp_path)
+    cfg = load_config(run / "params.yaml")
+    marker = tmp_path / "code_ran"
+    _hostile_checkpoint(run / "best.pt", marker, cfg)
+    real = torch.load
+
+    def reworded(*a, **kw):
+        try:
+            return real(*a, **kw)
+        except pickle.UnpicklingError:
+            raise pickle.UnpicklingError("some future wording") from None
+    monkeypatch.setattr(torch, "load", reworded)
+    with pytest.raises(CheckpointError, match=r"best\.pt: refused: it holds a pickled object \((io|builtins)\.open\)"):
+        load_checkpoint(run / "best.pt")
+    monkeypatch.undo()
+    (run / "train_progress.json").unlink()
+    with pytest.raises(CheckpointError, match=r"best\.pt: refused: it holds a pickled object"):
+        training_summary(run)
+    assert not marker.exists()
+
+
+_HOLD = """
+import sys, time
+from lvmlib.runs import RunLock
+lock = RunLock(sys.argv[1], "training")
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def _hold_lock(run: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(run)], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_live_run_refuses_a_second_trainer_and_a_dead_holders_lock_is_taken_over(tmp_path, tiny_run):
+    """Another process holds the run (a trainer): `run --resume` is refused before anything is written
+    (exit 2, naming its pid and host), train() refuses too, `status` says live; once the holder is
+    SIGKILLed, `status` says the run is dead and the lock is taken over."""
+    import platform
+    run = copy_run(tiny_run, tmp_path)
+    runs.write_manifest(run, status="running")
+    holder = _hold_lock(run)
+    try:
+        before = snapshot(run)
+        with pytest.raises(CliFailed) as info:
+            cli("run", "--resume", run, "--only", "03_gates", "--reports-root", tmp_path / "reports", "--quiet")
+        assert info.value.code == 2 and "Traceback" not in info.value.stderr
+        line = str(info.value)
+        assert f"the run is live: pid {holder.pid} on host {platform.node()} (training)" in line, line
+        assert "run --resume refused" in line, line
+        assert snapshot(run) == before and not (tmp_path / "reports").exists()
+        with pytest.raises(runs.RunError, match=f"the run is live: pid {holder.pid}"):
+            train(load_config(run / "params.yaml"), run, resume=True, progress=False)
+        assert f"live: pid {holder.pid} on host" in _status(run)
+    finally:
+        holder.kill()
+        holder.wait()
+    text = _status(run)
+    assert "no process holds the run" in text and f"pid {holder.pid}" in text and "killed or crashed" in text, text
+    with runs.RunLock(run, "run") as lock:  # the dead holder's lock is taken over
+        assert lock.owned and lock.taken_over.get("pid") == holder.pid
+        child = subprocess.run([sys.executable, "-c", "import sys; from lvmlib.runs import RunLock; "
+                                "print(RunLock(sys.argv[1], 'child').owned)", str(run)],
+                               cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True)
+        assert child.stdout.strip() == "False", child.stderr  # started by the holder: shares it, no refusal
+    assert json.loads((run / ".run.lock").read_text() or "{}") == {}
+
+
+def _status(run: Path) -> str:
+    from lvmlib.train import status
+    return status(run)
+
+
+def test_stale_temp_files_in_the_embedding_cache_are_removed_at_open(tmp_path):
+    """SIGKILL skips atomic_path's cleanup; the next open removes temp files of dead writers (and any
+    older than a day), never one a live writer is still filling."""
+    cache = data.EmbeddingCache(tmp_path, "fake-encoder", 16)
+    cache.set_dim(4)
+    dig = data.text_digests(_TEXTS[:8])
+    cache.add(dig, _vector_of(dig))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    old = time.time() - 3600
+    stale = cache.dir / f".shard-{time.time_ns():x}-{dead_pid}-abcdef.vec.npy.x1y2z3.tmp"
+    ancient = cache.dir / ".meta.json.q1w2e3.tmp"
+    live = cache.dir / f".shard-{time.time_ns():x}-{os.getpid()}-fedcba.vec.npy.a1b2c3.tmp"
+    for p in (stale, ancient, live):
+        p.write_bytes(b"half a shard")
+    os.utime(stale, (old, old))
+    os.utime(ancient, (time.time() - 2 * 86400,) * 2)
+    os.utime(live, (old, old))
+    reopened = data.EmbeddingCache(tmp_path, "fake-encoder", 16)
+    assert not stale.exists() and not ancient.exists() and live.exists()
+    assert reopened.removed_tmp == 2 and len(reopened) == 8
+
+
+def test_a_huge_paragraph_is_cut_into_bounded_pieces_and_counted(tmp_path, monkeypatch):
+    """A 300 KB paragraph (pysbd alone: ~108 s, growing with its square) reaches the sentence splitter
+    only in pieces of at most MAX_PARAGRAPH_CHARS, is counted in the data summary's counts (also when
+    replayed from the chunk cache) and named in the data report's summary; progress is reported."""
+    from lvmlib import corpus, plots_data
+    sent = "The old river flows past the castle and the market of the town every single day."
+    huge = " ".join([sent] * 3700)  # ~ 300 KB, one paragraph
+    path = tmp_path / "c.jsonl"
+    with open(path, "w") as fh:
+        fh.write(json.dumps({"title": "huge", "paragraphs": [huge]}) + "\n")
+        fh.write(json.dumps({"title": "small", "text": sent * 3}) + "\n")
+    corpus.split_sentences("warm up the segmenter.")
+    seg, seen = corpus._SEGMENTER, []
+    real = seg.segment
+    monkeypatch.setattr(seg, "segment", lambda text: (seen.append(len(text)), real(text))[1])
+    cfg = load_config(None, ["data.source=jsonl", f"data.path={path}", "data.min_words=5",
+                             f"data.cache_dir={tmp_path / 'cache'}"]).data
+    ticks = []
+    for attempt in range(2):  # chunked, then replayed from the chunk cache
+        stage = tmp_path / f"stage{attempt}"
+        stage.mkdir()
+        staged = data._stage_text(cfg, stage, progress=False)
+        assert staged.counts["paragraphs_cut"] == 1 and staged.counts["paragraphs_cut_chars"] == len(huge)
+        assert int(staged.n_chunks[0]) == 3700
+    assert max(seen) <= corpus.MAX_PARAGRAPH_CHARS and sum(seen) >= len(huge) - 3700
+    st = corpus.ChunkStats(on_piece=lambda done, total: ticks.append((done, total)))
+    corpus.split_sentences(huge, st)
+    assert ticks[-1][0] == ticks[-1][1] > 50
+    fake = {"counts": {"articles": 2, "chunks": 3701, "windows": 1, "articles_short": 0, "duplicates_removed": 0,
+                       "paragraphs_cut": 1, "paragraphs_cut_chars": len(huge),
+                       "per_split": {s: {"articles": 1, "windows": 1} for s in ("train", "val", "test")}},
+            "context_len": 5, "encoder": "e", "d_vec": 4,
+            "audit": {"passed": True, "articles_in_several_splits": 0, "shared_across_splits": 0,
+                      "payload_mismatches": 0}, "trivial": {}}
+    assert "1 over-long paragraph(s)" in plots_data.summary_markdown(fake)
+
+
+def _start_run(tmp_path: Path, args: list, cache: Path, session: bool) -> subprocess.Popen:
+    (tmp_path / "tmp").mkdir(exist_ok=True)  # the kernel's socket folder lands here: leaks are visible
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", LVM_CACHE_DIR=str(cache),
+               TMPDIR=str(tmp_path / "tmp"))
+    return subprocess.Popen([sys.executable, "-m", "lvmlib", "run", *map(str, args), "--runs-root", str(tmp_path / "runs"),
+                             "--reports-root", str(tmp_path / "reports"), "--quiet"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=session)
+
+
+def _wait_for(cond, proc: subprocess.Popen, what: str, timeout: float = 300.0) -> None:
+    deadline = time.time() + timeout  # a bound against hangs only, never an assertion on speed
+    while not cond():
+        assert proc.poll() is None, f"ended before {what}: {proc.communicate()[1][-3000:]}"
+        assert time.time() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.05)
+
+
+def _no_leaks(tmp_path: Path, run: Path) -> None:
+    assert not list((tmp_path / "tmp").glob("lvm-kernel-*")), "kernel socket folder leaked"
+    assert not no_tmp_files(run), no_tmp_files(run)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_interrupts_the_kernel_at_once_and_the_run_resumes(tmp_path, lvm_cache):
+    """Ctrl-C (SIGINT to the terminal's process group; the kernel has a session of its own) while 02_train
+    runs 200 epochs: the cell is interrupted, not finished; the run is `interrupted`, last.pt is the last
+    completed epoch, nothing leaked, `status` says no process holds it; --resume continues it."""
+    over = tiny_overrides(vectors_npz(tmp_path / "c.npz")) + ["train.epochs=200", "train.decision_tree=false",
+                                                              "train.patience=1000"]
+    proc = _start_run(tmp_path, [SMOKE, *[a for o in over for a in ("--set", o)], "--run-id", "sig"], lvm_cache, True)
+    run = tmp_path / "runs" / "sig"
+    _wait_for(lambda: (run / "history.json").is_file(), proc, "a completed epoch")
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    assert "INTERRUPTED: 02_train: interrupted by Ctrl-C (SIGINT)" in line and f"--resume {run}" in line, line
+    history = json.loads((run / "history.json").read_text())
+    assert 1 <= len(history) < 200, "training ran on after Ctrl-C"
+    _, _, ck = load_checkpoint(run / "last.pt")
+    assert ck["epoch"] == len(history)
+    m = _manifest(run)
+    assert m["status"] == "interrupted" and m["stages"]["02_train"]["status"] == "interrupted", m
+    assert json.loads((run / "train_progress.json").read_text())["state"] == "interrupted"
+    assert (tmp_path / "reports" / "sig" / "02_train.html").is_file()
+    assert "<b>interrupted</b>" in (tmp_path / "reports" / "index.html").read_text()
+    _no_leaks(tmp_path, run)
+    assert "run status: interrupted" in _status(run)
+    done = len(history)
+    proc = _start_run(tmp_path, ["--resume", run, "--set", f"train.epochs={done + 1}"], lvm_cache, False)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert _manifest(run)["status"] == "succeeded"
+    assert [r["epoch"] for r in json.loads((run / "history.json").read_text())] == list(range(1, done + 2))
+    _no_leaks(tmp_path, run)
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_data_stage_is_treated_like_ctrl_c(tmp_path, lvm_cache):
+    """SIGTERM to the runner alone (what `timeout` or a batch scheduler sends) while 01_data splits a
+    long corpus: the kernel is interrupted, the staging dir and the kernel's socket folder are removed,
+    the run is `interrupted` with its 01_data report, and `status` tells it is not live."""
+    sent = "The old river flows past the castle and the market of the town every single day."
+    corpus = tmp_path / "big.jsonl"
+    with open(corpus, "w") as fh:
+        for a in range(40):  # ~20 s of sentence splitting: the signal lands inside it
+            fh.write(json.dumps({"title": f"A{a}", "paragraphs": [f"{sent} Article {a}, part {i}." for i in range(400)]})
+                     + "\n")
+    proc = _start_run(tmp_path, [SMOKE, "--set", "data.source=jsonl", "--set", f"data.path={corpus}",
+                                 "--set", "data.max_articles=0", "--run-id", "term"], lvm_cache, False)
+    run = tmp_path / "runs" / "term"
+    _wait_for(lambda: run.is_dir() and any(run.glob(".data-staging-*")), proc, "the data stage")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "INTERRUPTED: 01_data: interrupted by SIGTERM" in err.strip().splitlines()[-1], err[-2000:]
+    m = _manifest(run)
+    assert m["status"] == "interrupted" and m["stages"]["01_data"]["status"] == "interrupted", m
+    assert not (run / "data" / "summary.json").exists()
+    assert (tmp_path / "reports" / "term" / "01_data.html").is_file()
+    _no_leaks(tmp_path, run)
+    text = _status(run)
+    assert "run status: interrupted" in text and "live:" not in text, text
+
+
+@pytest.mark.slow
+def test_a_copied_run_is_a_new_run_with_its_own_reports(tmp_path, tiny_run):
+    """`cp -r runs/A runs/B; run --resume runs/B --only 03_gates`: reports/B is written, reports/A and
+    A's record stay as they were, and B's manifest says where it was copied from."""
+    a = copy_run(tiny_run, tmp_path)
+    runner.record_run(tmp_path / "reports", a)
+    before = snapshot(tmp_path / "reports" / a.name)
+    b = tmp_path / "runs" / "copy"
+    import shutil
+    shutil.copytree(a, b)
+    run_study("", resume=b, only=["03_gates"], reports_root=tmp_path / "reports", progress=False)
+    assert snapshot(tmp_path / "reports" / a.name) == before
+    rec = json.loads((tmp_path / "reports" / "copy" / "run.json").read_text())
+    assert rec["run_id"] == "copy" and rec["status"] == "succeeded" and rec["run_dir"] == str(b)
+    m = _manifest(b)
+    assert m["run_id"] == "copy" and m["copied_from"] == a.name
+    assert _manifest(a)["run_id"] == a.name
+    index = (tmp_path / "reports" / "index.html").read_text()
+    assert "copy/index.html" in index and f"{a.name}/index.html" in index
+
+
+@pytest.mark.slow
+def test_eval_runs_its_kernel_like_run_and_takes_any_path(tmp_path, tiny_run, monkeypatch):
+    """`eval RUN --data '/dir with #hash/x.npz'`: the path reaches the evaluation whole (passed as data,
+    not YAML text), through the runner's kernel launcher (IPC sockets, Ctrl-C handling)."""
+    import shutil
+    run = copy_run(tiny_run, tmp_path)
+    odd = tmp_path / "with #hash: and 'quotes'"
+    odd.mkdir()
+    shutil.copy(run / "data" / "payload.npz", odd / "x.npz")
+    calls = []
+    real = runner.execute_notebook
+    monkeypatch.setattr(runner, "execute_notebook", lambda *a, **kw: (calls.append(a), real(*a, **kw))[1])
+    cli("eval", run, "--data", odd / "x.npz", "--reports-root", tmp_path / "reports")
+    assert len(calls) == 1
+    ev = json.loads((run / "eval_x" / "eval.json").read_text())
+    assert str(odd / "x.npz") in json.dumps(ev), "the path was cut"
+    assert (tmp_path / "reports" / run.name / "eval_x.html").is_file()

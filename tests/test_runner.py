@@ -122,7 +122,7 @@ def test_unknown_notebook_name_is_named(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_marks_the_run_failed(tmp_path):
+def test_ctrl_c_marks_the_run_interrupted(tmp_path):
     import os
     import signal
     import time
@@ -137,7 +137,7 @@ def test_ctrl_c_marks_the_run_failed(tmp_path):
     time.sleep(2.0)  # inside 01_data
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
-    assert p.returncode == 1, err[-2000:]
+    assert p.returncode == 130, err[-2000:]
     m = json.loads(manifest.read_text())
-    assert m["status"] == "failed" and "interrupted" in m["failure"], m["failure"]
-    assert "failed" in (tmp_path / "reports/index.html").read_text()
+    assert m["status"] == "interrupted" and "interrupted by Ctrl-C" in m["failure"], m["failure"]
+    assert "<b>interrupted</b>" in (tmp_path / "reports/index.html").read_text()
