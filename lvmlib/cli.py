@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra notebook parameter (must be declared by a selected notebook)")
     r.add_argument("--runs-root", default=os.environ.get("LVM_RUNS_DIR", "runs"))
     r.add_argument("--reports-root", default=os.environ.get("LVM_REPORTS_DIR", "reports"))
-    r.add_argument("--quiet", action="store_true", help="no per-cell progress")
+    r.add_argument("--quiet", action="store_true", help="print only the closing summary (and errors)")
+    r.add_argument("--verbose", action="store_true",
+                   help="also print every line the notebooks print (training log, evaluation steps)")
 
     s = sub.add_parser("status", help="training progress of a run (works while it trains)")
     s.add_argument("run_dir")
@@ -117,7 +119,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         try:
             run_study(args.params, args.overrides, run_id=args.run_id, runs_root=args.runs_root,
                       reports_root=args.reports_root, resume=args.resume, only=args.only,
-                      progress=not args.quiet, notebook_params=_nb_params(args.nb_params))
+                      progress=not args.quiet, notebook_params=_nb_params(args.nb_params),
+                      verbose=args.verbose)
         except StudyFailed as exc:
             print(f"[lvm-study] FAILED: {exc}", file=sys.stderr)
             return 1
