@@ -11,10 +11,13 @@ export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: setup run test test-fast study bench clean-runs help
+LAB_PORT ?= 8888
+
+.PHONY: setup run lab test test-fast study bench clean-runs help
 
 help:
 	@echo "make run [PARAMS=params/x.yaml] [ARGS='--set train.epochs=3']   run the study"
+	@echo "make lab [LAB_PORT=8888]                                       JupyterLab on 127.0.0.1 (token printed)"
 	@echo "make test                                                      run the test suite"
 	@echo "make study                                                     V1 vs V2 comparison (<= 30 min)"
 	@echo "make bench                                                     benchmarks/ (prints tables)"
@@ -30,6 +33,9 @@ $(STAMP): requirements.lock pyproject.toml
 
 run: $(STAMP)
 	$(PY) -m lvmlib run $(PARAMS) $(ARGS)
+
+lab: $(STAMP)
+	$(PY) -m lvmlib lab --port $(LAB_PORT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests $(ARGS)

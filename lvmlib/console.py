@@ -17,6 +17,7 @@ no live line: plain lines only, each stage's line written when it starts and fin
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import time
@@ -96,8 +97,8 @@ class Console:
         if not (self.live and self.stage and self.level != "quiet"):
             return
         width = max(20, shutil.get_terminal_size((100, 20)).columns - 1)
-        text = f"  {self.stage:<{NAME_W}} running {time.time() - self.t0:5.0f} s  {self.frame}"
-        self._write("\r\x1b[2K" + text[:width])
+        head = f"  {self.stage:<{NAME_W}} running {time.time() - self.t0:5.0f} s  "
+        self._write("\r\x1b[2K" + head + fit(self.frame, width - len(head)))
         self.drawn = True
 
     def line(self, text: str) -> None:
@@ -183,6 +184,16 @@ class _Sink:
 
     def flush(self) -> None:
         pass
+
+
+_BAR = re.compile(r"\|[^|]*\|\s*")
+
+
+def fit(frame: str, width: int) -> str:
+    """A tqdm frame in `width` columns: without its bar graphic when too wide, then cut with '…'."""
+    if len(frame) > width:
+        frame = _BAR.sub(" ", frame, count=1)
+    return frame if len(frame) <= width else frame[:max(0, width - 1)] + "…"
 
 
 def _split_keep(text: str) -> list[str]:

@@ -123,12 +123,13 @@ def summary_first(nb) -> bool:
     return True
 
 
-def render_html(ipynb: Path, out_html: Path, nav: list[tuple[str, str]] | None = None, note: str = "") -> list[Path]:
+def render_html(ipynb: Path, out_html: Path, nav: list[tuple[str, str]] | None = None,
+                tweak_note: str = "") -> list[Path]:
     """Two renderings: `<name>.html` with code hidden (for reading: the summary section first, progress
     bars collapsed) and `<name>.code.html` with code, in execution order.
 
     `nav`: (label, href) links for the top bar; default: this run's page and the index of all runs.
-    `note`: HTML shown under the banner on both pages (the tweaks of this stage, `tweaks.report_note`).
+    `tweak_note`: HTML shown under the banner on both pages (the tweaks of this stage, `tweaks.report_note`).
     """
     import nbformat
     from jinja2 import DictLoader
@@ -152,7 +153,7 @@ def render_html(ipynb: Path, out_html: Path, nav: list[tuple[str, str]] | None =
                   f'<a href="{html.escape(other)}"><b>{label}</b></a><span class="lvm-note">{note}</span></div>')
         body = body.replace("</head>", REPORT_CSS + "</head>", 1)
         idx = body.find(">", body.find("<body")) + 1
-        body = body[:idx] + banner + note + body[idx:]
+        body = body[:idx] + banner + tweak_note + body[idx:]
         atomic_write_text(path, body)
         written.append(path)
     return written
@@ -516,7 +517,7 @@ def run_study(params_path: str | Path, overrides: list[str] | tuple[str, ...] = 
                     manifest = tweaks.settle(run_dir, name, tweak) if err is None else read_json(
                         run_dir / "manifest.json")
                     render_html(executed, reports_root / run_id / f"{name}.html",
-                                note=tweaks.report_note(manifest, name, run_dir))
+                                tweak_note=tweaks.report_note(manifest, name, run_dir))
                 except OSError as exc:  # a full disk: the stage's report is lost, so the stage failed
                     err = err or exc
             stages[name] = {"status": "failed" if err else "succeeded", "seconds": secs}

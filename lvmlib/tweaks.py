@@ -72,7 +72,7 @@ def refresh_reports(run_dir: Path, manifest: dict[str, Any], stage: str) -> None
         return
     try:
         if executed.is_file() and (out / f"{stage}.html").is_file():
-            render_html(executed, out / f"{stage}.html", note=report_note(manifest, stage, run_dir))
+            render_html(executed, out / f"{stage}.html", tweak_note=report_note(manifest, stage, run_dir))
         record_run(out.parent, run_dir)
     except OSError as exc:  # the tweak is recorded; a report that cannot be rewritten must not stop the work
         print(f"note: tweak recorded in {run_dir / 'manifest.json'}, but the reports in {out} could not be "
