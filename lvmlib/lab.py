@@ -3,7 +3,7 @@
 Starts the JupyterLab pinned in requirements.lock from this interpreter, bound to 127.0.0.1 only,
 without opening a browser (the server prints its URL with the access token), rooted at the project
 so `notebooks/` and `runs/` are both in the file browser, with the `lvm-study` kernel registered and
-made the default. Nothing is fetched from the internet: JupyterLab's news feed, update check and the
+made the default (as root, e.g. in a container, it is allowed to run). Nothing is fetched from the internet: JupyterLab's news feed, update check and the
 PyPI extension manager are switched off.
 
 A notebook opened from notebooks/ starts its kernel there; `runner.notebook_config` moves it to the
@@ -28,6 +28,8 @@ def lab_argv(port: int = 8888, token: str | None = None, port_retries: int = 50)
             "--LabApp.extension_manager=readonly"]
     if token is not None:
         argv.append(f"--IdentityProvider.token={token}")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # containers and CI run as root; the server is loopback-only
+        argv.append("--ServerApp.allow_root=True")
     return argv
 
 
