@@ -24,11 +24,13 @@ help:
 
 setup: $(STAMP)
 
+# -qq: pip's errors still show, its chatter (and a site's index warnings) does not: a calm first `make run`.
 $(STAMP): requirements.lock pyproject.toml
+	@echo "[lvm-study] setting up $(VENV): the pinned stack of requirements.lock, JupyterLab included (minutes the first time)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
-	$(PY) -m ipykernel install --sys-prefix --name lvm-study --display-name "lvm-study (.venv)" >/dev/null
+	@$(PY) -m pip install -qq --disable-pip-version-check -r requirements.lock
+	@$(PY) -m pip install -qq --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@$(PY) -m ipykernel install --sys-prefix --name lvm-study --display-name "lvm-study (.venv)" >/dev/null
 	@touch $(STAMP)
 
 run: $(STAMP)
