@@ -47,8 +47,7 @@ def notebook_config(params_path: str, run_dir: str, overrides: list[str] | None 
     path = params_path or str(Path(run_dir) / "params.yaml")
     cfg = load_config(path, list(overrides or []))
     if os.environ.get(RUNNER_ENV) != "1" and (Path(run_dir) / "manifest.json").is_file():
-        from .tweaks import record_tweak
-        record_tweak(run_dir, stage, params_path, list(overrides or []), cfg)
+        tweaks.record_tweak(run_dir, stage, params_path, list(overrides or []), cfg)
     return cfg
 
 
@@ -253,7 +252,6 @@ def _records(reports_root: Path, pattern: str) -> list[dict[str, Any]]:
 
 def write_run_page(reports_root: Path, rec: dict[str, Any]) -> None:
     """reports/<run_id>/index.html: summary numbers first, then the stage reports and comparisons."""
-    from .tweaks import run_page_section
     st = str(rec.get("status"))
     stages = rec.get("stages") or {}
     tweaked = {t.get("stage") for t in rec.get("tweaks") or []}
@@ -284,7 +282,7 @@ def write_run_page(reports_root: Path, rec: dict[str, Any]) -> None:
             f"<div class=summary>{cards}<ul>{reasons}</ul>"
             f"<small>{html.escape(str(rec.get('primary_description') or ''))}</small></div>"
             f"<h2>Reports</h2><table><tr><th>stage</th><th></th><th>status</th><th>time</th></tr>{rows}</table>"
-            f"{run_page_section(rec)}{cmp_html}")
+            f"{tweaks.run_page_section(rec)}{cmp_html}")
     atomic_write_text(reports_root / rec["run_id"] / "index.html", page)
 
 
