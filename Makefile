@@ -11,25 +11,33 @@ export MALLOC_TRIM_THRESHOLD_ ?= 4294967296
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: setup run test test-fast study bench clean-runs help
+LAB_PORT ?= 8888
+
+.PHONY: setup run lab test test-fast study bench clean-runs help
 
 help:
 	@echo "make run [PARAMS=params/x.yaml] [ARGS='--set train.epochs=3']   run the study"
+	@echo "make lab [LAB_PORT=8888]                                       JupyterLab on 127.0.0.1 (token printed)"
 	@echo "make test                                                      run the test suite"
 	@echo "make study                                                     V1 vs V2 comparison (<= 30 min)"
 	@echo "make bench                                                     benchmarks/ (prints tables)"
 
 setup: $(STAMP)
 
+# -qq: pip's errors still show, its chatter (and a site's index warnings) does not: a calm first `make run`.
 $(STAMP): requirements.lock pyproject.toml
+	@echo "[lvm-study] setting up $(VENV): the pinned stack of requirements.lock, JupyterLab included (minutes the first time)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
-	$(PY) -m ipykernel install --sys-prefix --name lvm-study --display-name "lvm-study (.venv)" >/dev/null
+	@$(PY) -m pip install -qq --disable-pip-version-check -r requirements.lock
+	@$(PY) -m pip install -qq --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@$(PY) -m ipykernel install --sys-prefix --name lvm-study --display-name "lvm-study (.venv)" >/dev/null
 	@touch $(STAMP)
 
 run: $(STAMP)
 	$(PY) -m lvmlib run $(PARAMS) $(ARGS)
+
+lab: $(STAMP)
+	$(PY) -m lvmlib lab --port $(LAB_PORT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests $(ARGS)

@@ -8,6 +8,7 @@
   study                                                                      V1/V2 pair + comparison
   cache {list,clear}                                                         the embedding cache
   check PARAMS                                                               validate a params file
+  lab [--port N]                                                             JupyterLab on 127.0.0.1
 """
 from __future__ import annotations
 
@@ -38,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra notebook parameter (must be declared by a selected notebook)")
     r.add_argument("--runs-root", default=os.environ.get("LVM_RUNS_DIR", "runs"))
     r.add_argument("--reports-root", default=os.environ.get("LVM_REPORTS_DIR", "reports"))
-    r.add_argument("--quiet", action="store_true", help="no per-cell progress")
+    loud = r.add_mutually_exclusive_group()
+    loud.add_argument("--quiet", action="store_true", help="print only the closing summary (and errors)")
+    loud.add_argument("--verbose", action="store_true",
+                   help="also print every line the notebooks print (training log, evaluation steps)")
 
     s = sub.add_parser("status", help="training progress of a run (works while it trains)")
     s.add_argument("run_dir")
@@ -73,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("action", choices=["list", "clear"])
     ca.add_argument("--dir", default="", help="cache dir (default $LVM_CACHE_DIR or ~/.cache/lvm-study)")
     ca.add_argument("--model", default=None, help="clear only this encoder's entries")
+
+    lb = sub.add_parser("lab", help="JupyterLab on 127.0.0.1 with the lvm-study kernel (make lab)")
+    lb.add_argument("--port", type=int, default=int(os.environ.get("LVM_LAB_PORT", "8888")))
+    lb.add_argument("--token", default=None, help="access token (default: a random one, printed)")
 
     k = sub.add_parser("check", help="validate a params file (and overrides) without running")
     k.add_argument("params")
@@ -132,13 +140,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         try:
             run_study(args.params, args.overrides, run_id=args.run_id, runs_root=args.runs_root,
                       reports_root=args.reports_root, resume=args.resume, only=args.only,
-                      progress=not args.quiet, notebook_params=_nb_params(args.nb_params))
+                      progress=not args.quiet, notebook_params=_nb_params(args.nb_params),
+                      verbose=args.verbose)
         except StudyInterrupted as exc:
             print(f"[lvm-study] INTERRUPTED: {exc}", file=sys.stderr)
             return 128 + exc.signum
         except StudyFailed as exc:
             print(f"[lvm-study] FAILED: {exc}", file=sys.stderr)
             return 1
+        return 0
+    if args.command == "lab":
+        from .lab import main as lab_main
+        lab_main(args.port, args.token)
         return 0
     if args.command == "check":
         from .config import dump_config, load_config

@@ -461,7 +461,7 @@ def compare_runs(run_dirs: list[Path], compare_id: str | None = None, reports_ro
     try:
         execute_notebook(NOTEBOOK, out_dir / "05_compare.ipynb",
                          {"run_dirs": [str(r.run_dir) for r in runs], "compare_id": compare_id,
-                          "out_dir": str(out_dir)}, progress)
+                          "out_dir": str(out_dir)})
     except Exception as exc:  # papermill raises PapermillExecutionError for a failing cell
         err = exc
     pages = {r.run_id: (reports_root / r.run_id / "run.json").is_file() for r in runs}  # runs with reports here

@@ -1,4 +1,9 @@
-"""Training-curve figures for 02_train (history.json records in, matplotlib Figure out).
+"""The one figure theme of every report, and the training-curve figures of 02_train.
+
+`theme()` runs when any lvmlib plotting module is imported (they all import this one), so every
+report, and a notebook opened in Jupyter, draws with the same seaborn theme. Curves go through
+seaborn on tidy DataFrames (`history_frame`: one row per epoch and metric); matplotlib adds only
+what seaborn does not draw (reference lines, markers, annotations).
 
 Metric names on axes and legends are the history keys (`val_cosine`, `val_recall_at_5`, ...), so a
 number in a plot can be found in the JSON by the same name.
@@ -10,16 +15,33 @@ from typing import Any
 # No matplotlib.use(...) here: in Jupyter the inline backend must stay active for figures to show;
 # headless terminals fall back to Agg by themselves.
 import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
 
 GATE, LOWER, BLUE, GREY = "#15803d", "#b45309", "#1d4ed8", "#6b7280"
+THEME = {"style": "whitegrid", "context": "notebook", "font_scale": 0.85,
+         "rc": {"axes.titlesize": 11, "legend.fontsize": 8,
+                "legend.title_fontsize": 8, "grid.color": "#e5e7eb", "axes.edgecolor": "#d1d5db",
+                "savefig.bbox": "tight", "figure.dpi": 100}}
+
+
+def theme() -> None:
+    """Apply the reports' seaborn theme (called once, on import)."""
+    sns.set_theme(**THEME)
+
+
+theme()
+
+
+def history_frame(history: list[dict[str, Any]], keys: tuple[str, ...]) -> pd.DataFrame:
+    """Tidy per-epoch metrics: columns epoch, metric, value (missing values dropped)."""
+    rows = [{"epoch": r["epoch"], "metric": k, "value": r[k]} for r in history for k in keys
+            if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)]
+    return pd.DataFrame(rows, columns=["epoch", "metric", "value"])
 
 
 def _epochs(history: list[dict[str, Any]]) -> list[int]:
     return [r["epoch"] for r in history]
-
-
-def _series(history: list[dict[str, Any]], key: str) -> list[float | None]:
-    return [r.get(key) for r in history]
 
 
 def val_cosine_curve(history: list[dict[str, Any]], threshold: float = 0.50, lower: float | None = 0.40,
@@ -27,7 +49,8 @@ def val_cosine_curve(history: list[dict[str, Any]], threshold: float = 0.50, low
     """val_cosine per epoch with the gate line (0.50), the lower bar, the gate epoch, best and stop marks."""
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 3.6))
     ep = _epochs(history)
-    ax.plot(ep, _series(history, "val_cosine"), "o-", color=BLUE, label="val_cosine")
+    sns.lineplot(data=history_frame(history, ("val_cosine",)), x="epoch", y="value", marker="o", color=BLUE,
+                 label="val_cosine", ax=ax)
     ax.axhline(threshold, color=GATE, ls="--", label=f"gate {threshold:.2f}")
     if lower is not None:
         ax.axhline(lower, color=LOWER, ls=":", label=f"lower {lower:.2f}")
@@ -44,8 +67,7 @@ def val_cosine_curve(history: list[dict[str, Any]], threshold: float = 0.50, low
     ax.set_ylabel("val_cosine")
     ax.set_title("Validation cosine (prediction vs. true next chunk)")
     ax.set_xticks(ep)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(loc="best")
     fig.tight_layout()
     return fig
 
@@ -53,17 +75,17 @@ def val_cosine_curve(history: list[dict[str, Any]], threshold: float = 0.50, low
 def loss_curves(history: list[dict[str, Any]], ax=None):
     """train_loss and its terms (train_infonce, train_ar_cosine) with val_infonce, per epoch."""
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 3.6))
-    ep = _epochs(history)
-    for key, style, color in (("train_loss", "o-", "#111827"), ("train_infonce", "s--", BLUE),
-                              ("val_infonce", "s-", "#7c3aed"), ("train_ar_cosine", "^--", LOWER)):
-        if any(v is not None for v in _series(history, key)):
-            ax.plot(ep, _series(history, key), style, color=color, label=key, ms=4)
+    keys = ("train_loss", "train_infonce", "val_infonce", "train_ar_cosine")
+    df = history_frame(history, keys)
+    present = [k for k in keys if k in set(df["metric"])]
+    colors = dict(zip(keys, ("#111827", BLUE, "#7c3aed", LOWER)))
+    sns.lineplot(data=df, x="epoch", y="value", hue="metric", style="metric", hue_order=present,
+                 style_order=present, palette=colors, markers=True, ms=5, ax=ax)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.set_title("Losses (InfoNCE over the effective batch; AR = 1 - cos)")
-    ax.set_xticks(ep)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.set_xticks(_epochs(history))
+    ax.legend(title=None)
     fig.tight_layout()
     return fig
 
@@ -71,15 +93,14 @@ def loss_curves(history: list[dict[str, Any]], ax=None):
 def recall_curve(history: list[dict[str, Any]], ax=None):
     """val_recall_at_5 per epoch against evaluation's primary bank (every chunk, context removed)."""
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(7, 3.2))
-    ep = _epochs(history)
-    ax.plot(ep, [100 * (v or 0.0) for v in _series(history, "val_recall_at_5")], "o-", color=GATE,
-            label="val_recall_at_5")
+    df = history_frame(history, ("val_recall_at_5",))
+    df["value"] = 100 * df["value"]
+    sns.lineplot(data=df, x="epoch", y="value", marker="o", color=GATE, ax=ax)
     bank = history[-1].get("val_bank_size") if history else None
     ax.set_xlabel("epoch")
     ax.set_ylabel("val_recall_at_5 (%)")
     ax.set_title(f"Validation R@5 against all {bank:,} chunks (context removed)" if bank else "Validation R@5")
-    ax.set_xticks(ep)
-    ax.grid(alpha=0.3)
+    ax.set_xticks(_epochs(history))
     fig.tight_layout()
     return fig
 
@@ -93,16 +114,15 @@ def lr_curve(history: list[dict[str, Any]], warmup_steps: int, epochs: int, base
     if trained:
         per_epoch = trained[0]["steps"] // trained[0]["epoch"]
         total = per_epoch * epochs
-        steps = list(range(total))
-        ax.plot(steps, [base_lr * lr_factor(s, warmup_steps, total, min_lr_ratio) for s in steps], color=GREY,
-                lw=1, label="schedule (per optimizer step)")
-        ax.plot([r["steps"] - 1 for r in trained], [r["lr"] for r in trained], "o", color=BLUE,
-                label="lr at the end of each epoch")
+        sched = pd.DataFrame({"step": range(total)})
+        sched["lr"] = [base_lr * lr_factor(s, warmup_steps, total, min_lr_ratio) for s in sched["step"]]
+        sns.lineplot(data=sched, x="step", y="lr", color=GREY, lw=1, label="schedule (per optimizer step)", ax=ax)
+        ends = pd.DataFrame({"step": [r["steps"] - 1 for r in trained], "lr": [r["lr"] for r in trained]})
+        sns.scatterplot(data=ends, x="step", y="lr", color=BLUE, s=40, label="lr at the end of each epoch", ax=ax)
         ax.axvline(min(warmup_steps, total), color=LOWER, ls=":", lw=0.8, label=f"warmup {warmup_steps} steps")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("lr")
     ax.set_title("Learning rate")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend()
     fig.tight_layout()
     return fig

@@ -1,8 +1,10 @@
 """Figures and tables for 05_compare: overlaid training curves with the gate, R@5 with its
 intervals per bank, R@k bars, and the summary / Phase-1 tables formatted for reading.
 
-Figure functions return a matplotlib Figure; a run keeps its colour in every figure (`colours`),
-baselines are grey. Table functions return DataFrames of strings ('—' where a number is missing).
+Figure functions return a matplotlib Figure (curves and bars through seaborn on tidy DataFrames; the
+R@5 interval dot-plot stays matplotlib, since its intervals come precomputed from eval.json); a run
+keeps its colour in every figure (`colours`), baselines are grey. Table functions return DataFrames
+of strings ('—' where a number is missing).
 """
 from __future__ import annotations
 
@@ -13,6 +15,10 @@ import matplotlib
 import matplotlib.pyplot as plt  # no matplotlib.use(): it would switch a notebook's inline backend off
 import matplotlib.ticker  # noqa: F401  (PercentFormatter)
 import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from . import plots  # noqa: F401  (applies the reports' theme)
 
 PALETTE = ("#1d4ed8", "#c2410c", "#15803d", "#7e22ce", "#be123c", "#0e7490")
 BASELINE = "#9ca3af"
@@ -30,18 +36,26 @@ def _series(history: list[dict[str, Any]], key: str) -> tuple[list[int], list[fl
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def curves_frame(runs, keys: tuple[str, ...]) -> pd.DataFrame:
+    """Tidy per-epoch metrics of several runs: run, epoch, metric, value (finite values only)."""
+    rows = [{"run": r.label, "epoch": e, "metric": k, "value": v}
+            for r in runs for k in keys for e, v in zip(*_series(r.history, k))]
+    return pd.DataFrame(rows, columns=["run", "epoch", "metric", "value"])
+
+
 def val_cosine_overlay(runs, threshold: float = 0.50, lower: float | None = 0.40, gate_epoch: int = 2):
     """Validation cosine per epoch of every run, the 0.50 gate line and the gate epoch marked."""
     col = colours([r.label for r in runs])
     fig, ax = plt.subplots(figsize=(9, 3.8))
+    df = curves_frame(runs, ("val_cosine",))
+    if not df.empty:
+        sns.lineplot(data=df, x="epoch", y="value", hue="run", hue_order=[r.label for r in runs], palette=col,
+                     marker="o", lw=2, ax=ax)
     for r in runs:
-        ep, v = _series(r.history, "val_cosine")
-        if ep:
-            ax.plot(ep, v, "o-", color=col[r.label], label=r.label, lw=2)
-            g = r.gates or {}
-            if g.get("epoch2_val_cosine") is not None:
-                ax.plot([g.get("gate_epoch", gate_epoch)], [g["epoch2_val_cosine"]], "s", ms=11, mfc="none",
-                        mec=col[r.label], mew=2)
+        g = r.gates or {}
+        if g.get("epoch2_val_cosine") is not None:
+            ax.plot([g.get("gate_epoch", gate_epoch)], [g["epoch2_val_cosine"]], "s", ms=11, mfc="none",
+                    mec=col[r.label], mew=2)
     ax.axhline(threshold, color=GATE, ls="--", lw=1.5, label=f"gate {threshold:.2f}")
     if lower is not None:
         ax.axhline(lower, color="#b45309", ls=":", lw=1.2, label=f"lower bar {lower:.2f}")
@@ -50,8 +64,7 @@ def val_cosine_overlay(runs, threshold: float = 0.50, lower: float | None = 0.40
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("validation cosine")
     ax.set_title(f"Validation cosine — squares mark the epoch-{gate_epoch} gate reading", fontsize=11)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     return fig
 
@@ -59,25 +72,22 @@ def val_cosine_overlay(runs, threshold: float = 0.50, lower: float | None = 0.40
 def training_curves(runs, keys: tuple[str, ...] = ("train_loss", "train_infonce", "train_ar_cosine",
                                                     "val_recall_at_5")):
     """Small multiples of the other per-epoch metrics (those present in at least one history)."""
-    keys = tuple(k for k in keys if any(_series(r.history, k)[0] for r in runs))
-    col = colours([r.label for r in runs])
-    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(3.4 * max(len(keys), 1), 3.0), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        for r in runs:
-            ep, v = _series(r.history, key)
-            if ep:
-                ax.plot(ep, v, "o-", ms=3, color=col[r.label], label=r.label)
-        ax.set_title(key, fontsize=10)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
+    df = curves_frame(runs, keys)
+    keys = tuple(k for k in keys if k in set(df["metric"]))
     if not keys:
-        axes[0][0].text(0.5, 0.5, "no training history", ha="center", va="center")
-        axes[0][0].axis("off")
-    else:
-        axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+        fig, ax = plt.subplots(figsize=(3.4, 3.0))
+        ax.text(0.5, 0.5, "no training history", ha="center", va="center")
+        ax.axis("off")
+        return fig
+    g = sns.relplot(data=df, kind="line", x="epoch", y="value", hue="run", hue_order=[r.label for r in runs],
+                    palette=colours([r.label for r in runs]), marker="o", markersize=4, col="metric",
+                    col_order=list(keys), height=3.0, aspect=1.1, facet_kws={"sharey": False})
+    g.set_titles("{col_name}")
+    g.set_axis_labels("epoch", "")
+    for ax in g.axes.flat:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    g.legend.set_title(None)
+    return g.figure
 
 
 def r5_intervals(table, labels: list[str]):
@@ -122,23 +132,23 @@ def recall_at_k_bars(table, labels: list[str], bank: str | None = None):
     ks = sorted({int(c.rsplit("_", 1)[1]) for c in sub.columns if c.startswith("recall_at_") and
                  c.rsplit("_", 1)[1].isdigit() and sub[c].notna().any()})
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(ks) + 3), 3.6))
-    n = len(sub)
-    width = 0.8 / max(n, 1)
-    x = np.arange(len(ks))
-    n_base = 0
-    for i, row in enumerate(sub.sort_values("is_baseline", kind="stable").itertuples()):
-        vals = [getattr(row, f"recall_at_{k}") for k in ks]
-        c = GREYS[n_base % len(GREYS)] if row.is_baseline else col.get(row.run, "#111")
+    rows = sub.sort_values("is_baseline", kind="stable")
+    palette, n_base = {}, 0
+    for row in rows.itertuples():
+        palette[row.name] = GREYS[n_base % len(GREYS)] if row.is_baseline else col.get(row.run, "#111")
         n_base += bool(row.is_baseline)
-        bars = ax.bar(x + (i - (n - 1) / 2) * width, vals, width, color=c, label=row.name, edgecolor="white")
+    df = pd.DataFrame([{"name": row.name, "k": f"R@{k}", "recall": getattr(row, f"recall_at_{k}")}
+                       for row in rows.itertuples() for k in ks])
+    sns.barplot(data=df, x="k", y="recall", hue="name", hue_order=list(palette), palette=palette,
+                edgecolor="white", ax=ax)
+    for bars, row in zip(ax.containers, rows.itertuples()):
         if not row.is_baseline:
-            ax.bar_label(bars, labels=[f"{v:.0%}" for v in vals], fontsize=7, padding=1)
-    ax.set_xticks(x, [f"R@{k}" for k in ks])
+            ax.bar_label(bars, labels=[f"{v:.0%}" for v in bars.datavalues], fontsize=7, padding=1)
+    ax.set_xlabel("")
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
     ax.set_ylabel("queries with the true next chunk in the top k")
     ax.set_title(f"Recall at k — bank: {bank}", fontsize=11)
-    ax.legend(fontsize=8, ncol=2)
-    ax.grid(axis="y", alpha=0.3)
+    sns.move_legend(ax, "upper left", ncol=2, title=None)
     fig.tight_layout()
     return fig
 

@@ -1,6 +1,7 @@
 """Figures for 01_data: counts, chunk lengths, chunks per article, pair cosines, the trivial bar.
 
-Each function takes numbers the data stage produced (`summary.json`, `Prepared`) and returns a Figure.
+Each function takes numbers the data stage produced (`summary.json`, `Prepared`) and returns a Figure;
+distributions and bars go through seaborn on tidy DataFrames, in the reports' theme (`plots.theme`).
 """
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ from typing import Any
 # No matplotlib.use(...): a Jupyter kernel must keep its inline backend for the figures to show.
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from . import plots  # noqa: F401  (applies the reports' theme)
 
 SPLITS = ("train", "val", "test")
 SPLIT_COLORS = {"train": "#2563eb", "val": "#f59e0b", "test": "#dc2626"}
@@ -42,7 +47,8 @@ def chunk_length_hist(words: np.ndarray, min_words: int, max_words: int):
     hi = max(int(np.percentile(words, 99.5)), min_words + 1) if len(words) else 1
     lo = int(words.min()) if len(words) else 0
     step = max(1, (hi - lo) // 80)  # integer-aligned bins: no empty slivers between word counts
-    ax.hist(np.clip(words, 0, hi), bins=np.arange(lo, hi + step + 1, step) - 0.5, color="#4b5563")
+    sns.histplot(x=np.clip(words, 0, hi), bins=np.arange(lo, hi + step + 1, step) - 0.5, color="#4b5563",
+                 edgecolor="white", linewidth=0.3, ax=ax)
     ax.axvline(min_words, color="#dc2626", ls="--", lw=1, label=f"min_words = {min_words}")
     ax.set_xlabel(f"words per chunk (clipped at {hi}; max {int(words.max()) if len(words) else 0}, "
                   f"max_words = {max_words})")
@@ -56,17 +62,17 @@ def chunk_length_hist(words: np.ndarray, min_words: int, max_words: int):
 def chunks_per_article(articles: list[dict[str, Any]], context_len: int):
     """Chunks per article, sorted, coloured by split; the K+1 line marks the shortest usable article."""
     arts = sorted(articles, key=lambda a: -a["n_chunks"])
+    df = pd.DataFrame({"article": np.arange(len(arts)), "chunks": [a["n_chunks"] for a in arts],
+                       "split": [a["split"] for a in arts]})
     fig, ax = plt.subplots(figsize=(8, 3.2))
-    ax.bar(np.arange(len(arts)), [a["n_chunks"] for a in arts], width=1.0,
-           color=[SPLIT_COLORS[a["split"]] for a in arts])
+    sns.barplot(data=df, x="article", y="chunks", hue="split", hue_order=SPLITS, palette=SPLIT_COLORS,
+                dodge=False, width=1.0, native_scale=True, linewidth=0, ax=ax)
     ax.axhline(context_len + 1, color="k", ls="--", lw=1, label=f"K+1 = {context_len + 1}")
-    for name, col in SPLIT_COLORS.items():
-        ax.bar([0], [0], color=col, label=name)
     ax.set_yscale("log")
     ax.set_xlabel("articles, longest first")
     ax.set_ylabel("chunks (log)")
     ax.set_title(f"Chunks per article ({len(arts)} articles)")
-    ax.legend(ncol=4, fontsize=8)
+    ax.legend(ncol=4)
     fig.tight_layout()
     return fig
 
@@ -74,14 +80,16 @@ def chunks_per_article(articles: list[dict[str, Any]], context_len: int):
 def pair_cosine_hist(pairs: dict[str, np.ndarray]):
     """Cosine of adjacent chunks vs random pairs from different articles."""
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    bins = np.linspace(-0.3, 1.0, 66)
-    for key, col in (("random", "#9ca3af"), ("adjacent", "#2563eb")):
-        v = pairs[key]
-        ax.hist(v, bins=bins, alpha=0.6, color=col, density=True, label=f"{key}: mean {v.mean():.3f} (n={len(v):,})")
+    labels = {k: f"{k}: mean {pairs[k].mean():.3f} (n={len(pairs[k]):,})" for k in ("random", "adjacent")}
+    df = pd.DataFrame({"pair": np.repeat([labels[k] for k in labels], [len(pairs[k]) for k in labels]),
+                       "cosine": np.concatenate([np.asarray(pairs[k], dtype=float) for k in labels])})
+    sns.histplot(data=df, x="cosine", hue="pair", hue_order=list(labels.values()), bins=np.linspace(-0.3, 1.0, 66),
+                 stat="density", common_norm=False, element="step", alpha=0.45,
+                 palette=dict(zip(labels.values(), ("#9ca3af", "#2563eb"))), ax=ax)
+    sns.move_legend(ax, "upper left", title=None)
     ax.set_xlabel("cosine")
     ax.set_ylabel("density")
     ax.set_title("Adjacent chunks vs random pairs")
-    ax.legend()
     fig.tight_layout()
     return fig
 
@@ -89,17 +97,17 @@ def pair_cosine_hist(pairs: dict[str, np.ndarray]):
 def trivial_bars(trivial: dict[str, dict[str, float]]):
     """Mean cosine to the target of the trivial predictors, per split: the bar before training."""
     fig, ax = plt.subplots(figsize=(7, 3.4))
-    x = np.arange(len(PREDICTORS))
-    w = 0.8 / len(SPLITS)
-    for i, split in enumerate(SPLITS):
-        vals = [trivial[split][p] for p in PREDICTORS]
-        bars = ax.bar(x + (i - 1) * w, vals, w, color=SPLIT_COLORS[split], label=split)
+    df = pd.DataFrame([{"predictor": p, "split": split, "cosine": trivial[split][p]}
+                       for split in SPLITS for p in PREDICTORS])
+    sns.barplot(data=df, x="predictor", y="cosine", hue="split", order=PREDICTORS, hue_order=SPLITS,
+                palette=SPLIT_COLORS, ax=ax)
+    for bars in ax.containers:
         ax.bar_label(bars, fmt="%.3f", fontsize=7)
-    ax.set_xticks(x, PREDICTORS)
+    ax.set_xlabel("")
     ax.set_ylabel("mean cosine(prediction, target)")
     ax.set_ylim(0, 1)
     ax.set_title("Trivial predictors (global_mean = mean of the train targets)")
-    ax.legend()
+    ax.legend(title=None)
     fig.tight_layout()
     return fig
 

@@ -1,7 +1,10 @@
 """Figures and tables for 04_eval, all read from the eval.json dict and the per-query table.
 
-Figures return a matplotlib Figure; tables return a pandas DataFrame (or Markdown text for the
-summary). Metric names are the eval.json keys (`recall_at_5`, `pred_target_cosine`, ...).
+Figures return a matplotlib Figure drawn with seaborn on tidy DataFrames (bars with the eval.json
+intervals, R@k facets, rank histograms and ECDFs, cosine distributions); tables return a pandas
+DataFrame (or Markdown text for the summary). Metric names are the eval.json keys (`recall_at_5`,
+`pred_target_cosine`, ...). Intervals are the ones in eval.json (bootstrap over articles), drawn as
+error bars, never recomputed by seaborn.
 """
 from __future__ import annotations
 
@@ -12,6 +15,9 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
+
+from . import plots  # noqa: F401  (applies the reports' theme)
 
 PRIMARY, EXTRA, BASE = "#1d4ed8", "#7c3aed", "#9ca3af"
 
@@ -62,73 +68,97 @@ def summary_markdown(ev: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _bars_with_intervals(ax, df: pd.DataFrame, y: str, palette: dict[str, str]) -> None:
+    """One bar per model (seaborn) and, where given, its precomputed 95% interval as an error bar."""
+    sns.barplot(data=df, x="model", y=y, hue="model", palette=palette, legend=False, ax=ax)
+    if f"{y}_lo" in df:
+        has = df[f"{y}_lo"].notna()
+        x = np.arange(len(df))[has.to_numpy()]
+        d = df[has]
+        ax.errorbar(x, d[y], yerr=[(d[y] - d[f"{y}_lo"]).clip(lower=0), (d[f"{y}_hi"] - d[y]).clip(lower=0)],
+                    fmt="none", ecolor="#111827", elinewidth=1.2, capsize=3)
+    ax.set_xlabel("")
+    ax.tick_params(axis="x", rotation=30)
+
+
 def decision_summary(ev: dict[str, Any]):
-    """R@5 and cosine of every model on the primary bank, against the Phase-1 bars."""
+    """R@5 (with its 95% interval over articles) and cosine of every model on the primary bank,
+    against the Phase-1 bars."""
     g = ev["gates"]
-    names = list(ev["models"])
-    col = [PRIMARY if ev["models"][n]["role"] == "primary" else EXTRA if ev["models"][n]["role"] == "extra"
-           else BASE for n in names]
+    rows = []
+    for n, res in ev["models"].items():
+        ci = _primary(ev, n).get("recall_at_5_ci")
+        rows.append({"model": n, "role": res["role"], "recall_at_5": _primary(ev, n)["recall_at_5"],
+                     "recall_at_5_lo": ci[0] if ci else np.nan, "recall_at_5_hi": ci[1] if ci else np.nan,
+                     "pred_target_cosine": res["pred_target_cosine"]})
+    df = pd.DataFrame(rows)
+    palette = {r.model: PRIMARY if r.role == "primary" else EXTRA if r.role == "extra" else BASE
+               for r in df.itertuples()}
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
-    r5 = [_primary(ev, n)["recall_at_5"] for n in names]
-    ci = [_primary(ev, n).get("recall_at_5_ci") or [v, v] for n, v in zip(names, r5)]
-    err = np.array([[max(0.0, v - c[0]), max(0.0, c[1] - v)] for v, c in zip(r5, ci)]).T
-    a1.bar(names, r5, color=col, yerr=err, capsize=3)
+    _bars_with_intervals(a1, df, "recall_at_5", palette)
     a1.axhline(g["r5_meaningful"], color="#b45309", ls="--", lw=1, label=f"proceed > {g['r5_meaningful']:.0%}")
     a1.axhline(g["r5_strong"], color="#15803d", ls=":", lw=1, label=f"strong ≥ {g['r5_strong']:.0%}")
-    a1.set_ylabel("R@5")
+    a1.set_ylabel("R@5 (95% CI)")
     a1.set_title(f"R@5, {ev['primary_bank']} bank, {ev['primary_context'].replace('_', ' ')}")
-    a1.legend(fontsize=8)
-    cos = [ev["models"][n]["pred_target_cosine"] for n in names]
-    a2.bar(names, cos, color=col)
+    a1.legend()
+    _bars_with_intervals(a2, df[["model", "pred_target_cosine"]], "pred_target_cosine", palette)
     a2.axhline(g["cosine_min"], color="#b45309", ls="--", lw=1, label=f"bar {g['cosine_min']}")
     a2.axhline(g["v1_cosine"], color="#6b7280", ls=":", lw=1, label=f"V1 {g['v1_cosine']}")
     a2.set_ylabel("mean pred→target cosine")
     a2.set_title("cosine to the true next chunk")
-    a2.legend(fontsize=8)
-    for a in (a1, a2):
-        a.tick_params(axis="x", rotation=30)
+    a2.legend()
     fig.suptitle(f"Phase-1 decision: {ev['decision']}", fontweight="bold")
     fig.tight_layout()
     return fig
 
 
 # --------------------------------------------------------------------------- figures
+def recall_frame(ev: dict[str, Any]) -> pd.DataFrame:
+    """Tidy R@k: one row per model, bank, context variant and k."""
+    rows = []
+    for name, res in ev["models"].items():
+        for b in ev["banks"]:
+            for variant in ("context_excluded", "context_included"):
+                m = res["banks"][b][variant]
+                for key in m:
+                    if key.startswith("recall_at_") and key.rsplit("_", 1)[1].isdigit():
+                        rows.append({"model": name, "role": res["role"], "bank": b,
+                                     "context": variant.replace("context_", ""),
+                                     "k": int(key.rsplit("_", 1)[1]), "recall": m[key]})
+    return pd.DataFrame(rows)
+
+
 def recall_curves(ev: dict[str, Any]):
     """R@k against k for every model, one panel per bank; solid = context excluded, dashed = included."""
-    banks = list(ev["banks"])
-    colors = _colors(ev)
-    fig, axes = plt.subplots(1, len(banks), figsize=(4.6 * len(banks), 3.8), sharey=True, squeeze=False)
-    for ax, b in zip(axes[0], banks):
-        for name, res in ev["models"].items():
-            for variant, ls in (("context_excluded", "-"), ("context_included", "--")):
-                m = res["banks"][b][variant]
-                ks = sorted(int(k.split("_")[-1]) for k in m if k.startswith("recall_at_") and k[-1].isdigit())
-                ax.plot(ks, [m[f"recall_at_{k}"] for k in ks], ls, marker="o", ms=3, color=colors[name],
-                        label=name if variant == "context_excluded" else None, lw=2 if res["role"] == "primary" else 1)
-        ax.set_xscale("log")
-        ax.set_xlabel("k")
-        ax.set_title(f"{b} bank")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("R@k")
-    axes[0][-1].legend(fontsize=8, title="solid: context excluded\ndashed: included", title_fontsize=7)
-    fig.tight_layout()
-    return fig
+    df = recall_frame(ev)
+    g = sns.relplot(data=df, kind="line", x="k", y="recall", hue="model", hue_order=list(ev["models"]),
+                    palette=_colors(ev), style="context", style_order=["excluded", "included"], marker="o",
+                    markersize=4, col="bank", col_order=list(ev["banks"]), height=3.6, aspect=1.15,
+                    facet_kws={"sharey": True})
+    g.set(xscale="log")
+    g.set_axis_labels("k", "R@k")
+    g.set_titles("{col_name} bank")
+    sns.move_legend(g, "center right", frameon=False)
+    return g.figure
 
 
 def rank_histograms(queries: pd.DataFrame, bank: str = "global", context: str = "excluded"):
-    """Distribution of the target's rank (log scale) per model."""
+    """The target's rank per model: its distribution (log bins) and its ECDF — the share of queries
+    ranked at r or better, which is R@r."""
     col = f"rank_{bank}" + ("" if context == "excluded" else "_incl_context")
-    fig, ax = plt.subplots(figsize=(8, 3.8))
-    hi = max(2, int(queries[col].max()))
-    bins = np.unique(np.logspace(0, np.log10(hi + 1), 40).astype(int))
-    for name, grp in queries.groupby("model", sort=False):
-        ax.hist(grp[col], bins=bins, histtype="step", lw=1.5, label=name)
-    for k in (1, 5, 50):
-        ax.axvline(k + 0.5, color="#6b7280", ls=":", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel(f"rank of the true next chunk ({bank} bank, context {context})")
-    ax.set_ylabel("queries")
-    ax.legend(fontsize=8)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    models = list(dict.fromkeys(queries["model"]))
+    sns.histplot(data=queries, x=col, hue="model", hue_order=models, log_scale=True, bins=20, element="step",
+                 fill=False, lw=1.5, ax=a1)
+    sns.ecdfplot(data=queries, x=col, hue="model", hue_order=models, log_scale=True, lw=1.5, ax=a2, legend=False)
+    for ax in (a1, a2):
+        for k in (1, 5, 50):
+            ax.axvline(k + 0.5 if ax is a1 else k, color="#6b7280", ls=":", lw=0.8)
+        ax.set_xlabel(f"rank of the true next chunk ({bank} bank, context {context})")
+    a1.set_ylabel("queries")
+    a2.set_ylabel("share of queries ranked ≤ r (= R@r)")
+    a2.set_title("ECDF of the rank; dotted: r = 1, 5, 50", fontsize=10)
+    sns.move_legend(a1, "upper right", title=None)
     fig.tight_layout()
     return fig
 
@@ -138,16 +168,19 @@ def cosine_distributions(queries: pd.DataFrame, model: str, reference: str = "co
     a = queries[queries.model == model].sort_values("query")
     b = queries[queries.model == reference].sort_values("query")
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
-    bins = np.linspace(min(a.cosine.min(), b.cosine.min()), 1.0, 40)
-    a1.hist(b.cosine, bins=bins, alpha=0.5, color=BASE, label=f"{reference} (mean {b.cosine.mean():.3f})")
-    a1.hist(a.cosine, bins=bins, alpha=0.6, color=PRIMARY, label=f"{model} (mean {a.cosine.mean():.3f})")
+    labels = {reference: f"{reference} (mean {b.cosine.mean():.3f})", model: f"{model} (mean {a.cosine.mean():.3f})"}
+    both = pd.concat([b, a])[["model", "cosine"]].assign(predictor=lambda d: d["model"].map(labels))
+    sns.histplot(data=both, x="cosine", hue="predictor", hue_order=list(labels.values()),
+                 bins=np.linspace(min(a.cosine.min(), b.cosine.min()), 1.0, 40), element="step", alpha=0.45,
+                 palette=dict(zip(labels.values(), (BASE, PRIMARY))), ax=a1)
+    sns.move_legend(a1, "upper left", title=None)
     a1.set_xlabel("cosine(prediction, true next chunk)")
     a1.set_ylabel("queries")
-    a1.legend(fontsize=8)
-    a2.scatter(b.cosine.to_numpy(), a.cosine.to_numpy(), s=6, alpha=0.5, color=PRIMARY)
+    pair = pd.DataFrame({reference: b.cosine.to_numpy(), model: a.cosine.to_numpy()})
+    sns.scatterplot(data=pair, x=reference, y=model, s=8, alpha=0.5, color=PRIMARY, edgecolor=None, ax=a2)
     lo = float(min(a.cosine.min(), b.cosine.min()))
     a2.plot([lo, 1], [lo, 1], color="#6b7280", lw=0.8, ls="--")
-    above = float((a.cosine.to_numpy() > b.cosine.to_numpy()).mean())
+    above = float((pair[model] > pair[reference]).mean())
     a2.set_xlabel(f"{reference} cosine")
     a2.set_ylabel(f"{model} cosine")
     a2.set_title(f"{model} closer than {reference} on {above:.0%} of queries", fontsize=10)
@@ -156,24 +189,26 @@ def cosine_distributions(queries: pd.DataFrame, model: str, reference: str = "co
 
 
 def latency(ev: dict[str, Any]):
-    """P50 and P95 per query at batch 1: model forward, search, both together."""
+    """Per query at batch 1: model forward, search, both together — P50 bars, whiskers up to P95."""
     lat = ev.get("latency") or {}
+    parts = {"forward_ms": "model forward", "search_ms": "search", "total_ms": "both"}
+    df = pd.DataFrame([{"model": name, "part": label, "p50": rec[p]["p50"], "p95": rec[p]["p95"]}
+                       for name, rec in lat.items() for p, label in parts.items()])
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    parts = ("forward_ms", "search_ms", "total_ms")
-    x = np.arange(len(parts))
-    w = 0.8 / max(1, len(lat))
-    for i, (name, rec) in enumerate(lat.items()):
-        p50 = [rec[p]["p50"] for p in parts]
-        p95 = [rec[p]["p95"] for p in parts]
-        ax.bar(x + i * w, p95, w, color="#e5e7eb", edgecolor="#9ca3af")
-        ax.bar(x + i * w, p50, w * 0.6, label=f"{name} (P50; P95 grey)")
-    ax.set_xticks(x + w * (len(lat) - 1) / 2, ["model forward", "search", "both"])
+    if not df.empty:
+        sns.barplot(data=df, x="part", y="p50", hue="model", order=list(parts.values()), ax=ax)
+        for bars, (_, grp) in zip(ax.containers, df.groupby("model", sort=False)):
+            grp = grp.set_index("part").loc[list(parts.values())]
+            xs = [r.get_x() + r.get_width() / 2 for r in bars]
+            ax.vlines(xs, grp["p50"], grp["p95"], color="#374151", lw=1.2)
+            ax.scatter(xs, grp["p95"], marker="_", s=60, color="#374151", zorder=3)
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1.0), title="P50 bar,\nwhisker to P95")
     ax.set_yscale("log")
+    ax.set_xlabel("")
     ax.set_ylabel("ms per query (batch 1)")
     first = next(iter(lat.values()), {})
     ax.set_title(f"bank {first.get('bank_size')} rows, {first.get('backend')} on {first.get('device')}, "
                  f"{first.get('threads', first.get('torch_threads'))} thread(s)", fontsize=10)
-    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

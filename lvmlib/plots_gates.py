@@ -1,10 +1,14 @@
-"""Figures for 03_gates: the epoch-2 decision tree with the path taken, and the gate on the curve."""
+"""Figures for 03_gates: the epoch-2 decision tree with the path taken (matplotlib: a diagram, not data),
+and the gate on the validation curve (seaborn)."""
 from __future__ import annotations
 
 from typing import Any
 
 import matplotlib.pyplot as plt
+import seaborn as sns
 from matplotlib.patches import FancyBboxPatch
+
+from .plots import history_frame  # (importing plots applies the reports' theme)
 
 TAKEN, OTHER = "#15803d", "#9ca3af"
 
@@ -47,9 +51,8 @@ def gate_tree(gate: dict[str, Any]):
 def gate_curve(history: list[dict[str, Any]], gate: dict[str, Any]):
     """val_cosine per epoch with the threshold and lower bars and the gate epoch marked."""
     fig, ax = plt.subplots(figsize=(7, 3.4))
-    ep = [r["epoch"] for r in history]
-    vc = [r.get("val_cosine") for r in history]
-    ax.plot(ep, vc, "o-", color="#1d4ed8", label="val cosine")
+    sns.lineplot(data=history_frame(history, ("val_cosine",)), x="epoch", y="value", marker="o", color="#1d4ed8",
+                 label="val cosine", ax=ax)
     ax.axhline(gate["threshold"], color=TAKEN, ls="--", label=f"gate {gate['threshold']:.2f}")
     ax.axhline(gate["lower"], color="#b45309", ls=":", label=f"lower {gate['lower']:.2f}")
     ax.axvline(gate.get("gate_epoch", 2), color="#6b7280", lw=0.8)
@@ -59,7 +62,6 @@ def gate_curve(history: list[dict[str, Any]], gate: dict[str, Any]):
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation cosine")
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
     fig.tight_layout()
     return fig

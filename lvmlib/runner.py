@@ -21,12 +21,14 @@ from typing import Any
 
 from filelock import FileLock
 
+from . import tweaks
 from .config import Config, dump_config, load_config
 from .runs import (PROJECT_ROOT, RunError, RunLock, atomic_write_json, atomic_write_text, check_run_id,
                    create_run_dir, new_run_id, now_iso, read_json, start_manifest, write_manifest)
 
 NOTEBOOKS = ("01_data", "02_train", "03_gates", "04_eval")
 KERNEL_NAME = "lvm-study"
+RUNNER_ENV = "LVM_RUNNER"  # set in the kernels the runner starts
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 RESERVED_PARAMS = ("params_path", "run_dir", "overrides", "resume")  # set by the runner, never by --param
 INTERRUPT_GRACE_S = 20.0  # after Ctrl-C/SIGTERM, a kernel that has not stopped by then is killed
@@ -44,12 +46,22 @@ class StudyInterrupted(StudyFailed):
         self.signum = signum
 
 
-def notebook_config(params_path: str, run_dir: str, overrides: list[str] | None = None) -> Config:
-    """The config a notebook works with: the params file (or the run's resolved params.yaml) + overrides."""
+def notebook_config(params_path: str, run_dir: str, overrides: list[str] | None = None, stage: str = "") -> Config:
+    """The config a notebook works with: the params file (or the run's resolved params.yaml) + overrides.
+
+    Relative paths mean what they mean on the command line: a kernel that Jupyter started in
+    notebooks/ moves to the project root when `run_dir` is found there. Outside the runner (Jupyter,
+    papermill by hand) the call records a tweak of `stage` in the run (see `lvmlib.tweaks`).
+    """
     if not run_dir:
         raise RunError("notebook parameter 'run_dir' is empty: pass -p run_dir runs/<run_id>")
+    if not Path(run_dir).is_absolute() and not Path(run_dir).exists() and (PROJECT_ROOT / run_dir).exists():
+        os.chdir(PROJECT_ROOT)
     path = params_path or str(Path(run_dir) / "params.yaml")
-    return load_config(path, list(overrides or []))
+    cfg = load_config(path, list(overrides or []))
+    if os.environ.get(RUNNER_ENV) != "1" and (Path(run_dir) / "manifest.json").is_file():
+        tweaks.record_tweak(run_dir, stage, params_path, list(overrides or []), cfg)
+    return cfg
 
 
 def ensure_kernel() -> str:
@@ -123,11 +135,13 @@ def summary_first(nb) -> bool:
     return True
 
 
-def render_html(ipynb: Path, out_html: Path, nav: list[tuple[str, str]] | None = None) -> list[Path]:
+def render_html(ipynb: Path, out_html: Path, nav: list[tuple[str, str]] | None = None,
+                tweak_note: str = "") -> list[Path]:
     """Two renderings: `<name>.html` with code hidden (for reading: the summary section first, progress
     bars collapsed) and `<name>.code.html` with code, in execution order.
 
     `nav`: (label, href) links for the top bar; default: this run's page and the index of all runs.
+    `tweak_note`: HTML shown under the banner on both pages (the tweaks of this stage, `tweaks.report_note`).
     """
     import nbformat
     from jinja2 import DictLoader
@@ -151,7 +165,7 @@ def render_html(ipynb: Path, out_html: Path, nav: list[tuple[str, str]] | None =
                   f'<a href="{html.escape(other)}"><b>{label}</b></a><span class="lvm-note">{note}</span></div>')
         body = body.replace("</head>", REPORT_CSS + "</head>", 1)
         idx = body.find(">", body.find("<body")) + 1
-        body = body[:idx] + banner + body[idx:]
+        body = body[:idx] + banner + tweak_note + body[idx:]
         atomic_write_text(path, body)
         written.append(path)
     return written
@@ -176,6 +190,7 @@ def headline(run_dir: Path) -> dict[str, Any]:
             "primary_description": e.get("primary_description"),
             "baseline_copy_last_r5": (e.get("baseline_copy_last") or {}).get("recall_at_5"),
             "best_baseline": best.get("name"), "best_baseline_r5": best.get("recall_at_5"),
+            "best_baseline_cosine": best.get("pred_target_cosine"),
             "beats_best_baseline": e.get("beats_best_baseline")}
 
 
@@ -187,6 +202,7 @@ def record_run(reports_root: Path, run_dir: Path) -> None:
     rec["run_dir"] = str(run_dir)
     rec["kind"] = "run"
     rec["stages"] = manifest.get("stages", {})
+    rec["tweaks"] = manifest.get("tweaks", [])
     rec.update(headline(run_dir))
     rec["run_id"] = run_dir.name  # reports are keyed by the run folder (a copied run is a new run)
     atomic_write_json(reports_root / rec["run_id"] / "run.json", rec)
@@ -252,10 +268,12 @@ def write_run_page(reports_root: Path, rec: dict[str, Any]) -> None:
     """reports/<run_id>/index.html: summary numbers first, then the stage reports and comparisons."""
     st = str(rec.get("status"))
     stages = rec.get("stages") or {}
+    tweaked = {t.get("stage") for t in rec.get("tweaks") or []}
     rows = "".join(
         f"<tr><td><a href='{n}.html'>{n}</a></td><td><a href='{n}.code.html'>with code</a></td>"
         f"<td class='{_STATUS_CLASS.get(stages.get(n, {}).get('status'), '')}'>"
-        f"{html.escape(str(stages.get(n, {}).get('status', 'not run')))}</td>"
+        f"{html.escape(str(stages.get(n, {}).get('status', 'not run')))}"
+        f"{' · <b class=run>tweaked</b>' if n in tweaked else ''}</td>"
         f"<td>{_secs(stages.get(n, {}).get('seconds'))}</td></tr>" for n in NOTEBOOKS)
     fail = f"<p class=bad><b>Failed:</b> {html.escape(str(rec['failure']))}</p>" if rec.get("failure") else ""
     cards = "".join(f"<span class=card><small>{label}</small><b>{value}</b><small>{note}</small></span>" for label, value, note in (
@@ -278,7 +296,7 @@ def write_run_page(reports_root: Path, rec: dict[str, Any]) -> None:
             f"<div class=summary>{cards}<ul>{reasons}</ul>"
             f"<small>{html.escape(str(rec.get('primary_description') or ''))}</small></div>"
             f"<h2>Reports</h2><table><tr><th>stage</th><th></th><th>status</th><th>time</th></tr>{rows}</table>"
-            f"{cmp_html}")
+            f"{tweaks.run_page_section(rec)}{cmp_html}")
     atomic_write_text(reports_root / rec["run_id"] / "index.html", page)
 
 
@@ -313,7 +331,8 @@ def write_index(reports_root: Path) -> Path:
             rows.append(
                 f"<tr><td><a href='{rid}/index.html'>{rid}</a><br><small>reports: {stages or '—'}</small></td>"
                 f"<td>{html.escape(str(r.get('params_name')))}</td><td>{_when(r.get('started_at'))}</td>"
-                f"<td class='{_STATUS_CLASS.get(st, '')}'><b>{html.escape(st)}</b>{fail}</td>"
+                f"<td class='{_STATUS_CLASS.get(st, '')}'><b>{html.escape(st)}</b>"
+                f"{' <small class=run>tweaked</small>' if r.get('tweaks') else ''}{fail}</td>"
                 f"<td>{_fmt(r.get('epoch2_val_cosine'))}<br><small>{_fmt(r.get('gate_decision'))}</small></td>"
                 f"<td>{_r5(r)}<br><small>{_baseline(r)}</small></td>"
                 f"<td>{_fmt(r.get('pred_target_cosine'))}</td><td>{_fmt(r.get('phase1_decision'))}</td>"
@@ -334,13 +353,12 @@ def write_index(reports_root: Path) -> Path:
 
 # --------------------------------------------------------------------------- the study
 def _execute(name: str, run_dir: Path, params_path: str, overrides: list[str], extra: dict[str, Any],
-             progress: bool) -> None:
-    import papermill as pm
+             output) -> None:
     src = NOTEBOOK_DIR / f"{name}.ipynb"
     if not src.is_file():
         raise StudyFailed(f"{src}: notebook missing")
     params = {"params_path": params_path, "run_dir": str(run_dir), "overrides": list(overrides), **extra}
-    execute_notebook(src, run_dir / "notebooks" / f"{name}.ipynb", params, progress)
+    execute_notebook(src, run_dir / "notebooks" / f"{name}.ipynb", params, output=output)
 
 
 class _Stop:
@@ -401,9 +419,17 @@ class _Signals:
             signal.signal(sig, old)
 
 
-def execute_notebook(src: Path, out: Path, params: dict[str, Any], progress: bool) -> None:
+def execute_notebook(src: Path, out: Path, params: dict[str, Any], progress: bool = False,
+                     output=None) -> None:
     """papermill with the project's kernel over local IPC sockets (not unencrypted TCP ports).
-    Under `_Signals`, Ctrl-C/SIGTERM interrupt the kernel's running cell at once (see `_Stop`)."""
+
+    The kernel gets `LVM_RUNNER=1` in its environment: `notebook_config` then knows the runner executes
+    the notebook (anything else, Jupyter or papermill by hand, is recorded as a tweak of the run).
+    `output`: a file-like that receives the kernel's stdout/stderr text as it arrives (the console's
+    sink); None drops it (the executed notebook keeps it either way). `progress`: papermill's own
+    per-cell bar and log, for debugging. Under `_Signals`, Ctrl-C/SIGTERM interrupt the kernel's running
+    cell at once (see `_Stop`).
+    """
     import shutil
     import tempfile
 
@@ -415,9 +441,10 @@ def execute_notebook(src: Path, out: Path, params: dict[str, Any], progress: boo
         if _Stop.signum is not None:
             raise KeyboardInterrupt
         _Stop.km, _Stop.executing = km, True
+        km.start_kernel(env={**os.environ, RUNNER_ENV: "1"}, cwd=str(PROJECT_ROOT))
         pm.execute_notebook(str(src), str(out), parameters=params, kernel_name=km.kernel_name, km=km,
                             progress_bar=progress, log_output=progress, cwd=str(PROJECT_ROOT),
-                            stdout_file=None, stderr_file=None)
+                            stdout_file=output, stderr_file=output)
     finally:
         _Stop.executing = False
         if km.has_kernel:
@@ -516,9 +543,14 @@ def _mark_failed(run_dir: Path, reports_root: Path, stages: dict[str, Any], line
 def run_study(params_path: str | Path, overrides: list[str] | tuple[str, ...] = (), run_id: str | None = None,
               runs_root: str | Path = "runs", reports_root: str | Path = "reports", resume: str | Path | None = None,
               only: list[str] | None = None, progress: bool = True,
-              notebook_params: dict[str, Any] | None = None) -> Path:
+              notebook_params: dict[str, Any] | None = None, verbose: bool = False) -> Path:
     """Execute the notebooks in order; returns the run dir. Raises StudyFailed with a one-line reason
-    (StudyInterrupted after Ctrl-C/SIGTERM: the run is marked `interrupted` and can be resumed)."""
+    (StudyInterrupted after Ctrl-C/SIGTERM: the run is marked `interrupted` and can be resumed).
+
+    Terminal output (`console.Console`): `progress=False` prints only the closing summary, `verbose`
+    adds every line the notebooks print to the per-stage lines and the live progress line."""
+    from .console import Console
+    con = Console("quiet" if not progress else "verbose" if verbose else "normal")
     reports_root = Path(reports_root).resolve()
     overrides = list(overrides)
     names = only or list(NOTEBOOKS)
@@ -567,34 +599,41 @@ def run_study(params_path: str | Path, overrides: list[str] | tuple[str, ...] = 
             lock.release()
             raise
     try:
+        write_manifest(run_dir, reports_root=str(reports_root))  # where notebooks run by hand mark the reports
         with _Signals():
-            _run_stages(run_dir, run_id, names, routed, reports_root, params_arg, overrides, resume, only, progress)
+            _run_stages(run_dir, run_id, names, routed, reports_root, params_arg, overrides, resume, only, con)
     finally:
         lock.release()
-    print(f"[lvm-study] run {run_id} succeeded — reports: {reports_root / run_id / 'index.html'}", flush=True)
+    con.summary(headline(run_dir), _display_path(reports_root / "index.html"))
     return run_dir
 
 
 def _run_stages(run_dir: Path, run_id: str, names: list[str], routed: dict[str, dict[str, Any]], reports_root: Path,
-                params_arg: str, overrides: list[str], resume, only, progress: bool) -> None:
+                params_arg: str, overrides: list[str], resume, only, con) -> None:
     stages: dict[str, Any] = read_json(run_dir / "manifest.json").get("stages", {})
     name = names[0]
     try:
         (reports_root / run_id).mkdir(parents=True, exist_ok=True)
         record_run(reports_root, run_dir)
-        for i, name in enumerate(names, 1):
+        con.header(run_id, _display_path(run_dir))
+        for name in names:
             if resume and not only and stages.get(name, {}).get("status") == "succeeded" and name != "02_train":
-                print(f"[lvm-study] {i}/{len(names)} {name}: done earlier, skipped", flush=True)
+                con.skipped(name)
                 continue
-            print(f"[lvm-study] {i}/{len(names)} {name} → {run_dir.name}", flush=True)
+            con.stage_start(name)
             t0 = time.time()
             extra = {"resume": bool(resume)} if name == "02_train" else {}
             extra.update(routed[name])
             # Executing from the run's resolved params keeps re-runs honest; overrides already applied.
+            # `--resume RUN --only NN` re-runs the latest tweak of NN made in Jupyter with its parameters.
+            stage_params, stage_overrides = (params_arg, overrides) if not resume else (str(run_dir / "params.yaml"), [])
+            tweak = tweaks.pending(read_json(run_dir / "manifest.json"), name) if resume and only else None
+            if tweak is not None:
+                stage_params = tweak["params_path"] or stage_params
+                stage_overrides = list(tweak["overrides"])
             err: BaseException | None = None
             try:
-                _execute(name, run_dir, params_arg if not resume else str(run_dir / "params.yaml"),
-                         overrides if not resume else [], extra, progress)
+                _execute(name, run_dir, stage_params, stage_overrides, extra, con.sink())
             except Exception as exc:  # papermill raises PapermillExecutionError for a failing cell
                 err = exc
             except KeyboardInterrupt as exc:  # a signal while no cell ran (the kernel starting...)
@@ -603,17 +642,22 @@ def _run_stages(run_dir: Path, run_id: str, names: list[str], routed: dict[str, 
             executed = run_dir / "notebooks" / f"{name}.ipynb"
             if executed.is_file():
                 try:
-                    render_html(executed, reports_root / run_id / f"{name}.html")
+                    manifest = tweaks.settle(run_dir, name, tweak) if err is None else read_json(
+                        run_dir / "manifest.json")
+                    render_html(executed, reports_root / run_id / f"{name}.html",
+                                tweak_note=tweaks.report_note(manifest, name, run_dir))
                 except OSError as exc:  # a full disk: the stage's report is lost, so the stage failed
                     err = err or exc
             if _Stop.signum is not None:
                 stages[name] = {"status": "interrupted", "seconds": secs}
                 raise _interrupted(run_dir, reports_root, stages, name)
             stages[name] = {"status": "failed" if err else "succeeded", "seconds": secs}
+            if tweak is not None:
+                stages[name]["tweak"] = tweak["at"]
+            con.stage_end(name, stages[name]["status"], secs)
             if err is not None:
                 raise StudyFailed(_mark_failed(run_dir, reports_root, stages, _failure_line(name, err))) from err
             write_manifest(run_dir, stages=stages)
-            print(f"[lvm-study] {name} done in {secs:.1f}s", flush=True)
         write_manifest(run_dir, status="succeeded", ended_at=now_iso(), stages=stages)
         record_run(reports_root, run_dir)
     except OSError as exc:  # the runner's own records (manifest, run page, index) could not be written
@@ -629,3 +673,11 @@ def _interrupted(run_dir: Path, reports_root: Path, stages: dict[str, Any], name
     kept = "last.pt holds the last completed epoch" if name == "02_train" else "files of completed stages are kept"
     line = f"{name}: interrupted by {how}; {kept}; continue with: python -m lvmlib run --resume {run_dir}"
     return StudyInterrupted(_mark_failed(run_dir, reports_root, stages, line, status="interrupted"), signum)
+
+
+def _display_path(path: Path) -> str:
+    """A path as the user would type it: relative to the working directory when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from filelock import FileLock
@@ -206,6 +206,18 @@ def write_manifest(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
         manifest.update(fields)
         if manifest.get("status") not in (None, *STATUSES):
             raise RunError(f"{path}: bad status {manifest.get('status')!r}")
+        atomic_write_json(path, manifest)
+    return manifest
+
+
+def update_manifest(run_dir: str | Path, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Read-modify-write manifest.json under the run's lock: `change(manifest)` edits it in place
+    (for lists such as `tweaks`, which `write_manifest`'s merge of top-level fields would overwrite)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "manifest.json"
+    with FileLock(str(run_dir / ".manifest.lock")):
+        manifest = json.loads(path.read_text()) if path.is_file() else {}
+        change(manifest)
         atomic_write_json(path, manifest)
     return manifest
 

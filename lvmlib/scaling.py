@@ -211,8 +211,7 @@ def scaling_study(params_path: str | Path, sizes: list[int], corpus: str | Path 
     started, err = now_iso(), None
     try:
         execute_notebook(NOTEBOOK, out_dir / "06_scaling.ipynb", {"run_dirs": [str(d) for d in run_dirs],
-                                                                  "scaling_id": scaling_id, "out_dir": str(out_dir)},
-                         progress)
+                                                                  "scaling_id": scaling_id, "out_dir": str(out_dir)})
     except Exception as exc:  # papermill raises PapermillExecutionError for a failing cell
         err = exc
     if (out_dir / "06_scaling.ipynb").is_file():

@@ -2,7 +2,7 @@
 
 A real smoke run (`python -m lvmlib run params/smoke.yaml`) and a comparison of it are rendered once
 per session; every page is then opened in Debian's `chromium` over the Chrome DevTools protocol
-(a stdlib websocket client below — no browser download, no extra package). Each page must load
+(`cdp.py`: a stdlib websocket client — no browser download, no extra package). Each page must load
 without a JavaScript error or a failed resource, every image must decode (naturalWidth > 0), the
 summary must sit in the first screen of a screenshot that is not blank, local links must resolve,
 and code must be hidden on the reading page and shown on its `.code.html` twin.
@@ -17,158 +17,23 @@ import io
 import json
 import os
 import shutil
-import socket
-import struct
-import subprocess
-import sys
-import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
+from cdp import CDP, VIEW_H, VIEW_W
 
 ROOT = Path(__file__).resolve().parent.parent
-VIEW_W, VIEW_H = 1280, 900
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-extensions", "--hide-scrollbars", f"--window-size={VIEW_W},{VIEW_H}"]
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
-
-
-# --------------------------------------------------------------------------- Chrome DevTools protocol
-class CDP:
-    """Just enough of a websocket client (RFC 6455: masked text frames out, any frames in) for CDP."""
-
-    def __init__(self, ws_url: str, timeout: float = 60):
-        u = urllib.parse.urlparse(ws_url)
-        self.sock = socket.create_connection((u.hostname, u.port), timeout=timeout)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((f"GET {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\nUpgrade: websocket\r\n"
-                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += self._exact(1)
-        if b" 101 " not in head.split(b"\r\n", 1)[0]:
-            raise ConnectionError(f"websocket handshake refused: {head[:200]!r}")
-        self.next_id, self.events = 0, []
-
-    def _exact(self, n: int) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
-            if not chunk:
-                raise ConnectionError("the browser closed the websocket")
-            buf += chunk
-        return bytes(buf)
-
-    def _send(self, text: str) -> None:
-        data, mask = text.encode(), os.urandom(4)
-        n = len(data)
-        head = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n)
-                                if n < 65536 else bytes([0x80 | 127]) + struct.pack(">Q", n))
-        self.sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
-
-    def _recv(self) -> dict:
-        parts = []
-        while True:
-            b0, b1 = self._exact(2)
-            n = b1 & 0x7F
-            n = struct.unpack(">H", self._exact(2))[0] if n == 126 else struct.unpack(">Q", self._exact(8))[0] \
-                if n == 127 else n
-            payload = self._exact(n)
-            if b0 & 0x0F == 8:
-                raise ConnectionError("the browser closed the websocket")
-            if b0 & 0x0F in (9, 10):  # ping / pong
-                continue
-            parts.append(payload)
-            if b0 & 0x80:
-                return json.loads(b"".join(parts))
-
-    def call(self, method: str, **params) -> dict:
-        self.next_id += 1
-        self._send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            msg = self._recv()
-            if msg.get("id") == self.next_id:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg["result"]
-            self.events.append(msg)
-
-    def wait_event(self, method: str, timeout: float = 60) -> dict:
-        end = time.time() + timeout
-        while time.time() < end:
-            for i, e in enumerate(self.events):
-                if e.get("method") == method:
-                    return self.events.pop(i)
-            self.events.append(self._recv())
-        raise TimeoutError(f"no {method} within {timeout}s")
-
-    def evaluate(self, js: str):
-        r = self.call("Runtime.evaluate", expression=js, returnByValue=True, awaitPromise=True)
-        if "exceptionDetails" in r:
-            raise RuntimeError(f"page script failed: {r['exceptionDetails']}")
-        return r["result"].get("value")
-
-
-def find_chromium() -> str | None:
-    for cand in (os.environ.get("LVM_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
-        if cand and shutil.which(cand):
-            return shutil.which(cand)
-    return None
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    path = find_chromium()
-    if path is None:
-        msg = ("headless Chromium not found (looked for $LVM_CHROMIUM, chromium, chromium-browser, google-chrome): "
-               "install Debian's package with `apt-get install chromium` to check the reports in a browser")
-        if os.environ.get("LVM_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"LVM_REQUIRE_BROWSER=1 but {msg}")
-        pytest.skip(msg)
-    return path
-
-
-@pytest.fixture(scope="session")
-def browser(chromium, tmp_path_factory):
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    proc = subprocess.Popen([chromium, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
-                             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        port_file, end = profile / "DevToolsActivePort", time.time() + 60
-        while not (port_file.is_file() and len(port_file.read_text().splitlines()) >= 2):
-            if proc.poll() is not None or time.time() > end:
-                pytest.fail(f"{chromium} did not start (exit code {proc.poll()})")
-            time.sleep(0.1)
-        port = int(port_file.read_text().splitlines()[0])
-        targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10))
-        cdp = CDP(next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"])
-        for domain in ("Page", "Runtime", "Log"):
-            cdp.call(f"{domain}.enable")
-        cdp.call("Emulation.setDeviceMetricsOverride", width=VIEW_W, height=VIEW_H, deviceScaleFactor=1, mobile=False)
-        yield cdp
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 # --------------------------------------------------------------------------- the reports under test
 @pytest.fixture(scope="session")
-def reports(chromium, tmp_path_factory) -> Path:
-    """A real smoke run (about two minutes) and a comparison of it with a copy of itself."""
+def reports(chromium, smoke_run) -> Path:
+    """The session's smoke run (conftest) with its reports, and a comparison of it with a copy of itself."""
     from lvmlib.compare import compare_runs
     from lvmlib.runner import record_run
-    tmp = tmp_path_factory.mktemp("smoke")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    r = subprocess.run([sys.executable, "-m", "lvmlib", "run", "params/smoke.yaml", "--run-id", "smoke",
-                        "--runs-root", str(tmp / "runs"), "--reports-root", str(tmp / "reports"), "--quiet"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    tmp = smoke_run.parent.parent  # runs/ and reports/ of the session's smoke run
     twin = tmp / "runs" / "smoke-twin"  # same numbers under another id: a comparison of real files
     shutil.copytree(tmp / "runs" / "smoke", twin)
     manifest = json.loads((twin / "manifest.json").read_text())

@@ -1,0 +1,163 @@
+"""Tweaks: a stage notebook re-run outside the runner (JupyterLab, papermill by hand) against a run.
+
+Such a re-run rewrites the stage's files in the run directory, so the run keeps a record of it and
+its reports say so. `notebook_config` (every notebook's first call) records one tweak in
+`manifest.json["tweaks"]` when the kernel was not started by the runner:
+
+    {"stage": "04_eval", "at": ISO time, "via": "jupyter" | "kernel", "notebook": path in Jupyter,
+     "params_path": "...", "overrides": [...], "changes": {"eval.bootstrap": [1000, 2000]},
+     "rendered_at": null}
+
+`changes` is every resolved setting that differs from the run's `params.yaml`. The stage's existing
+report is then re-rendered with a banner saying it predates the tweak, and the run page lists it.
+`python -m lvmlib run --resume RUN --only NN` re-executes NN with the latest open tweak's
+parameters and renders its report, which then names the tweak it shows (`rendered_at` is set); any
+other runner execution of NN replaces open tweaks with the run's own parameters (`superseded_at`).
+"""
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+from typing import Any
+
+from .config import Config, load_config
+from .runs import PROJECT_ROOT, now_iso, update_manifest
+
+SESSION_ENV = "JPY_SESSION_NAME"  # set by jupyter_server for a notebook's kernel: the notebook's path
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(run_dir: str | Path, cfg: Config) -> dict[str, list[Any]]:
+    """{"section.key": [value in the run's params.yaml, value now]} for every setting that differs."""
+    old = _flat(load_config(Path(run_dir) / "params.yaml").to_dict())
+    new = _flat(cfg.to_dict())
+    return {k: [old.get(k), v] for k, v in new.items() if old.get(k) != v}
+
+
+def reports_dir(manifest: dict[str, Any]) -> Path:
+    """Where the run's reports are: the runner records `reports_root`; older runs used ./reports."""
+    return Path(manifest.get("reports_root") or PROJECT_ROOT / "reports") / manifest["run_id"]
+
+
+def record_tweak(run_dir: str | Path, stage: str, params_path: str, overrides: list[str],
+                 cfg: Config) -> dict[str, Any]:
+    """Append a tweak to the manifest, mark the stage's report as older than it, update the run page."""
+    run_dir = Path(run_dir)
+    session = os.environ.get(SESSION_ENV, "")
+    tweak = {"stage": stage or "unknown", "at": now_iso(), "via": "jupyter" if session else "kernel",
+             "notebook": session, "params_path": params_path, "overrides": list(overrides),
+             "changes": config_changes(run_dir, cfg), "rendered_at": None}
+    manifest = update_manifest(run_dir, lambda m: m.setdefault("tweaks", []).append(tweak))
+    refresh_reports(run_dir, manifest, stage)
+    return tweak
+
+
+def refresh_reports(run_dir: Path, manifest: dict[str, Any], stage: str) -> None:
+    """Re-render the stage's report (from the runner's executed copy) with the tweak banner, then the
+    run page and index. Nothing to do for a run that has no reports yet."""
+    from .runner import record_run, render_html
+    out = reports_dir(manifest)
+    executed = run_dir / "notebooks" / f"{stage}.ipynb"
+    if not out.is_dir():
+        return
+    try:
+        if executed.is_file() and (out / f"{stage}.html").is_file():
+            render_html(executed, out / f"{stage}.html", tweak_note=report_note(manifest, stage, run_dir))
+        record_run(out.parent, run_dir)
+    except OSError as exc:  # the tweak is recorded; a report that cannot be rewritten must not stop the work
+        print(f"note: tweak recorded in {run_dir / 'manifest.json'}, but the reports in {out} could not be "
+              f"updated ({exc})")
+
+
+def pending(manifest: dict[str, Any], stage: str) -> dict[str, Any] | None:
+    """The latest tweak of `stage` that no report shows and no later runner execution replaced."""
+    todo = [t for t in manifest.get("tweaks", []) if t.get("stage") == stage and _open(t)]
+    return todo[-1] if todo else None
+
+
+def _open(t: dict[str, Any]) -> bool:
+    return not t.get("rendered_at") and not t.get("superseded_at")
+
+
+def settle(run_dir: str | Path, stage: str, shown: dict[str, Any] | None) -> dict[str, Any]:
+    """After the runner executed `stage`: the tweak it re-ran (`shown`) and earlier open ones are now in
+    the report (`rendered_at`); without one, every open tweak was replaced by the run's own parameters
+    (`superseded_at`)."""
+    stamp = now_iso()
+
+    def change(m: dict[str, Any]) -> None:
+        for t in m.get("tweaks", []):
+            if t.get("stage") == stage and _open(t):
+                if shown is not None and t.get("at", "") <= shown["at"]:
+                    t["rendered_at"] = stamp
+                elif shown is None:
+                    t["superseded_at"] = stamp
+    return update_manifest(run_dir, change)
+
+
+def describe(t: dict[str, Any]) -> str:
+    """'Jupyter (notebooks/04_eval.ipynb), 2026-12-02 20:40: eval.bootstrap 1000 → 2000' (plain text)."""
+    who = f"Jupyter ({t['notebook']})" if t.get("via") == "jupyter" else "a kernel outside the runner"
+    ch = t.get("changes") or {}
+    what = "; ".join(f"{k} {old!r} → {new!r}" for k, (old, new) in ch.items()) or "same parameters as the run"
+    extra = f", params file {t['params_path']}" if t.get("params_path") else ""
+    return f"{who}, {str(t.get('at', ''))[:16].replace('T', ' ')}: {what}{extra}"
+
+
+NOTE_CSS = ("margin:0;padding:8px 14px;font:13px system-ui,sans-serif;background:#fef3c7;"
+            "border-bottom:1px solid #f59e0b;color:#78350f")
+
+
+def report_note(manifest: dict[str, Any], stage: str, run_dir: str | Path) -> str:
+    """HTML under a stage report's banner: what was tweaked, and whether this report shows it."""
+    mine = [t for t in manifest.get("tweaks", []) if t.get("stage") == stage]
+    if not mine:
+        return ""
+    try:
+        shown = Path(run_dir).resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        shown = Path(run_dir)
+    run = html.escape(str(shown))
+    items = []
+    for t in reversed(mine[-5:]):
+        state = ("shown in this report" if t.get("rendered_at") else
+                 "replaced: the runner re-ran this stage with the run's own parameters afterwards"
+                 if t.get("superseded_at") else
+                 f"<b>not shown here</b>: the run's files now come from it; re-render with "
+                 f"<code>python -m lvmlib run --resume {run} --only {html.escape(stage)}</code>")
+        items.append(f"<li>{html.escape(describe(t))} — {state}</li>")
+    more = f" ({len(mine) - 5} earlier not listed)" if len(mine) > 5 else ""
+    return (f'<div class="lvm-tweaks" style="{NOTE_CSS}"><b>Tweaked:</b> this stage was re-run outside the '
+            f"runner{more}<ul style='margin:4px 0 0 18px;padding:0'>{''.join(items)}</ul></div>")
+
+
+def _state(t: dict[str, Any]) -> str:
+    return ("shown in the report" if t.get("rendered_at") else "replaced by a later runner execution"
+            if t.get("superseded_at") else "report predates it")
+
+
+def run_page_section(manifest: dict[str, Any]) -> str:
+    """HTML table of every tweak of the run, for its page ('' when there is none)."""
+    tw = manifest.get("tweaks") or []
+    if not tw:
+        return ""
+    rows = "".join(
+        f"<tr><td><a href='{html.escape(t['stage'])}.html'>{html.escape(t['stage'])}</a></td>"
+        f"<td>{html.escape(describe(t))}</td><td>{html.escape(', '.join(t.get('overrides') or []) or '—')}</td>"
+        f"<td class='{'run' if _open(t) else 'ok'}'>"
+        f"{_state(t)}</td></tr>"
+        for t in reversed(tw))
+    return ("<h2>Tweaked outside the runner</h2><p><small>Stage notebooks re-run against this run in Jupyter or "
+            "by hand; their files in the run directory now come from the latest one.</small></p>"
+            "<table><tr><th>stage</th><th>who, when, what changed</th><th>overrides</th><th>report</th></tr>"
+            f"{rows}</table>")
