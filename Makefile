@@ -12,14 +12,18 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
 LAB_PORT ?= 8888
+# `make scaling`: one run per training-set size on the same held-out articles of a JSONL corpus.
+CORPUS  ?= ../shared/corpora/wiki_dev_1000.jsonl.gz
+SIZES   ?= 100,300,800
 
-.PHONY: setup run lab test test-fast study bench clean-runs help
+.PHONY: setup run lab test test-fast study scaling bench clean-runs help
 
 help:
 	@echo "make run [PARAMS=params/x.yaml] [ARGS='--set train.epochs=3']   run the study"
 	@echo "make lab [LAB_PORT=8888]                                       JupyterLab on 127.0.0.1 (token printed)"
 	@echo "make test                                                      run the test suite"
 	@echo "make study                                                     V1 vs V2 comparison (<= 30 min)"
+	@echo "make scaling [CORPUS=x.jsonl.gz] [SIZES=100,300,800]          scaling curve (hours on a CPU)"
 	@echo "make bench                                                     benchmarks/ (prints tables)"
 
 setup: $(STAMP)
@@ -47,6 +51,9 @@ test-fast: $(STAMP)
 
 study: $(STAMP)
 	$(PY) -m lvmlib study $(ARGS)
+
+scaling: $(STAMP)
+	$(PY) -m lvmlib scaling $(PARAMS) --corpus $(CORPUS) --articles $(SIZES) $(ARGS)
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

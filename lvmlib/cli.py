@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="compare runs on one page")
     c.add_argument("run_dirs", nargs="+")
     c.add_argument("--id", default=None)
+    c.add_argument("--reference", default=None, metavar="RUN_DIR",
+                   help="measure every other run against this one (paired intervals on the same test queries)")
     c.add_argument("--reports-root", default=os.environ.get("LVM_REPORTS_DIR", "reports"))
 
     sc = sub.add_parser("scaling", help="one run per training-set size on fixed held-out articles, and the page")
@@ -173,7 +175,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "compare":
         from .compare import compare_runs
-        out = compare_runs([Path(p) for p in args.run_dirs], compare_id=args.id, reports_root=args.reports_root)
+        out = compare_runs([Path(p) for p in args.run_dirs], compare_id=args.id, reports_root=args.reports_root,
+                           reference=args.reference)
         print(f"[lvm-study] comparison: {out}")
         return 0
     if args.command == "scaling":

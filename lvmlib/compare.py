@@ -363,15 +363,18 @@ def _primary_ranks(run: RunView, bank: str | None):
     if col not in q.columns or not {"model", "article_id", "position"} <= set(q.columns):
         return None
     q = q[q["model"] == ev.get("primary_model")]
-    return q[["article_id", "position", col]].rename(columns={col: "rank"})
+    cols = ["article_id", "position", col] + (["cosine"] if "cosine" in q.columns else [])
+    return q[cols].rename(columns={col: "rank"})
 
 
 def paired_difference(a: RunView, b: RunView, bank: str | None = None, n_boot: int = 1000,
                       seed: int = 0) -> dict[str, Any] | None:
-    """Paired bootstrap of R@5(a) - R@5(b) over test articles, when both runs scored the same queries.
+    """Paired bootstrap of R@5(a) - R@5(b) (and of the mean cosine) over test articles, when both runs
+    scored the same queries.
 
     Reads each run's `metrics/queries.csv` (evaluate's per-query ranks). Returns {"a", "b", "delta",
-    "ci": (lo, hi), "n_queries", "n_articles"}, or None when the query sets differ or a file is missing.
+    "ci": (lo, hi), "delta_cosine", "ci_cosine", "n_queries", "n_articles"}, or None when the query sets
+    differ or a file is missing.
     """
     from .metrics import article_bootstrap
     qa, qb = _primary_ranks(a, bank), _primary_ranks(b, bank)
@@ -381,11 +384,48 @@ def paired_difference(a: RunView, b: RunView, bank: str | None = None, n_boot: i
     if len(m) != len(qa) or len(m) != len(qb):
         return None  # not the same queries: no pairing
     hit = (m["rank_a"] <= 5).to_numpy(float) - (m["rank_b"] <= 5).to_numpy(float)  # (n,) paired hit@5 gap
-    ci = article_bootstrap({"delta": hit}, m["article_id"].to_numpy(), n_boot=n_boot, seed=seed)["delta"]
-    if ci is None:
+    stats = {"delta": hit}
+    if {"cosine_a", "cosine_b"} <= set(m.columns):
+        stats["cosine"] = m["cosine_a"].to_numpy(float) - m["cosine_b"].to_numpy(float)  # (n,) paired cosine gap
+    cis = article_bootstrap(stats, m["article_id"].to_numpy(), n_boot=n_boot, seed=seed)
+    if cis["delta"] is None:
         return None
-    return {"a": a.label, "b": b.label, "delta": float(hit.mean()), "ci": (float(ci[0]), float(ci[1])),
-            "n_queries": int(len(m)), "n_articles": int(m["article_id"].nunique())}
+    out = {"a": a.label, "b": b.label, "delta": float(hit.mean()), "ci": (float(cis["delta"][0]), float(cis["delta"][1])),
+           "delta_cosine": None, "ci_cosine": None,
+           "n_queries": int(len(m)), "n_articles": int(m["article_id"].nunique())}
+    if cis.get("cosine") is not None:
+        out["delta_cosine"] = float(stats["cosine"].mean())
+        out["ci_cosine"] = (float(cis["cosine"][0]), float(cis["cosine"][1]))
+    return out
+
+
+def reference_index(runs: list[RunView], reference: str | Path | None) -> int | None:
+    """Which of `runs` is the reference: matched by run folder, run id or label. None for no reference."""
+    if reference in (None, ""):
+        return None
+    ref = str(reference)
+    for i, r in enumerate(runs):
+        if Path(ref).resolve() == r.run_dir.resolve() or ref in (r.run_id, r.label):
+            return i
+    raise CompareFailed(f"reference {ref!r}: not one of the compared runs ({', '.join(r.run_id for r in runs)})")
+
+
+def versus_reference(runs: list[RunView], ref: int, n_boot: int = 1000) -> list[dict[str, Any]]:
+    """Every other run minus the reference on the same test queries: paired R@5 and cosine differences
+    with 95% article-bootstrap intervals (None where the runs did not score the same queries)."""
+    rows = []
+    for i, r in enumerate(runs):
+        if i == ref:
+            continue
+        p = paired_difference(r, runs[ref], n_boot=n_boot)
+        c = scorecard(r)
+        rows.append({"run": r.label, "reference": runs[ref].label, "recall_at_5": c.get("recall_at_5"),
+                     "pred_target_cosine": c.get("pred_target_cosine"),
+                     "diff_recall_at_5": None if p is None else p["delta"], "diff_recall_at_5_ci": None if p is None else p["ci"],
+                     "diff_cosine": None if p is None else p["delta_cosine"],
+                     "diff_cosine_ci": None if p is None else p["ci_cosine"],
+                     "n_queries": None if p is None else p["n_queries"]})
+    return rows
 
 
 # --------------------------------------------------------------------------- tables for the notebook
@@ -424,8 +464,9 @@ def gates_rows(runs: list[RunView]) -> list[dict[str, Any]]:
     return rows
 
 
-def comparison(runs: list[RunView], n_boot: int = 1000) -> dict[str, Any]:
-    """Score cards, the paired difference of the two best evaluated runs, and the verdict."""
+def comparison(runs: list[RunView], n_boot: int = 1000, reference: str | Path | None = None) -> dict[str, Any]:
+    """Score cards, the paired difference of the two best evaluated runs, the verdict, and (with a
+    `reference` run) every other run against it (`versus_reference`)."""
     cards = [scorecard(r) for r in runs]
     ranked = sorted([(c, r) for c, r in zip(cards, runs) if c.get("evaluated")],
                     key=lambda cr: cr[0]["recall_at_5"], reverse=True)
@@ -433,7 +474,10 @@ def comparison(runs: list[RunView], n_boot: int = 1000) -> dict[str, Any]:
     if len(ranked) >= 2 and same_queries(runs):
         paired = paired_difference(ranked[0][1], ranked[1][1], n_boot=n_boot)
     same = same_queries(runs)
-    return {"cards": cards, "paired": paired, "verdict": verdict(cards, paired, same), "same_queries": same}
+    ref = reference_index(runs, reference)
+    vs = versus_reference(runs, ref, n_boot) if ref is not None else []
+    return {"cards": cards, "paired": paired, "verdict": verdict(cards, paired, same), "same_queries": same,
+            "reference": None if ref is None else runs[ref].label, "vs_reference": vs}
 
 
 # --------------------------------------------------------------------------- execution
@@ -447,11 +491,16 @@ def new_compare_id(runs: list[RunView]) -> str:
 
 
 def compare_runs(run_dirs: list[Path], compare_id: str | None = None, reports_root: str | Path = "reports",
-                 progress: bool = False) -> Path:
+                 progress: bool = False, reference: str | Path | None = None) -> Path:
     """Execute 05_compare for these runs; writes reports/compare_<id>.html (+ .code.html, .json) and
-    rebuilds the index. Returns the HTML path. Raises CompareFailed with a one-line reason."""
+    rebuilds the index. `reference`: a run folder (added first when not among `run_dirs`) that every
+    other run is measured against with paired intervals. Returns the HTML path. Raises CompareFailed with
+    a one-line reason."""
     from .runner import execute_notebook, record_run, render_html, write_index
-    runs = load_runs([Path(d) for d in run_dirs])  # fails fast on a path that is not a run dir
+    run_dirs = [Path(d) for d in run_dirs]
+    if reference and not any(Path(reference).resolve() == d.resolve() for d in run_dirs):
+        run_dirs = [Path(reference), *run_dirs]
+    runs = load_runs(run_dirs)  # fails fast on a path that is not a run dir
     compare_id = _safe(compare_id) if compare_id else new_compare_id(runs)
     reports_root = Path(reports_root).resolve()
     out_dir = reports_root / f"compare_{compare_id}"
@@ -461,7 +510,8 @@ def compare_runs(run_dirs: list[Path], compare_id: str | None = None, reports_ro
     try:
         execute_notebook(NOTEBOOK, out_dir / "05_compare.ipynb",
                          {"run_dirs": [str(r.run_dir) for r in runs], "compare_id": compare_id,
-                          "out_dir": str(out_dir)})
+                          "out_dir": str(out_dir), "reference": str(runs[reference_index(runs, Path(reference).resolve())].run_dir)
+                          if reference else ""})
     except Exception as exc:  # papermill raises PapermillExecutionError for a failing cell
         err = exc
     pages = {r.run_id: (reports_root / r.run_id / "run.json").is_file() for r in runs}  # runs with reports here
@@ -479,7 +529,8 @@ def compare_runs(run_dirs: list[Path], compare_id: str | None = None, reports_ro
         "verdict": (summary.get("verdict") or {}).get("headline") or (f"comparison failed: {line}" if line else ""),
         "runs": [{"run_id": r.run_id, "label": r.label, "href": f"{r.run_id}/index.html" if pages[r.run_id] else None}
                  for r in runs],
-        "summary": summary.get("summary", [])})
+        "summary": summary.get("summary", []), "reference": summary.get("reference"),
+        "vs_reference": summary.get("vs_reference", [])})
     for r in runs:  # their pages list the comparisons they appear in; record_run also rebuilds the index
         if pages[r.run_id]:
             record_run(reports_root, r.run_dir)
@@ -526,7 +577,8 @@ def record(out_dir: str | Path, compare_id: str, runs: list[RunView], result: di
     rec = {"compare_id": compare_id, "runs": [{"run_id": r.run_id, "label": r.label, "run_dir": str(r.run_dir)}
                                               for r in runs],
            "verdict": result["verdict"], "paired": result["paired"], "same_queries": result["same_queries"],
-           "summary": summary_rows(runs)}
+           "summary": summary_rows(runs), "reference": result.get("reference"),
+           "vs_reference": result.get("vs_reference", [])}
     if out_dir:
         atomic_write_json(Path(out_dir) / "compare.json", rec)
     return rec

@@ -153,6 +153,38 @@ def recall_at_k_bars(table, labels: list[str], bank: str | None = None):
     return fig
 
 
+def versus_reference(rows: list[dict[str, Any]]):
+    """Forest plot: each run minus the reference, R@5 (left) and cosine (right), paired 95% intervals.
+    A bar that clears the zero line is a difference beyond resampling noise."""
+    rows = [r for r in rows if r.get("diff_recall_at_5") is not None]
+    if not rows:
+        return "no run scored the reference's test queries"
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * len(rows) + 1.6), sharey=True, squeeze=False)
+    panels = (("diff_recall_at_5", "R@5 minus the reference", True), ("diff_cosine", "cosine minus the reference", False))
+    for ax, (key, title, pct) in zip(axes[0], panels):
+        for y, r in enumerate(rows):
+            v, ci = r.get(key), r.get(f"{key}_ci")
+            if v is None:
+                continue
+            sig = ci is not None and (ci[0] > 0 or ci[1] < 0)
+            c = ("#2a7" if v > 0 else "#c44") if sig else "#888"
+            if ci is not None:
+                ax.plot([ci[0], ci[1]], [y, y], color=c, lw=3, alpha=0.6, solid_capstyle="butt")
+            ax.plot([v], [y], "o", color=c, ms=7)
+            ax.annotate(f"{v:+.1%}" if pct else f"{v:+.3f}", (v, y), xytext=(0, 7), textcoords="offset points",
+                        ha="center", fontsize=8)
+        ax.axvline(0, color="#333", lw=1)
+        ax.set_yticks(range(len(rows)), [r["run"] for r in rows])
+        ax.set_ylim(len(rows) - 0.5, -0.7)
+        if pct:
+            ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"against the reference: {rows[0]['reference']}", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
 # --------------------------------------------------------------------------- tables (strings, for reading)
 def _fmt(v: Any, kind: str = "num") -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
@@ -186,6 +218,20 @@ def format_summary(rows: list[dict[str, Any]]):
                                           if r["best_baseline"] else "—"),
                     "beats it": _fmt(r["beats_best_baseline"]),
                     "minutes": "—" if r["minutes"] is None else f"{r['minutes']:.1f}"})
+    return pd.DataFrame(out).set_index("run") if out else pd.DataFrame()
+
+
+def format_vs_reference(rows: list[dict[str, Any]]):
+    """The `compare.versus_reference` rows as strings: each run's R@5 and cosine, and its paired
+    differences from the reference with 95% intervals."""
+    out = []
+    for r in rows:
+        dr, dc = r.get("diff_recall_at_5"), r.get("diff_cosine")
+        cr, cc = r.get("diff_recall_at_5_ci"), r.get("diff_cosine_ci")
+        out.append({"run": r["run"], "R@5": _fmt(r.get("recall_at_5"), "pct"), "cosine": _fmt(r.get("pred_target_cosine")),
+                    "ΔR@5 vs reference": "—" if dr is None else f"{dr:+.1%}" + _ci_short(tuple(cr) if cr else (math.nan,) * 2),
+                    "Δcosine vs reference": "—" if dc is None else (f"{dc:+.3f}" + (f" [{cc[0]:+.3f}, {cc[1]:+.3f}]" if cc else "")),
+                    "queries": _fmt(r.get("n_queries"))})
     return pd.DataFrame(out).set_index("run") if out else pd.DataFrame()
 
 

@@ -183,6 +183,34 @@ def test_paired_difference_matches_a_direct_count(pair):
     assert compare.paired_difference(v2, v1) is None
 
 
+def test_versus_reference_pairs_every_run_with_the_reference(pair, tmp_path):
+    v1, v2 = pair
+    v3 = make_run(tmp_path / "runs", "r-v3", "params/study_v2.yaml", 0.10, 0.40, [0.4, 0.45], seed=3)
+    runs = compare.load_runs([v2, v1, v3])
+    res = compare.comparison(runs, n_boot=200, reference=str(v1))
+    assert res["reference"] == runs[1].label
+    rows = {r["run"]: r for r in res["vs_reference"]}
+    assert len(rows) == 2 and runs[1].label not in rows
+    for run in (runs[0], runs[2]):
+        p = compare.paired_difference(run, runs[1], n_boot=200)
+        assert rows[run.label]["diff_recall_at_5"] == pytest.approx(run.eval["recall_at_5"] - runs[1].eval["recall_at_5"])
+        assert rows[run.label]["diff_recall_at_5_ci"] == p["ci"]
+        assert rows[run.label]["diff_cosine"] == pytest.approx(0.0)  # the fixture's per-query cosines are equal
+    assert rows[runs[0].label]["diff_recall_at_5_ci"][0] > 0  # v2 clearly above v1
+    with pytest.raises(compare.CompareFailed, match="not one of the compared runs"):
+        compare.comparison(runs, reference="no-such-run")
+
+
+def test_compare_runs_with_a_reference_outside_the_list(pair, tmp_path):
+    v1, v2 = pair
+    reports = tmp_path / "reports"
+    out = compare.compare_runs([v2], compare_id="ref", reports_root=reports, reference=v1)
+    rec = json.loads((reports / "compare_ref.json").read_text())
+    assert [r["run_id"] for r in rec["runs"]] == ["r-v1", "r-v2"]  # the reference is added, first
+    assert rec["reference"] and len(rec["vs_reference"]) == 1 and rec["vs_reference"][0]["diff_recall_at_5_ci"][0] > 0
+    assert "Against the reference" in out.read_text() and "No reference run given" not in out.read_text()
+
+
 def test_params_diff_and_missing_files(pair, tmp_path):
     v1, v2 = compare.load_runs(list(pair))
     keys = {r["key"] for r in compare.params_diff([v1, v2])}
