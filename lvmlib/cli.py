@@ -61,8 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--reports-root", default=os.environ.get("LVM_REPORTS_DIR", "reports"))
 
     sc = sub.add_parser("scaling", help="one run per training-set size on fixed held-out articles, and the page")
-    sc.add_argument("params")
-    sc.add_argument("--articles", required=True, metavar="N,N,...", help="training-set sizes in articles, e.g. 100,300,1000")
+    sc.add_argument("params", nargs="?", help="params file (not with --runs)")
+    sc.add_argument("--articles", metavar="N,N,...", help="training-set sizes in articles, e.g. 100,300,1000")
+    sc.add_argument("--runs", nargs="+", default=None, metavar="RUN_DIR",
+                    help="no training: the page from these finished runs (one per size, same held-out articles)")
     sc.add_argument("--corpus", default=None, help="JSONL corpus (sets data.source=jsonl, data.path); default: the params' data")
     sc.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     sc.add_argument("--id", default=None)
@@ -181,7 +183,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "scaling":
         from .config import ConfigError
-        from .scaling import parse_sizes, scaling_study
+        from .scaling import parse_sizes, scaling_page, scaling_study
+        if args.runs:
+            if args.params or args.articles:
+                raise ConfigError("scaling --runs RUN_DIR ...: takes no PARAMS or --articles (the runs have them)")
+            out = scaling_page(args.runs, scaling_id=args.id, reports_root=args.reports_root, progress=not args.quiet)
+            print(f"[lvm-study] scaling page: {out}")
+            return 0
+        if not args.params or not args.articles:
+            raise ConfigError("scaling: give PARAMS and --articles N,N,... (or --runs RUN_DIR ...)")
         try:
             sizes = parse_sizes(args.articles)
         except ValueError as exc:

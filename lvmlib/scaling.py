@@ -182,7 +182,7 @@ def scaling_study(params_path: str | Path, sizes: list[int], corpus: str | Path 
     """One full run per size (largest first, so a size the corpus cannot hold fails before hours of
     smaller runs), then the scaling page. Returns reports/scaling_<id>.html."""
     from .config import load_config
-    from .runner import StudyFailed, execute_notebook, render_html, run_study, write_index
+    from .runner import StudyFailed, run_study
     from .runs import new_run_id
     extra = list(overrides)
     if corpus is not None:
@@ -204,6 +204,20 @@ def scaling_study(params_path: str | Path, sizes: list[int], corpus: str | Path 
                                       runs_root=runs_root, reports_root=reports_root, progress=progress))
         except StudyFailed as exc:
             raise ScalingFailed(f"size {n}: {exc}") from None
+    return scaling_page(run_dirs, scaling_id, reports_root, progress, t0)
+
+
+def scaling_page(run_dirs: list[str | Path], scaling_id: str | None = None, reports_root: str | Path = "reports",
+                 progress: bool = True, t0: float | None = None) -> Path:
+    """The scaling page from finished runs (one per training-set size, the same corpus and held-out
+    articles: `06_scaling` checks they share their test queries). Returns reports/scaling_<id>.html."""
+    from .runner import execute_notebook, render_html, write_index
+    run_dirs = [Path(d) for d in run_dirs]
+    missing = [str(d) for d in run_dirs if not (d / "metrics" / "eval.json").is_file()]
+    if missing:
+        raise ScalingFailed(f"{missing[0]}: no metrics/eval.json — not an evaluated run")
+    t0 = time.time() if t0 is None else t0
+    scaling_id = _safe(scaling_id) if scaling_id else f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-runs"
     reports_root = Path(reports_root).resolve()
     out_dir = reports_root / f"scaling_{scaling_id}"
     out_dir.mkdir(parents=True, exist_ok=True)

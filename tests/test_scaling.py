@@ -100,6 +100,16 @@ def test_scaling_command_on_the_smoke_corpus(tmp_path):
     assert len(runs) == 2
     used = sorted(json.loads((d / "data/summary.json").read_text())["counts"]["train_articles_used"] for d in runs)
     assert used == [3, 6]
+    # the page again from the finished runs, without training (scaling --runs)
+    r = subprocess.run([sys.executable, "-m", "lvmlib", "scaling", "--runs", *map(str, runs), "--id", "again",
+                        "--reports-root", str(tmp_path / "reports"), "--quiet"],
+                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    again = json.loads((tmp_path / "reports/scaling_again/scaling.json").read_text())
+    assert again["rows"] == rec["rows"]
+    r = subprocess.run([sys.executable, "-m", "lvmlib", "scaling", "--runs", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "no metrics/eval.json" in r.stderr
     r = subprocess.run([sys.executable, "-m", "lvmlib", "scaling", "params/smoke.yaml", "--articles", "3,500",
                         "--runs-root", str(tmp_path / "runs2"), "--reports-root", str(tmp_path / "reports2"), "--quiet"],
                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
