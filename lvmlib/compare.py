@@ -349,6 +349,12 @@ def verdict(cards: list[dict[str, Any]], paired: dict[str, Any] | None = None,
 
 
 # --------------------------------------------------------------------------- paired bootstrap
+def primary_rank_column(ev: dict[str, Any], bank: str | None = None) -> str:
+    """The queries.csv column holding the ranks of eval.json's primary bank and context variant."""
+    col = f"rank_{bank or ev.get('primary_bank', 'global')}"
+    return col + "_incl_context" if ev.get("primary_context", "context_excluded") == "context_included" else col
+
+
 def _primary_ranks(run: RunView, bank: str | None):
     """(article_id, position, rank) of the run's trained model on `bank` (primary context variant)."""
     import pandas as pd
@@ -356,9 +362,7 @@ def _primary_ranks(run: RunView, bank: str | None):
     path = run.run_dir / "metrics" / ev.get("queries_file", "queries.csv")
     if not path.is_file():
         return None
-    col = f"rank_{bank or ev.get('primary_bank', 'global')}"
-    if ev.get("primary_context", "context_excluded") == "context_included":
-        col += "_incl_context"
+    col = primary_rank_column(ev, bank)
     q = pd.read_csv(path)
     if col not in q.columns or not {"model", "article_id", "position"} <= set(q.columns):
         return None

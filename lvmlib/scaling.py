@@ -70,11 +70,12 @@ def load_study(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
     return out
 
 
-def _paired(q, model: str, other: str, n_boot: int, seed: int) -> dict[str, Any]:
+def _paired(q, model: str, other: str, n_boot: int, seed: int, col: str) -> dict[str, Any]:
+    """Model minus `other` on the same queries; `col`: the ranks of the primary bank and context variant."""
     from .metrics import article_bootstrap
     a = q[q["model"] == model].sort_values("query")
     b = q[q["model"] == other].sort_values("query")
-    d_r5 = (a["rank_global"].to_numpy() <= 5).astype(float) - (b["rank_global"].to_numpy() <= 5)
+    d_r5 = (a[col].to_numpy() <= 5).astype(float) - (b[col].to_numpy() <= 5)
     d_cos = a["cosine"].to_numpy() - b["cosine"].to_numpy()
     ci = article_bootstrap({"recall_at_5": d_r5, "cosine": d_cos}, a["article_id"].to_numpy(), n_boot, seed)
     return {"diff_recall_at_5": float(d_r5.mean()), "diff_recall_at_5_ci": ci["recall_at_5"],
@@ -99,7 +100,8 @@ def study_table(study: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0):
                    "recall_at_5_hi": (m.get("recall_at_5_ci") or [math.nan, math.nan])[1],
                    "mrr": m["mrr"], "cosine": res["pred_target_cosine"]}
             if name != primary:
-                row.update(_paired(q, primary, name, n_boot, seed))
+                from .compare import primary_rank_column
+                row.update(_paired(q, primary, name, n_boot, seed, primary_rank_column(ev)))
             rows.append(row)
     return pd.DataFrame(rows)
 
