@@ -39,15 +39,15 @@ def table(title: str, header: list[str], rows: list[list]) -> None:
 def bench_embed(n: int = 1024) -> None:
     import numpy as np
     import torch
-    from lvmlib import corpus, data
+    from lvmlib import corpus, encoder
     from lvmlib.config import DataConfig
     texts = []
-    for _, chunks in corpus.iter_chunked_cached(DataConfig(), data.cache_root()):
+    for _, chunks in corpus.iter_chunked_cached(DataConfig(), encoder.cache_root()):
         texts += chunks
         if len(texts) >= 4 * n:
             break
     texts = texts[::4][:n]  # spread over several articles
-    enc = data.Encoder(data.BUNDLED_ENCODER, 256, batch_size=64)
+    enc = encoder.Encoder(encoder.BUNDLED_ENCODER, 256, batch_size=64)
     enc.encode(texts[:64])  # load + warm up
     model = enc.model()
     t0 = time.perf_counter()
@@ -91,7 +91,7 @@ def bench_warm() -> None:
 CHILD = r"""
 import hashlib, json, resource, sys, time
 import numpy as np
-from lvmlib import data
+from lvmlib import data, encoder
 from lvmlib.config import load_config
 
 class HashST:  # 384-D stand-in for the encoder: the pipeline's memory, not the model's
@@ -105,7 +105,7 @@ class HashST:  # 384-D stand-in for the encoder: the pipeline's memory, not the 
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 if sys.argv[3] == "hash":
-    data.load_encoder = lambda name: HashST()
+    encoder.load_encoder = lambda name: HashST()
 cfg = load_config(None, json.loads(sys.argv[1]))
 t0 = time.perf_counter()
 s = data.prepare_data(cfg, sys.argv[2], progress=False)
@@ -157,7 +157,7 @@ def bench_memory(sizes: list[int]) -> None:
         floor, floor_anon = map(float, r.stdout.split())
         rows.append(["imports only (baseline)", "-", "-", "-", "-", f"{floor:.0f}", f"{floor_anon:.0f}", "-"])
         r = subprocess.run([sys.executable, "-c", PEAK + "from lvmlib import data\n"
-                            "data.Encoder(data.BUNDLED_ENCODER, 256).encode(['a few words here'] * 64)\n"
+                            "encoder.Encoder(encoder.BUNDLED_ENCODER, 256).encode(['a few words here'] * 64)\n"
                             "print(peak_rss_mb(), peak_anon_mb())"], cwd=ROOT, capture_output=True, text=True,
                            check=True)
         enc_rss, enc_anon = map(float, r.stdout.strip().splitlines()[-1].split())

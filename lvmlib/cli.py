@@ -206,10 +206,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"[lvm-study] study comparison: {out}")
         return 0
     if args.command == "cache":
-        from . import data
-        root = data.cache_root() if not args.dir else Path(args.dir)
+        from . import encoder
+        root = encoder.cache_root() if not args.dir else Path(args.dir)
         if args.action == "list":
-            recs = data.list_cache(root)
+            recs = encoder.list_cache(root)
             print(f"embedding cache: {root}" + ("" if recs else " (empty)"))
             for r in recs:
                 size = f"{r['bytes'] / 1e6:8.1f} MB"
@@ -219,7 +219,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 else:
                     print(f"  {size}  chunk list [{r['id']}]")
         else:
-            n = data.clear_cache(root, encoder=args.model)
+            n = encoder.clear_cache(root, encoder=args.model)
             print(f"removed {n} cache entr{'y' if n == 1 else 'ies'} from {root}")
         return 0
     raise AssertionError(args.command)

@@ -121,6 +121,17 @@ def progress_bar(iterable=None, *, total: int | None = None, desc: str = "", uni
 
 
 # --------------------------------------------------------------------------- run directory
+def pid_alive(pid: int) -> bool:
+    """Is process `pid` running on this host? (signal 0: no signal sent, only the permission check)"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def check_run_id(run_id: str, what: str = "--run-id") -> str:
     """A run id names a folder under runs/ and reports/: no path separators, '..', spaces or control
     characters, so it can never point outside them (the tool often runs as root)."""

@@ -2,7 +2,7 @@
 import numpy as np
 
 from lvmlib.cli import main
-from lvmlib.data import EmbeddingCache, list_cache, text_digests
+from lvmlib.encoder import EmbeddingCache, list_cache, text_digests
 
 
 def test_check_prints_the_resolved_config(capsys):

