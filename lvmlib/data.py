@@ -360,6 +360,7 @@ def _prepare(cfg: Config, stage: Path, progress: bool) -> dict[str, Any]:
                              "windows": int((wsplit == s).sum())} for s, name in enumerate(SPLITS)}}
     summary = {
         "source": d.source, "path": d.path, "encoder": d.encoder, "encoder_max_length": d.encoder_max_length,
+        "encoder_backend": embed.get("encoder_backend"),
         "chunking": d.chunking, "min_words": d.min_words, "max_words": d.max_words, "context_len": K,
         "d_vec": int(D), "dtype": np.dtype(dtype).name, "counts": counts,
         "chunk_words": {"mean": float(words.mean()), "median": float(np.median(words)),

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -45,18 +46,63 @@ def text_digests(texts: list[str]) -> np.ndarray:
     return out
 
 
-class Encoder:
-    """A sentence-transformers model, loaded lazily (a warm cache never loads it), L2-normalised output."""
+BACKENDS = ("torch", "openvino", "openvino-f32", "onnx", "onnx-int8")
 
-    def __init__(self, name: str, max_length: int, batch_size: int = 64):
+
+def resolve_backend(backend: str) -> str:
+    """`auto` -> torch where CUDA is available (the GPU is faster than any CPU runtime), else openvino:
+    the fastest backend on this CPU whose vectors pass the quality bar (benchmarks/bench_encode.py)."""
+    if backend == "auto":
+        import torch
+        return "torch" if torch.cuda.is_available() else "openvino"
+    if backend not in BACKENDS:
+        raise DataError(f"data.encoder_backend {backend!r}: expected auto or one of {', '.join(BACKENDS)}")
+    return backend
+
+
+def openvino_precision() -> str:
+    """bf16 where OpenVINO's CPU plugin reports BF16 support (AVX512-BF16 / AMX), else f32."""
+    ov = _require("openvino", "openvino")
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "bf16" if "BF16" in caps else "f32"
+
+
+class Encoder:
+    """A sentence-transformers model, loaded lazily (a warm cache never loads it), L2-normalised output.
+
+    `backend`: `torch` runs `SentenceTransformer.encode`; the others export the model's transformer once
+    (ONNX via `torch.onnx.export`, run by OpenVINO or onnxruntime; int8 via onnxruntime's dynamic
+    quantisation), cache the export under `<cache root>/models/`, and reproduce the model's pooling (mean or
+    CLS) and normalisation around it. sentence-transformers' own `backend="onnx"/"openvino"` needs optimum,
+    whose releases require transformers < 4.58 (ONNX) or torch 2.14 (OpenVINO); this stack pins transformers
+    5 and torch 2.13, so the export is done here with the runtimes' own converters."""
+
+    def __init__(self, name: str, max_length: int, batch_size: int = 64, backend: str = "torch",
+                 cache_dir: str | Path | None = None):
         self.name, self.max_length, self.batch_size = name, max_length, batch_size
+        self.backend = resolve_backend(backend)
+        self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
         self._model = None
+        self._run = None  # exported backends: (input_ids, attention_mask) int64 (b, t) -> (b, t, H) float32
+
+    @property
+    def model_id(self) -> str:
+        """The model's identity: the name, or the resolved absolute local path."""
+        p = Path(self.name).expanduser()
+        return str(p.resolve()) if p.exists() else self.name
+
+    @property
+    def backend_id(self) -> str:
+        """The backend with its resolved precision (openvino -> openvino-bf16 or openvino-f32)."""
+        if self.backend == "openvino":
+            return f"openvino-{openvino_precision()}"
+        return self.backend
 
     @property
     def cache_id(self) -> str:
-        """Model identity in the cache key: the name, or the resolved absolute local path."""
-        p = Path(self.name).expanduser()
-        return str(p.resolve()) if p.exists() else self.name
+        """Identity in the embedding-cache key: the model, plus the backend unless it is torch (so caches
+        written before backends existed stay valid)."""
+        return self.model_id if self.backend == "torch" else f"{self.model_id}|backend={self.backend_id}"
 
     def model(self):
         if self._model is None:
@@ -73,13 +119,159 @@ class Encoder:
         model = self.model()
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths share a batch: less padding
+        run = None if self.backend == "torch" else self._runner()
         for s in range(0, len(texts), self.batch_size):
             idx = order[s:s + self.batch_size]
-            out[idx] = model.encode([texts[i] for i in idx], batch_size=self.batch_size, convert_to_numpy=True,
-                                    normalize_embeddings=True, show_progress_bar=False)
+            batch = [texts[i] for i in idx]
+            if run is None:
+                out[idx] = model.encode(batch, batch_size=self.batch_size, convert_to_numpy=True,
+                                        normalize_embeddings=True, show_progress_bar=False)
+            else:
+                tok = model.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length,
+                                      return_tensors="np")
+                mask = tok["attention_mask"].astype(np.int64)  # (b, t)
+                out[idx] = self._pool(run(tok["input_ids"].astype(np.int64), mask), mask)
             if progress is not None:
                 progress.update(len(idx))
         return out
+
+    # ------------------------------------------------------------------ exported backends
+    def _pool(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """(b, t, H) token states -> (b, H) unit vectors, as the model's Pooling (+ Normalize) modules."""
+        if self._pooling == "cls":
+            v = hidden[:, 0]  # (b, H)
+        else:
+            m = mask[..., None].astype(np.float32)  # (b, t, 1)
+            v = (hidden * m).sum(1) / np.clip(m.sum(1), 1e-9, None)  # (b, H)
+        return v / np.clip(np.linalg.norm(v, axis=1, keepdims=True), 1e-12, None)
+
+    def _check_pipeline(self) -> None:
+        kinds = [type(m).__name__ for m in self.model()]
+        pooling = self.model()[1] if kinds[1:2] == ["Pooling"] else None
+        mode = pooling.get_config_dict().get("pooling_mode") if pooling is not None else None
+        if kinds[:2] != ["Transformer", "Pooling"] or any(k != "Normalize" for k in kinds[2:]) \
+                or mode not in ("mean", "cls"):
+            raise DataError(f"data.encoder {self.name!r}: data.encoder_backend {self.backend!r} supports "
+                            f"Transformer -> Pooling(mean|cls) [-> Normalize] models, this one is "
+                            f"{' -> '.join(kinds)} (pooling {mode}); use data.encoder_backend=torch")
+        self._pooling = mode
+
+    def export_dir(self) -> Path:
+        """Where this model's ONNX export is cached (one directory per model and torch version; the
+        OpenVINO backends read the same file, onnx-int8 adds its quantised copy beside it)."""
+        import torch
+        key = hashlib.blake2b(f"{self.model_id}|onnx|torch {torch.__version__}".encode(), digest_size=8).hexdigest()
+        return self.cache_dir / "models" / key
+
+    def _runner(self):
+        if self._run is None:
+            self._check_pipeline()
+            self._run = _load_runner(self, self.export_dir())
+        return self._run
+
+
+def _require(module: str, backend: str):
+    if module == "openvino" and "openvino" not in sys.modules:
+        # openvino's import counts usage and may send it (openvino_telemetry, opt-out by default): blocked,
+        # its converter modules then fall back to their built-in no-op stub. A study run sends nothing.
+        sys.modules.setdefault("openvino_telemetry", None)
+    try:
+        return __import__(module)
+    except ImportError:
+        raise DataError(f"data.encoder_backend {backend!r}: package '{module}' is not installed "
+                        f"(pip install {module}, or data.encoder_backend=torch)") from None
+
+
+def _transformer_module(enc: Encoder):
+    """The model's transformer as a module (input_ids, attention_mask) -> last hidden state (b, t, H)."""
+    import torch
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    hf = enc.model()[0].auto_model.eval()
+    example = enc.model().tokenizer(["an example sentence", "two"], padding=True, return_tensors="pt")
+    return LastHidden(hf).cpu(), (example["input_ids"], example["attention_mask"])
+
+
+def _export_onnx(enc: Encoder, out: Path) -> None:
+    """model.onnx into `out` (a fresh directory), dynamic batch and token axes. The OpenVINO backends read
+    this file too (`Core.read_model`): openvino's own `convert_model` would send usage telemetry."""
+    import warnings
+
+    import torch
+    _require("onnx", enc.backend)
+    module, example = _transformer_module(enc)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
+        torch.onnx.export(module, example, out / "model.onnx", input_names=["input_ids", "attention_mask"],
+                          output_names=["last_hidden_state"], opset_version=17, dynamo=False,
+                          dynamic_axes={n: {0: "batch", 1: "tokens"}
+                                        for n in ("input_ids", "attention_mask", "last_hidden_state")})
+
+
+def _quantize_int8(src: Path, out: Path) -> None:
+    """onnxruntime's dynamic int8 quantisation of every MatMul's weights."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    root = logging.getLogger()
+    level, root.level = root.level, logging.ERROR  # its advice to pre-process would land in every report
+    try:
+        quantize_dynamic(src, out, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+
+
+def _publish(d: Path, name: str, make) -> Path:
+    """d/name, made once by `make(staging_dir)` and published by a rename (atomic: a killed export leaves
+    no half file; a concurrent run that published first wins and its file is used)."""
+    if not (d / name).is_file():
+        stage = d.parent / f".{d.name}-{os.getpid()}-{os.urandom(3).hex()}.tmp"
+        stage.mkdir(parents=True)
+        try:
+            make(stage)
+            d.mkdir(parents=True, exist_ok=True)
+            os.replace(stage / name, d / name)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    return d / name
+
+
+def _export(enc: Encoder, d: Path) -> Path:
+    """The model file this backend runs, exported on first use."""
+    onnx_path = _publish(d, "model.onnx", lambda st: _export_onnx(enc, st))
+    if not (d / "meta.json").is_file():
+        atomic_write_json(d / "meta.json", {"encoder": enc.model_id, "format": "onnx"})
+    if enc.backend != "onnx-int8":
+        return onnx_path
+    _require("onnxruntime", enc.backend)
+    return _publish(d, "model-int8.onnx", lambda st: _quantize_int8(onnx_path, st / "model-int8.onnx"))
+
+
+def _load_runner(enc: Encoder, d: Path):
+    """(input_ids, attention_mask) int64 (b, t) -> (b, t, H) float32 through the backend's runtime."""
+    path = _export(enc, d)
+    import torch
+    threads = torch.get_num_threads()
+    if enc.backend.startswith("openvino"):
+        ov = _require("openvino", enc.backend)
+        precision = "f32" if enc.backend == "openvino-f32" else openvino_precision()
+        core = ov.Core()
+        compiled = core.compile_model(core.read_model(str(path)), "CPU", {
+            "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
+        return lambda ids, mask: compiled({"input_ids": ids, "attention_mask": mask})[0]
+    ort = _require("onnxruntime", enc.backend)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return lambda ids, mask: sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
 
 
 def load_encoder(name: str):
@@ -262,7 +454,7 @@ def _iter_text_rows(path: Path, rows_mask: np.ndarray) -> Iterator[tuple[int, st
 def embed_bank(d: DataConfig, digests: np.ndarray, texts_path: Path, out_path: Path, dtype,
                 progress: bool) -> dict[str, Any]:
     """Bank vectors (M, D) into out_path, encoding only texts the cache lacks. Returns cache stats."""
-    enc = Encoder(d.encoder, d.encoder_max_length, d.encode_batch_size)
+    enc = Encoder(d.encoder, d.encoder_max_length, d.encode_batch_size, d.encoder_backend, cache_root(d))
     cache = EmbeddingCache(cache_root(d), enc.cache_id, d.encoder_max_length)
     entry = cache.lookup(digests)
     miss_rows = np.nonzero(entry < 0)[0]
@@ -305,5 +497,6 @@ def embed_bank(d: DataConfig, digests: np.ndarray, texts_path: Path, out_path: P
         del out
     return {"cache_dir": str(cache.dir), "cache_hits": int(len(digests) - miss_rows.size),
             "encoded": int(len(todo)), "encode_seconds": round(seconds, 2),
-            "chunks_per_s": round(len(todo) / seconds, 1) if seconds > 0 else None, "d_vec": D}
+            "chunks_per_s": round(len(todo) / seconds, 1) if seconds > 0 else None, "d_vec": D,
+            "encoder_backend": enc.backend_id}
 

@@ -123,7 +123,7 @@ def test_sigkill_while_embedding_keeps_the_cache_whole_and_the_rerun_embeds_only
                      for i in range(40)]
             fh.write(json.dumps({"title": topic, "paragraphs": [" ".join(sents)]}) + "\n")
     over = ["data.source=jsonl", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}", "data.min_words=5",
-            "data.encode_batch_size=8"]
+            "data.encode_batch_size=8", "data.encoder_backend=torch"]  # compared below with a fresh torch encode
     run = tmp_path / "run"
     run.mkdir()
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT))

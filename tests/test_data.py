@@ -63,6 +63,7 @@ def make_corpus(path: Path, n_articles=14, shared=False):
 def cfg_for(tmp_path, corpus_path=None, **over):
     corpus_path = corpus_path or make_corpus(tmp_path / "corpus.jsonl")
     base = {"data.source": "jsonl", "data.path": str(corpus_path), "data.encoder": "fake-encoder",
+            "data.encoder_backend": "torch",  # the fake stands in for SentenceTransformer.encode
             "data.min_words": 5, "data.cache_dir": str(tmp_path / "cache"), "data.context_len": 3}
     base.update({f"data.{k}": v for k, v in over.items()})
     return load_config(None, [f"{k}={v}" for k, v in base.items()])
