@@ -121,7 +121,8 @@ def summary_markdown(summary: dict) -> str:
     clr = summary.get("copy_last_retrieval", {}).get("test", {})
     lines = [
         f"**{c['articles']:,} articles → {c['chunks']:,} chunks → {c['windows']:,} windows** "
-        f"(K = {summary['context_len']}, encoder `{summary['encoder']}`, {summary['d_vec']}-D). "
+        f"(K = {summary['context_len']}, encoder `{summary['encoder']}`, {summary['d_vec']}-D"
+        + (f", backend `{summary['encoder_backend']}`" if summary.get("encoder_backend") else "") + "). "
         f"Split by article: train {ps['train']['articles']} / val {ps['val']['articles']} / "
         f"test {ps['test']['articles']} articles ({ps['train']['windows']:,} / {ps['val']['windows']:,} / "
         f"{ps['test']['windows']:,} windows); {c['articles_short']} article(s) too short for a window; "
