@@ -108,28 +108,15 @@ def _nb_params(items: list[str]) -> dict:
     return out
 
 
-def _library_errors() -> tuple[type[BaseException], ...]:
-    from .corpus import DataError
-    from .evaluate import SanityError
-    from .model import CheckpointError
-    from .scan import ScanBackendError
-    from .train import TrainingDiverged
-    return (DataError, SanityError, CheckpointError, ScanBackendError, TrainingDiverged)
-
-
 def main(argv: list[str] | None = None) -> int:
     _env_defaults()
     args = build_parser().parse_args(argv)
-    from .config import ConfigError
-    from .runs import RunError
+    from .errors import LvmError
     try:
         return _dispatch(args)
-    except (ConfigError, RunError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except _library_errors() as exc:  # bad data, payload, checkpoint, failed sanity check, diverged training
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    except LvmError as exc:  # bad params or run dir (2); bad data, checkpoint, sanity check, divergence (1)
+        print(exc.cli_line(), file=sys.stderr)
+        return exc.exit_code
     except OSError as exc:  # a full disk, a read-only place: one line naming the file, not a traceback
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -16,10 +16,12 @@ from typing import Any
 
 import yaml
 
+from .errors import RequestError
+
 SECTIONS = ("data", "model", "loss", "train", "gates", "eval")
 
 
-class ConfigError(ValueError):
+class ConfigError(RequestError, ValueError):
     """A params file or override is wrong; the message names file, key and value."""
 
 

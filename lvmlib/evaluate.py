@@ -32,6 +32,7 @@ import torch
 
 from . import metrics as mt
 from .config import Config
+from .errors import LvmError
 from .gates import phase1_decision
 from .runs import atomic_write_json, atomic_write_text, read_json
 
@@ -44,7 +45,7 @@ BANK_DESCRIPTIONS = {
 PRIMARY_KEYS = ("pred_target_cosine", "recall_at_1", "recall_at_5", "recall_at_10", "n_queries", "bank_size")
 
 
-class SanityError(RuntimeError):
+class SanityError(LvmError, RuntimeError):
     """An evaluation sanity check failed: the numbers would be meaningless, so the evaluation stops."""
 
 

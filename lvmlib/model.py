@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lvmlib.config import Config, ConfigError, ModelConfig, config_from_dict
+from lvmlib.errors import LvmError
 from lvmlib.runs import atomic_path
 from lvmlib.scan import _mamba_ssm_ops, resolve_backend, selective_scan
 
@@ -42,7 +43,7 @@ AMN_MAX_LEN = 128  # amn: longest context its relative-position embedding covers
 _BANK_CHUNK = 65536  # rows per passage-tower call in encode_bank
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LvmError, ValueError):
     """A checkpoint file is missing, truncated, corrupted or does not fit the model; names the file."""
 
 

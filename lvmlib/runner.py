@@ -23,6 +23,7 @@ from filelock import FileLock
 
 from . import tweaks
 from .config import Config, dump_config, load_config
+from .errors import LvmError
 from .runs import (PROJECT_ROOT, RunError, RunLock, atomic_write_json, atomic_write_text, check_run_id,
                    create_run_dir, new_run_id, now_iso, read_json, start_manifest, write_manifest)
 
@@ -34,7 +35,7 @@ RESERVED_PARAMS = ("params_path", "run_dir", "overrides", "resume")  # set by th
 INTERRUPT_GRACE_S = 20.0  # after Ctrl-C/SIGTERM, a kernel that has not stopped by then is killed
 
 
-class StudyFailed(RuntimeError):
+class StudyFailed(LvmError, RuntimeError):
     """A stage failed; the message is the one-line reason shown to the user."""
 
 

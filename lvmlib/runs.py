@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from filelock import FileLock
 
+from .errors import RequestError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -32,7 +34,7 @@ RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 LOCK_NAME = ".run.lock"  # held (flock) by the process that runs or trains the run; records its pid and host
 
 
-class RunError(RuntimeError):
+class RunError(RequestError, RuntimeError):
     """Something about a run directory is wrong (missing input file, bad status...)."""
 
 

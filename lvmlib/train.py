@@ -31,6 +31,7 @@ import torch.nn as nn
 from torch.utils.data import DistributedSampler
 
 from .config import Config, dump_config, load_config
+from .errors import LvmError
 from .gates import in_loop_action
 from .losses import BankNegatives, LVMLoss, MicroBatch, cached_step, direct_step, duplicate_ids
 from .metrics import duplicate_groups
@@ -43,7 +44,7 @@ TIMING_KEYS = ("seconds", "train_seconds", "val_seconds", "seq_per_s")  # differ
 PROGRESS_EVERY_S = 10.0
 
 
-class TrainingDiverged(FloatingPointError):
+class TrainingDiverged(LvmError, FloatingPointError):
     """The loss became NaN/inf; the message names the epoch, step and the last good checkpoint."""
 
 
