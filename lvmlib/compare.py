@@ -132,11 +132,8 @@ def eval_rows(run: RunView) -> list[dict[str, Any]]:
         return []
     primary = ev.get("primary_bank", "global")
     models = ev.get("models")
-    if not isinstance(models, dict) or not models:  # the end-to-end issue's flat contract only
-        rows = [_row(run, primary, MODEL, ev, ev, primary)]
-        if isinstance(ev.get("baseline_copy_last"), dict):
-            rows.append(_row(run, primary, "copy_last", ev["baseline_copy_last"], ev["baseline_copy_last"], primary))
-        return rows
+    if not isinstance(models, dict):
+        return []
     variant = ev.get("primary_context", "context_excluded")
     rows = []
     for name, res in models.items():

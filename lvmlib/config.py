@@ -234,7 +234,6 @@ def _section_types(cls) -> dict[str, Any]:
 
 
 def _apply(cfg: Config, section: str, key: str, value: Any, where: str) -> None:
-    top = _section_types(Config)
     if section not in SECTIONS:
         raise ConfigError(f"{where}: unknown section '{section}' (value {value!r}); sections are {', '.join(SECTIONS)}")
     sec_obj = getattr(cfg, section)
@@ -252,7 +251,6 @@ def _apply(cfg: Config, section: str, key: str, value: Any, where: str) -> None:
         raise ConfigError(f"{where}: key '{section}.{key}' expects {tname}, got {value!r} ({type(value).__name__})")
     if tp is float and not math.isfinite(value):  # YAML reads .nan / .inf; no range check would catch them
         raise ConfigError(f"{where}: key '{section}.{key}' = {value!r}: must be a finite number")
-    del top
     setattr(sec_obj, key, value)
 
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .config import Config, DataConfig
-from .corpus import MAX_PARAGRAPH_CHARS, ChunkStats, CorpusError, DataError, iter_chunked_cached, source_file
+from .corpus import ChunkStats, CorpusError, DataError, iter_chunked_cached, source_file
 from .encoder import cache_root, embed_bank, text_digests
 from .runs import atomic_path, atomic_save_npy, atomic_save_npz, atomic_write_json, pid_alive, progress_bar
 

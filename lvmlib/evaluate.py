@@ -34,7 +34,7 @@ from . import metrics as mt
 from .config import Config
 from .errors import LvmError
 from .gates import phase1_decision
-from .runs import atomic_write_json, atomic_write_text, read_json
+from .runs import atomic_write_json, atomic_write_text
 
 SPLITS = ("train", "val", "test")
 BANK_DESCRIPTIONS = {
@@ -42,7 +42,6 @@ BANK_DESCRIPTIONS = {
     "test": "every chunk of the evaluation-split articles",
     "same_article": "every chunk of the query's own article",
 }
-PRIMARY_KEYS = ("pred_target_cosine", "recall_at_1", "recall_at_5", "recall_at_10", "n_queries", "bank_size")
 
 
 class SanityError(LvmError, RuntimeError):
@@ -614,15 +613,6 @@ def _write(out: Path, ev: dict, per_query: dict, data: EvalData, tgt_rows: np.nd
 
 
 # --------------------------------------------------------------------------- reading results back
-def load_eval(path: str | Path) -> dict[str, Any]:
-    """eval.json from a run dir, a metrics/eval dir, or the file itself."""
-    p = Path(path)
-    for cand in (p, p / "eval.json", p / "metrics" / "eval.json"):
-        if cand.is_file():
-            return read_json(cand)
-    return read_json(p / "metrics" / "eval.json")  # raises RunError naming the missing file
-
-
 def load_queries(ev: dict[str, Any]):
     """The per-query table (pandas DataFrame) written next to eval.json."""
     import pandas as pd

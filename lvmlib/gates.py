@@ -23,9 +23,6 @@ from typing import Any
 from .config import Config, GatesConfig
 from .runs import atomic_write_json, read_json
 
-DECISIONS = ("continue", "extend_2_epochs", "stop_option_4")
-PHASE1_DECISIONS = ("proceed_phase_2", "weak", "option_4_or_5")
-
 
 def _val(history: list[dict], epoch: int) -> float | None:
     for rec in history:

@@ -14,7 +14,6 @@ from typing import Any
 import matplotlib
 import matplotlib.pyplot as plt  # no matplotlib.use(): it would switch a notebook's inline backend off
 import matplotlib.ticker  # noqa: F401  (PercentFormatter)
-import numpy as np
 import pandas as pd
 import seaborn as sns
 

@@ -190,7 +190,7 @@ def scaling_study(params_path: str | Path, sizes: list[int], corpus: str | Path 
     if corpus is not None:
         if not Path(corpus).is_file():
             raise RunError(f"{corpus}: corpus file not found")
-        extra = [f"data.source=jsonl", f"data.path={Path(corpus).resolve()}", *extra]
+        extra = ["data.source=jsonl", f"data.path={Path(corpus).resolve()}", *extra]
     cfg = load_config(params_path, extra)  # ConfigError before any work
     if not sizes:
         raise RunError("--articles: give at least one size")

@@ -34,8 +34,8 @@ from lvmlib.config import load_config
 from lvmlib.model import CheckpointError, build_model, load_checkpoint
 from lvmlib.runner import StudyFailed, run_study
 from lvmlib.train import TrainingDiverged, train, training_summary
-from test_bad_inputs import (SMOKE, CliFailed, cli, cli_subprocess, copy_run, make_tiny_run, snapshot,  # noqa: F401
-                             tiny_overrides, vectors_npz)
+from tiny_runs import (SMOKE, CliFailed, cli, cli_subprocess, copy_run, make_tiny_run, snapshot,  # noqa: F401
+                       tiny_overrides, vectors_npz)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,7 @@ from mambapy.mamba import MambaConfig as PyMambaConfig
 
 from lvmlib import scan
 from lvmlib.config import Config, ModelConfig
-from lvmlib.model import (AMN, PRESETS, CheckpointError, Mamba, MambaLVM, baseline, build_model,
+from lvmlib.model import (PRESETS, CheckpointError, Mamba, MambaLVM, baseline, build_model,
                           count_parameters, load_checkpoint, param_groups, save_checkpoint, set_scan)
 
 LENGTHS = (1, 5, 16, 64)
