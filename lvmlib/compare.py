@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from .gates import upgrade
 from .runs import PROJECT_ROOT, RunError, atomic_write_json, now_iso, read_json
 
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "05_compare.ipynb"
@@ -66,8 +67,9 @@ def load_run(run_dir: str | Path) -> RunView:
     config = yaml.safe_load(params.read_text()) if params.is_file() else {}
     return RunView(run_dir=run_dir, run_id=manifest.get("run_id", run_dir.name),
                    label=str(config.get("name") or manifest.get("params_name") or run_dir.name),
-                   config=config or {}, manifest=manifest, history=_maybe_json(run_dir / "history.json") or [],
-                   gates=_maybe_json(run_dir / "gates.json"), eval=_maybe_json(run_dir / "metrics" / "eval.json"))
+                   config=config or {}, manifest=manifest,
+                   history=[upgrade(h) for h in _maybe_json(run_dir / "history.json") or []],
+                   gates=upgrade(_maybe_json(run_dir / "gates.json")), eval=_maybe_json(run_dir / "metrics" / "eval.json"))
 
 
 def load_runs(run_dirs: list[str | Path]) -> list[RunView]:
@@ -443,7 +445,7 @@ def summary_rows(runs: list[RunView]) -> list[dict[str, Any]]:
         b = _beats(c) if c.get("evaluated") else None
         bb = c.get("best_baseline") or {}
         rows.append({"run": r.label, "run_id": r.run_id, "recipe": recipe(r.config), "status": r.status,
-                     "epochs": len(r.history), "epoch2_val_cosine": g.get("epoch2_val_cosine"),
+                     "epochs": len(r.history), "gate_val_cosine": g.get("gate_val_cosine"),
                      "gate_decision": g.get("decision"), "recall_at_5": c.get("recall_at_5"),
                      "recall_at_5_ci": c.get("recall_at_5_ci"), "pred_target_cosine": c.get("pred_target_cosine"),
                      "phase1_decision": e.get("decision"), "best_baseline": bb.get("name"),
@@ -457,7 +459,7 @@ def gates_rows(runs: list[RunView]) -> list[dict[str, Any]]:
     for r in runs:
         g = r.gates or {}
         last = r.history[-1] if r.history else {}
-        rows.append({"run": r.label, "gate_epoch": g.get("gate_epoch"), "epoch2_val_cosine": g.get("epoch2_val_cosine"),
+        rows.append({"run": r.label, "gate_epoch": g.get("gate_epoch"), "gate_val_cosine": g.get("gate_val_cosine"),
                      "threshold": g.get("threshold"), "passed": g.get("passed"), "decision": g.get("decision"),
                      "tree_in_loop": r.config.get("train", {}).get("decision_tree"),
                      "epochs_trained": len(r.history), "final_val_cosine": last.get("val_cosine"),

@@ -49,8 +49,8 @@ def summary_lines(head: dict[str, Any], index_html: str) -> list[str]:
 
     `head` is `runner.headline(run_dir)` (missing numbers show as '—')."""
     gate = head.get("gate_decision") or "—"
-    v = head.get("epoch2_val_cosine")
-    gate_txt = f"{gate} (epoch-2 val cosine {_num(v)})" if v is not None else f"{gate} (epoch 2 not reached)"
+    v, ep = head.get("gate_val_cosine"), head.get("gate_epoch") or 2
+    gate_txt = f"{gate} (epoch-{ep} val cosine {_num(v)})" if v is not None else f"{gate} (epoch {ep} not reached)"
     if head.get("gate_decision") is None:
         gate_txt = "— (no gates.json: 03_gates did not run)"
     ci = head.get("recall_at_5_ci")

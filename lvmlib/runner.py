@@ -22,6 +22,7 @@ from typing import Any
 from filelock import FileLock
 
 from . import tweaks
+from .gates import upgrade
 from .config import Config, dump_config, load_config
 from .errors import LvmError
 from .runs import (PROJECT_ROOT, RunError, RunLock, atomic_write_json, atomic_write_text, check_run_id,
@@ -181,9 +182,10 @@ def headline(run_dir: Path) -> dict[str, Any]:
             out[name] = read_json(path)
         except RunError:
             out[name] = None
-    g, e = out["gates"] or {}, out["eval"] or {}
+    g, e = upgrade(out["gates"]) or {}, out["eval"] or {}
     best = ((e.get("gates") or {}).get("best_baseline") or {})
-    return {"epoch2_val_cosine": g.get("epoch2_val_cosine"), "gate_decision": g.get("decision"),
+    return {"gate_epoch": g.get("gate_epoch"), "gate_val_cosine": g.get("gate_val_cosine"),
+            "gate_decision": g.get("decision"),
             "gate_reason": g.get("reason"), "epochs_trained": g.get("epochs_trained"),
             "recall_at_5": e.get("recall_at_5"), "recall_at_5_ci": e.get("recall_at_5_ci"), "mrr": e.get("mrr"),
             "pred_target_cosine": e.get("pred_target_cosine"), "n_queries": e.get("n_queries"),
@@ -259,7 +261,7 @@ def _records(reports_root: Path, pattern: str) -> list[dict[str, Any]]:
     out = []
     for p in reports_root.glob(pattern):
         try:
-            out.append(json.loads(p.read_text()))
+            out.append(upgrade(json.loads(p.read_text())))  # a run.json of an older kit: today's names
         except (OSError, json.JSONDecodeError):
             continue
     return out
@@ -278,7 +280,7 @@ def write_run_page(reports_root: Path, rec: dict[str, Any]) -> None:
         f"<td>{_secs(stages.get(n, {}).get('seconds'))}</td></tr>" for n in NOTEBOOKS)
     fail = f"<p class=bad><b>Failed:</b> {html.escape(str(rec['failure']))}</p>" if rec.get("failure") else ""
     cards = "".join(f"<span class=card><small>{label}</small><b>{value}</b><small>{note}</small></span>" for label, value, note in (
-        ("epoch-2 val cosine", _fmt(rec.get("epoch2_val_cosine")), f"gate: {_fmt(rec.get('gate_decision'))}"),
+        (f"epoch-{rec.get('gate_epoch') or 2} val cosine", _fmt(rec.get("gate_val_cosine")), f"gate: {_fmt(rec.get('gate_decision'))}"),
         ("R@5", _r5(rec), _baseline(rec)),
         ("cosine", _fmt(rec.get("pred_target_cosine")), f"{_fmt(rec.get('n_queries'))} queries"),
         ("Phase 1", _fmt(rec.get("phase1_decision")), f"beats best baseline: {_fmt(rec.get('beats_best_baseline'))}")))
@@ -334,7 +336,7 @@ def write_index(reports_root: Path) -> Path:
                 f"<td>{html.escape(str(r.get('params_name')))}</td><td>{_when(r.get('started_at'))}</td>"
                 f"<td class='{_STATUS_CLASS.get(st, '')}'><b>{html.escape(st)}</b>"
                 f"{' <small class=run>tweaked</small>' if r.get('tweaks') else ''}{fail}</td>"
-                f"<td>{_fmt(r.get('epoch2_val_cosine'))}<br><small>{_fmt(r.get('gate_decision'))}</small></td>"
+                f"<td>{_fmt(r.get('gate_val_cosine'))}<br><small>{_fmt(r.get('gate_decision'))}</small></td>"
                 f"<td>{_r5(r)}<br><small>{_baseline(r)}</small></td>"
                 f"<td>{_fmt(r.get('pred_target_cosine'))}</td><td>{_fmt(r.get('phase1_decision'))}</td>"
                 f"<td>{_fmt(r.get('beats_best_baseline'))}</td></tr>")

@@ -40,8 +40,8 @@ def make_run(root: Path, name: str, params: str, r5: float, cos: float, val_cos:
     (run / "history.json").write_text(json.dumps(hist))
     v2 = val_cos[1] if len(val_cos) > 1 else None
     (run / "gates.json").write_text(json.dumps({
-        "gate_epoch": 2, "epoch2_val_cosine": v2, "threshold": 0.5, "lower": 0.4, "passed": v2 is not None and v2 >= 0.5,
-        "decision": "continue" if v2 and v2 >= 0.5 else "extend_2_epochs", "reason": "fixture", "stopped_by_tree": False}))
+        "gate_epoch": 2, "gate_val_cosine": v2, "threshold": 0.5, "lower": 0.4, "passed": v2 is not None and v2 >= 0.5,
+        "decision": "continue" if v2 and v2 >= 0.5 else "extend", "reason": "fixture", "stopped_by_tree": False}))
     articles = np.repeat(np.arange(n_articles), n // n_articles)
     positions = np.tile(np.arange(n // n_articles), n_articles) + 5
     models, frames = {}, []
@@ -222,6 +222,26 @@ def test_params_diff_and_missing_files(pair, tmp_path):
     assert compare.gates_rows([v1])[0]["reason"] == "no gates.json"
     with pytest.raises(RunError, match="not a run directory"):
         compare.load_run(tmp_path)
+
+
+def test_a_run_written_before_the_gate_keys_were_renamed_still_compares(pair):
+    """gates.json and history.json of runs on disk say `epoch2_val_cosine` and `extend_2_epochs`."""
+    v1_dir, _ = pair
+    old_gate = {"gate_epoch": 2, "epoch2_val_cosine": 0.45, "threshold": 0.5, "lower": 0.4, "passed": False,
+                "decision": "extend_2_epochs", "reason": "old kit", "stopped_by_tree": False,
+                "tree_log": [{"epoch": 2, "decision": "extend_2_epochs", "reason": "old kit"}]}
+    (v1_dir / "gates.json").write_text(json.dumps(old_gate))
+    hist = json.loads((v1_dir / "history.json").read_text())
+    hist[1]["decision"] = "extend_2_epochs"
+    (v1_dir / "history.json").write_text(json.dumps(hist))
+    run = compare.load_run(v1_dir)
+    assert run.gates["gate_val_cosine"] == 0.45 and "epoch2_val_cosine" not in run.gates
+    assert run.gates["decision"] == "extend" and run.gates["tree_log"][0]["decision"] == "extend"
+    assert run.history[1]["decision"] == "extend"
+    row = compare.gates_rows([run])[0]
+    assert (row["gate_val_cosine"], row["decision"]) == (0.45, "extend")
+    summary = compare.summary_rows([run])[0]
+    assert (summary["gate_val_cosine"], summary["gate_decision"]) == (0.45, "extend")
 
 
 def test_study_params_pair_differs_only_in_the_loss():

@@ -41,6 +41,16 @@ def test_index_lists_runs_newest_first(tmp_path):
     assert "01_data: boom" in html and "25.0%" in html
 
 
+def test_index_reads_an_older_kits_run_json(tmp_path):
+    """reports/<id>/run.json written before issue 14 holds `epoch2_val_cosine` and `extend_2_epochs`."""
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "run.json").write_text(json.dumps(
+        {"run_id": "old", "kind": "run", "started_at": "2026-01-01T00:00:00", "status": "succeeded",
+         "params_name": "p", "epoch2_val_cosine": 0.4321, "gate_decision": "extend_2_epochs"}))
+    html = write_index(tmp_path).read_text()
+    assert "0.432" in html and "<small>extend</small>" in html and "extend_2_epochs" not in html
+
+
 def _run(args, tmp_path, env_extra=None):
     import os
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
@@ -91,7 +101,7 @@ def test_smoke_study_end_to_end(tmp_path):
         for k in ("epoch", "train_loss", "train_infonce", "train_ar_cosine", "val_cosine", "lr", "seconds"):
             assert k in rec and math.isfinite(rec[k]), (k, rec)
     gates = json.loads((run / "gates.json").read_text())
-    assert gates["decision"] in ("continue", "extend_2_epochs", "stop_option_4")
+    assert gates["decision"] in ("continue", "extend", "stop_option_4")
     assert gates["threshold"] == 0.5 and isinstance(gates["passed"], bool)
     ev = json.loads((run / "metrics/eval.json").read_text())
     for k in ("pred_target_cosine", "recall_at_1", "recall_at_5", "recall_at_10"):
