@@ -7,7 +7,7 @@ primary bank's R@5, by how much, whether the difference exceeds the 95% interval
 bootstrap over test articles when both runs scored the same queries, else non-overlap of the
 per-run intervals), and whether each variant beats the best trivial baseline on the same queries.
 
-`compare_runs` executes `notebooks/05_compare.ipynb` with papermill and renders
+`compare_runs` executes `notebooks/05_compare.ipynb` (`lvmlib.execute`) and renders
 `reports/compare_<id>.html`; `run_pair_study` runs a params pair end to end and compares it.
 """
 from __future__ import annotations
@@ -499,7 +499,8 @@ def compare_runs(run_dirs: list[Path], compare_id: str | None = None, reports_ro
     rebuilds the index. `reference`: a run folder (added first when not among `run_dirs`) that every
     other run is measured against with paired intervals. Returns the HTML path. Raises CompareFailed with
     a one-line reason."""
-    from .runner import execute_notebook, record_run, render_html, write_index
+    from .execute import run_notebook
+    from .report import record_run, write_index
     run_dirs = [Path(d) for d in run_dirs]
     if reference and not any(Path(reference).resolve() == d.resolve() for d in run_dirs):
         run_dirs = [Path(reference), *run_dirs]
@@ -509,23 +510,16 @@ def compare_runs(run_dirs: list[Path], compare_id: str | None = None, reports_ro
     out_dir = reports_root / f"compare_{compare_id}"
     out_dir.mkdir(parents=True, exist_ok=True)
     html_path = reports_root / f"compare_{compare_id}.html"
-    started, t0, err = now_iso(), time.time(), None
-    try:
-        execute_notebook(NOTEBOOK, out_dir / "05_compare.ipynb",
-                         {"run_dirs": [str(r.run_dir) for r in runs], "compare_id": compare_id,
-                          "out_dir": str(out_dir), "reference": str(runs[reference_index(runs, Path(reference).resolve())].run_dir)
-                          if reference else ""})
-    except Exception as exc:  # papermill raises PapermillExecutionError for a failing cell
-        err = exc
+    started, t0 = now_iso(), time.time()
     pages = {r.run_id: (reports_root / r.run_id / "run.json").is_file() for r in runs}  # runs with reports here
-    if (out_dir / "05_compare.ipynb").is_file():
-        render_html(out_dir / "05_compare.ipynb", html_path, nav=[("all runs", "index.html")] + [
-            (r.label, f"{r.run_id}/index.html") for r in runs if pages[r.run_id]])
+    failure = run_notebook(NOTEBOOK, out_dir / "05_compare.ipynb",
+                           {"run_dirs": [str(r.run_dir) for r in runs], "compare_id": compare_id, "out_dir": str(out_dir),
+                            "reference": str(runs[reference_index(runs, Path(reference).resolve())].run_dir)
+                            if reference else ""},
+                           html_path, "05_compare", nav=[("all runs", "index.html")] + [
+                               (r.label, f"{r.run_id}/index.html") for r in runs if pages[r.run_id]])
     summary = _maybe_json(out_dir / "compare.json") or {}
-    line = None
-    if err is not None:
-        from .runner import _failure_line
-        line = _failure_line("05_compare", err)
+    err, line = (failure.exc, failure.line) if failure else (None, None)
     atomic_write_json(reports_root / f"compare_{compare_id}.json", {
         "kind": "compare", "compare_id": compare_id, "href": html_path.name, "started_at": started,
         "seconds": round(time.time() - t0, 1), "status": "failed" if err else "succeeded", "failure": line,

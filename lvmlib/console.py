@@ -1,7 +1,7 @@
 """What `python -m lvmlib run` prints: one line per stage, at most one live progress line, a summary.
 
 The notebooks execute in a kernel, so their progress bars (`runs.progress_bar`, i.e. tqdm) and prints
-reach the runner as stream text, which papermill hands to `Console.sink()`. The console keeps the
+reach the runner as stream text, which the notebook executor (`lvmlib.execute`) hands to `Console.sink()`. The console keeps the
 latest progress frame (the text after tqdm's last carriage return) as the single live line of a
 terminal and drops the rest; the notebooks keep everything in their outputs, so the reports lose
 nothing. Levels:
@@ -170,7 +170,7 @@ class Console:
         self._draw()
 
     def sink(self) -> "_Sink":
-        """A file-like object for papermill's stdout_file / stderr_file."""
+        """A file-like object for the executor's stdout_file / stderr_file (`execute.execute_notebook`)."""
         return _Sink(self)
 
 

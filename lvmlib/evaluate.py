@@ -650,7 +650,8 @@ def evaluate_elsewhere(run_dir: str | Path, data: str | Path, out_dir: str | Pat
     from .config import load_config
     from .data import prepare_data
     from .model import BASELINE_KINDS, load_checkpoint
-    from .runner import NOTEBOOK_DIR, StudyFailed, _failure_line, execute_notebook, render_html
+    from .execute import NOTEBOOK_DIR, run_notebook
+    from .runner import StudyFailed
     from .runs import RunError
     run_dir = Path(run_dir).resolve()
     data = Path(data).expanduser().resolve()
@@ -679,14 +680,9 @@ def evaluate_elsewhere(run_dir: str | Path, data: str | Path, out_dir: str | Pat
     overrides = [{"eval.data_dir": str(data)}, {"eval.out_dir": str(out)}]
     executed = out / "04_eval.ipynb"
     html_out = Path(reports_root).resolve() / run_dir.name / f"{out.name}.html"
-    err: BaseException | None = None
-    try:
-        execute_notebook(NOTEBOOK_DIR / "04_eval.ipynb", executed,
-                         {"params_path": "", "run_dir": str(run_dir), "overrides": overrides}, progress)
-    except Exception as exc:  # PapermillExecutionError: the failing cell's error
-        err = exc
-    if executed.is_file():
-        render_html(executed, html_out)
-    if err is not None:
-        raise StudyFailed(_failure_line("eval", err) + f" (report: {html_out})") from err
+    failure = run_notebook(NOTEBOOK_DIR / "04_eval.ipynb", executed,
+                           {"params_path": "", "run_dir": str(run_dir), "overrides": overrides}, html_out, "eval",
+                           progress=progress)
+    if failure is not None:
+        raise StudyFailed(failure.line + f" (report: {html_out})") from failure.exc
     return out

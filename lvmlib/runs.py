@@ -110,7 +110,7 @@ def read_json(path: str | Path) -> Any:
 # --------------------------------------------------------------------------- progress
 def progress_bar(iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it",
                  enabled: bool = True, **kw):
-    """One progress bar for terminal, papermill and Jupyter: a widget when ipywidgets is installed,
+    """One progress bar for terminal, executed notebooks and Jupyter: a widget when ipywidgets is installed,
     else the plain bar (its carriage returns are collapsed when reports are rendered)."""
     try:
         import ipywidgets  # noqa: F401
@@ -183,8 +183,10 @@ def git_info() -> dict[str, Any]:
 
 def package_versions() -> dict[str, str]:
     from importlib import metadata
+
+    from .execute import ENGINE  # the package that executes notebooks is named where it is used
     out = {"python": platform.python_version()}
-    for name in ("torch", "numpy", "sentence-transformers", "transformers", "papermill", "faiss-cpu",
+    for name in ("torch", "numpy", "sentence-transformers", "transformers", ENGINE, "faiss-cpu",
                  "mamba-ssm", "lvmlib"):
         try:
             out[name] = metadata.version(name)

@@ -375,7 +375,7 @@ def _nb(cells):
 
 
 def test_summary_section_moves_first_only_when_it_ran():
-    from lvmlib.runner import summary_first
+    from lvmlib.report import summary_first
     cells = [("md", "# 01 · Title", []), ("code", "x = 1", [("stdout", "log\n")]), ("md", "## Detail", []),
              ("code", "plot()", [("stdout", "detail\n")]), ("md", "## Summary\nwords", []),
              ("code", "show()", [("stdout", "R@5 12%\n")]), ("md", "## Record", []), ("code", "rec()", [])]
@@ -390,7 +390,7 @@ def test_summary_section_moves_first_only_when_it_ran():
 
 
 def test_progress_bars_collapse_to_what_a_terminal_shows():
-    from lvmlib.runner import tidy_streams
+    from lvmlib.report import tidy_streams
     nb = _nb([("code", "train()", [("stdout", "start\n"), ("stderr", "\repoch 1:  50%|##   | 1/2"),
                                     ("stderr", "\repoch 1: 100%|#####| 2/2"), ("stderr", "\r          \r"),
                                     ("stdout", "epoch 1: loss 3.1\n"), ("stderr", "\rbar 100%|#####| 2/2\n"),
@@ -405,7 +405,7 @@ def test_reports_fetch_nothing_from_the_network(tmp_path):
     import re
 
     import nbformat
-    from lvmlib.runner import render_html
+    from lvmlib.report import render_html
     nb = _nb([("md", "# T", []), ("code", "1", [("stdout", "x\n")])])
     nbformat.write(nb, str(tmp_path / "t.ipynb"))
     out = render_html(tmp_path / "t.ipynb", tmp_path / "t.html", nav=[("home", "index.html")])

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import torch
 
-from lvmlib import data, encoder, runner, runs
+from lvmlib import data, encoder, execute, runner, runs
 from lvmlib.config import load_config
 from lvmlib.model import CheckpointError, build_model, load_checkpoint
 from lvmlib.runner import StudyFailed, run_study
@@ -707,8 +707,8 @@ def test_eval_runs_its_kernel_like_run_and_takes_any_path(tmp_path, tiny_run, mo
     odd.mkdir()
     shutil.copy(run / "data" / "payload.npz", odd / "x.npz")
     calls = []
-    real = runner.execute_notebook
-    monkeypatch.setattr(runner, "execute_notebook", lambda *a, **kw: (calls.append(a), real(*a, **kw))[1])
+    real = execute.execute_notebook
+    monkeypatch.setattr(execute, "execute_notebook", lambda *a, **kw: (calls.append(a), real(*a, **kw))[1])
     cli("eval", run, "--data", odd / "x.npz", "--reports-root", tmp_path / "reports")
     assert len(calls) == 1
     ev = json.loads((run / "eval_x" / "eval.json").read_text())

@@ -298,7 +298,7 @@ def test_checkpoint_of_another_encoder_is_refused(tmp_path):
 @pytest.mark.slow
 def test_notebook_runs_against_a_fake_run(tmp_path):
     import papermill as pm
-    from lvmlib.runner import NOTEBOOK_DIR, ensure_kernel
+    from lvmlib.execute import NOTEBOOK_DIR, ensure_kernel
     make_fake_run(tmp_path / "r")
     out = tmp_path / "04_eval.ipynb"
     pm.execute_notebook(str(NOTEBOOK_DIR / "04_eval.ipynb"), str(out), kernel_name=ensure_kernel(),

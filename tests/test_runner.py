@@ -9,7 +9,8 @@ import math
 import nbformat
 import pytest
 
-from lvmlib.runner import NOTEBOOKS, NOTEBOOK_DIR, write_index
+from lvmlib.execute import NOTEBOOK_DIR, NOTEBOOKS
+from lvmlib.report import write_index
 
 ROOT = Path(__file__).resolve().parent.parent
 
