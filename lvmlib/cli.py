@@ -92,22 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _nb_params(items: list[str]) -> dict:
-    import yaml
-    from .config import ConfigError
-    out = {}
-    for text in items:
-        if "=" not in text:
-            raise ConfigError(f"--param {text!r}: expected KEY=VALUE")
-        k, v = text.split("=", 1)
-        try:
-            out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
-        except yaml.YAMLError as exc:
-            first = " ".join(str(exc).split())
-            raise ConfigError(f"--param {text!r}: value is not valid YAML ({first})") from None
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     _env_defaults()
     args = build_parser().parse_args(argv)
@@ -127,11 +111,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
+        from .config import parse_notebook_params
         from .runner import StudyFailed, StudyInterrupted, run_study
         try:
             run_study(args.params, args.overrides, run_id=args.run_id, runs_root=args.runs_root,
                       reports_root=args.reports_root, resume=args.resume, only=args.only,
-                      progress=not args.quiet, notebook_params=_nb_params(args.nb_params),
+                      progress=not args.quiet, notebook_params=parse_notebook_params(args.nb_params),
                       verbose=args.verbose)
         except StudyInterrupted as exc:
             print(f"[lvm-study] INTERRUPTED: {exc}", file=sys.stderr)

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from .config import load_run_config
 from .gates import upgrade
 from .runs import PROJECT_ROOT, RunError, atomic_write_json, now_iso, read_json
 
@@ -64,7 +63,7 @@ def load_run(run_dir: str | Path) -> RunView:
         raise RunError(f"{run_dir}: not a run directory (no manifest.json)")
     manifest = read_json(run_dir / "manifest.json")
     params = run_dir / "params.yaml"
-    config = yaml.safe_load(params.read_text()) if params.is_file() else {}
+    config = load_run_config(params).to_dict() if params.is_file() else {}  # ConfigError names file and key
     return RunView(run_dir=run_dir, run_id=manifest.get("run_id", run_dir.name),
                    label=str(config.get("name") or manifest.get("params_name") or run_dir.name),
                    config=config or {}, manifest=manifest,

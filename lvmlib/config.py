@@ -366,18 +366,45 @@ def parse_override(text: str | dict[str, Any]) -> tuple[str, str, Any]:
     return section, key, value
 
 
+def parse_notebook_params(items: list[str]) -> dict[str, Any]:
+    """`--param KEY=VALUE` items -> {key: value}, each value read as a YAML scalar (as for --set)."""
+    out = {}
+    for text in items:
+        if "=" not in text:
+            raise ConfigError(f"--param {text!r}: expected KEY=VALUE")
+        k, v = text.split("=", 1)
+        try:
+            out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+        except yaml.YAMLError as exc:
+            first = " ".join(str(exc).split())
+            raise ConfigError(f"--param {text!r}: value is not valid YAML ({first})") from None
+    return out
+
+
+def _read_params(p: Path) -> Any:
+    if not p.is_file():
+        raise ConfigError(f"{p}: params file not found")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+
+
+def load_run_config(path: str | Path) -> Config:
+    """A run's saved `params.yaml` (a resolved config, possibly written by an older kit): validated like
+    any params file, its name kept as written. Raises ConfigError naming the file and key."""
+    cfg = Config()
+    _merge(cfg, _read_params(Path(path)), str(path))
+    validate(cfg, str(path))
+    return cfg
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults <- params file <- `--set` overrides, then validated. Raises ConfigError."""
     cfg = Config()
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: params file not found")
-        try:
-            raw = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-        _merge(cfg, raw, str(p))
+        _merge(cfg, _read_params(p), str(p))
         if cfg.name == "default" and p.stem != "default":
             cfg.name = p.stem
     for text in overrides:

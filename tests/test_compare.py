@@ -244,6 +244,17 @@ def test_a_run_written_before_the_gate_keys_were_renamed_still_compares(pair):
     assert (summary["gate_val_cosine"], summary["gate_decision"]) == (0.45, "extend")
 
 
+def test_a_runs_params_are_read_and_validated_by_config(pair):
+    """compare reads params.yaml through lvmlib.config: a key the kit does not know is named, not ignored."""
+    from lvmlib.config import ConfigError
+    v1_dir, _ = pair
+    text = (v1_dir / "params.yaml").read_text()
+    assert compare.load_run(v1_dir).config["loss"]["lambda_con"] == load_config(ROOT / "params/study_v1.yaml").loss.lambda_con
+    (v1_dir / "params.yaml").write_text(text.replace("train:\n", "train:\n  epohcs: 3\n", 1))
+    with pytest.raises(ConfigError, match=r"params.yaml: unknown key 'train.epohcs'"):
+        compare.load_run(v1_dir)
+
+
 def test_study_params_pair_differs_only_in_the_loss():
     c1, c2 = (load_config(ROOT / f"params/study_v{i}.yaml") for i in (1, 2))
     assert c1.loss.proj_head == [512, 256] and (c1.loss.lambda_con, c1.loss.lambda_ar) == (0.70, 0.30)
