@@ -162,22 +162,30 @@ class Config:
         return dataclasses.asdict(self)
 
 
+# Allowed values, one home: the modules that act on them import these names.
+SPLITS = ("train", "val", "test")  # bank_split / windows split codes 0, 1, 2
+EVAL_BANKS = ("global", "test", "same_article")
+BASELINES = ("copy_last", "context_mean", "global_mean", "ridge")  # closed-form baselines (lvmlib.model)
+SEARCH_BACKENDS = ("auto", "faiss", "torch")  # exact search (lvmlib.metrics)
+RESIDUALS = ("none", "last", "context_mix")  # model.residual (lvmlib.model.ContextSkip: all but none)
+DROPOUT_POSITIONS = ("last", "first")  # which end of the context article dropout zeroes (lvmlib.train)
+TRACKED_METRICS = ("val_cosine", "val_infonce", "val_recall_at_5", "val_mrr", "train_loss")
 CHOICES = {
     "data.source": {"gensim_enwiki_sample", "jsonl", "mediawiki_dump", "hf_dataset", "vectors"},
     "data.chunking": {"sentences", "paragraphs"},
-    "model.kind": {"mamba", "two_tower", "amn", "copy_last", "context_mean", "global_mean", "ridge"},
-    "model.scan": {"auto", "ref", "cpu", "cuda"},
+    "model.kind": {"mamba", "two_tower", "amn", *BASELINES},
+    "model.scan": {"auto", "ref", "cpu", "cuda"},  # lvmlib.scan.BACKENDS (scan imports torch; config does not)
     "train.negatives": {"effective_batch", "micro_batch"},
-    "model.residual": {"none", "last", "context_mix"},
+    "model.residual": set(RESIDUALS),
     "loss.negatives": {"batch", "bank"},
-    "train.article_dropout_positions": {"last", "first"},
+    "train.article_dropout_positions": set(DROPOUT_POSITIONS),
     "gates.against": {"absolute", "best_baseline"},
     "train.device": {"auto", "cpu", "cuda"},
-    "train.early_stop_metric": {"val_cosine", "val_infonce", "val_recall_at_5", "val_mrr", "train_loss"},
-    "train.best_metric": {"val_cosine", "val_infonce", "val_recall_at_5", "val_mrr", "train_loss"},
-    "eval.split": {"val", "test"},
-    "eval.primary_bank": {"global", "test", "same_article"},
-    "eval.search_backend": {"auto", "faiss", "torch"},
+    "train.early_stop_metric": set(TRACKED_METRICS),
+    "train.best_metric": set(TRACKED_METRICS),
+    "eval.split": set(SPLITS[1:]),
+    "eval.primary_bank": set(EVAL_BANKS),
+    "eval.search_backend": set(SEARCH_BACKENDS),
 }
 # Lower bounds of integer settings: key -> (minimum, message or None for 'must be >= minimum').
 MINIMUMS = {
@@ -210,8 +218,6 @@ MINIMUMS = {
     "model.expand": (1, None),
     "model.amn_hidden": (1, None),
 }
-EVAL_BANKS = {"global", "test", "same_article"}
-BASELINES = {"copy_last", "context_mean", "global_mean", "ridge"}
 
 
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")

@@ -15,6 +15,7 @@ half-written):
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -26,14 +27,13 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .config import Config, DataConfig
+from .config import SPLITS, Config, DataConfig
 from .corpus import ChunkStats, CorpusError, DataError, iter_chunked_cached, source_file
 from .encoder import cache_root, embed_bank, text_digests
 from .runs import atomic_path, atomic_save_npy, atomic_save_npz, atomic_write_json, pid_alive, progress_bar
 
 __all__ = ["DataError", "CorpusError", "LeakageError", "prepare_data", "load_prepared", "Prepared",
            "audit_leakage", "trivial_predictors", "pair_cosines", "split_articles", "build_windows"]
-SPLITS = ("train", "val", "test")
 DATA_FILES = ("bank_vectors.npy", "bank_keys.npy", "bank_split.npy", "bank_texts.jsonl", "articles.json",
               "windows.npz", "payload.npz", "summary.json")
 
@@ -497,19 +497,21 @@ def _npz_row_blocks(path: Path, name: str, block: int) -> Iterator[np.ndarray]:
             yield np.frombuffer(fh.read(n * row), dtype=dtype).reshape((n, *shape[1:]))
 
 
-def _row_digests(data_dir: Path, bank: np.ndarray) -> tuple[np.ndarray, bool, int]:
-    """(M, 2) content address per row: of the text, or of the vector when the bank has no texts."""
+def _row_keys(data_dir: Path, bank: np.ndarray) -> tuple[np.ndarray, int]:
+    """(M, 2) uint64 content key per row and the number of text lines: the text's digest
+    (`encoder.text_digests`), or for a bank without texts its exact-duplicate group
+    (`metrics.duplicate_groups`: bit-identical vectors share one)."""
+    from .metrics import duplicate_groups
     digs, any_text = [], False
     with open(data_dir / "bank_texts.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            t = json.loads(line)
-            any_text = any_text or bool(t)
-            digs.append(hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest())
-    n = len(digs)
+        while block := [json.loads(line) for line in itertools.islice(fh, 65536)]:  # streamed: a 1M-row bank
+            any_text = any_text or any(block)
+            digs.append(text_digests(block))  # (b, 2)
+    n = sum(len(d) for d in digs)
     if not any_text:
-        digs = [hashlib.blake2b(np.asarray(v, np.float32).tobytes(), digest_size=16).digest() for v in bank]
-    arr = np.frombuffer(b"".join(digs), dtype=np.uint64).reshape(-1, 2) if digs else np.empty((0, 2), np.uint64)
-    return arr, any_text, n
+        groups = duplicate_groups(bank).astype(np.uint64)  # (M)
+        return np.column_stack([groups, np.zeros_like(groups)]), n
+    return (np.concatenate(digs) if digs else np.empty((0, 2), np.uint64)), n
 
 
 def audit_leakage(data_dir: str | Path, require_no_shared_text: bool = True) -> dict[str, Any]:
@@ -539,7 +541,7 @@ def audit_leakage(data_dir: str | Path, require_no_shared_text: bool = True) -> 
     consecutive = (keys[ctx, 1] == keys[tgt, 1][:, None] - K + np.arange(K)).all(axis=1)
     same_split = (split[ctx] == wsplit[:, None]).all(axis=1) & (split[tgt] == wsplit)
     res["windows_bad"] = int((~(same_art & consecutive & same_split)).sum())
-    dig, _, n_text = _row_digests(data_dir, bank)
+    dig, n_text = _row_keys(data_dir, bank)
     if n_text != len(keys):
         res["texts_rows_mismatch"] = n_text - len(keys)
     # independent of dedup_across_splits: distinct texts seen in more than one split

@@ -31,12 +31,11 @@ import numpy as np
 import torch
 
 from . import metrics as mt
-from .config import Config
+from .config import SPLITS, Config
 from .errors import LvmError
 from .gates import phase1_decision
 from .runs import atomic_write_json, atomic_write_text
 
-SPLITS = ("train", "val", "test")
 BANK_DESCRIPTIONS = {
     "global": "every chunk of the corpus (all splits)",
     "test": "every chunk of the evaluation-split articles",

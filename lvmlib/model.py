@@ -32,13 +32,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lvmlib.config import Config, ConfigError, ModelConfig, config_from_dict
+from lvmlib.config import BASELINES, Config, ConfigError, ModelConfig, config_from_dict
 from lvmlib.errors import LvmError
 from lvmlib.runs import atomic_path
 from lvmlib.scan import _mamba_ssm_ops, resolve_backend, selective_scan
 
 PRESETS = {"mamba_s": dict(d_model=768, n_layers=8, d_state=128, d_conv=4, expand=2)}
-BASELINE_KINDS = ("copy_last", "context_mean", "global_mean", "ridge")
+BASELINE_KINDS = BASELINES  # the closed-form baselines (config.BASELINES: the one list)
 AMN_MAX_LEN = 128  # amn: longest context its relative-position embedding covers
 _BANK_CHUNK = 65536  # rows per passage-tower call in encode_bank
 

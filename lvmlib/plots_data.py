@@ -14,8 +14,8 @@ import pandas as pd
 import seaborn as sns
 
 from . import plots  # noqa: F401  (applies the reports' theme)
+from .config import SPLITS
 
-SPLITS = ("train", "val", "test")
 SPLIT_COLORS = {"train": "#2563eb", "val": "#f59e0b", "test": "#dc2626"}
 PREDICTORS = ("copy_last", "context_mean", "global_mean")
 

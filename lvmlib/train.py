@@ -30,13 +30,13 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DistributedSampler
 
-from .config import Config, dump_config, load_config
+from .config import DROPOUT_POSITIONS, Config, dump_config, load_config
 from .errors import LvmError
 from .gates import in_loop_action
-from .losses import BankNegatives, LVMLoss, MicroBatch, cached_step, direct_step, duplicate_ids
+from .losses import BankNegatives, LVMLoss, MicroBatch, cached_step, direct_step
 from .metrics import duplicate_groups
 from .runs import (RunError, RunLock, atomic_write_json, atomic_write_text, describe_holder, lock_state, now_iso,
-                   progress_bar, read_json)
+                   pid_alive, progress_bar, read_json)
 
 HIGHER_IS_BETTER = {"val_cosine": True, "val_recall_at_5": True, "val_mrr": True, "val_infonce": False,
                     "train_loss": False}
@@ -66,7 +66,7 @@ def augment(ctx: np.ndarray, rng: np.random.Generator, article_dropout: float, s
     the seed) or the first k (`"first"`, which keeps the most recent chunk).
     Returns (ctx_aug, info) with info = {"corrupted" (b) bool, "dropped" (b) bool, "drop_k" (b) int}.
     """
-    if positions not in ("last", "first"):
+    if positions not in DROPOUT_POSITIONS:
         raise ValueError(f"augment: positions must be 'last' or 'first', got {positions!r}")
     b, L, _ = ctx.shape
     out = ctx.copy()  # (b, L, D)
@@ -242,7 +242,10 @@ class _Trainer:
         if len(tgt_idx) < 2:
             raise RunError(f"{run_dir}/data: {len(tgt_idx)} train windows; training needs at least 2")
         self.ctx_idx, self.tgt_idx = ctx_idx, tgt_idx
-        self.dup = duplicate_ids(self.prep.bank_vectors, tgt_idx)  # (n) exact-duplicate target groups
+        # (M) bit-identical vectors share a group, as evaluation groups duplicates; the targets' groups mask
+        # exact-duplicate targets out of each other's in-batch negatives
+        self.groups = duplicate_groups(self.prep.bank_vectors)
+        self.dup = self.groups[tgt_idx]  # (n)
         torch.manual_seed(t.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
         self.model = build_model(cfg.model, self.d_vec).to(self.device)
         self.n_params = count_parameters(self.model)
@@ -254,7 +257,6 @@ class _Trainer:
         base = baseline_val_cosines(run_dir)
         self.best_baseline_cosine = max(base.values()) if base else None
         bars(cfg.gates, self.best_baseline_cosine)  # gates.against = best_baseline without baselines: fail now
-        self.groups = duplicate_groups(self.prep.bank_vectors)  # (M) as evaluation groups duplicates
         if cfg.loss.negatives == "bank":
             c_all, t_all = self.prep.windows("train")  # every chunk of the articles trained on (all windows)
             self.loss_fn.bank = BankNegatives(self.prep.bank_vectors, np.union1d(c_all.ravel(), t_all),
@@ -573,8 +575,7 @@ def _alive(prog: dict) -> bool | None:
         return None
     if prog.get("host") != platform.node():
         return None
-    import psutil
-    return psutil.pid_exists(int(prog["pid"])) and prog.get("state") == "running"
+    return pid_alive(int(prog["pid"])) and prog.get("state") == "running"
 
 
 def _hms(sec: float) -> str:
