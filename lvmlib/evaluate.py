@@ -109,7 +109,7 @@ def _codes(keys: np.ndarray) -> np.ndarray:
 
 def _payload_arrays(path: Path) -> dict[str, np.ndarray]:
     import zipfile
-    from .data import npz_member
+    from .payload import npz_member
     out = {}
     for name in ("context_sequences", "target_vectors", "truth_keys", "split"):
         try:

@@ -10,7 +10,8 @@ import torch
 
 from lvmlib import evaluate as ev_mod
 from lvmlib.config import Config, dump_config, load_config
-from lvmlib.data import build_windows, save_npz_streaming
+from lvmlib.payload import save_npz_streaming
+from lvmlib.splits import build_windows
 from lvmlib.evaluate import SanityError, check_alignment, evaluate_run
 from lvmlib.model import build_model, save_checkpoint
 from lvmlib.runs import atomic_save_npz
