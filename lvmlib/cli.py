@@ -134,7 +134,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(dump_config(load_config(args.params, args.overrides)))
         return 0
     if args.command == "status":
-        from .train import status
+        from .run_status import status
         print(status(args.run_dir))
         return 0
     if args.command == "eval":

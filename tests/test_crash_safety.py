@@ -33,7 +33,8 @@ from lvmlib import data, encoder, execute, runner, runs
 from lvmlib.config import load_config
 from lvmlib.model import CheckpointError, build_model, load_checkpoint
 from lvmlib.runner import StudyFailed, run_study
-from lvmlib.train import TrainingDiverged, train, training_summary
+from lvmlib.run_status import training_summary
+from lvmlib.train import TrainingDiverged, train
 from tiny_runs import (SMOKE, CliFailed, cli, cli_subprocess, copy_run, make_tiny_run, snapshot,  # noqa: F401
                        tiny_overrides, vectors_npz)
 
@@ -527,7 +528,7 @@ def test_a_live_run_refuses_a_second_trainer_and_a_dead_holders_lock_is_taken_ov
 
 
 def _status(run: Path) -> str:
-    from lvmlib.train import status
+    from lvmlib.run_status import status
     return status(run)
 
 
