@@ -249,7 +249,8 @@ class Entry:
 
 
 def _load_models(cfg: Config, run_dir: Path, data: EvalData, checkpoint, extra, fit_rows, device) -> list[Entry]:
-    from .model import BASELINE_KINDS, baseline, build_model, load_checkpoint
+    from .checkpoint import load_checkpoint
+    from .model import BASELINE_KINDS, baseline, build_model
     entries: list[Entry] = []
     ckpt_path = Path(checkpoint) if checkpoint else run_dir / "best.pt"
     if ckpt_path.is_file() or checkpoint or cfg.model.kind not in BASELINE_KINDS:
@@ -648,7 +649,8 @@ def evaluate_elsewhere(run_dir: str | Path, data: str | Path, out_dir: str | Pat
     runner.StudyFailed with one line, after the failed notebook is rendered."""
     from .config import load_config
     from .data import prepare_data
-    from .model import BASELINE_KINDS, load_checkpoint
+    from .checkpoint import load_checkpoint
+    from .model import BASELINE_KINDS
     from .execute import NOTEBOOK_DIR, run_notebook
     from .runner import StudyFailed
     from .runs import RunError

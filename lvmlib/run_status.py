@@ -124,7 +124,7 @@ def training_summary(run_dir: str | Path) -> dict[str, Any]:
     best = next((r for r in reversed(history) if r.get("is_best")), history[-1] if history else {})
     n_params = prog.get("n_params")
     if n_params is None and (run_dir / "best.pt").is_file():
-        from .model import read_checkpoint
+        from .checkpoint import read_checkpoint
         n_params = read_checkpoint(run_dir / "best.pt").get("n_params")
     return {"n_params": n_params, "epochs_trained": len(history),
             "epochs_planned": prog.get("epochs") or (cfg.train.epochs if cfg else None),

@@ -7,7 +7,7 @@ Shapes: B micro-batch, A grad-accum, W DDP ranks, L context length (K), D vector
 width (two_tower), M bank rows.
 
 Files (rank 0 only, all atomic): history.json (one record per epoch, rewritten every epoch),
-best.pt / last.pt (`lvmlib.model.save_checkpoint`; last.pt also carries optimizer, scheduler, RNG
+best.pt / last.pt (`lvmlib.checkpoint.save_checkpoint`; last.pt also carries optimizer, scheduler, RNG
 states, early-stop counters and the history, so `resume=True` continues exactly), train.log (human
 log, appended line by line through `logging`), train_progress.json (pid, epoch, step: what `status` reads while training runs).
 """
@@ -191,7 +191,7 @@ class _Trainer:
             atomic_write_json(path, old)
 
     def _save(self, name: str, **extra) -> None:
-        from .model import save_checkpoint
+        from .checkpoint import save_checkpoint
         save_checkpoint(self.run_dir / name, self.model, self.cfg, self.d_vec, n_params=self.n_params,
                         loss_state=self.loss_fn.state_dict(), **extra)
 
@@ -285,7 +285,7 @@ class _Trainer:
         state = {"best_value": None, "best_epoch": 0, "es_value": None, "bad_epochs": 0, "stop_reason": None}
         last = self.run_dir / "last.pt"
         if self.resume and last.is_file():
-            from .model import load_checkpoint
+            from .checkpoint import load_checkpoint
             _, _, ck = load_checkpoint(last, model_cfg=self.cfg.model, d_vec=self.d_vec)
             self.model.load_state_dict(ck["model"])
             self.loss_fn.load_state_dict(ck["loss_state"])

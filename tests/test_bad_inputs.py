@@ -361,7 +361,8 @@ def _ckpt_row(id: str, damage: Callable[[Path], None], stage: str, names: list[s
 
 def _other_width(run):
     import torch
-    from lvmlib.model import build_model, save_checkpoint
+    from lvmlib.checkpoint import save_checkpoint
+    from lvmlib.model import build_model
     cfg = load_config(run / "params.yaml")
     torch.manual_seed(0)
     save_checkpoint(run / "best.pt", build_model(cfg.model, 8), cfg, 8)

@@ -31,7 +31,8 @@ import torch
 
 from lvmlib import data, encoder, execute, runner, runs
 from lvmlib.config import load_config
-from lvmlib.model import CheckpointError, build_model, load_checkpoint
+from lvmlib.checkpoint import CheckpointError, load_checkpoint
+from lvmlib.model import build_model
 from lvmlib.runner import StudyFailed, run_study
 from lvmlib.run_status import training_summary
 from lvmlib.train import TrainingDiverged, train

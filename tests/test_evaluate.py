@@ -13,7 +13,8 @@ from lvmlib.config import Config, dump_config, load_config
 from lvmlib.payload import save_npz_streaming
 from lvmlib.splits import build_windows
 from lvmlib.evaluate import SanityError, check_alignment, evaluate_run
-from lvmlib.model import build_model, save_checkpoint
+from lvmlib.checkpoint import save_checkpoint
+from lvmlib.model import build_model
 from lvmlib.runs import atomic_save_npz
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -138,7 +138,7 @@ def test_lr_schedule_shape():
 def test_validation_sees_clean_windows(tmp_path):
     """Every training sample augmented (p = 1), yet val_cosine is that of clean val windows."""
     from lvmlib.data import load_prepared
-    from lvmlib.model import load_checkpoint
+    from lvmlib.checkpoint import load_checkpoint
     run_dir = make_run_dir(tmp_path / "run", overrides=("train.epochs=1", "train.article_dropout=1.0",
                                                         "train.span_corruption=1.0"))
     history = T.train(cfg_of(run_dir), run_dir, progress=False)
@@ -244,7 +244,7 @@ HISTORY_KEYS = {"epoch", "train_loss", "train_infonce", "train_ar_cosine", "val_
 
 
 def test_train_writes_the_contract(run_dir):
-    from lvmlib.model import load_checkpoint
+    from lvmlib.checkpoint import load_checkpoint
     history = T.train(cfg_of(run_dir), run_dir, progress=False)
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert json.loads((run_dir / "history.json").read_text()) == history
@@ -318,7 +318,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(run_dir, monkeypatch):
 
 
 def test_closed_form_baseline_fits_and_saves(tmp_path):
-    from lvmlib.model import load_checkpoint
+    from lvmlib.checkpoint import load_checkpoint
     run_dir = make_run_dir(tmp_path / "run", overrides=("model.kind=ridge",))
     history = T.train(cfg_of(run_dir), run_dir, progress=False)
     assert len(history) == 1 and history[0]["closed_form"] and math.isfinite(history[0]["val_cosine"])
