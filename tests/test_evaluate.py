@@ -12,7 +12,8 @@ from lvmlib import evaluate as ev_mod
 from lvmlib.config import Config, dump_config, load_config
 from lvmlib.payload import save_npz_streaming
 from lvmlib.splits import build_windows
-from lvmlib.evaluate import SanityError, check_alignment, evaluate_run
+from lvmlib.eval_data import check_alignment
+from lvmlib.evaluate import SanityError, evaluate_run
 from lvmlib.checkpoint import save_checkpoint
 from lvmlib.model import build_model
 from lvmlib.runs import atomic_save_npz
