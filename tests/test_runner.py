@@ -31,6 +31,47 @@ def test_notebook_contract(name):
             assert not c.outputs and c.execution_count is None, f"{name}: strip outputs before committing"
 
 
+ALL_NOTEBOOKS = sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("name", ALL_NOTEBOOKS)
+def test_notebooks_hold_no_logic(name):
+    """Logic lives in lvmlib: no notebook cell defines a function or class (05/06 included)."""
+    nb = nbformat.read(str(NOTEBOOK_DIR / f"{name}.ipynb"), as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    assert code, name
+    for src in code:
+        for line in src.splitlines():
+            assert not line.lstrip().startswith(("def ", "class ", "async def ", "lambda")), f"{name}: {line!r}"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_stage_notebooks_set_up_and_record_through_lvmlib(name):
+    """Each stage notebook's first code cell after the parameters is one `notebook.setup` call (plus
+    imports); its closing cell is one `notebook.record` call for that stage."""
+    from lvmlib import notebook
+    nb = nbformat.read(str(NOTEBOOK_DIR / f"{name}.ipynb"), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])]
+    calls = [line for line in code[0].source.splitlines() if line and not line.startswith(("import ", "from "))]
+    assert calls[0] == f'cfg = notebook.setup(params_path, run_dir, overrides, stage="{name}")', calls
+    last = code[-1].source.strip()
+    assert last.startswith(f'notebook.record("{name}", run_dir, ') and len(last.splitlines()) == 1, last
+    assert name in notebook.RECORDS
+    assert all("notebook_config" not in c.source for c in code), "the setup goes through notebook.setup"
+
+
+def test_record_prints_each_stages_headline(tmp_path, capsys):
+    from lvmlib import notebook
+    gate = {"gate_val_cosine": 0.41, "threshold": 0.5, "passed": False, "decision": "extend", "reason": "r"}
+    notebook.record("03_gates", tmp_path, gate)
+    assert json.loads(capsys.readouterr().out) == {k: gate[k] for k in ("gate_val_cosine", "threshold", "passed",
+                                                                         "decision")}
+    summary = {"n_params": 10, "epochs_trained": 2}
+    notebook.record("02_train", tmp_path, summary)
+    assert json.loads((tmp_path / "metrics" / "train.json").read_text()) == summary
+    assert json.loads(capsys.readouterr().out) == summary
+
+
 def test_index_lists_runs_newest_first(tmp_path):
     for rid, t, st in (("old", "2026-01-01T00:00:00", "succeeded"), ("new", "2026-02-01T00:00:00", "failed")):
         (tmp_path / rid).mkdir()
