@@ -6,6 +6,7 @@
   compare RUN_DIR [RUN_DIR ...] [--reference RUN_DIR]                        runs side by side (paired vs a reference)
   scaling PARAMS --articles 100,300,1000 [--corpus JSONL] [--set k=v ...]    one run per training-set size + page
   study                                                                      V1/V2 pair + comparison
+  export RUN_DIR --format seed-npz [--out PATH]                              the run's windows in the seed's format
   cache {list,clear}                                                         the embedding cache
   check PARAMS                                                               validate a params file
   lab [--port N]                                                             JupyterLab on 127.0.0.1
@@ -25,6 +26,7 @@ def _env_defaults() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import EXPORT_FORMATS
     p = argparse.ArgumentParser(prog="python -m lvmlib", description="lvm-study: latent vector model study kit")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -76,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--params", nargs="+", default=["params/study_v1.yaml", "params/study_v2.yaml"])
     st.add_argument("--runs-root", default=os.environ.get("LVM_RUNS_DIR", "runs"))
     st.add_argument("--reports-root", default=os.environ.get("LVM_REPORTS_DIR", "reports"))
+
+    x = sub.add_parser("export", help="write a prepared run's windows in another format (seed-npz: payload.npz)")
+    x.add_argument("run_dir")
+    x.add_argument("--format", dest="fmt", default="seed-npz", choices=EXPORT_FORMATS,
+                   help="seed-npz: context_sequences [N,K,D], target_vectors [N,D], truth_keys [N,2], split [N]")
+    x.add_argument("--out", default=None, help="output file (default RUN_DIR/payload.npz)")
 
     ca = sub.add_parser("cache", help="see or clear the embedding cache")
     ca.add_argument("action", choices=["list", "clear"])
@@ -176,6 +184,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .compare import run_pair_study
         out = run_pair_study(args.params, runs_root=args.runs_root, reports_root=args.reports_root)
         print(f"[lvm-study] study comparison: {out}")
+        return 0
+    if args.command == "export":
+        from .payload import export_run
+        print(f"[lvm-study] exported {export_run(args.run_dir, args.fmt, args.out)}")
         return 0
     if args.command == "cache":
         from . import encoder

@@ -169,6 +169,7 @@ BASELINES = ("copy_last", "context_mean", "global_mean", "ridge")  # closed-form
 SEARCH_BACKENDS = ("auto", "faiss", "torch")  # exact search (lvmlib.metrics)
 RESIDUALS = ("none", "last", "context_mix")  # model.residual (lvmlib.model.ContextSkip: all but none)
 DROPOUT_POSITIONS = ("last", "first")  # which end of the context article dropout zeroes (lvmlib.train)
+EXPORT_FORMATS = ("seed-npz",)  # python -m lvmlib export RUN --format ... (lvmlib.payload)
 TRACKED_METRICS = ("val_cosine", "val_infonce", "val_recall_at_5", "val_mrr", "train_loss")
 CHOICES = {
     "data.source": {"gensim_enwiki_sample", "jsonl", "mediawiki_dump", "hf_dataset", "vectors"},

@@ -40,6 +40,27 @@ def write_payload(path: Path, bank_path: Path, ctx: np.ndarray, tgt: np.ndarray,
         "split": ((N,), np.int8, lambda s, e: wsplit[s:e])})  # (N)
 
 
+
+def export_run(run_dir: str | Path, fmt: str = "seed-npz", out: str | Path | None = None) -> Path:
+    """`python -m lvmlib export RUN --format seed-npz [--out PATH]`: a prepared run's windows in the seed's
+    payload format (default RUN/payload.npz), copied from `data/` in row blocks. -> the file written."""
+    from .config import EXPORT_FORMATS
+    from .runs import RunError
+    if fmt not in EXPORT_FORMATS:
+        raise RunError(f"export --format {fmt!r}: formats are {', '.join(EXPORT_FORMATS)}")
+    run_dir = Path(run_dir)
+    data_dir = run_dir / "data"
+    missing = [n for n in ("bank_vectors.npy", "bank_keys.npy", "windows.npz") if not (data_dir / n).is_file()]
+    if missing:
+        raise RunError(f"{data_dir}: no prepared data to export (missing {', '.join(missing)}; did 01_data run?)")
+    out = Path(out) if out else run_dir / "payload.npz"
+    with np.load(data_dir / "windows.npz") as w:
+        ctx, tgt, wsplit = w["context_idx"], w["target_idx"], w["split"]  # (N, K), (N), (N)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_payload(out, data_dir / "bank_vectors.npy", ctx, tgt, np.load(data_dir / "bank_keys.npy"), wsplit)
+    return out
+
+
 # --------------------------------------------------------------------------- reading
 def _npz_member_info(path: Path, name: str) -> tuple[int, np.dtype, tuple[int, ...], bool] | None:
     """(data offset, dtype, shape, fortran) of an uncompressed member of an .npz; None if compressed."""

@@ -441,3 +441,32 @@ def test_train_articles_keeps_val_test_and_nests():
     assert kept[3] < kept[10] < kept[30]  # nested: a learning curve adds articles
     with pytest.raises(DataError, match="train_articles = 31.*only 30"):
         limit_train_articles(ctx, tgt, ws, keys, DataConfig(train_articles=31))
+
+
+def test_export_seed_npz_writes_the_windows_in_the_seeds_format(prepared, tmp_path, capsys):
+    """`python -m lvmlib export RUN --format seed-npz`: every window's context and target vectors copied
+    from the bank at its rows, the target's (article, position) and the split."""
+    from lvmlib.cli import main
+    run = prepared.parent
+    out = tmp_path / "exported" / "p.npz"
+    assert main(["export", str(run), "--format", "seed-npz", "--out", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    bank, keys = np.load(prepared / "bank_vectors.npy"), np.load(prepared / "bank_keys.npy")
+    with np.load(prepared / "windows.npz") as w:
+        ctx, tgt, wsplit = w["context_idx"], w["target_idx"], w["split"]
+    with np.load(out) as p:
+        assert sorted(p.files) == ["context_sequences", "split", "target_vectors", "truth_keys"]
+        assert np.array_equal(p["context_sequences"], bank[ctx]) and p["context_sequences"].shape == (*ctx.shape, bank.shape[1])
+        assert np.array_equal(p["target_vectors"], bank[tgt])
+        assert np.array_equal(p["truth_keys"], keys[tgt]) and np.array_equal(p["split"], wsplit)
+    assert payload.export_run(run) == run / "payload.npz" and (run / "payload.npz").is_file()
+
+
+def test_export_names_what_is_missing(tmp_path, capsys):
+    from lvmlib.cli import main
+    (tmp_path / "r").mkdir()
+    assert main(["export", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "no prepared data to export" in err and "bank_vectors.npy" in err
+    with pytest.raises(SystemExit):  # argparse refuses an unknown format before anything runs
+        main(["export", str(tmp_path / "r"), "--format", "parquet"])
