@@ -10,8 +10,8 @@ half-written):
 3. drop chunk texts shared across splits (`dedup`), keeping the copy in the earliest split;
 4. vectors from the content-addressed embedding cache, encoding only what is missing;
 5. windows stride 1 inside each article: K consecutive positions -> the next one;
-6. payload in the seed's format (`lvmlib.payload`), leakage audit (`lvmlib.splits`, with steps 2-5),
-   trivial-predictor cosines (`lvmlib.baselines`), summary.
+6. leakage audit (`lvmlib.splits`, with steps 2-5), trivial-predictor cosines (`lvmlib.baselines`),
+   summary. The seed's payload format is an explicit export (`python -m lvmlib export`, `lvmlib.payload`).
 """
 from __future__ import annotations
 
@@ -32,14 +32,13 @@ from .corpus import ChunkStats, CorpusError, DataError, iter_chunked_cached, sou
 from .encoder import cache_root, embed_bank, text_digests
 from .runs import atomic_path, atomic_save_npy, atomic_save_npz, atomic_write_json, pid_alive, progress_bar
 from .baselines import copy_last_retrieval, pair_cosines, trivial_predictors
-from .payload import write_payload
 from .splits import (LeakageError, audit_leakage, build_windows, dedup_across_splits, limit_train_articles,
                      split_articles)
 
 __all__ = ["DataError", "CorpusError", "LeakageError", "prepare_data", "load_prepared", "Prepared", "publish_dir",
            "chunk_word_counts"]
 DATA_FILES = ("bank_vectors.npy", "bank_keys.npy", "bank_split.npy", "bank_texts.jsonl", "articles.json",
-              "windows.npz", "payload.npz", "summary.json")
+              "windows.npz", "summary.json")
 
 
 # --------------------------------------------------------------------------- sources -> staged bank
@@ -267,7 +266,6 @@ def _prepare(cfg: Config, stage: Path, progress: bool) -> dict[str, Any]:
     atomic_write_json(stage / "articles.json", articles)
     atomic_save_npz(stage / "windows.npz", context_idx=ctx, target_idx=tgt, split=wsplit)
     D = int(np.load(stage / "bank_vectors.npy", mmap_mode="r").shape[1])
-    write_payload(stage / "payload.npz", stage / "bank_vectors.npy", ctx, tgt, keys, wsplit)
     audit = audit_leakage(stage, require_no_shared_text=d.dedup)
     prep = Prepared(stage, _staging=True)
     words = chunk_word_counts(prep)

@@ -130,8 +130,8 @@ def summary_markdown(summary: dict) -> str:
            f"into pieces of at most {MAX_PARAGRAPH_CHARS:,} characters before sentence splitting."
            if c.get("paragraphs_cut") else "."),
         f"- **Leakage audit {'passed' if a['passed'] else 'FAILED'}**: {a['articles_in_several_splits']} articles in "
-        f"several splits, {a['shared_across_splits']} chunk texts shared across splits, "
-        f"{a['payload_mismatches']} payload vectors differing from the bank.",
+        f"several splits, {a['shared_across_splits']} chunk texts shared across splits"
+        + (f", {a['payload_mismatches']} payload vectors differing from the bank." if "payload_mismatches" in a else "."),
     ]
     if test:
         lines.append(

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 from . import tweaks
 from .config import Config, dump_config, load_config
 from .errors import LvmError

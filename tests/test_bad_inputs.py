@@ -23,7 +23,6 @@ import fnmatch
 import io
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -36,6 +35,7 @@ from lvmlib.corpus import CorpusError
 from lvmlib.data import DataError
 from lvmlib.evaluate import SanityError
 from lvmlib.model import CheckpointError
+from lvmlib.payload import export_run
 from lvmlib.runs import create_run_dir
 
 from tiny_runs import D, ROOT, SMOKE, CliFailed, cli, cli_subprocess, copy_run, snapshot, vectors_npz
@@ -172,7 +172,7 @@ def _eval_row(id: str, damage: Callable[[Path, Path], list], error_words: list[s
     """`python -m lvmlib eval RUN --data X` with a bad input: one line, no kernel, nothing created."""
     def build(tmp, request):
         run = copy_run(request.getfixturevalue("tiny_run"), tmp)
-        shutil.copy(run / "data" / "payload.npz", tmp / "payload.npz")
+        export_run(run, out=tmp / "payload.npz")  # the seed's format (python -m lvmlib export)
         args = damage(run, tmp)
         return lambda: cli("eval", *args, "--reports-root", tmp / "reports")
     ROWS.append(Row(id, build, CliFailed, tuple(error_words), code=code,
@@ -300,7 +300,7 @@ def _payload_row(id: str, damage: Callable[[dict], dict | bytes], names: list[st
     def build(tmp, request):
         from lvmlib.evaluate import evaluate_run
         run = copy_run(request.getfixturevalue("tiny_run"), tmp)
-        with np.load(run / "data" / "payload.npz") as z:
+        with np.load(export_run(run, out=tmp / "exported.npz")) as z:
             arrays = {k: z[k].copy() for k in z.files}
         bad = damage(arrays)
         path = tmp / "payload.npz"

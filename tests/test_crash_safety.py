@@ -33,6 +33,7 @@ from lvmlib import data, encoder, execute, runner, runs
 from lvmlib.config import load_config
 from lvmlib.checkpoint import CheckpointError, load_checkpoint
 from lvmlib.model import build_model
+from lvmlib.payload import export_run
 from lvmlib.runner import StudyFailed, run_study
 from lvmlib.run_status import training_summary
 from lvmlib.train import TrainingDiverged, train
@@ -703,11 +704,10 @@ def test_a_copied_run_is_a_new_run_with_its_own_reports(tmp_path, tiny_run):
 def test_eval_runs_its_kernel_like_run_and_takes_any_path(tmp_path, tiny_run, monkeypatch):
     """`eval RUN --data '/dir with #hash/x.npz'`: the path reaches the evaluation whole (passed as data,
     not YAML text), through the runner's kernel launcher (IPC sockets, Ctrl-C handling)."""
-    import shutil
     run = copy_run(tiny_run, tmp_path)
     odd = tmp_path / "with #hash: and 'quotes'"
     odd.mkdir()
-    shutil.copy(run / "data" / "payload.npz", odd / "x.npz")
+    export_run(run, out=odd / "x.npz")
     calls = []
     real = execute.execute_notebook
     monkeypatch.setattr(execute, "execute_notebook", lambda *a, **kw: (calls.append(a), real(*a, **kw))[1])

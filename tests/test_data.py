@@ -99,10 +99,11 @@ def test_prepare_data_files_shapes_and_windows(tmp_path, fake_encoder):
     short = [a for a in prep.articles if a["n_chunks"] < K + 1]
     assert [a["title"] for a in short] == ["Article 3"] and short[0]["n_windows"] == 0
     assert summary["counts"]["articles_short"] == 1
-    # payload in the seed's format
+    # the seed's payload format is an export, not a file every run writes
+    assert not (tmp_path / "run" / "data" / "payload.npz").exists() and "payload.npz" not in data.DATA_FILES
     with np.load(tmp_path / "run" / "data" / "windows.npz") as w:
         tgt_all = w["target_idx"]
-    with np.load(tmp_path / "run" / "data" / "payload.npz") as p:
+    with np.load(payload.export_run(tmp_path / "run")) as p:
         assert set(p.files) == {"context_sequences", "target_vectors", "truth_keys", "split"}
         assert p["context_sequences"].shape == (len(got), K, D_FAKE) and p["target_vectors"].shape == (len(got), D_FAKE)
         assert np.array_equal(p["truth_keys"], prep.bank_keys[tgt_all])
@@ -180,6 +181,9 @@ def test_audit_catches_text_shared_across_splits(prepared):
 
 
 def test_audit_catches_payload_vector_from_another_space(prepared):
+    """A payload in the data dir (older runs wrote one; an export can be put there) must match the bank."""
+    payload.export_run(prepared.parent, out=prepared / "payload.npz")
+    assert splits.audit_leakage(prepared)["payload_mismatches"] == 0
     with np.load(prepared / "payload.npz") as p:
         arrays = {k: p[k].copy() for k in p.files}
     arrays["context_sequences"][7, 2] *= 1.0001  # a context vector that is not the bank's
@@ -391,6 +395,7 @@ def test_load_prepared_names_the_missing_file(tmp_path):
 
 
 def test_npz_member_is_memory_mapped(prepared):
+    payload.export_run(prepared.parent, out=prepared / "payload.npz")
     m = payload.npz_member(prepared / "payload.npz", "context_sequences")
     assert isinstance(m, np.memmap)
     with np.load(prepared / "payload.npz") as p:
