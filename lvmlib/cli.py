@@ -6,6 +6,7 @@
   compare RUN_DIR [RUN_DIR ...] [--reference RUN_DIR]                        runs side by side (paired vs a reference)
   scaling PARAMS --articles 100,300,1000 [--corpus JSONL] [--set k=v ...]    one run per training-set size + page
   study                                                                      V1/V2 pair + comparison
+  export RUN_DIR --format seed-npz [--out PATH]                              the run's windows in the seed's format
   cache {list,clear}                                                         the embedding cache
   check PARAMS                                                               validate a params file
   lab [--port N]                                                             JupyterLab on 127.0.0.1
@@ -25,6 +26,7 @@ def _env_defaults() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import EXPORT_FORMATS
     p = argparse.ArgumentParser(prog="python -m lvmlib", description="lvm-study: latent vector model study kit")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -77,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--runs-root", default=os.environ.get("LVM_RUNS_DIR", "runs"))
     st.add_argument("--reports-root", default=os.environ.get("LVM_REPORTS_DIR", "reports"))
 
+    x = sub.add_parser("export", help="write a prepared run's windows in another format (seed-npz: payload.npz)")
+    x.add_argument("run_dir")
+    x.add_argument("--format", dest="fmt", default="seed-npz", choices=EXPORT_FORMATS,
+                   help="seed-npz: context_sequences [N,K,D], target_vectors [N,D], truth_keys [N,2], split [N]")
+    x.add_argument("--out", default=None, help="output file (default RUN_DIR/payload.npz)")
+
     ca = sub.add_parser("cache", help="see or clear the embedding cache")
     ca.add_argument("action", choices=["list", "clear"])
     ca.add_argument("--dir", default="", help="cache dir (default $LVM_CACHE_DIR or ~/.cache/lvm-study)")
@@ -92,44 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _nb_params(items: list[str]) -> dict:
-    import yaml
-    from .config import ConfigError
-    out = {}
-    for text in items:
-        if "=" not in text:
-            raise ConfigError(f"--param {text!r}: expected KEY=VALUE")
-        k, v = text.split("=", 1)
-        try:
-            out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
-        except yaml.YAMLError as exc:
-            first = " ".join(str(exc).split())
-            raise ConfigError(f"--param {text!r}: value is not valid YAML ({first})") from None
-    return out
-
-
-def _library_errors() -> tuple[type[BaseException], ...]:
-    from .corpus import DataError
-    from .evaluate import SanityError
-    from .model import CheckpointError
-    from .scan import ScanBackendError
-    from .train import TrainingDiverged
-    return (DataError, SanityError, CheckpointError, ScanBackendError, TrainingDiverged)
-
-
 def main(argv: list[str] | None = None) -> int:
     _env_defaults()
     args = build_parser().parse_args(argv)
-    from .config import ConfigError
-    from .runs import RunError
+    from .errors import LvmError
     try:
         return _dispatch(args)
-    except (ConfigError, RunError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except _library_errors() as exc:  # bad data, payload, checkpoint, failed sanity check, diverged training
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    except LvmError as exc:  # bad params or run dir (2); bad data, checkpoint, sanity check, divergence (1)
+        print(exc.cli_line(), file=sys.stderr)
+        return exc.exit_code
     except OSError as exc:  # a full disk, a read-only place: one line naming the file, not a traceback
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
@@ -140,11 +119,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
+        from .config import parse_notebook_params
         from .runner import StudyFailed, StudyInterrupted, run_study
         try:
             run_study(args.params, args.overrides, run_id=args.run_id, runs_root=args.runs_root,
                       reports_root=args.reports_root, resume=args.resume, only=args.only,
-                      progress=not args.quiet, notebook_params=_nb_params(args.nb_params),
+                      progress=not args.quiet, notebook_params=parse_notebook_params(args.nb_params),
                       verbose=args.verbose)
         except StudyInterrupted as exc:
             print(f"[lvm-study] INTERRUPTED: {exc}", file=sys.stderr)
@@ -162,7 +142,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(dump_config(load_config(args.params, args.overrides)))
         return 0
     if args.command == "status":
-        from .train import status
+        from .run_status import status
         print(status(args.run_dir))
         return 0
     if args.command == "eval":
@@ -204,6 +184,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .compare import run_pair_study
         out = run_pair_study(args.params, runs_root=args.runs_root, reports_root=args.reports_root)
         print(f"[lvm-study] study comparison: {out}")
+        return 0
+    if args.command == "export":
+        from .payload import export_run
+        print(f"[lvm-study] exported {export_run(args.run_dir, args.fmt, args.out)}")
         return 0
     if args.command == "cache":
         from . import encoder

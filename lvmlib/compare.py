@@ -7,7 +7,7 @@ primary bank's R@5, by how much, whether the difference exceeds the 95% interval
 bootstrap over test articles when both runs scored the same queries, else non-overlap of the
 per-run intervals), and whether each variant beats the best trivial baseline on the same queries.
 
-`compare_runs` executes `notebooks/05_compare.ipynb` with papermill and renders
+`compare_runs` executes `notebooks/05_compare.ipynb` (`lvmlib.execute`) and renders
 `reports/compare_<id>.html`; `run_pair_study` runs a params pair end to end and compares it.
 """
 from __future__ import annotations
@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from .config import load_run_config
+from .compare_verdict import beats_baseline, verdict
+from .gates import upgrade
 from .runs import PROJECT_ROOT, RunError, atomic_write_json, now_iso, read_json
 
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "05_compare.ipynb"
@@ -63,11 +64,12 @@ def load_run(run_dir: str | Path) -> RunView:
         raise RunError(f"{run_dir}: not a run directory (no manifest.json)")
     manifest = read_json(run_dir / "manifest.json")
     params = run_dir / "params.yaml"
-    config = yaml.safe_load(params.read_text()) if params.is_file() else {}
+    config = load_run_config(params).to_dict() if params.is_file() else {}  # ConfigError names file and key
     return RunView(run_dir=run_dir, run_id=manifest.get("run_id", run_dir.name),
                    label=str(config.get("name") or manifest.get("params_name") or run_dir.name),
-                   config=config or {}, manifest=manifest, history=_maybe_json(run_dir / "history.json") or [],
-                   gates=_maybe_json(run_dir / "gates.json"), eval=_maybe_json(run_dir / "metrics" / "eval.json"))
+                   config=config or {}, manifest=manifest,
+                   history=[upgrade(h) for h in _maybe_json(run_dir / "history.json") or []],
+                   gates=upgrade(_maybe_json(run_dir / "gates.json")), eval=_maybe_json(run_dir / "metrics" / "eval.json"))
 
 
 def load_runs(run_dirs: list[str | Path]) -> list[RunView]:
@@ -132,11 +134,8 @@ def eval_rows(run: RunView) -> list[dict[str, Any]]:
         return []
     primary = ev.get("primary_bank", "global")
     models = ev.get("models")
-    if not isinstance(models, dict) or not models:  # the end-to-end issue's flat contract only
-        rows = [_row(run, primary, MODEL, ev, ev, primary)]
-        if isinstance(ev.get("baseline_copy_last"), dict):
-            rows.append(_row(run, primary, "copy_last", ev["baseline_copy_last"], ev["baseline_copy_last"], primary))
-        return rows
+    if not isinstance(models, dict):
+        return []
     variant = ev.get("primary_context", "context_excluded")
     rows = []
     for name, res in models.items():
@@ -214,138 +213,6 @@ def scorecard(run: RunView, bank: str | None = None) -> dict[str, Any]:
                                  "recall_at_5_ci": (b["recall_at_5_lo"], b["recall_at_5_hi"]),
                                  "pred_target_cosine": b.get("pred_target_cosine", math.nan)}
     return card
-
-
-def _pct(x: float) -> str:
-    return "—" if x is None or not math.isfinite(x) else f"{x:.1%}"
-
-
-def _ci_txt(ci: tuple[float, float]) -> str:
-    return "" if not all(math.isfinite(v) for v in ci) else f" [95% CI {ci[0]:.1%}–{ci[1]:.1%}]"
-
-
-def _beats(card: dict[str, Any]) -> dict[str, Any] | None:
-    """Same rule as gates.phase1_decision: above the best baseline on R@5 *and* cosine."""
-    b = card.get("best_baseline")
-    if b is None:
-        return None
-    r5, cos = card["recall_at_5"] > b["recall_at_5"], card["pred_target_cosine"] > b["pred_target_cosine"]
-    clear = card["recall_at_5_ci"][0] > (b["recall_at_5_ci"][1] if math.isfinite(b["recall_at_5_ci"][1])
-                                         else b["recall_at_5"])
-    return {"beats": bool(r5 and cos), "r5": bool(r5), "cosine": bool(cos), "clear": bool(r5 and cos and clear)}
-
-
-def verdict(cards: list[dict[str, Any]], paired: dict[str, Any] | None = None,
-            same_queries: bool = True) -> dict[str, Any]:
-    """One paragraph, generated from the numbers, answering "which variant is better?".
-
-    `cards`: `scorecard` dicts. `paired`: optional {"a", "b", "delta", "ci": (lo, hi)} — the paired
-    bootstrap of R@5(a) - R@5(b) over articles when both runs scored the same queries.
-    `same_queries`: False adds a warning that the runs were scored on different test sets.
-    Returns {"text", "headline", "better", "runner_up", "delta_r5", "ratio", "separated",
-    "separation", "beats_baseline": {label: bool|None}}.
-    """
-    ok = [c for c in cards if c.get("evaluated")]
-    missing = [c["label"] for c in cards if not c.get("evaluated")]
-    out: dict[str, Any] = {"better": None, "runner_up": None, "delta_r5": None, "ratio": None, "separated": None,
-                           "separation": None, "beats_baseline": {c["label"]: None for c in cards}}
-    miss_txt = (f" {', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no Phase-1 evaluation "
-                f"(status: {', '.join(c['status'] for c in cards if not c.get('evaluated'))}).") if missing else ""
-    if not ok:
-        out.update(text="No run has a Phase-1 evaluation yet, so there is nothing to compare." + miss_txt,
-                   headline="no evaluated runs")
-        return out
-    ok.sort(key=lambda c: c["recall_at_5"], reverse=True)
-    best = ok[0]
-    bank = f"the {best['bank']} bank" + (f" ({int(best['n_queries']):,} test queries)"
-                                         if best.get("n_queries") and math.isfinite(best["n_queries"]) else "")
-    parts: list[str] = []
-    if len(ok) == 1:
-        parts.append(f"Only {best['label']} was evaluated: R@5 {_pct(best['recall_at_5'])}"
-                     f"{_ci_txt(best['recall_at_5_ci'])} on {bank}.")
-        head = f"{best['label']} only: R@5 {_pct(best['recall_at_5'])}"
-    else:
-        second = ok[1]
-        d = best["recall_at_5"] - second["recall_at_5"]
-        ratio = best["recall_at_5"] / second["recall_at_5"] if second["recall_at_5"] > 0 else math.inf
-        lo_b, hi_s = best["recall_at_5_ci"][0], second["recall_at_5_ci"][1]
-        if paired and {paired.get("a"), paired.get("b")} == {best["label"], second["label"]} and all(
-                math.isfinite(v) for v in paired["ci"]):
-            sign = 1 if paired["a"] == best["label"] else -1
-            lo, hi = sorted((sign * paired["ci"][0], sign * paired["ci"][1]))
-            separated, how = lo > 0, "paired"
-            sep_txt = (f"the paired bootstrap interval of the difference ({lo * 100:+.1f} to {hi * 100:+.1f} points, "
-                       f"resampling test articles) {'excludes' if separated else 'includes'} zero")
-        elif math.isfinite(lo_b) and math.isfinite(hi_s):
-            separated, how = lo_b > hi_s, "intervals"
-            sep_txt = ("the two 95% intervals do not overlap" if separated else "the two 95% intervals overlap")
-        else:
-            separated, how, sep_txt = None, None, "no confidence intervals were recorded"
-        out.update(better=best["label"], runner_up=second["label"], delta_r5=d,
-                   ratio=ratio if math.isfinite(ratio) else None, separated=separated, separation=how)
-        times = f", {ratio:.1f}× as often" if math.isfinite(ratio) and ratio >= 1.05 else ""
-        if d == 0:
-            parts.append(f"{best['label']} and {second['label']} tie on {bank}: both reach R@5 "
-                         f"{_pct(best['recall_at_5'])}.")
-            head = f"tie: R@5 {_pct(best['recall_at_5'])}"
-        elif separated:
-            parts.append(f"**{best['label']} is better.** On {bank} it puts the true next chunk in the top 5 for "
-                         f"{_pct(best['recall_at_5'])}{_ci_txt(best['recall_at_5_ci'])} of queries against "
-                         f"{_pct(second['recall_at_5'])}{_ci_txt(second['recall_at_5_ci'])} for {second['label']} — "
-                         f"{d * 100:+.1f} points{times}. The difference exceeds the uncertainty: {sep_txt}.")
-            head = (f"{best['label']} better: R@5 {_pct(best['recall_at_5'])} vs {_pct(second['recall_at_5'])} "
-                    f"({d * 100:+.1f} pts, beyond the 95% intervals)")
-        else:
-            parts.append(f"**No clear winner.** {best['label']} is ahead on {bank} with R@5 "
-                         f"{_pct(best['recall_at_5'])}{_ci_txt(best['recall_at_5_ci'])} against "
-                         f"{_pct(second['recall_at_5'])}{_ci_txt(second['recall_at_5_ci'])} for {second['label']} "
-                         f"({d * 100:+.1f} points{times}), but {sep_txt}: on these queries the difference is "
-                         f"within the uncertainty{'' if separated is None else ' — treat them as tied'}.")
-            head = (f"no clear winner: {best['label']} {_pct(best['recall_at_5'])} vs {second['label']} "
-                    f"{_pct(second['recall_at_5'])} ({d * 100:+.1f} pts, "
-                    f"{'no intervals recorded' if separated is None else 'within the 95% intervals'})")
-        cos_best, cos_second = best["pred_target_cosine"], second["pred_target_cosine"]
-        if math.isfinite(cos_best) and math.isfinite(cos_second):
-            agree = (cos_best >= cos_second)
-            parts.append(f"Mean predicted→target cosine {cos_best:.3f} vs {cos_second:.3f}"
-                         f"{'' if agree else ' — the cosine ranks them the other way'}.")
-    beat_lines, heads, bases = [], [], set()
-    for c in ok:
-        b = _beats(c)
-        out["beats_baseline"][c["label"]] = None if b is None else b["beats"]
-        if b is None:
-            continue
-        bb = c["best_baseline"]
-        bases.add((bb["name"], bb["recall_at_5"], bb["pred_target_cosine"]))
-        if b["beats"]:
-            beat_lines.append(f"{c['label']} beats it"
-                              f"{' clearly (its R@5 interval lies above)' if b['clear'] else ', though not beyond the intervals'}")
-        else:
-            what = " and ".join(w for w, v in (("R@5", not b["r5"]), ("cosine", not b["cosine"])) if v)
-            beat_lines.append(f"{c['label']} falls short on {what}")
-        heads.append(f"{c['label']} {'beats' if b['beats'] else 'below'} baseline")
-    if beat_lines:
-        if len(bases) == 1:  # one shared baseline (same queries): name it once
-            name, r5, cos = next(iter(bases))
-            base_txt = f"the best trivial baseline, {name} (R@5 {_pct(r5)}, cosine {cos:.3f}) on the same queries"
-        else:
-            base_txt = "the best trivial baseline of its own evaluation (" + "; ".join(
-                f"{c['label']}: {c['best_baseline']['name']} R@5 {_pct(c['best_baseline']['recall_at_5'])}"
-                for c in ok if c.get("best_baseline")) + ")"
-        flags = [v for v in out["beats_baseline"].values() if v is not None]
-        if not any(flags):
-            parts.append(f"**{'Neither variant beats' if len(ok) > 1 else 'It does not beat'}** {base_txt}: "
-                         + "; ".join(beat_lines) + ". The next-chunk signal learned here is not yet worth more "
-                         "than copying or averaging the context.")
-        else:
-            parts.append(f"Against {base_txt}: " + "; ".join(beat_lines) + ".")
-    if len(ok) > 1 and not same_queries:
-        parts.append("Caution: the runs were scored on different test queries (different data), so their "
-                     "numbers are not directly comparable.")
-    out["text"] = " ".join(parts) + miss_txt
-    out["headline"] = head + ("; " + ", ".join(heads) if heads else "") + (
-        f"; not evaluated: {', '.join(missing)}" if missing else "")
-    return out
 
 
 # --------------------------------------------------------------------------- paired bootstrap
@@ -443,10 +310,10 @@ def summary_rows(runs: list[RunView]) -> list[dict[str, Any]]:
     rows = []
     for r in runs:
         c, g, e = scorecard(r), r.gates or {}, r.eval or {}
-        b = _beats(c) if c.get("evaluated") else None
+        b = beats_baseline(c) if c.get("evaluated") else None
         bb = c.get("best_baseline") or {}
         rows.append({"run": r.label, "run_id": r.run_id, "recipe": recipe(r.config), "status": r.status,
-                     "epochs": len(r.history), "epoch2_val_cosine": g.get("epoch2_val_cosine"),
+                     "epochs": len(r.history), "gate_val_cosine": g.get("gate_val_cosine"),
                      "gate_decision": g.get("decision"), "recall_at_5": c.get("recall_at_5"),
                      "recall_at_5_ci": c.get("recall_at_5_ci"), "pred_target_cosine": c.get("pred_target_cosine"),
                      "phase1_decision": e.get("decision"), "best_baseline": bb.get("name"),
@@ -460,7 +327,7 @@ def gates_rows(runs: list[RunView]) -> list[dict[str, Any]]:
     for r in runs:
         g = r.gates or {}
         last = r.history[-1] if r.history else {}
-        rows.append({"run": r.label, "gate_epoch": g.get("gate_epoch"), "epoch2_val_cosine": g.get("epoch2_val_cosine"),
+        rows.append({"run": r.label, "gate_epoch": g.get("gate_epoch"), "gate_val_cosine": g.get("gate_val_cosine"),
                      "threshold": g.get("threshold"), "passed": g.get("passed"), "decision": g.get("decision"),
                      "tree_in_loop": r.config.get("train", {}).get("decision_tree"),
                      "epochs_trained": len(r.history), "final_val_cosine": last.get("val_cosine"),
@@ -500,7 +367,8 @@ def compare_runs(run_dirs: list[Path], compare_id: str | None = None, reports_ro
     rebuilds the index. `reference`: a run folder (added first when not among `run_dirs`) that every
     other run is measured against with paired intervals. Returns the HTML path. Raises CompareFailed with
     a one-line reason."""
-    from .runner import execute_notebook, record_run, render_html, write_index
+    from .execute import run_notebook
+    from .report import record_run, write_index
     run_dirs = [Path(d) for d in run_dirs]
     if reference and not any(Path(reference).resolve() == d.resolve() for d in run_dirs):
         run_dirs = [Path(reference), *run_dirs]
@@ -510,23 +378,16 @@ def compare_runs(run_dirs: list[Path], compare_id: str | None = None, reports_ro
     out_dir = reports_root / f"compare_{compare_id}"
     out_dir.mkdir(parents=True, exist_ok=True)
     html_path = reports_root / f"compare_{compare_id}.html"
-    started, t0, err = now_iso(), time.time(), None
-    try:
-        execute_notebook(NOTEBOOK, out_dir / "05_compare.ipynb",
-                         {"run_dirs": [str(r.run_dir) for r in runs], "compare_id": compare_id,
-                          "out_dir": str(out_dir), "reference": str(runs[reference_index(runs, Path(reference).resolve())].run_dir)
-                          if reference else ""})
-    except Exception as exc:  # papermill raises PapermillExecutionError for a failing cell
-        err = exc
+    started, t0 = now_iso(), time.time()
     pages = {r.run_id: (reports_root / r.run_id / "run.json").is_file() for r in runs}  # runs with reports here
-    if (out_dir / "05_compare.ipynb").is_file():
-        render_html(out_dir / "05_compare.ipynb", html_path, nav=[("all runs", "index.html")] + [
-            (r.label, f"{r.run_id}/index.html") for r in runs if pages[r.run_id]])
+    failure = run_notebook(NOTEBOOK, out_dir / "05_compare.ipynb",
+                           {"run_dirs": [str(r.run_dir) for r in runs], "compare_id": compare_id, "out_dir": str(out_dir),
+                            "reference": str(runs[reference_index(runs, Path(reference).resolve())].run_dir)
+                            if reference else ""},
+                           html_path, "05_compare", nav=[("all runs", "index.html")] + [
+                               (r.label, f"{r.run_id}/index.html") for r in runs if pages[r.run_id]])
     summary = _maybe_json(out_dir / "compare.json") or {}
-    line = None
-    if err is not None:
-        from .runner import _failure_line
-        line = _failure_line("05_compare", err)
+    err, line = (failure.exc, failure.line) if failure else (None, None)
     atomic_write_json(reports_root / f"compare_{compare_id}.json", {
         "kind": "compare", "compare_id": compare_id, "href": html_path.name, "started_at": started,
         "seconds": round(time.time() - t0, 1), "status": "failed" if err else "succeeded", "failure": line,

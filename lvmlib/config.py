@@ -16,10 +16,12 @@ from typing import Any
 
 import yaml
 
+from .errors import RequestError
+
 SECTIONS = ("data", "model", "loss", "train", "gates", "eval")
 
 
-class ConfigError(ValueError):
+class ConfigError(RequestError, ValueError):
     """A params file or override is wrong; the message names file, key and value."""
 
 
@@ -163,23 +165,33 @@ class Config:
         return dataclasses.asdict(self)
 
 
+# Allowed values, one home: the modules that act on them import these names.
+SPLITS = ("train", "val", "test")  # bank_split / windows split codes 0, 1, 2
+EVAL_BANKS = ("global", "test", "same_article")
+BASELINES = ("copy_last", "context_mean", "global_mean", "ridge")  # closed-form baselines (lvmlib.model)
+SEARCH_BACKENDS = ("auto", "faiss", "torch")  # exact search (lvmlib.metrics)
+RESIDUALS = ("none", "last", "context_mix")  # model.residual (lvmlib.model.ContextSkip: all but none)
+DROPOUT_POSITIONS = ("last", "first")  # which end of the context article dropout zeroes (lvmlib.train)
+ENCODER_BACKENDS = ("torch", "openvino", "openvino-f32", "onnx", "onnx-int8")  # data.encoder_backend (lvmlib.encoder)
+EXPORT_FORMATS = ("seed-npz",)  # python -m lvmlib export RUN --format ... (lvmlib.payload)
+TRACKED_METRICS = ("val_cosine", "val_infonce", "val_recall_at_5", "val_mrr", "train_loss")
 CHOICES = {
     "data.source": {"gensim_enwiki_sample", "jsonl", "mediawiki_dump", "hf_dataset", "vectors"},
     "data.chunking": {"sentences", "paragraphs"},
-    "data.encoder_backend": {"auto", "torch", "openvino", "openvino-f32", "onnx", "onnx-int8"},
-    "model.kind": {"mamba", "two_tower", "amn", "copy_last", "context_mean", "global_mean", "ridge"},
-    "model.scan": {"auto", "ref", "cpu", "cuda"},
+    "data.encoder_backend": {"auto", *ENCODER_BACKENDS},
+    "model.kind": {"mamba", "two_tower", "amn", *BASELINES},
+    "model.scan": {"auto", "ref", "cpu", "cuda"},  # lvmlib.scan.BACKENDS (scan imports torch; config does not)
     "train.negatives": {"effective_batch", "micro_batch"},
-    "model.residual": {"none", "last", "context_mix"},
+    "model.residual": set(RESIDUALS),
     "loss.negatives": {"batch", "bank"},
-    "train.article_dropout_positions": {"last", "first"},
+    "train.article_dropout_positions": set(DROPOUT_POSITIONS),
     "gates.against": {"absolute", "best_baseline"},
     "train.device": {"auto", "cpu", "cuda"},
-    "train.early_stop_metric": {"val_cosine", "val_infonce", "val_recall_at_5", "val_mrr", "train_loss"},
-    "train.best_metric": {"val_cosine", "val_infonce", "val_recall_at_5", "val_mrr", "train_loss"},
-    "eval.split": {"val", "test"},
-    "eval.primary_bank": {"global", "test", "same_article"},
-    "eval.search_backend": {"auto", "faiss", "torch"},
+    "train.early_stop_metric": set(TRACKED_METRICS),
+    "train.best_metric": set(TRACKED_METRICS),
+    "eval.split": set(SPLITS[1:]),
+    "eval.primary_bank": set(EVAL_BANKS),
+    "eval.search_backend": set(SEARCH_BACKENDS),
 }
 # Lower bounds of integer settings: key -> (minimum, message or None for 'must be >= minimum').
 MINIMUMS = {
@@ -212,8 +224,6 @@ MINIMUMS = {
     "model.expand": (1, None),
     "model.amn_hidden": (1, None),
 }
-EVAL_BANKS = {"global", "test", "same_article"}
-BASELINES = {"copy_last", "context_mean", "global_mean", "ridge"}
 
 
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
@@ -236,7 +246,6 @@ def _section_types(cls) -> dict[str, Any]:
 
 
 def _apply(cfg: Config, section: str, key: str, value: Any, where: str) -> None:
-    top = _section_types(Config)
     if section not in SECTIONS:
         raise ConfigError(f"{where}: unknown section '{section}' (value {value!r}); sections are {', '.join(SECTIONS)}")
     sec_obj = getattr(cfg, section)
@@ -254,7 +263,6 @@ def _apply(cfg: Config, section: str, key: str, value: Any, where: str) -> None:
         raise ConfigError(f"{where}: key '{section}.{key}' expects {tname}, got {value!r} ({type(value).__name__})")
     if tp is float and not math.isfinite(value):  # YAML reads .nan / .inf; no range check would catch them
         raise ConfigError(f"{where}: key '{section}.{key}' = {value!r}: must be a finite number")
-    del top
     setattr(sec_obj, key, value)
 
 
@@ -370,18 +378,45 @@ def parse_override(text: str | dict[str, Any]) -> tuple[str, str, Any]:
     return section, key, value
 
 
+def parse_notebook_params(items: list[str]) -> dict[str, Any]:
+    """`--param KEY=VALUE` items -> {key: value}, each value read as a YAML scalar (as for --set)."""
+    out = {}
+    for text in items:
+        if "=" not in text:
+            raise ConfigError(f"--param {text!r}: expected KEY=VALUE")
+        k, v = text.split("=", 1)
+        try:
+            out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+        except yaml.YAMLError as exc:
+            first = " ".join(str(exc).split())
+            raise ConfigError(f"--param {text!r}: value is not valid YAML ({first})") from None
+    return out
+
+
+def _read_params(p: Path) -> Any:
+    if not p.is_file():
+        raise ConfigError(f"{p}: params file not found")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+
+
+def load_run_config(path: str | Path) -> Config:
+    """A run's saved `params.yaml` (a resolved config, possibly written by an older kit): validated like
+    any params file, its name kept as written. Raises ConfigError naming the file and key."""
+    cfg = Config()
+    _merge(cfg, _read_params(Path(path)), str(path))
+    validate(cfg, str(path))
+    return cfg
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults <- params file <- `--set` overrides, then validated. Raises ConfigError."""
     cfg = Config()
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: params file not found")
-        try:
-            raw = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-        _merge(cfg, raw, str(p))
+        _merge(cfg, _read_params(p), str(p))
         if cfg.name == "default" and p.stem != "default":
             cfg.name = p.stem
     for text in overrides:

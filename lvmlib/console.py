@@ -1,7 +1,7 @@
 """What `python -m lvmlib run` prints: one line per stage, at most one live progress line, a summary.
 
 The notebooks execute in a kernel, so their progress bars (`runs.progress_bar`, i.e. tqdm) and prints
-reach the runner as stream text, which papermill hands to `Console.sink()`. The console keeps the
+reach the runner as stream text, which the notebook executor (`lvmlib.execute`) hands to `Console.sink()`. The console keeps the
 latest progress frame (the text after tqdm's last carriage return) as the single live line of a
 terminal and drops the rest; the notebooks keep everything in their outputs, so the reports lose
 nothing. Levels:
@@ -49,8 +49,8 @@ def summary_lines(head: dict[str, Any], index_html: str) -> list[str]:
 
     `head` is `runner.headline(run_dir)` (missing numbers show as '—')."""
     gate = head.get("gate_decision") or "—"
-    v = head.get("epoch2_val_cosine")
-    gate_txt = f"{gate} (epoch-2 val cosine {_num(v)})" if v is not None else f"{gate} (epoch 2 not reached)"
+    v, ep = head.get("gate_val_cosine"), head.get("gate_epoch") or 2
+    gate_txt = f"{gate} (epoch-{ep} val cosine {_num(v)})" if v is not None else f"{gate} (epoch {ep} not reached)"
     if head.get("gate_decision") is None:
         gate_txt = "— (no gates.json: 03_gates did not run)"
     ci = head.get("recall_at_5_ci")
@@ -170,7 +170,7 @@ class Console:
         self._draw()
 
     def sink(self) -> "_Sink":
-        """A file-like object for papermill's stdout_file / stderr_file."""
+        """A file-like object for the executor's stdout_file / stderr_file (`execute.execute_notebook`)."""
         return _Sink(self)
 
 

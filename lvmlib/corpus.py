@@ -25,14 +25,11 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .config import DataConfig
+from .errors import DataError
 
 # Bump when cleaning or chunking changes: it is part of the chunk-cache key in lvmlib.data.
 CORPUS_VERSION = "2"  # 2: over-long paragraphs are cut before sentence splitting
 GENSIM_SAMPLE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
-
-
-class DataError(ValueError):
-    """The data stage cannot go on; the message names the file, line, key or value at fault."""
 
 
 class CorpusError(DataError):

@@ -10,7 +10,8 @@ half-written):
 3. drop chunk texts shared across splits (`dedup`), keeping the copy in the earliest split;
 4. vectors from the content-addressed embedding cache, encoding only what is missing;
 5. windows stride 1 inside each article: K consecutive positions -> the next one;
-6. payload in the seed's format, leakage audit, trivial-predictor cosines, summary.
+6. leakage audit (`lvmlib.splits`, with steps 2-5), trivial-predictor cosines (`lvmlib.baselines`),
+   summary. The seed's payload format is an explicit export (`python -m lvmlib export`, `lvmlib.payload`).
 """
 from __future__ import annotations
 
@@ -22,97 +23,22 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
-from .config import Config, DataConfig
-from .corpus import MAX_PARAGRAPH_CHARS, ChunkStats, CorpusError, DataError, iter_chunked_cached, source_file
+from .config import SPLITS, Config, DataConfig
+from .corpus import ChunkStats, CorpusError, DataError, iter_chunked_cached, source_file
 from .encoder import cache_root, embed_bank, text_digests
 from .runs import atomic_path, atomic_save_npy, atomic_save_npz, atomic_write_json, pid_alive, progress_bar
+from .baselines import copy_last_retrieval, pair_cosines, trivial_predictors
+from .splits import (LeakageError, audit_leakage, build_windows, dedup_across_splits, limit_train_articles,
+                     split_articles)
 
-__all__ = ["DataError", "CorpusError", "LeakageError", "prepare_data", "load_prepared", "Prepared",
-           "audit_leakage", "trivial_predictors", "pair_cosines", "split_articles", "build_windows"]
-SPLITS = ("train", "val", "test")
+__all__ = ["DataError", "CorpusError", "LeakageError", "prepare_data", "load_prepared", "Prepared", "publish_dir",
+           "chunk_word_counts"]
 DATA_FILES = ("bank_vectors.npy", "bank_keys.npy", "bank_split.npy", "bank_texts.jsonl", "articles.json",
-              "windows.npz", "payload.npz", "summary.json")
-
-
-class LeakageError(DataError):
-    """The leakage audit found evaluation data that also appears in training (or mismatched vectors)."""
-
-
-# --------------------------------------------------------------------------- splits and windows
-def split_articles(n_chunks: np.ndarray, cfg: DataConfig) -> np.ndarray:
-    """(A,) chunks per article -> (A,) int8 split. Seeded; articles long enough for a window
-    (>= K+1 chunks) and short ones are split separately so every split gets usable articles."""
-    rng = np.random.default_rng(cfg.split_seed)
-    split = np.zeros(len(n_chunks), dtype=np.int8)
-    for group in (np.nonzero(n_chunks >= cfg.context_len + 1)[0], np.nonzero(n_chunks < cfg.context_len + 1)[0]):
-        perm = group[rng.permutation(len(group))]
-        n_val = int(round(cfg.val_frac * len(perm)))
-        n_test = int(round(cfg.test_frac * len(perm)))
-        if len(perm) >= 3:
-            n_val, n_test = max(n_val, 1), max(n_test, 1)
-        split[perm[len(perm) - n_val - n_test:len(perm) - n_test]] = 1
-        split[perm[len(perm) - n_test:]] = 2
-    return split
-
-
-def dedup_across_splits(digests: np.ndarray, split: np.ndarray) -> np.ndarray:
-    """(M,2), (M,) -> (M,) bool keep-mask: a text found in several splits stays only in the earliest."""
-    order = np.lexsort((split, digests[:, 1], digests[:, 0]))
-    d, s = digests[order], split[order]
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = (d[1:] != d[:-1]).any(axis=1)
-    group_split = np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))  # index of group start
-    keep_sorted = s == s[group_split]  # same split as the group's earliest split
-    keep = np.empty(len(order), dtype=bool)
-    keep[order] = keep_sorted
-    return keep
-
-
-def build_windows(keys: np.ndarray, split: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bank keys (M,2) sorted by (article, position) -> context_idx (N,K), target_idx (N,), split (N,).
-    A target at row r has a window iff rows r-K..r are one article with consecutive positions."""
-    M = len(keys)
-    if M <= K:
-        return np.empty((0, K), np.int64), np.empty(0, np.int64), np.empty(0, np.int8)
-    r = np.arange(K, M)
-    ok = (keys[r, 0] == keys[r - K, 0]) & (keys[r, 1] - keys[r - K, 1] == K)
-    target = r[ok]
-    context = target[:, None] - K + np.arange(K)[None, :]  # (N, K)
-    return context.astype(np.int64), target.astype(np.int64), split[target].astype(np.int8)
-
-
-def limit_train_articles(ctx: np.ndarray, tgt: np.ndarray, wsplit: np.ndarray, keys: np.ndarray,
-                         d: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`data.train_articles` = N > 0: keep the train windows of the first N train articles of a seeded
-    order (nested: N=100 is inside N=300), every val/test window, and the whole bank. DataError when the
-    corpus has fewer train articles with a window than N."""
-    if not d.train_articles:
-        return ctx, tgt, wsplit
-    arts = np.unique(keys[tgt[wsplit == 0], 0])  # train articles that have a window
-    if d.train_articles > len(arts):
-        raise DataError(f"{d.path or d.source}: data.train_articles = {d.train_articles}, but the corpus has only "
-                        f"{len(arts)} train articles with a window of K+1 = {d.context_len + 1} chunks")
-    chosen = arts[np.random.default_rng([d.split_seed, 1]).permutation(len(arts))[:d.train_articles]]
-    keep = (wsplit != 0) | np.isin(keys[tgt, 0], chosen)
-    return ctx[keep], tgt[keep], wsplit[keep]
-
-
-# --------------------------------------------------------------------------- streaming npz
-def save_npz_streaming(path: Path, arrays: dict[str, tuple[tuple[int, ...], Any, Callable[[int, int], np.ndarray]]],
-                       block: int = 8192) -> None:
-    """Write an .npz whose arrays are produced in row blocks by fill(start, stop) (bounded memory)."""
-    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for name, (shape, dtype, fill) in arrays.items():
-            with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
-                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-                          "shape": tuple(shape)}
-                np.lib.format.write_array_header_2_0(fh, header)
-                for s in range(0, shape[0], block):
-                    fh.write(np.ascontiguousarray(fill(s, min(shape[0], s + block)), dtype=dtype).tobytes())
+              "windows.npz", "summary.json")
 
 
 # --------------------------------------------------------------------------- sources -> staged bank
@@ -339,14 +265,7 @@ def _prepare(cfg: Config, stage: Path, progress: bool) -> dict[str, Any]:
             rec["source_id"] = int(sid)
     atomic_write_json(stage / "articles.json", articles)
     atomic_save_npz(stage / "windows.npz", context_idx=ctx, target_idx=tgt, split=wsplit)
-    bank = np.load(stage / "bank_vectors.npy", mmap_mode="r")
-    D = bank.shape[1]
-    save_npz_streaming(stage / "payload.npz", {
-        "context_sequences": ((len(tgt), K, D), dtype, lambda s, e: bank[ctx[s:e]]),
-        "target_vectors": ((len(tgt), D), dtype, lambda s, e: bank[tgt[s:e]]),
-        "truth_keys": ((len(tgt), 2), np.int64, lambda s, e: keys[tgt[s:e]]),
-        "split": ((len(tgt),), np.int8, lambda s, e: wsplit[s:e])})
-    del bank
+    D = int(np.load(stage / "bank_vectors.npy", mmap_mode="r").shape[1])
     audit = audit_leakage(stage, require_no_shared_text=d.dedup)
     prep = Prepared(stage, _staging=True)
     words = chunk_word_counts(prep)
@@ -450,195 +369,3 @@ def chunk_word_counts(prep: Prepared) -> np.ndarray:
         return np.fromiter((len(json.loads(line).split()) for line in fh), dtype=np.int64, count=len(prep))
 
 
-# --------------------------------------------------------------------------- leakage audit
-def _npz_member_info(path: Path, name: str) -> tuple[int, np.dtype, tuple[int, ...], bool] | None:
-    """(data offset, dtype, shape, fortran) of an uncompressed member of an .npz; None if compressed."""
-    with zipfile.ZipFile(path) as zf:
-        info = zf.getinfo(f"{name}.npy")
-    if info.compress_type != zipfile.ZIP_STORED:
-        return None
-    with open(path, "rb") as fh:
-        fh.seek(info.header_offset)
-        local = fh.read(30)
-        n_name, n_extra = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
-        fh.seek(info.header_offset + 30 + n_name + n_extra)
-        version = np.lib.format.read_magic(fh)
-        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = reader(fh)
-        return fh.tell(), dtype, shape, fortran
-
-
-def npz_member(path: str | Path, name: str) -> np.ndarray:
-    """One array of an uncompressed .npz, memory-mapped (np.load reads npz members into RAM)."""
-    path = Path(path)
-    info = _npz_member_info(path, name)
-    if info is None:
-        with np.load(path) as z:
-            return z[name]
-    offset, dtype, shape, fortran = info
-    if 0 in shape:
-        return np.empty(shape, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
-
-
-def _npz_row_blocks(path: Path, name: str, block: int) -> Iterator[np.ndarray]:
-    """Rows of an npz member in blocks, by plain reads: unlike a memmap, pages read stay out of our RSS."""
-    info = _npz_member_info(path, name)
-    if info is None:
-        with np.load(path) as z:
-            arr = z[name]
-        yield from (arr[s:s + block] for s in range(0, len(arr), block))
-        return
-    offset, dtype, shape, _ = info
-    row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        for s in range(0, shape[0], block):
-            n = min(block, shape[0] - s)
-            yield np.frombuffer(fh.read(n * row), dtype=dtype).reshape((n, *shape[1:]))
-
-
-def _row_digests(data_dir: Path, bank: np.ndarray) -> tuple[np.ndarray, bool, int]:
-    """(M, 2) content address per row: of the text, or of the vector when the bank has no texts."""
-    digs, any_text = [], False
-    with open(data_dir / "bank_texts.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            t = json.loads(line)
-            any_text = any_text or bool(t)
-            digs.append(hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest())
-    n = len(digs)
-    if not any_text:
-        digs = [hashlib.blake2b(np.asarray(v, np.float32).tobytes(), digest_size=16).digest() for v in bank]
-    arr = np.frombuffer(b"".join(digs), dtype=np.uint64).reshape(-1, 2) if digs else np.empty((0, 2), np.uint64)
-    return arr, any_text, n
-
-
-def audit_leakage(data_dir: str | Path, require_no_shared_text: bool = True) -> dict[str, Any]:
-    """Check the files of a data dir; raise LeakageError naming every failed check.
-
-    - every article's rows carry its split, and no article appears in two splits;
-    - every window lies in one article and one split, K consecutive positions then the target;
-    - no chunk text (or, without texts, no vector) appears in two splits (when dedup is on);
-    - payload context/target vectors and truth keys are identical to the bank at their keys."""
-    data_dir = Path(data_dir)
-    keys = np.load(data_dir / "bank_keys.npy")
-    split = np.load(data_dir / "bank_split.npy")
-    bank = np.load(data_dir / "bank_vectors.npy", mmap_mode="r")
-    articles = json.loads((data_dir / "articles.json").read_text())
-    with np.load(data_dir / "windows.npz") as w:
-        ctx, tgt, wsplit = w["context_idx"], w["target_idx"], w["split"]
-    K = ctx.shape[1]
-    res: dict[str, Any] = {}
-    art_split = np.array([SPLITS.index(a["split"]) for a in articles], dtype=np.int8)
-    ids = np.array([a["article_id"] for a in articles])
-    res["duplicate_article_ids"] = int(len(ids) - len(np.unique(ids)))
-    splits_per_article = np.zeros((len(articles), 3), dtype=bool)
-    splits_per_article[keys[:, 0], split] = True
-    res["articles_in_several_splits"] = int((splits_per_article.sum(axis=1) > 1).sum())
-    res["rows_not_in_article_split"] = int((split != art_split[keys[:, 0]]).sum())
-    same_art = (keys[ctx, 0] == keys[tgt, 0][:, None]).all(axis=1)
-    consecutive = (keys[ctx, 1] == keys[tgt, 1][:, None] - K + np.arange(K)).all(axis=1)
-    same_split = (split[ctx] == wsplit[:, None]).all(axis=1) & (split[tgt] == wsplit)
-    res["windows_bad"] = int((~(same_art & consecutive & same_split)).sum())
-    dig, _, n_text = _row_digests(data_dir, bank)
-    if n_text != len(keys):
-        res["texts_rows_mismatch"] = n_text - len(keys)
-    # independent of dedup_across_splits: distinct texts seen in more than one split
-    pairs = np.unique(np.column_stack([dig, split.astype(np.uint64)]), axis=0)  # unique (text, split)
-    _, n_splits = np.unique(pairs[:, :2], axis=0, return_counts=True)
-    res["shared_across_splits"] = int((n_splits > 1).sum())
-    mism = 0
-    payload = data_dir / "payload.npz"
-    tk, ps = npz_member(payload, "truth_keys"), npz_member(payload, "split")
-    shapes = {k: npz_member(payload, k).shape for k in ("context_sequences", "target_vectors")}
-    if shapes != {"context_sequences": (len(tgt), K, bank.shape[1]), "target_vectors": (len(tgt), bank.shape[1])} \
-            or tk.shape != (len(tgt), 2) or ps.shape != (len(tgt),):
-        mism += len(tgt)
-    else:
-        blk = 4096
-        for i, (cs, tv) in enumerate(zip(_npz_row_blocks(payload, "context_sequences", blk),
-                                         _npz_row_blocks(payload, "target_vectors", blk))):
-            s, e = i * blk, i * blk + len(cs)
-            mism += int((~(cs == bank[ctx[s:e]]).all(axis=(1, 2))).sum())
-            mism += int((~(tv == bank[tgt[s:e]]).all(axis=1)).sum())
-        mism += int((tk != keys[tgt]).any(axis=1).sum()) + int((ps != wsplit).sum())
-    res["payload_mismatches"] = mism
-    failed = [k for k, v in res.items() if v and (k != "shared_across_splits" or require_no_shared_text)]
-    res["passed"] = not failed
-    if failed:
-        raise LeakageError(f"{data_dir}: leakage audit FAILED: " + ", ".join(f"{k}={res[k]}" for k in failed))
-    return res
-
-
-# --------------------------------------------------------------------------- the bar before training
-def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine of (n, D), (n, D) -> (n,)."""
-    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
-
-
-def _baseline(kind: str, d_vec: int):
-    from .model import baseline  # closed-form baselines live with the models
-    return baseline(kind, d_vec)
-
-
-def _sample(n: int, cap: int, seed: int) -> np.ndarray:
-    return np.arange(n) if n <= cap else np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
-
-
-def trivial_predictors(prep: Prepared, max_windows: int = 20000, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Mean cosine to the target per split of copy-last-context, context-mean and the global mean of
-    the train targets (fitted on train only) — the bar a model must clear."""
-    import torch
-    ctx_tr, tgt_tr = prep.windows("train")
-    sel = _sample(len(tgt_tr), max_windows, seed)
-    fit_ctx = torch.from_numpy(prep.contexts(ctx_tr[sel]))
-    fit_tgt = torch.from_numpy(prep.targets(tgt_tr[sel]))
-    models = {}
-    for kind in ("copy_last", "context_mean", "global_mean"):
-        m = _baseline(kind, prep.d_vec)
-        if hasattr(m, "fit"):
-            m.fit(fit_ctx, fit_tgt)
-        models[kind] = m.eval()
-    out: dict[str, dict[str, float]] = {}
-    for split in SPLITS:
-        ctx, tgt = prep.windows(split)
-        sel = _sample(len(tgt), max_windows, seed)
-        c = torch.from_numpy(prep.contexts(ctx[sel]))  # (n, K, D)
-        t = prep.targets(tgt[sel])  # (n, D)
-        rec = {"n_windows": int(len(tgt))}
-        with torch.no_grad():
-            for kind, m in models.items():
-                rec[kind] = float(_cos(m(c).numpy(), t).mean())
-        out[split] = rec
-    return out
-
-
-def copy_last_retrieval(prep: Prepared, split: str, max_queries: int = 2000, seed: int = 0,
-                        ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
-    """Exact search of the last context vector over the whole bank: recall@k, with the K context
-    chunks in the bank and removed from it (the copy's own vector always ranks first otherwise)."""
-    ctx, tgt = prep.windows(split)
-    sel = _sample(len(tgt), max_queries, seed)
-    ctx, tgt = ctx[sel], tgt[sel]
-    from .metrics import recall_at_k, target_ranks  # the evaluation's own exact ranking, not a second copy
-    q = prep.targets(ctx[:, -1])  # (n, D) the copy-last prediction
-    r = target_ranks(q, prep.bank_vectors, tgt, exclude_rows=ctx)["global"]
-    out: dict[str, float] = {"n_queries": int(len(q)), "bank_size": int(len(prep))}
-    for k in ks:
-        out[f"recall_at_{k}"] = recall_at_k(r.included, k)
-        out[f"recall_at_{k}_excl_context"] = recall_at_k(r.excluded, k)
-    return out
-
-
-def pair_cosines(prep: Prepared, n: int = 5000, seed: int = 0) -> dict[str, np.ndarray]:
-    """Cosines of adjacent chunk pairs (same article, positions p, p+1) vs random pairs of chunks
-    from different articles: {"adjacent": (n,), "random": (n,)}."""
-    rng = np.random.default_rng(seed)
-    k = prep.bank_keys
-    adj = np.nonzero((k[1:, 0] == k[:-1, 0]) & (k[1:, 1] == k[:-1, 1] + 1))[0]
-    adj = adj[_sample(len(adj), n, seed)]
-    a, b = rng.integers(0, len(k), size=(2, 2 * n))
-    diff = k[a, 0] != k[b, 0]
-    a, b = a[diff][:n], b[diff][:n]
-    return {"adjacent": _cos(prep.targets(adj), prep.targets(adj + 1)),
-            "random": _cos(prep.targets(a), prep.targets(b))}

@@ -19,8 +19,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .config import DataConfig
-from .corpus import DataError
+from .config import ENCODER_BACKENDS, DataConfig
+from .errors import DataError
 from .runs import atomic_path, atomic_save_npy, atomic_write_json, pid_alive, progress_bar
 
 __all__ = ["BUNDLED_ENCODER", "Encoder", "EmbeddingCache", "cache_root", "text_digests", "load_encoder",
@@ -46,7 +46,7 @@ def text_digests(texts: list[str]) -> np.ndarray:
     return out
 
 
-BACKENDS = ("torch", "openvino", "openvino-f32", "onnx", "onnx-int8")
+BACKENDS = ENCODER_BACKENDS
 
 
 def resolve_backend(backend: str) -> str:

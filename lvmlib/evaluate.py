@@ -31,213 +31,23 @@ import numpy as np
 import torch
 
 from . import metrics as mt
-from .config import Config
+from .config import SPLITS, Config
 from .gates import phase1_decision
-from .runs import atomic_write_json, atomic_write_text, read_json
+from .eval_data import (EvalData, SanityError, check_alignment, check_bank,  # noqa: F401  (importable from here, as before)
+                        check_windows, load_eval_data)
+from .latency import measure_latency
+from .runs import atomic_write_json, atomic_write_text
 
-SPLITS = ("train", "val", "test")
 BANK_DESCRIPTIONS = {
     "global": "every chunk of the corpus (all splits)",
     "test": "every chunk of the evaluation-split articles",
     "same_article": "every chunk of the query's own article",
 }
-PRIMARY_KEYS = ("pred_target_cosine", "recall_at_1", "recall_at_5", "recall_at_10", "n_queries", "bank_size")
-
-
-class SanityError(RuntimeError):
-    """An evaluation sanity check failed: the numbers would be meaningless, so the evaluation stops."""
 
 
 def _log(progress: bool, msg: str) -> None:
     if progress:
         print(f"[eval] {msg}", flush=True)
-
-
-# --------------------------------------------------------------------------- data
-@dataclasses.dataclass
-class EvalData:
-    """What evaluation reads, from a prepared data dir or from a seed-format payload alone."""
-    source: str
-    bank_vectors: np.ndarray  # (M, D), may be a memmap
-    bank_keys: np.ndarray  # (M, 2) article_id, position
-    bank_split: np.ndarray  # (M,) 0 train, 1 val, 2 test
-    window_rows: dict[str, tuple[np.ndarray, np.ndarray]]  # split -> context rows (n, K), target rows (n,)
-    prepared: Any = None  # lvmlib.data.Prepared, None for a payload alone
-    payload: Path | None = None  # seed-format payload to cross-check against the bank
-    encoder: str | None = None
-
-    @property
-    def d_vec(self) -> int:
-        return int(self.bank_vectors.shape[1])
-
-    def contexts(self, ctx_rows: np.ndarray) -> np.ndarray:
-        """(n, K) rows -> (n, K, D) float32: what the models are fed (the trainer reads the same)."""
-        if self.prepared is not None:
-            return self.prepared.contexts(ctx_rows)
-        return np.asarray(self.bank_vectors[np.asarray(ctx_rows)], dtype=np.float32)
-
-    def texts(self, rows) -> list[str] | None:
-        return None if self.prepared is None else self.prepared.texts(rows)
-
-    def title(self, article: int) -> str | None:
-        arts = getattr(self.prepared, "articles", None)
-        return arts[article]["title"] if arts and 0 <= article < len(arts) else None
-
-
-def load_eval_data(path: str | Path) -> EvalData:
-    """A run dir (its `data/`), a data dir, or a seed-format payload `.npz` (the bank is rebuilt from
-    the payload's keys: every chunk that appears in some window, target vectors first)."""
-    from .data import Prepared
-    p = Path(path)
-    if p.suffix == ".npz":
-        return _data_from_payload(p)
-    data_dir = p if (p / "bank_vectors.npy").is_file() else p / "data"
-    prep = Prepared(data_dir)
-    rows = {s: prep.windows(s) for s in SPLITS}
-    payload = data_dir / "payload.npz"
-    try:
-        encoder = prep.summary.get("encoder")
-    except (OSError, ValueError):
-        encoder = None
-    return EvalData(str(data_dir), prep.bank_vectors, prep.bank_keys, prep.bank_split, rows, prep,
-                    payload if payload.is_file() else None, encoder)
-
-
-def _codes(keys: np.ndarray) -> np.ndarray:
-    keys = np.asarray(keys, dtype=np.int64)
-    return keys[..., 0] * (1 << 32) + keys[..., 1]
-
-
-def _payload_arrays(path: Path) -> dict[str, np.ndarray]:
-    import zipfile
-    from .data import npz_member
-    out = {}
-    for name in ("context_sequences", "target_vectors", "truth_keys", "split"):
-        try:
-            out[name] = npz_member(path, name)
-        except KeyError:
-            raise SanityError(f"{path}: payload has no '{name}' array (needs context_sequences, "
-                              "target_vectors, truth_keys, split)") from None
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:  # truncated or not an .npz
-            raise SanityError(f"{path}: not a readable payload .npz ({type(exc).__name__}: {exc})") from None
-    if out["context_sequences"].ndim != 3:
-        raise SanityError(f"{path}: 'context_sequences' has shape {out['context_sequences'].shape}, expected (N, K, D)")
-    N, K, D = out["context_sequences"].shape
-    shapes = {"target_vectors": (N, D), "truth_keys": (N, 2), "split": (N,)}
-    for name, shape in shapes.items():
-        if out[name].shape != shape:
-            raise SanityError(f"{path}: '{name}' has shape {out[name].shape}, expected {shape}")
-    return out
-
-
-def _data_from_payload(path: Path) -> EvalData:
-    if not path.is_file():
-        raise SanityError(f"{path}: payload file not found")
-    pl = _payload_arrays(path)
-    ctx, tv = pl["context_sequences"], pl["target_vectors"]
-    tk, sp = np.asarray(pl["truth_keys"], np.int64), np.asarray(pl["split"], np.int8)
-    N, K, D = ctx.shape
-    ck = np.stack([np.repeat(tk[:, :1], K, 1), tk[:, 1:2] - K + np.arange(K)], -1)  # (N, K, 2) context keys
-    codes = np.concatenate([_codes(tk), _codes(ck).ravel()])
-    uniq, first = np.unique(codes, return_index=True)  # targets come first: their vectors define the bank
-    bank = np.empty((len(uniq), D), np.float32)
-    is_t = first < N
-    bank[is_t] = tv[np.sort(first[is_t])][np.argsort(np.argsort(first[is_t]))]
-    f = first[~is_t] - N
-    bank[~is_t] = np.asarray(ctx[f // K, f % K], np.float32)
-    keys = np.stack([uniq >> 32, uniq & 0xFFFFFFFF], 1)
-    split = np.where(is_t, sp[np.minimum(first, N - 1)], sp[np.clip(first - N, 0, None) // K])
-    tgt_rows = np.searchsorted(uniq, _codes(tk))
-    ctx_rows = np.searchsorted(uniq, _codes(ck))
-    rows = {s: (ctx_rows[sp == i], tgt_rows[sp == i]) for i, s in enumerate(SPLITS)}
-    return EvalData(str(path), bank, keys, split.astype(np.int8), rows, None, path, None)
-
-
-# --------------------------------------------------------------------------- sanity checks
-def check_alignment(bank_vectors: np.ndarray, bank_keys: np.ndarray, truth_keys: np.ndarray,
-                    context_vectors: np.ndarray, target_vectors: np.ndarray | None = None, *,
-                    where: str = "windows", atol: float | None = None, block: int = 4096) -> dict[str, Any]:
-    """Every truth key (n, 2) and its K context keys (article, p-K..p-1) must be bank keys, and every
-    context (n, K, D) / target (n, D) vector must equal the bank vector at its key.
-    -> {"context_rows" (n, K), "target_rows" (n,), stats}; raises SanityError naming the first bad window."""
-    truth_keys = np.asarray(truth_keys, np.int64)
-    n, K = len(truth_keys), context_vectors.shape[1]
-    codes = _codes(bank_keys)
-    order = np.argsort(codes, kind="stable")
-    sc = codes[order]
-
-    def rows_of(c: np.ndarray, what: str) -> np.ndarray:
-        pos = np.clip(np.searchsorted(sc, c), 0, max(0, len(sc) - 1))
-        found = sc[pos] == c if len(sc) else np.zeros(c.shape, bool)
-        if not found.all():
-            i = np.argwhere(~found)[0]
-            key = (int(c[tuple(i)] >> 32), int(c[tuple(i)] & 0xFFFFFFFF))
-            raise SanityError(f"{where}: {what} key (article {key[0]}, position {key[1]}) of window {int(i[0])} "
-                              f"is not in the bank ({int((~found).sum())} missing)")
-        return order[pos]
-
-    tgt = rows_of(_codes(truth_keys), "truth")
-    ck = np.stack([np.repeat(truth_keys[:, :1], K, 1), truth_keys[:, 1:2] - K + np.arange(K)], -1)  # (n, K, 2)
-    ctx = rows_of(_codes(ck), "context")
-    if atol is None:
-        low = any(np.dtype(a.dtype) == np.float16 for a in (bank_vectors, context_vectors))
-        atol = 2e-3 if low else 1e-5
-    worst = {"context": 0.0, "target": 0.0}
-    for s in range(0, n, block):
-        e = min(n, s + block)
-        pairs = [("context", np.asarray(context_vectors[s:e], np.float32), ctx[s:e])]
-        if target_vectors is not None:
-            pairs.append(("target", np.asarray(target_vectors[s:e], np.float32), tgt[s:e]))
-        for what, vec, rows in pairs:
-            diff = np.abs(vec - np.asarray(bank_vectors[rows.ravel()], np.float32).reshape(vec.shape))
-            diff = diff.reshape(e - s, -1).max(axis=1) if diff.size else np.zeros(e - s)
-            if not np.isfinite(diff).all() or (diff > atol).any():
-                i = int(np.flatnonzero(~(diff <= atol))[0])
-                a, p = truth_keys[s + i]
-                raise SanityError(
-                    f"{where}: the {what} vector of window {s + i} (target key article {a}, position {p}) differs "
-                    f"from the bank vector at its key by up to {diff[i]:.3g} (> {atol:g}); contexts and bank must "
-                    "live in the same space — was the payload encoded with another model?")
-            worst[what] = max(worst[what], float(diff.max(initial=0.0)))
-    return {"context_rows": ctx, "target_rows": tgt, "n_windows": int(n), "truth_keys_in_bank": True,
-            "max_abs_diff_context": worst["context"],
-            "max_abs_diff_target": worst["target"] if target_vectors is not None else None}
-
-
-def _check_windows(data: EvalData, split: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    ctx_rows, tgt_rows = data.window_rows[split]
-    if len(tgt_rows) == 0:
-        raise SanityError(f"{data.source}: the '{split}' split has no window to evaluate")
-    rep = check_alignment(data.bank_vectors, data.bank_keys, data.bank_keys[tgt_rows], data.contexts(ctx_rows),
-                          where=f"{data.source} ({split} windows)")
-    if not (np.array_equal(rep["context_rows"], ctx_rows) and np.array_equal(rep["target_rows"], tgt_rows)):
-        raise SanityError(f"{data.source}: window rows disagree with the bank keys (a context is not the K chunks "
-                          "right before its target in the same article)")
-    out = {"windows": {k: v for k, v in rep.items() if not k.endswith("_rows")}}
-    if data.payload is not None:
-        pl = _payload_arrays(data.payload)
-        m = np.asarray(pl["split"]) == SPLITS.index(split)
-        rep = check_alignment(data.bank_vectors, data.bank_keys, pl["truth_keys"][m], pl["context_sequences"][m],
-                              pl["target_vectors"][m], where=f"{data.payload} ({split} windows)")
-        if set(_codes(pl["truth_keys"][m]).tolist()) != set(_codes(data.bank_keys[tgt_rows]).tolist()):
-            raise SanityError(f"{data.payload}: its {split} windows are not the windows of {data.source}")
-        out["payload"] = {k: v for k, v in rep.items() if not k.endswith("_rows")}
-    return ctx_rows, tgt_rows, out
-
-
-def _check_bank(bank: np.ndarray, chunk: int, where: str = "bank") -> dict[str, Any]:
-    lo, hi = np.inf, -np.inf
-    for s in range(0, len(bank), chunk):
-        b = np.asarray(bank[s:s + chunk], np.float32)
-        if not np.isfinite(b).all():
-            bad = s + int(np.flatnonzero(~np.isfinite(b).all(axis=1))[0])
-            raise SanityError(f"{where}: bank row {bad} (rows {s}..{s + len(b) - 1}) has NaN/inf values")
-        nrm = np.linalg.norm(b, axis=1)
-        lo, hi = min(lo, float(nrm.min())), max(hi, float(nrm.max()))
-    if lo < 0.99 or hi > 1.01:
-        raise SanityError(f"{where}: bank vectors are not L2-normalised (norms in [{lo:.4f}, {hi:.4f}]); inner-product "
-                          "search would not rank by cosine")
-    return {"finite": True, "norm_min": lo, "norm_max": hi}
 
 
 # --------------------------------------------------------------------------- models
@@ -250,7 +60,8 @@ class Entry:
 
 
 def _load_models(cfg: Config, run_dir: Path, data: EvalData, checkpoint, extra, fit_rows, device) -> list[Entry]:
-    from .model import BASELINE_KINDS, baseline, build_model, load_checkpoint
+    from .checkpoint import load_checkpoint
+    from .model import BASELINE_KINDS, baseline, build_model
     entries: list[Entry] = []
     ckpt_path = Path(checkpoint) if checkpoint else run_dir / "best.pt"
     if ckpt_path.is_file() or checkpoint or cfg.model.kind not in BASELINE_KINDS:
@@ -300,75 +111,6 @@ def model_bank(model: torch.nn.Module, bank: np.ndarray, device: torch.device, c
         return bank
     return np.concatenate([mt.l2_normalize(model.encode_bank(mt.to_tensor(bank[s:s + chunk], device))
                                            .float().cpu().numpy()) for s in range(0, len(bank), chunk)])
-
-
-# --------------------------------------------------------------------------- latency
-def _pct(ms: list[float]) -> dict[str, float]:
-    a = np.asarray(ms)
-    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)), "mean": float(a.mean())}
-
-
-def measure_latency(model: torch.nn.Module, contexts: np.ndarray, bank: np.ndarray, k: int, *, backend: str,
-                    device: torch.device, threads: int = 1, warmup: int = 3) -> dict[str, Any]:
-    """Per query at batch 1: model forward, search of its (normalised) output over `bank`, and both
-    together, timed separately in milliseconds. The search index is built once, outside the timings.
-    `threads` (0 = leave as is) pins torch and faiss threads while timing: one query at a time is a
-    serving shape, and spinning thread pools on a shared CPU would time the neighbours instead."""
-    old = torch.get_num_threads()
-    faiss = None
-    if backend == "faiss":
-        import faiss
-        old_f = faiss.omp_get_max_threads()
-    if threads:
-        torch.set_num_threads(threads)
-        if faiss is not None:
-            faiss.omp_set_num_threads(threads)
-    try:
-        with torch.no_grad():
-            rec = _time_queries(model, contexts, bank, k, backend, device, warmup)
-    finally:
-        torch.set_num_threads(old)
-        if faiss is not None:
-            faiss.omp_set_num_threads(old_f)
-    rec["threads"] = threads or old
-    return rec
-
-
-def _time_queries(model, contexts, bank, k, backend, device, warmup) -> dict[str, Any]:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    if backend == "faiss":
-        import faiss
-        index = faiss.IndexFlatIP(bank.shape[1])
-        index.add(np.ascontiguousarray(bank, np.float32))
-        search = lambda q: index.search(q, k)  # noqa: E731
-    else:
-        bt = mt.to_tensor(bank, device)  # (M, D')
-        search = lambda q: torch.topk(torch.as_tensor(q, device=device) @ bt.T, k, dim=1).indices.cpu()  # noqa: E731
-
-    def forward(i):
-        y = model(torch.as_tensor(contexts[i:i + 1], device=device))  # (1, D')
-        sync()
-        return mt.l2_normalize(y.float().cpu().numpy())
-
-    times: dict[str, list[float]] = {"forward_ms": [], "search_ms": [], "total_ms": []}
-    for i in range(-warmup, len(contexts)):
-        j = max(i, 0)
-        t0 = time.perf_counter()
-        q = forward(j)
-        t1 = time.perf_counter()
-        search(q)
-        sync()
-        t2 = time.perf_counter()
-        q = forward(j)
-        search(q)
-        sync()
-        t3 = time.perf_counter()
-        if i >= 0:
-            times["forward_ms"].append(1e3 * (t1 - t0))
-            times["search_ms"].append(1e3 * (t2 - t1))
-            times["total_ms"].append(1e3 * (t3 - t2))
-    return {**{k_: _pct(v) for k_, v in times.items()}, "n_queries": len(contexts), "bank_size": len(bank),
-            "k": k, "backend": backend, "device": str(device)}
 
 
 # --------------------------------------------------------------------------- the evaluation
@@ -446,8 +188,8 @@ def evaluate_run(cfg: Config, run_dir: str | Path, checkpoint: str | Path | None
     _log(progress, f"data from {data_dir or run_dir}; device {device}, search backend {backend}")
     data = load_eval_data(data_dir or run_dir)
     split_code = SPLITS.index(e.split)
-    sanity: dict[str, Any] = {"bank": _check_bank(data.bank_vectors, e.search_chunk, data.source)}
-    ctx_rows, tgt_rows, sanity["alignment"] = _check_windows(data, e.split)
+    sanity: dict[str, Any] = {"bank": check_bank(data.bank_vectors, e.search_chunk, data.source)}
+    ctx_rows, tgt_rows, sanity["alignment"] = check_windows(data, e.split)
     n, K, M = len(tgt_rows), ctx_rows.shape[1], len(data.bank_keys)
     groups = mt.duplicate_groups(data.bank_vectors, e.search_chunk)
     gsize = np.bincount(groups, minlength=M)
@@ -613,15 +355,6 @@ def _write(out: Path, ev: dict, per_query: dict, data: EvalData, tgt_rows: np.nd
 
 
 # --------------------------------------------------------------------------- reading results back
-def load_eval(path: str | Path) -> dict[str, Any]:
-    """eval.json from a run dir, a metrics/eval dir, or the file itself."""
-    p = Path(path)
-    for cand in (p, p / "eval.json", p / "metrics" / "eval.json"):
-        if cand.is_file():
-            return read_json(cand)
-    return read_json(p / "metrics" / "eval.json")  # raises RunError naming the missing file
-
-
 def load_queries(ev: dict[str, Any]):
     """The per-query table (pandas DataFrame) written next to eval.json."""
     import pandas as pd
@@ -658,8 +391,10 @@ def evaluate_elsewhere(run_dir: str | Path, data: str | Path, out_dir: str | Pat
     runner.StudyFailed with one line, after the failed notebook is rendered."""
     from .config import load_config
     from .data import prepare_data
-    from .model import BASELINE_KINDS, load_checkpoint
-    from .runner import NOTEBOOK_DIR, StudyFailed, _failure_line, execute_notebook, render_html
+    from .checkpoint import load_checkpoint
+    from .model import BASELINE_KINDS
+    from .execute import NOTEBOOK_DIR, run_notebook
+    from .runner import StudyFailed
     from .runs import RunError
     run_dir = Path(run_dir).resolve()
     data = Path(data).expanduser().resolve()
@@ -688,14 +423,9 @@ def evaluate_elsewhere(run_dir: str | Path, data: str | Path, out_dir: str | Pat
     overrides = [{"eval.data_dir": str(data)}, {"eval.out_dir": str(out)}]
     executed = out / "04_eval.ipynb"
     html_out = Path(reports_root).resolve() / run_dir.name / f"{out.name}.html"
-    err: BaseException | None = None
-    try:
-        execute_notebook(NOTEBOOK_DIR / "04_eval.ipynb", executed,
-                         {"params_path": "", "run_dir": str(run_dir), "overrides": overrides}, progress)
-    except Exception as exc:  # PapermillExecutionError: the failing cell's error
-        err = exc
-    if executed.is_file():
-        render_html(executed, html_out)
-    if err is not None:
-        raise StudyFailed(_failure_line("eval", err) + f" (report: {html_out})") from err
+    failure = run_notebook(NOTEBOOK_DIR / "04_eval.ipynb", executed,
+                           {"params_path": "", "run_dir": str(run_dir), "overrides": overrides}, html_out, "eval",
+                           progress=progress)
+    if failure is not None:
+        raise StudyFailed(failure.line + f" (report: {html_out})") from failure.exc
     return out

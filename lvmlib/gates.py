@@ -2,8 +2,8 @@
 
 Epoch-2 tree (seed): val_cosine at epoch `gates.epoch` (2)
   >= threshold (0.50)          -> `continue`
-  in [lower (0.40), threshold) -> `extend_2_epochs`: keep training, but stop unless val_cosine
-                                  improves on its epoch-2 value within `extend_epochs` (2) more epochs
+  in [lower (0.40), threshold) -> `extend`: keep training, but stop unless val_cosine
+                                  improves on its gate-epoch value within `extend_epochs` (2) more epochs
   <  lower                     -> `stop_option_4`: stop; try the two-tower model (the seed's Option 4)
 
 Phase 1 (seed) on the primary bank: R@5 > r5_meaningful (10%) -> `proceed_phase_2`;
@@ -23,8 +23,24 @@ from typing import Any
 from .config import Config, GatesConfig
 from .runs import atomic_write_json, read_json
 
-DECISIONS = ("continue", "extend_2_epochs", "stop_option_4")
-PHASE1_DECISIONS = ("proceed_phase_2", "weak", "option_4_or_5")
+
+# Names written before the gate epoch was configurable; runs on disk keep them, `upgrade` reads them.
+OLD_KEYS = {"epoch2_val_cosine": "gate_val_cosine"}
+OLD_DECISIONS = {"extend_2_epochs": "extend"}
+
+
+def upgrade(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A gates.json, history.json or headline record with today's names, whichever kit version wrote it:
+    `epoch2_val_cosine` -> `gate_val_cosine`, decision `extend_2_epochs` -> `extend`. A new dict."""
+    if not isinstance(record, dict):
+        return record
+    out = {OLD_KEYS.get(k, k): v for k, v in record.items()}
+    for k in ("decision", "gate_decision"):
+        if isinstance(out.get(k), str):
+            out[k] = OLD_DECISIONS.get(out[k], out[k])
+    if isinstance(out.get("tree_log"), list):
+        out["tree_log"] = [upgrade(r) for r in out["tree_log"]]
+    return out
 
 
 def _val(history: list[dict], epoch: int) -> float | None:
@@ -51,7 +67,7 @@ def epoch_gate(history: list[dict[str, Any]], g: GatesConfig, best_baseline: flo
     v = _val(history, g.epoch)
     threshold, lower, against = bars(g, best_baseline)
     g = dataclasses.replace(g, threshold=threshold, lower=lower)
-    out: dict[str, Any] = {"gate_epoch": g.epoch, "epoch2_val_cosine": v, "threshold": g.threshold,
+    out: dict[str, Any] = {"gate_epoch": g.epoch, "gate_val_cosine": v, "threshold": g.threshold,
                            "lower": g.lower, "extend_epochs": g.extend_epochs, "against": against}
     if v is None:
         out.update(passed=None, decision=None, branch=None,
@@ -61,7 +77,7 @@ def epoch_gate(history: list[dict[str, Any]], g: GatesConfig, best_baseline: flo
         out.update(passed=True, decision="continue", branch="pass",
                    reason=f"val_cosine {v:.4f} >= {g.threshold:.2f} at epoch {g.epoch}: continue training")
     elif v >= g.lower:
-        out.update(passed=False, decision="extend_2_epochs", branch="borderline",
+        out.update(passed=False, decision="extend", branch="borderline",
                    reason=(f"val_cosine {v:.4f} in [{g.lower:.2f}, {g.threshold:.2f}) at epoch {g.epoch}: "
                            f"continue, but stop unless it improves within {g.extend_epochs} more epochs"))
     else:
@@ -83,15 +99,15 @@ def in_loop_action(history: list[dict[str, Any]], g: GatesConfig, best_baseline:
         return {"stop": False, "decision": None, "reason": gate["reason"]}
     if gate["decision"] == "stop_option_4":
         return {"stop": True, "decision": "stop_option_4", "reason": gate["reason"]}
-    if gate["decision"] == "extend_2_epochs":
-        v2 = gate["epoch2_val_cosine"]
+    if gate["decision"] == "extend":
+        v_gate = gate["gate_val_cosine"]
         later = [r["val_cosine"] for r in history if g.epoch < r["epoch"] <= g.epoch + g.extend_epochs]
-        improved = any(x is not None and x > v2 for x in later)
+        improved = any(x is not None and x > v_gate for x in later)
         if last >= g.epoch + g.extend_epochs and not improved:
-            return {"stop": True, "decision": "extend_2_epochs",
-                    "reason": (f"val_cosine did not improve on epoch {g.epoch}'s {v2:.4f} within "
+            return {"stop": True, "decision": "extend",
+                    "reason": (f"val_cosine did not improve on epoch {g.epoch}'s {v_gate:.4f} within "
                                f"{g.extend_epochs} more epochs: stop")}
-        return {"stop": False, "decision": "extend_2_epochs",
+        return {"stop": False, "decision": "extend",
                 "reason": gate["reason"] + (" — improved, keep going" if improved else "")}
     return {"stop": False, "decision": "continue", "reason": gate["reason"]}
 
@@ -148,7 +164,7 @@ def write_gates(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
     trivial predictor on the same val windows (the context mean alone scores ~0.50 on our data).
     """
     run_dir = Path(run_dir)
-    history = read_json(run_dir / "history.json")
+    history = [upgrade(r) for r in read_json(run_dir / "history.json")]
     base = baseline_val_cosines(run_dir)
     gate = epoch_gate(history, cfg.gates, max(base.values()) if base else None)
     stops = [r for r in history if r.get("decision_stop")]
@@ -167,7 +183,7 @@ def write_gates(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
     if base:
         name = max(base, key=base.get)
         gate["best_baseline"] = {"name": name, "val_cosine": base[name]}
-        v = gate["epoch2_val_cosine"]
+        v = gate["gate_val_cosine"]
         gate["beats_best_baseline"] = None if v is None else bool(v > base[name])
     atomic_write_json(run_dir / "gates.json", gate)
     return gate
@@ -176,7 +192,7 @@ def write_gates(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
 def summary_markdown(gate: dict[str, Any]) -> str:
     """The gates report's opening lines: verdict, decision and the comparison with the baselines."""
     verdict = {True: "PASSED", False: "NOT passed", None: "not reached"}[gate["passed"]]
-    v = gate["epoch2_val_cosine"]
+    v = gate["gate_val_cosine"]
     lines = [f"**Epoch-{gate['gate_epoch']} gate {verdict}** — val cosine {'—' if v is None else f'{v:.3f}'} "
              f"against the bar {gate['threshold']:.2f}.",
              f"**Decision: `{gate['decision']}`** — {gate['reason']}.",

@@ -19,7 +19,7 @@ from .runs import PROJECT_ROOT
 
 def lab_argv(port: int = 8888, token: str | None = None, port_retries: int = 50) -> list[str]:
     """The command line that starts the study's JupyterLab (the test suite starts it the same way)."""
-    from .runner import KERNEL_NAME
+    from .execute import KERNEL_NAME
     argv = [sys.executable, "-m", "jupyterlab", "--no-browser",
             "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", f"--ServerApp.port_retries={port_retries}",
             f"--ServerApp.root_dir={PROJECT_ROOT}", "--LabApp.default_url=/lab/tree/notebooks",
@@ -35,7 +35,7 @@ def lab_argv(port: int = 8888, token: str | None = None, port_retries: int = 50)
 
 def main(port: int = 8888, token: str | None = None) -> None:
     """Register the kernel, say what to do, then become the JupyterLab server (Ctrl-C stops it)."""
-    from .runner import ensure_kernel
+    from .execute import ensure_kernel
     try:
         import jupyterlab  # noqa: F401
     except ImportError:

@@ -27,7 +27,6 @@ stays that of one micro-batch. Dropout is replayed by restoring each micro-batch
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -86,18 +85,6 @@ def false_negative_mask(keys: torch.Tensor, window: int = 1, dup_ids: torch.Tens
         mask |= dup_ids[:, None] == dup_ids[None, :]
     mask.fill_diagonal_(False)
     return mask
-
-
-def duplicate_ids(vectors: np.ndarray, rows: np.ndarray | None = None, chunk: int = 65536) -> np.ndarray:
-    """(M, D) bank (memory-mapped is fine) -> (n) int64 for `rows` (default all): rows whose vectors
-    are byte-identical share an id (exact duplicate targets). Streams in chunks of rows."""
-    rows = np.arange(len(vectors)) if rows is None else np.asarray(rows)
-    digests = []
-    for s in range(0, len(rows), chunk):
-        block = np.ascontiguousarray(vectors[rows[s:s + chunk]])  # (chunk, D)
-        digests += [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in block]
-    _, inverse = np.unique(np.array(digests, dtype="S16"), return_inverse=True)
-    return inverse.astype(np.int64).reshape(-1)  # (n)
 
 
 def bank_info_nce(q: torch.Tensor, target: torch.Tensor, bank: torch.Tensor, scale: float | torch.Tensor,

@@ -26,6 +26,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from .config import SEARCH_BACKENDS
+
 CONTAIN_K = 50  # Contain@50: the target is among the first 50 candidates
 EFF_K = 5  # Eff@5 = R@5 / Contain@50: how much of what the candidates contain reaches the top 5
 BLOCK_ELEMS = 1 << 25  # scores held at once: query block x bank chunk <= 32M floats (128 MB)
@@ -49,7 +51,7 @@ def faiss_available() -> bool:
 
 def resolve_backend(backend: str = "auto", device: str | torch.device | None = None) -> str:
     """'auto' -> torch on a CUDA device (search on the GPU), else faiss when importable, else torch."""
-    if backend not in ("auto", "faiss", "torch"):
+    if backend not in SEARCH_BACKENDS:
         raise ValueError(f"search backend {backend!r}: choose auto, faiss or torch")
     if backend == "faiss" and not faiss_available():
         raise ImportError("search backend 'faiss' asked for, but faiss is not importable (pip install faiss-cpu)")

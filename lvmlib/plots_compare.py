@@ -14,7 +14,6 @@ from typing import Any
 import matplotlib
 import matplotlib.pyplot as plt  # no matplotlib.use(): it would switch a notebook's inline backend off
 import matplotlib.ticker  # noqa: F401  (PercentFormatter)
-import numpy as np
 import pandas as pd
 import seaborn as sns
 
@@ -53,8 +52,8 @@ def val_cosine_overlay(runs, threshold: float = 0.50, lower: float | None = 0.40
                      marker="o", lw=2, ax=ax)
     for r in runs:
         g = r.gates or {}
-        if g.get("epoch2_val_cosine") is not None:
-            ax.plot([g.get("gate_epoch", gate_epoch)], [g["epoch2_val_cosine"]], "s", ms=11, mfc="none",
+        if g.get("gate_val_cosine") is not None:
+            ax.plot([g.get("gate_epoch", gate_epoch)], [g["gate_val_cosine"]], "s", ms=11, mfc="none",
                     mec=col[r.label], mew=2)
     ax.axhline(threshold, color=GATE, ls="--", lw=1.5, label=f"gate {threshold:.2f}")
     if lower is not None:
@@ -210,7 +209,7 @@ def format_summary(rows: list[dict[str, Any]]):
     for r in rows:
         ci = r.get("recall_at_5_ci") or (math.nan, math.nan)
         out.append({"run": r["run"], "loss": r["recipe"], "status": r["status"], "epochs": r["epochs"],
-                    "epoch-2 val cos": _fmt(r["epoch2_val_cosine"]), "gate": _fmt(r["gate_decision"]),
+                    "epoch-2 val cos": _fmt(r["gate_val_cosine"]), "gate": _fmt(r["gate_decision"]),
                     "R@5 (95% CI)": _fmt(r["recall_at_5"], "pct") + _ci_short(tuple(ci)),
                     "cosine": _fmt(r["pred_target_cosine"]),
                     "Phase 1": _fmt(r["phase1_decision"]),
@@ -275,7 +274,7 @@ def format_gates(rows: list[dict[str, Any]]):
     """`compare.gates_rows` as HTML: numbers rounded, the whole reason shown (pandas would cut it)."""
     import pandas as pd
     from IPython.display import HTML
-    out = [{"run": r["run"], "epoch-2 val cos": _fmt(r["epoch2_val_cosine"]), "bar": _fmt(r["threshold"]),
+    out = [{"run": r["run"], "epoch-2 val cos": _fmt(r["gate_val_cosine"]), "bar": _fmt(r["threshold"]),
             "passed": _fmt(r["passed"]), "decision": _fmt(r["decision"]),
             "tree in loop": {True: "on", False: "off (judged, not enforced)"}.get(r["tree_in_loop"], "—"),
             "epochs": r["epochs_trained"], "final val cos": _fmt(r["final_val_cosine"]),

@@ -14,8 +14,8 @@ import pandas as pd
 import seaborn as sns
 
 from . import plots  # noqa: F401  (applies the reports' theme)
+from .config import SPLITS
 
-SPLITS = ("train", "val", "test")
 SPLIT_COLORS = {"train": "#2563eb", "val": "#f59e0b", "test": "#dc2626"}
 PREDICTORS = ("copy_last", "context_mean", "global_mean")
 
@@ -131,8 +131,8 @@ def summary_markdown(summary: dict) -> str:
            f"into pieces of at most {MAX_PARAGRAPH_CHARS:,} characters before sentence splitting."
            if c.get("paragraphs_cut") else "."),
         f"- **Leakage audit {'passed' if a['passed'] else 'FAILED'}**: {a['articles_in_several_splits']} articles in "
-        f"several splits, {a['shared_across_splits']} chunk texts shared across splits, "
-        f"{a['payload_mismatches']} payload vectors differing from the bank.",
+        f"several splits, {a['shared_across_splits']} chunk texts shared across splits"
+        + (f", {a['payload_mismatches']} payload vectors differing from the bank." if "payload_mismatches" in a else "."),
     ]
     if test:
         lines.append(

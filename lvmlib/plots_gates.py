@@ -27,7 +27,7 @@ def gate_tree(gate: dict[str, Any]):
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.axis("off")
-    v = gate.get("epoch2_val_cosine")
+    v = gate.get("gate_val_cosine")
     g_ep, thr, lo, ext = gate.get("gate_epoch", 2), gate["threshold"], gate["lower"], gate.get("extend_epochs", 2)
     branch = gate.get("branch")
     root = f"val_cosine at epoch {g_ep}\n= " + (f"{v:.3f}" if v is not None else "not reached")

@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from filelock import FileLock
 
+from .errors import RequestError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -32,7 +34,7 @@ RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 LOCK_NAME = ".run.lock"  # held (flock) by the process that runs or trains the run; records its pid and host
 
 
-class RunError(RuntimeError):
+class RunError(RequestError, RuntimeError):
     """Something about a run directory is wrong (missing input file, bad status...)."""
 
 
@@ -108,7 +110,7 @@ def read_json(path: str | Path) -> Any:
 # --------------------------------------------------------------------------- progress
 def progress_bar(iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it",
                  enabled: bool = True, **kw):
-    """One progress bar for terminal, papermill and Jupyter: a widget when ipywidgets is installed,
+    """One progress bar for terminal, executed notebooks and Jupyter: a widget when ipywidgets is installed,
     else the plain bar (its carriage returns are collapsed when reports are rendered)."""
     try:
         import ipywidgets  # noqa: F401
@@ -181,8 +183,10 @@ def git_info() -> dict[str, Any]:
 
 def package_versions() -> dict[str, str]:
     from importlib import metadata
+
+    from .execute import ENGINE  # the package that executes notebooks is named where it is used
     out = {"python": platform.python_version()}
-    for name in ("torch", "numpy", "sentence-transformers", "transformers", "papermill", "faiss-cpu",
+    for name in ("torch", "numpy", "sentence-transformers", "transformers", ENGINE, "faiss-cpu",
                  "mamba-ssm", "lvmlib"):
         try:
             out[name] = metadata.version(name)

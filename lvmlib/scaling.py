@@ -190,7 +190,7 @@ def scaling_study(params_path: str | Path, sizes: list[int], corpus: str | Path 
     if corpus is not None:
         if not Path(corpus).is_file():
             raise RunError(f"{corpus}: corpus file not found")
-        extra = [f"data.source=jsonl", f"data.path={Path(corpus).resolve()}", *extra]
+        extra = ["data.source=jsonl", f"data.path={Path(corpus).resolve()}", *extra]
     cfg = load_config(params_path, extra)  # ConfigError before any work
     if not sizes:
         raise RunError("--articles: give at least one size")
@@ -213,7 +213,8 @@ def scaling_page(run_dirs: list[str | Path], scaling_id: str | None = None, repo
                  progress: bool = True, t0: float | None = None) -> Path:
     """The scaling page from finished runs (one per training-set size, the same corpus and held-out
     articles: `06_scaling` checks they share their test queries). Returns reports/scaling_<id>.html."""
-    from .runner import execute_notebook, render_html, write_index
+    from .execute import run_notebook
+    from .report import write_index
     run_dirs = [Path(d) for d in run_dirs]
     missing = [str(d) for d in run_dirs if not (d / "metrics" / "eval.json").is_file()]
     if missing:
@@ -224,21 +225,14 @@ def scaling_page(run_dirs: list[str | Path], scaling_id: str | None = None, repo
     out_dir = reports_root / f"scaling_{scaling_id}"
     out_dir.mkdir(parents=True, exist_ok=True)
     html_path = reports_root / f"scaling_{scaling_id}.html"
-    started, err = now_iso(), None
-    try:
-        execute_notebook(NOTEBOOK, out_dir / "06_scaling.ipynb", {"run_dirs": [str(d) for d in run_dirs],
-                                                                  "scaling_id": scaling_id, "out_dir": str(out_dir)})
-    except Exception as exc:  # papermill raises PapermillExecutionError for a failing cell
-        err = exc
-    if (out_dir / "06_scaling.ipynb").is_file():
-        render_html(out_dir / "06_scaling.ipynb", html_path, nav=[("all runs", "index.html")])
+    started = now_iso()
+    failure = run_notebook(NOTEBOOK, out_dir / "06_scaling.ipynb",
+                           {"run_dirs": [str(d) for d in run_dirs], "scaling_id": scaling_id, "out_dir": str(out_dir)},
+                           html_path, "06_scaling", nav=[("all runs", "index.html")])
+    err, line = (failure.exc, failure.line) if failure else (None, None)
     rec = {}
     if (out_dir / "scaling.json").is_file():
         rec = read_json(out_dir / "scaling.json")
-    line = None
-    if err is not None:
-        from .runner import _failure_line
-        line = _failure_line("06_scaling", err)
     runs = [{"run_id": Path(d).name, "label": Path(d).name,
              "href": f"{Path(d).name}/index.html" if (reports_root / Path(d).name / "run.json").is_file() else None}
             for d in run_dirs]

@@ -38,12 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .errors import LvmError
+
 BACKENDS = ("auto", "ref", "cpu", "cuda")
 # Elements of one (b, ED, L, N) chunk the pure-torch fallback materialises at a time (64 MB fp32).
 _FALLBACK_CHUNK_ELEMS = 1 << 24
 
 
-class ScanBackendError(RuntimeError):
+class ScanBackendError(LvmError, RuntimeError):
     """The requested scan backend cannot run here (e.g. `cuda` without mamba_ssm or a GPU)."""
 
 

@@ -1,24 +1,24 @@
-"""The training loop: augmentation, AdamW + warmup/cosine, gradient-cache InfoNCE, per-epoch validation,
-early stopping, best/last checkpoints, the epoch-2 decision tree in the loop, resume, status, DDP.
+"""The training loop: AdamW + warmup/cosine, gradient-cache InfoNCE, per-epoch validation, early stopping,
+best/last checkpoints, the gate's decision tree in the loop, resume, DDP. Its pieces live beside it:
+`recipe` (lr schedule, augmentation, RNG state), `validation` (the per-epoch numbers), `launch`
+(torchrun for train.nproc > 1), `run_status` (`python -m lvmlib status`, the training summary).
 
 Shapes: B micro-batch, A grad-accum, W DDP ranks, L context length (K), D vector width, D' retrieval
 width (two_tower), M bank rows.
 
 Files (rank 0 only, all atomic): history.json (one record per epoch, rewritten every epoch),
-best.pt / last.pt (`lvmlib.model.save_checkpoint`; last.pt also carries optimizer, scheduler, RNG
+best.pt / last.pt (`lvmlib.checkpoint.save_checkpoint`; last.pt also carries optimizer, scheduler, RNG
 states, early-stop counters and the history, so `resume=True` continues exactly), train.log (human
-log, appended), train_progress.json (pid, epoch, step: what `status` reads while training runs).
+log, appended line by line through `logging`), train_progress.json (pid, epoch, step: what `status` reads while training runs).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
+import logging
 import math
 import os
 import platform
-import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,12 +30,15 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DistributedSampler
 
-from .config import Config, dump_config, load_config
+from .config import Config
+from .errors import LvmError
 from .gates import in_loop_action
-from .losses import BankNegatives, LVMLoss, MicroBatch, cached_step, direct_step, duplicate_ids
+from .losses import BankNegatives, LVMLoss, MicroBatch, cached_step, direct_step
 from .metrics import duplicate_groups
-from .runs import (RunError, RunLock, atomic_write_json, atomic_write_text, describe_holder, lock_state, now_iso,
-                   progress_bar, read_json)
+from .recipe import rng_state, set_rng_state, augment, lr_factor
+from .validation import val_queries, validate
+from .runs import (RunError, RunLock, atomic_write_json, now_iso,
+                   progress_bar)
 
 HIGHER_IS_BETTER = {"val_cosine": True, "val_recall_at_5": True, "val_mrr": True, "val_infonce": False,
                     "train_loss": False}
@@ -43,49 +46,11 @@ TIMING_KEYS = ("seconds", "train_seconds", "val_seconds", "seq_per_s")  # differ
 PROGRESS_EVERY_S = 10.0
 
 
-class TrainingDiverged(FloatingPointError):
+class TrainingDiverged(LvmError, FloatingPointError):
     """The loss became NaN/inf; the message names the epoch, step and the last good checkpoint."""
 
 
 # --------------------------------------------------------------------------- pieces (tested alone)
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
-    """LR multiplier of optimizer step `step` (0-based): linear warmup to 1, then cosine to min_ratio."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def augment(ctx: np.ndarray, rng: np.random.Generator, article_dropout: float, span_corruption: float,
-            positions: str = "last"):
-    """Training-batch augmentation of contexts (b, L, D) -> new array (the input is not modified).
-
-    Span corruption (p each sample): one position j ~ U{0..L-1} takes position j of another sample.
-    Article dropout (p each sample): k ~ U{1..L} positions are zeroed — the last k (`positions="last"`,
-    the seed) or the first k (`"first"`, which keeps the most recent chunk).
-    Returns (ctx_aug, info) with info = {"corrupted" (b) bool, "dropped" (b) bool, "drop_k" (b) int}.
-    """
-    if positions not in ("last", "first"):
-        raise ValueError(f"augment: positions must be 'last' or 'first', got {positions!r}")
-    b, L, _ = ctx.shape
-    out = ctx.copy()  # (b, L, D)
-    corrupted = rng.random(b) < span_corruption  # (b)
-    if b < 2:
-        corrupted[:] = False
-    rows = np.flatnonzero(corrupted)
-    pos = rng.integers(0, L, size=rows.size)
-    other = (rows + rng.integers(1, max(b, 2), size=rows.size)) % b  # never the sample itself
-    out[rows, pos] = ctx[other, pos]
-    dropped = rng.random(b) < article_dropout  # (b)
-    drop_k = np.where(dropped, rng.integers(1, L + 1, size=b), 0)  # (b)
-    if positions == "last":
-        zero = np.arange(L)[None, :] >= (L - drop_k)[:, None]  # (b, L)
-    else:
-        zero = np.arange(L)[None, :] < drop_k[:, None]  # (b, L)
-    out[zero] = 0.0
-    return out, {"corrupted": corrupted, "dropped": dropped, "drop_k": drop_k}
-
-
 def _rows(bank: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.asarray(bank[idx], dtype=np.float32)  # (..., D), float16 banks are widened
 
@@ -104,86 +69,33 @@ class _Encode(nn.Module):
         return pred.float(), key.float()
 
 
-# --------------------------------------------------------------------------- validation
-VAL_KS = (1, 5, 10)
-
-
-def val_queries(prep, cfg: Config) -> dict[str, np.ndarray]:
-    """The val windows validation ranks: all of them, or a seeded sample of `train.val_max_queries`."""
-    ctx_idx, tgt_idx = prep.windows("val")
-    cap = cfg.train.val_max_queries
-    if cap and len(tgt_idx) > cap:
-        keep = np.sort(np.random.default_rng(cfg.train.seed).choice(len(tgt_idx), cap, replace=False))
-        ctx_idx, tgt_idx = ctx_idx[keep], tgt_idx[keep]
-    return {"ctx_idx": ctx_idx, "tgt_idx": tgt_idx}
-
-
-@torch.no_grad()
-def validate(model: nn.Module, loss_fn: LVMLoss, prep, queries: dict, cfg: Config, device, n_neg: int,
-             key_tower: bool, recall: bool = True, groups: np.ndarray | None = None) -> dict[str, float]:
-    """Validation with evaluation's own code, so the two cannot disagree.
-
-    val_cosine: mean cosine(prediction, true next vector). val_infonce: in-batch InfoNCE over shuffled
-    batches of n_neg windows (the training batch), the same permutation every epoch. val_recall_at_k /
-    val_mrr: `evaluate.predict` + `metrics.target_ranks` on evaluation's primary bank — every chunk of
-    the corpus, each query's context chunks and their duplicates removed, ties counted against the model.
-    `groups`: `metrics.duplicate_groups` of the bank (computed here when not given)."""
-    from . import metrics as mt
-    from .evaluate import model_bank, predict
-    model.eval()
-    vecs = prep.bank_vectors
-    ctx_idx, tgt_idx = queries["ctx_idx"], queries["tgt_idx"]
-    P = torch.from_numpy(predict(model, prep.contexts(ctx_idx), device)).to(device)  # (n, D')
-    T = torch.from_numpy(_rows(vecs, tgt_idx)).to(device)  # (n, D)
-    K = model.encode_bank(T).float() if key_tower else T  # (n, D')
-    cos = torch.nn.functional.cosine_similarity(P, K, dim=-1)  # (n)
-    meta = torch.from_numpy(np.asarray(prep.bank_keys)[tgt_idx]).to(device)  # (n, 2)
-    perm = torch.from_numpy(np.random.default_rng(cfg.train.seed).permutation(len(P))).to(device)  # fixed shuffle
-    nce, seen = 0.0, 0
-    for s in range(0, len(P), n_neg):
-        sel = perm[s:s + n_neg]
-        if len(sel) < 2:
-            break
-        nce += float(loss_fn.contrastive(P[sel], K[sel], loss_fn.mask(meta[sel]))) * len(sel)
-        seen += len(sel)
-    out = {"val_cosine": float(cos.mean()), "val_infonce": nce / max(seen, 1)}
-    if recall:
-        groups = mt.duplicate_groups(vecs) if groups is None else groups
-        bank = model_bank(model, vecs, device)  # (M, D')
-        ranks = mt.target_ranks(mt.l2_normalize(P.cpu().numpy()), bank, tgt_idx, exclude_rows=ctx_idx,
-                                groups=groups, device=device)["global"].excluded  # (n)
-        out.update({f"val_recall_at_{k}": mt.recall_at_k(ranks, k) for k in VAL_KS})
-        out.update(val_mrr=float(np.mean(1.0 / ranks)), n_val_queries=len(ranks), val_bank_size=len(bank))
-    model.train()
-    return out
-
-
 # --------------------------------------------------------------------------- run-dir helpers
-def _log(run_dir: Path, line: str, echo: bool = True) -> None:
-    path = run_dir / "train.log"
-    old = path.read_text() if path.is_file() else ""
-    atomic_write_text(path, old + f"{now_iso()} {line}\n")
+# train.log: one line per event, appended through `logging` while a trainer runs (`_train_log`).
+_LOG = logging.getLogger("lvmlib.train")
+_LOG.setLevel(logging.INFO)
+_LOG.propagate = False  # the file is the record; the terminal gets print()'s copy
+
+
+@contextlib.contextmanager
+def _train_log(run_dir: Path, enabled: bool):
+    """Append `_log` lines to run_dir/train.log while the block runs (rank 0 only: `enabled`)."""
+    if not enabled:
+        yield
+        return
+    handler = logging.FileHandler(run_dir / "train.log", mode="a", encoding="utf-8", delay=True)
+    handler.setFormatter(logging.Formatter("%(stamp)s %(message)s"))
+    _LOG.addHandler(handler)
+    try:
+        yield
+    finally:
+        _LOG.removeHandler(handler)
+        handler.close()
+
+
+def _log(line: str, echo: bool = True) -> None:
+    _LOG.info(line, extra={"stamp": now_iso()})
     if echo:
         print(line, flush=True)
-
-
-def _rng_state(aug: np.random.Generator) -> dict:
-    st = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
-            "numpy": json.dumps([st[0], st[1].tolist(), *st[2:]]), "python": json.dumps(random.getstate()),
-            "aug": json.dumps(aug.bit_generator.state)}
-
-
-def _set_rng_state(s: dict, aug: np.random.Generator) -> None:
-    torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-    st = json.loads(s["numpy"])
-    np.random.set_state((st[0], np.array(st[1], dtype=np.uint32), *st[2:]))
-    py = json.loads(s["python"])
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    aug.bit_generator.state = json.loads(s["aug"])
 
 
 def _better(metric: str, new: float, old: float | None) -> bool:
@@ -206,7 +118,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     run_dir = Path(run_dir)
     with RunLock(run_dir, "training"):  # one trainer per run (shared with the runner that started us)
         if cfg.train.nproc > 1 and "LOCAL_RANK" not in os.environ:
-            return _launch_torchrun(cfg, run_dir, resume, progress)
+            from .launch import launch_torchrun
+            return launch_torchrun(cfg, run_dir, resume, progress)
         return _Trainer(cfg, run_dir, resume, progress).run()
 
 
@@ -241,7 +154,10 @@ class _Trainer:
         if len(tgt_idx) < 2:
             raise RunError(f"{run_dir}/data: {len(tgt_idx)} train windows; training needs at least 2")
         self.ctx_idx, self.tgt_idx = ctx_idx, tgt_idx
-        self.dup = duplicate_ids(self.prep.bank_vectors, tgt_idx)  # (n) exact-duplicate target groups
+        # (M) bit-identical vectors share a group, as evaluation groups duplicates; the targets' groups mask
+        # exact-duplicate targets out of each other's in-batch negatives
+        self.groups = duplicate_groups(self.prep.bank_vectors)
+        self.dup = self.groups[tgt_idx]  # (n)
         torch.manual_seed(t.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
         self.model = build_model(cfg.model, self.d_vec).to(self.device)
         self.n_params = count_parameters(self.model)
@@ -253,7 +169,6 @@ class _Trainer:
         base = baseline_val_cosines(run_dir)
         self.best_baseline_cosine = max(base.values()) if base else None
         bars(cfg.gates, self.best_baseline_cosine)  # gates.against = best_baseline without baselines: fail now
-        self.groups = duplicate_groups(self.prep.bank_vectors)  # (M) as evaluation groups duplicates
         if cfg.loss.negatives == "bank":
             c_all, t_all = self.prep.windows("train")  # every chunk of the articles trained on (all windows)
             self.loss_fn.bank = BankNegatives(self.prep.bank_vectors, np.union1d(c_all.ravel(), t_all),
@@ -276,7 +191,7 @@ class _Trainer:
             atomic_write_json(path, old)
 
     def _save(self, name: str, **extra) -> None:
-        from .model import save_checkpoint
+        from .checkpoint import save_checkpoint
         save_checkpoint(self.run_dir / name, self.model, self.cfg, self.d_vec, n_params=self.n_params,
                         loss_state=self.loss_fn.state_dict(), **extra)
 
@@ -299,13 +214,17 @@ class _Trainer:
         self._save("best.pt", epoch=1, metric=self.cfg.train.best_metric, value=rec.get(self.cfg.train.best_metric))
         self._save("last.pt", epoch=1, history=history, stop_reason="closed_form")
         atomic_write_json(self.run_dir / "history.json", history)
-        _log(self.run_dir, f"closed-form {self.cfg.model.kind}: fitted on {len(self.tgt_idx)} windows; "
+        _log(f"closed-form {self.cfg.model.kind}: fitted on {len(self.tgt_idx)} windows; "
                            f"val_cosine {va['val_cosine']:.4f} val_recall_at_5 {va['val_recall_at_5']:.4f}")
         self._progress_file(state="finished", epoch=1, epochs=1)
         return history
 
     # ----------------------------------------------------------------------- main loop
     def run(self) -> list[dict]:
+        with _train_log(self.run_dir, self.main):
+            return self._run()
+
+    def _run(self) -> list[dict]:
         try:
             if self.main:
                 self._progress_file(pid=os.getpid(), host=platform.node(), state="running", started_at=time.time(),
@@ -328,20 +247,46 @@ class _Trainer:
                 dist.destroy_process_group()
 
     def _loop(self) -> list[dict]:
-        cfg, t = self.cfg, self.cfg.train
+        """Optimizer, resume, then epochs: each one steps over this rank's windows (`_epoch`), then
+        validates, books the best/early-stop state, runs the decision tree and saves (`_end_epoch`)."""
+        t = self.cfg.train
+        opt, sched, params = self._optimizer()
+        history, state, start = self._restore(opt, sched)
+        if state["stop_reason"] in ("early_stopping", "decision_tree"):
+            if self.main:
+                _log(f"nothing to resume: training already stopped ({state['stop_reason']})")
+            return history
+        self._prepare_steps()
+        if self.main and start == 1:
+            _log(self._start_line())
+        for epoch in range(start, t.epochs + 1):
+            t0 = time.time()
+            sums, n_seen, lr_used = self._epoch(epoch, opt, sched, params)
+            if self._end_epoch(epoch, t0, sums, n_seen, lr_used, history, state, opt, sched):
+                break
+        if self.main:
+            self._finish(history, state)
+        return history
+
+    # ----------------------------------------------------------------------- the loop's steps
+    def _optimizer(self):
+        """AdamW over the model's and the loss's parameter groups, warmup + cosine schedule per step."""
         from .model import param_groups
+        t = self.cfg.train
         groups = param_groups(self.model, t.weight_decay) + self.loss_fn.param_groups(t.weight_decay)
         opt = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
         total = t.epochs * self.steps_per_epoch
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: lr_factor(s, t.warmup_steps, total, t.min_lr_ratio))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t.warmup_steps, total, t.min_lr_ratio))
+        return opt, sched, [p for g in groups for p in g["params"]]
+
+    def _restore(self, opt, sched) -> tuple[list[dict], dict[str, Any], int]:
+        """(history, train state, first epoch): from last.pt when resuming, else a fresh start."""
         history: list[dict] = []
         state = {"best_value": None, "best_epoch": 0, "es_value": None, "bad_epochs": 0, "stop_reason": None}
-        start = 1
         last = self.run_dir / "last.pt"
         if self.resume and last.is_file():
-            from .model import load_checkpoint
-            _, _, ck = load_checkpoint(last, model_cfg=cfg.model, d_vec=self.d_vec)
+            from .checkpoint import load_checkpoint
+            _, _, ck = load_checkpoint(last, model_cfg=self.cfg.model, d_vec=self.d_vec)
             self.model.load_state_dict(ck["model"])
             self.loss_fn.load_state_dict(ck["loss_state"])
             opt.load_state_dict(ck["optimizer"])
@@ -349,128 +294,144 @@ class _Trainer:
             if len(ck["rng"]) != self.world:
                 raise RunError(f"{last}: saved by {len(ck['rng'])} process(es), resumed with {self.world}; "
                                f"resume with train.nproc={len(ck['rng'])}")
-            _set_rng_state(ck["rng"][self.rank], self.aug_rng)
+            set_rng_state(ck["rng"][self.rank], self.aug_rng)
             history, state = list(ck["history"]), dict(ck["train_state"])
-            start = int(ck["epoch"]) + 1
             if self.main:
                 atomic_write_json(self.run_dir / "history.json", history)
-                _log(self.run_dir, f"resume from {last} after epoch {ck['epoch']}")
-        elif self.resume and self.main:
-            _log(self.run_dir, f"resume requested but {last} does not exist: starting at epoch 1")
-        if state["stop_reason"] in ("early_stopping", "decision_tree"):
-            if self.main:
-                _log(self.run_dir, f"nothing to resume: training already stopped ({state['stop_reason']})")
-            return history
-        key_tower, dev = self.key_tower, self.device
-        enc = _Encode(self.model, key_tower, t.bf16 and dev.type == "cuda")
-        net, sync = enc, None
+                _log(f"resume from {last} after epoch {ck['epoch']}")
+            return history, state, int(ck["epoch"]) + 1
+        if self.resume and self.main:
+            _log(f"resume requested but {last} does not exist: starting at epoch 1")
+        return history, state, 1
+
+    def _prepare_steps(self) -> None:
+        """The module each step runs (DDP-wrapped on several ranks), how negatives are gathered, the sampler."""
+        t, dev = self.cfg.train, self.device
+        self.enc = _Encode(self.model, self.key_tower, t.bf16 and dev.type == "cuda")
+        self.net, self.sync = self.enc, None
         if self.ddp:
-            net = nn.parallel.DistributedDataParallel(enc, device_ids=[dev] if dev.type == "cuda" else None,
-                                                      broadcast_buffers=False)
-            sync = lambda last_mb: contextlib.nullcontext() if last_mb else net.no_sync()  # noqa: E731
-        bank_neg = self.loss_fn.bank is not None  # per-sample negatives: plain accumulation is exact
-        cached = t.negatives == "effective_batch" and (t.grad_accum > 1 or self.world > 1) and not bank_neg
-        sampler = DistributedSampler(range(len(self.tgt_idx)), num_replicas=self.world, rank=self.rank,
-                                     shuffle=True, seed=t.seed)
-        n_neg = self.per_step * self.world if cached or bank_neg else t.batch_size
-        if self.main and start == 1:
-            _log(self.run_dir, (
-                f"start pid {os.getpid()} on {platform.node()} device {dev} x{self.world}; {cfg.model.kind} "
-                f"{self.n_params:,} params; {len(self.tgt_idx)} train windows, {self.steps_per_epoch} steps/epoch, "
-                f"effective batch {self.per_step * self.world} ("
-                + (f"bank negatives: {len(self.loss_fn.bank):,} train chunks per query" if bank_neg else
-                   'InfoNCE over all of it' if cached else 'InfoNCE per micro-batch')
-                + f"); val ranks {len(self.val['tgt_idx'])} queries against all {len(self.groups):,} chunks"))
-        vecs, keys_np = self.prep.bank_vectors, np.asarray(self.prep.bank_keys)
-        params = [p for g in groups for p in g["params"]]
-        for epoch in range(start, t.epochs + 1):
-            t0 = time.time()
-            sampler.set_epoch(epoch)
-            order = np.fromiter(iter(sampler), dtype=np.int64)  # (n / W) this rank's windows
-            sums = {"loss": 0.0, "infonce": 0.0, "ar_cosine": 0.0, "grad_norm": 0.0}
-            bar = _progress_bar(self.steps_per_epoch, f"epoch {epoch}/{t.epochs}", self.progress)
-            self._progress_file(epoch=epoch, step=0, epoch_started_at=t0)
-            last_write, lr_used = time.time(), opt.param_groups[0]["lr"]
-            self.model.train()
-            for step in range(self.steps_per_epoch):
-                sel = order[step * self.per_step:(step + 1) * self.per_step] if len(order) >= self.per_step else order
-                micro = []
-                for s in range(0, len(sel), t.batch_size):
-                    w = sel[s:s + t.batch_size]
-                    ctx, _ = augment(_rows(vecs, self.ctx_idx[w]), self.aug_rng, t.article_dropout, t.span_corruption,
-                                     t.article_dropout_positions)
-                    micro.append(MicroBatch(torch.from_numpy(ctx).to(dev),
-                                            torch.from_numpy(_rows(vecs, self.tgt_idx[w])).to(dev),
-                                            torch.from_numpy(keys_np[self.tgt_idx[w]]).to(dev),
-                                            torch.from_numpy(self.dup[w]).to(dev),
-                                            rows=(self.ctx_idx[w], self.tgt_idx[w]) if bank_neg else None))
-                opt.zero_grad(set_to_none=True)
-                if cached:  # pass 1 embeds through the bare module (no DDP hooks without a graph)
-                    out = cached_step(net, self.loss_fn, micro, key_tower, sync, embed=enc)
-                else:
-                    out = direct_step(net, self.loss_fn, micro, key_tower, sync)
-                if self.ddp:
-                    v = torch.tensor([out["loss"], out["infonce"], out["ar_cosine"]], device=dev)
-                    dist.all_reduce(v)
-                    out = dict(zip(("loss", "infonce", "ar_cosine"), (v / self.world).tolist()))
-                    for p in self.loss_fn.parameters():  # outside DDP: average by hand
-                        if p.grad is not None:
-                            dist.all_reduce(p.grad)
-                            p.grad /= self.world
-                if not math.isfinite(out["loss"]):
-                    bar.close()
-                    self._diverged(epoch, step, out["loss"])
-                gn = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
-                if not math.isfinite(float(gn)):
-                    bar.close()
-                    self._diverged(epoch, step, out["loss"], what=f"gradient norm is {float(gn)}")
-                lr_used = opt.param_groups[0]["lr"]
-                opt.step()
-                sched.step()
-                for k in ("loss", "infonce", "ar_cosine"):
-                    sums[k] += out[k]
-                sums["grad_norm"] += float(gn)
-                bar.update(1)
-                bar.set_postfix(loss=f"{out['loss']:.4f}", refresh=False)
-                if time.time() - last_write > PROGRESS_EVERY_S:
-                    self._progress_file(step=step + 1)
-                    last_write = time.time()
-            bar.close()
-            train_s = time.time() - t0
-            n = self.steps_per_epoch
-            rec: dict[str, Any] = {"epoch": epoch, "train_loss": sums["loss"] / n, "train_infonce": sums["infonce"] / n,
-                                   "train_ar_cosine": sums["ar_cosine"] / n}
-            stop, rngs = False, [_rng_state(self.aug_rng)]
-            if self.ddp:  # every rank's RNG streams go into last.pt, so a resume replays them all
-                rngs = [None] * self.world
-                dist.all_gather_object(rngs, _rng_state(self.aug_rng))
-            if self.main:
-                t1 = time.time()
-                rec.update(validate(self.model, self.loss_fn, self.prep, self.val, cfg, dev, n_neg, key_tower,
-                                    groups=self.groups))
-                rec.update(lr=lr_used, temperature=self.loss_fn.temperature, grad_norm=sums["grad_norm"] / n,
-                           steps=epoch * n, train_seconds=train_s, val_seconds=time.time() - t1,
-                           seq_per_s=min(len(order), n * self.per_step) * self.world / train_s)
-                stop = self._after_epoch(rec, history, state, opt, sched, rngs)
-                rec["seconds"] = time.time() - t0
-                atomic_write_json(self.run_dir / "history.json", history)
-            if self.ddp:
-                flag = torch.tensor([int(stop)], device=dev)
-                dist.broadcast(flag, 0)
-                stop = bool(flag.item())
-            if stop:
-                break
+            net = self.net = nn.parallel.DistributedDataParallel(
+                self.enc, device_ids=[dev] if dev.type == "cuda" else None, broadcast_buffers=False)
+            self.sync = lambda last_mb: contextlib.nullcontext() if last_mb else net.no_sync()  # noqa: E731
+        self.bank_neg = self.loss_fn.bank is not None  # per-sample negatives: plain accumulation is exact
+        self.cached = (t.negatives == "effective_batch" and (t.grad_accum > 1 or self.world > 1)
+                       and not self.bank_neg)
+        self.sampler = DistributedSampler(range(len(self.tgt_idx)), num_replicas=self.world, rank=self.rank,
+                                          shuffle=True, seed=t.seed)
+        self.n_neg = self.per_step * self.world if self.cached or self.bank_neg else t.batch_size
+
+    def _start_line(self) -> str:
+        kind = (f"bank negatives: {len(self.loss_fn.bank):,} train chunks per query" if self.bank_neg else
+                "InfoNCE over all of it" if self.cached else "InfoNCE per micro-batch")
+        return (f"start pid {os.getpid()} on {platform.node()} device {self.device} x{self.world}; "
+                f"{self.cfg.model.kind} {self.n_params:,} params; {len(self.tgt_idx)} train windows, "
+                f"{self.steps_per_epoch} steps/epoch, effective batch {self.per_step * self.world} ({kind}); "
+                f"val ranks {len(self.val['tgt_idx'])} queries against all {len(self.groups):,} chunks")
+
+    def _epoch(self, epoch: int, opt, sched, params: list) -> tuple[dict[str, float], int, float]:
+        """One pass over this rank's windows -> (summed step losses and grad norms, windows seen, lr)."""
+        t = self.cfg.train
+        self.sampler.set_epoch(epoch)
+        order = np.fromiter(iter(self.sampler), dtype=np.int64)  # (n / W) this rank's windows
+        sums = {"loss": 0.0, "infonce": 0.0, "ar_cosine": 0.0, "grad_norm": 0.0}
+        bar = _progress_bar(self.steps_per_epoch, f"epoch {epoch}/{t.epochs}", self.progress)
+        self._progress_file(epoch=epoch, step=0, epoch_started_at=time.time())
+        last_write, lr_used = time.time(), opt.param_groups[0]["lr"]
+        self.model.train()
+        for step in range(self.steps_per_epoch):
+            sel = order[step * self.per_step:(step + 1) * self.per_step] if len(order) >= self.per_step else order
+            opt.zero_grad(set_to_none=True)
+            out = self._step(self._micro_batches(sel))
+            if not math.isfinite(out["loss"]):
+                bar.close()
+                self._diverged(epoch, step, out["loss"])
+            gn = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
+            if not math.isfinite(float(gn)):
+                bar.close()
+                self._diverged(epoch, step, out["loss"], what=f"gradient norm is {float(gn)}")
+            lr_used = opt.param_groups[0]["lr"]
+            opt.step()
+            sched.step()
+            for k in ("loss", "infonce", "ar_cosine"):
+                sums[k] += out[k]
+            sums["grad_norm"] += float(gn)
+            bar.update(1)
+            bar.set_postfix(loss=f"{out['loss']:.4f}", refresh=False)
+            if time.time() - last_write > PROGRESS_EVERY_S:
+                self._progress_file(step=step + 1)
+                last_write = time.time()
+        bar.close()
+        return sums, len(order), lr_used
+
+    def _micro_batches(self, sel: np.ndarray) -> list[MicroBatch]:
+        """The optimizer step's windows `sel` in micro-batches of train.batch_size, augmented, on the device."""
+        t, dev, vecs = self.cfg.train, self.device, self.prep.bank_vectors
+        keys = np.asarray(self.prep.bank_keys)
+        micro = []
+        for s in range(0, len(sel), t.batch_size):
+            w = sel[s:s + t.batch_size]
+            ctx, _ = augment(_rows(vecs, self.ctx_idx[w]), self.aug_rng, t.article_dropout, t.span_corruption,
+                             t.article_dropout_positions)  # (b, K, D)
+            micro.append(MicroBatch(torch.from_numpy(ctx).to(dev),
+                                    torch.from_numpy(_rows(vecs, self.tgt_idx[w])).to(dev),  # (b, D)
+                                    torch.from_numpy(keys[self.tgt_idx[w]]).to(dev),  # (b, 2)
+                                    torch.from_numpy(self.dup[w]).to(dev),  # (b)
+                                    rows=(self.ctx_idx[w], self.tgt_idx[w]) if self.bank_neg else None))
+        return micro
+
+    def _step(self, micro: list[MicroBatch]) -> dict[str, float]:
+        """Forward and backward of one optimizer step (gradients left in place); the mean losses over ranks."""
+        if self.cached:  # pass 1 embeds through the bare module (no DDP hooks without a graph)
+            out = cached_step(self.net, self.loss_fn, micro, self.key_tower, self.sync, embed=self.enc)
+        else:
+            out = direct_step(self.net, self.loss_fn, micro, self.key_tower, self.sync)
+        if self.ddp:
+            v = torch.tensor([out["loss"], out["infonce"], out["ar_cosine"]], device=self.device)
+            dist.all_reduce(v)
+            out = dict(zip(("loss", "infonce", "ar_cosine"), (v / self.world).tolist()))
+            for p in self.loss_fn.parameters():  # outside DDP: average by hand
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world
+        return out
+
+    def _end_epoch(self, epoch: int, t0: float, sums: dict[str, float], n_seen: int, lr_used: float,
+                   history: list, state: dict, opt, sched) -> bool:
+        """The epoch's record (rank 0 validates and saves), then every rank learns whether to stop."""
+        train_s, n = time.time() - t0, self.steps_per_epoch
+        rec: dict[str, Any] = {"epoch": epoch, "train_loss": sums["loss"] / n, "train_infonce": sums["infonce"] / n,
+                               "train_ar_cosine": sums["ar_cosine"] / n}
+        stop, rngs = False, [rng_state(self.aug_rng)]
+        if self.ddp:  # every rank's RNG streams go into last.pt, so a resume replays them all
+            rngs = [None] * self.world
+            dist.all_gather_object(rngs, rng_state(self.aug_rng))
         if self.main:
-            if state["stop_reason"] is None:
-                state["stop_reason"] = "completed"
-            if history:
-                history[-1]["stop_reason"] = state["stop_reason"]
-                atomic_write_json(self.run_dir / "history.json", history)
-            best = history[state["best_epoch"] - 1] if state["best_epoch"] else {}
-            _log(self.run_dir, f"done: {len(history)} epoch(s), stop reason {state['stop_reason']}; best "
-                               f"{t.best_metric} {best.get(t.best_metric, float('nan')):.4f} at epoch {state['best_epoch']}")
-            self._progress_file(state="finished")
-        return history
+            t1 = time.time()
+            rec.update(validate(self.model, self.loss_fn, self.prep, self.val, self.cfg, self.device, self.n_neg,
+                                self.key_tower, groups=self.groups))
+            rec.update(lr=lr_used, temperature=self.loss_fn.temperature, grad_norm=sums["grad_norm"] / n,
+                       steps=epoch * n, train_seconds=train_s, val_seconds=time.time() - t1,
+                       seq_per_s=min(n_seen, n * self.per_step) * self.world / train_s)
+            stop = self._after_epoch(rec, history, state, opt, sched, rngs)
+            rec["seconds"] = time.time() - t0
+            atomic_write_json(self.run_dir / "history.json", history)
+        if self.ddp:
+            flag = torch.tensor([int(stop)], device=self.device)
+            dist.broadcast(flag, 0)
+            stop = bool(flag.item())
+        return stop
+
+    def _finish(self, history: list, state: dict) -> None:
+        t = self.cfg.train
+        if state["stop_reason"] is None:
+            state["stop_reason"] = "completed"
+        if history:
+            history[-1]["stop_reason"] = state["stop_reason"]
+            atomic_write_json(self.run_dir / "history.json", history)
+        best = history[state["best_epoch"] - 1] if state["best_epoch"] else {}
+        _log(f"done: {len(history)} epoch(s), stop reason {state['stop_reason']}; best "
+             f"{t.best_metric} {best.get(t.best_metric, float('nan')):.4f} at epoch {state['best_epoch']}")
+        self._progress_file(state="finished")
 
     def _after_epoch(self, rec: dict, history: list, state: dict, opt, sched, rngs: list) -> bool:
         """Best/early-stop bookkeeping, the decision tree, checkpoints; True = stop training."""
@@ -503,7 +464,7 @@ class _Trainer:
                    rng=rngs, history=history, train_state=dict(state))
         line = " ".join(f"{k} {rec[k]:.4f}" for k in ("train_loss", "val_cosine", "val_infonce", "val_recall_at_5",
                                                           "val_mrr"))
-        _log(self.run_dir, f"epoch {rec['epoch']}: {line} lr {rec['lr']:.2e} {rec['seq_per_s']:.0f} seq/s"
+        _log(f"epoch {rec['epoch']}: {line} lr {rec['lr']:.2e} {rec['seq_per_s']:.0f} seq/s"
                            f"{' *best*' if rec['is_best'] else ''}; {rec['decision_reason']}"
                            + (f"; STOP ({state['stop_reason']})" if stop else ""), echo=self.progress)
         return stop
@@ -515,172 +476,10 @@ class _Trainer:
         msg = (f"training diverged: {what or f'loss is {loss}'} at epoch {epoch}, optimizer step {step + 1}; {kept}. "
                "Try a lower train.lr, a smaller train.grad_clip or check the data for NaN/inf vectors.")
         if self.main:
-            _log(self.run_dir, "ERROR " + msg)
+            _log("ERROR " + msg)
         raise TrainingDiverged(msg)
 
 
-# --------------------------------------------------------------------------- torchrun
-def _launch_torchrun(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> list[dict]:
-    """Run this module under torchrun with cfg.train.nproc processes; stream its output; history."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path = run_dir / ".train_launch.yaml"  # the exact config (overrides included) for the workers
-    atomic_write_text(cfg_path, dump_config(cfg))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.train.nproc}",
-           "-m", "lvmlib.train", str(run_dir), "--params", str(cfg_path)]
-    cmd += ["--resume"] * resume + ["--no-progress"] * (not progress)
-    print("launching:", " ".join(cmd), flush=True)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-    assert proc.stdout is not None
-    for line in proc.stdout:  # relayed so the notebook / terminal sees the workers
-        print(line, end="", flush=True)
-    rc = proc.wait()
-    cfg_path.unlink(missing_ok=True)
-    if rc != 0:
-        prog = _read(run_dir / "train_progress.json") or {}
-        if prog.get("state") == "diverged":
-            raise TrainingDiverged(prog.get("error"))
-        raise RuntimeError(f"torchrun exited with status {rc}: {prog.get('error') or 'see the output above'}"
-                           f" (log: {run_dir / 'train.log'})")
-    return read_json(run_dir / "history.json")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m lvmlib.train RUN_DIR --params YAML [--resume]` (what torchrun runs on every rank)."""
-    ap = argparse.ArgumentParser(prog="python -m lvmlib.train")
-    ap.add_argument("run_dir")
-    ap.add_argument("--params", default=None, help="params YAML (default RUN_DIR/params.yaml)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--no-progress", action="store_true")
-    a = ap.parse_args(argv)
-    cfg = load_config(a.params or Path(a.run_dir) / "params.yaml", a.overrides)
-    train(cfg, a.run_dir, resume=a.resume, progress=not a.no_progress)
-    return 0
-
-
-# --------------------------------------------------------------------------- status and summary
-def _read(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _alive(prog: dict) -> bool | None:
-    """Is the training process running? None when it ran on another host."""
-    if not prog or not prog.get("pid"):
-        return None
-    if prog.get("host") != platform.node():
-        return None
-    import psutil
-    return psutil.pid_exists(int(prog["pid"])) and prog.get("state") == "running"
-
-
-def _hms(sec: float) -> str:
-    sec = int(max(0, sec))
-    return f"{sec // 3600:d}:{sec // 60 % 60:02d}:{sec % 60:02d}"
-
-
-def status(run_dir: str | Path) -> str:
-    """A text report of a run's training, safe to call while it trains (files are written atomically):
-    current epoch, epoch-2 verdict, history table, sequences/s, ETA, whether the training pid is alive."""
-    from .gates import epoch_gate
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunError(f"{run_dir}: no such run directory")
-    history = _read(run_dir / "history.json")
-    if history is None and (run_dir / "history.json").exists():
-        raise RunError(f"{run_dir / 'history.json'}: corrupt (not valid JSON — truncated?); last.pt holds the "
-                       "history of its epoch: `python -m lvmlib run --resume` rewrites it")
-    history = history or []
-    prog = _read(run_dir / "train_progress.json") or {}
-    try:
-        cfg = load_config(run_dir / "params.yaml")
-    except Exception:  # a run dir without params (or with a broken one) still gets a report
-        cfg = Config()
-    epochs = prog.get("epochs") or cfg.train.epochs
-    live, holder = lock_state(run_dir)  # the run's lock says whether any process still runs it
-    alive = False if live is False else _alive(prog)
-    state = prog.get("state", "not started" if not history else "unknown")
-    proc = {True: f"alive (pid {prog.get('pid')})", False: f"not running (pid {prog.get('pid')})",
-            None: f"unknown (pid {prog.get('pid')} on {prog.get('host')})" if prog.get("pid") else "no training process"}
-    lines = [f"run {run_dir}", f"training: {state}; process {proc[alive]}"]
-    manifest = _read(run_dir / "manifest.json") or {}
-    if live:
-        lines.insert(1, f"run status: {manifest.get('status', '?')}; live: {describe_holder(holder)}")
-    elif manifest.get("status") == "running" or state == "running":
-        lines.insert(1, f"run status: {manifest.get('status', '?')} in manifest.json, but no process holds the run "
-                        f"(last {describe_holder(holder) if holder else 'holder unknown'}): it was killed or crashed; "
-                        f"continue with: python -m lvmlib run --resume {run_dir}")
-    elif manifest.get("status"):
-        lines.insert(1, f"run status: {manifest['status']}" + (f" — {manifest['failure']}" if manifest.get("failure") else ""))
-    if prog.get("error"):
-        lines.append(f"error: {prog['error']}")
-    done = len(history)
-    if alive:
-        cur, step, spe = prog.get("epoch", done + 1), prog.get("step", 0), prog.get("steps_per_epoch", 0)
-        lines.append(f"epoch {cur}/{epochs} in progress (step {step}/{spe} at last update, "
-                     f"{_hms(time.time() - prog.get('updated_at', time.time()))} ago)")
-        per_epoch = np.mean([r["seconds"] for r in history]) if history else None
-        if per_epoch is None and step and prog.get("epoch_started_at"):
-            per_epoch = (prog["updated_at"] - prog["epoch_started_at"]) * spe / step
-        if per_epoch:
-            left = (epochs - done) * per_epoch - (time.time() - prog.get("epoch_started_at", time.time()))
-            lines.append(f"ETA <= {_hms(left)} for the remaining {epochs - done} epoch(s) (early stopping or the "
-                         "decision tree may end it sooner)")
-    else:
-        lines.append(f"epochs done: {done}/{epochs}" + (f", stop reason {history[-1].get('stop_reason')}"
-                                                        if history and history[-1].get("stop_reason") else ""))
-    from .gates import baseline_val_cosines
-    base = baseline_val_cosines(run_dir)
-    try:
-        gate = epoch_gate(history, cfg.gates, max(base.values()) if base else None)
-    except ValueError as exc:
-        gate = {"decision": None, "reason": str(exc)}
-    lines.append(f"epoch-{cfg.gates.epoch} gate: {gate['decision'] or 'pending'} — {gate['reason']}")
-    if history:
-        rates = [r["seq_per_s"] for r in history if r.get("seq_per_s")]
-        if rates:
-            lines.append(f"sequences/s: last {rates[-1]:.0f}, mean {np.mean(rates):.0f}")
-        cols = ("epoch", "train_loss", "train_infonce", "train_ar_cosine", "val_cosine", "val_infonce",
-                "val_recall_at_5", "lr", "seq_per_s", "seconds")
-        lines.append(" ".join(f"{c:>15}" for c in cols) + "  decision")
-        for r in history:
-            cells = []
-            for c in cols:
-                v = r.get(c)
-                cells.append(f"{'':>15}" if v is None else f"{v:>15d}" if isinstance(v, int) else
-                             f"{v:>15.2e}" if c == "lr" else f"{v:>15.1f}" if c in ("seq_per_s", "seconds")
-                             else f"{v:>15.4f}")
-            lines.append(" ".join(cells) + f"  {r.get('decision') or ''}{' *' if r.get('is_best') else ''}"
-                         + (" STOP" if r.get("decision_stop") else ""))
-    return "\n".join(lines)
-
-
-def training_summary(run_dir: str | Path) -> dict[str, Any]:
-    """Headline numbers of a finished training step (for 02_train's summary and record cells)."""
-    run_dir = Path(run_dir)
-    history = read_json(run_dir / "history.json")
-    prog = _read(run_dir / "train_progress.json") or {}
-    cfg = load_config(run_dir / "params.yaml") if (run_dir / "params.yaml").is_file() else None
-    metric = cfg.train.best_metric if cfg else "val_cosine"
-    best = next((r for r in reversed(history) if r.get("is_best")), history[-1] if history else {})
-    n_params = prog.get("n_params")
-    if n_params is None and (run_dir / "best.pt").is_file():
-        from .model import read_checkpoint
-        n_params = read_checkpoint(run_dir / "best.pt").get("n_params")
-    return {"n_params": n_params, "epochs_trained": len(history),
-            "epochs_planned": prog.get("epochs") or (cfg.train.epochs if cfg else None),
-            "best_metric": metric, "best_epoch": best.get("epoch"), "best_value": best.get(metric),
-            "best_val_cosine": max((r["val_cosine"] for r in history), default=None),
-            "final_val_cosine": history[-1]["val_cosine"] if history else None,
-            "final_val_recall_at_5": history[-1].get("val_recall_at_5") if history else None,
-            "stop_reason": history[-1].get("stop_reason") if history else None,
-            "decision": next((r.get("decision") for r in reversed(history) if r.get("decision")), None),
-            "mean_seq_per_s": float(np.mean([r["seq_per_s"] for r in history if r.get("seq_per_s")]))
-            if any(r.get("seq_per_s") for r in history) else None,
-            "train_seconds": float(sum(r.get("seconds", 0.0) for r in history))}
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # `python -m lvmlib.train RUN_DIR ...`: what torchrun runs on every rank
+    from lvmlib.launch import main
     sys.exit(main())

@@ -1,4 +1,4 @@
-"""Tweaks: a stage notebook re-run outside the runner (JupyterLab, papermill by hand) against a run.
+"""Tweaks: a stage notebook re-run outside the runner (JupyterLab, or executed by hand) against a run.
 
 Such a re-run rewrites the stage's files in the run directory, so the run keeps a record of it and
 its reports say so. `notebook_config` (every notebook's first call) records one tweak in
@@ -65,7 +65,7 @@ def record_tweak(run_dir: str | Path, stage: str, params_path: str, overrides: l
 def refresh_reports(run_dir: Path, manifest: dict[str, Any], stage: str) -> None:
     """Re-render the stage's report (from the runner's executed copy) with the tweak banner, then the
     run page and index. Nothing to do for a run that has no reports yet."""
-    from .runner import record_run, render_html
+    from .report import record_run, render_html
     out = reports_dir(manifest)
     executed = run_dir / "notebooks" / f"{stage}.ipynb"
     if not out.is_dir():

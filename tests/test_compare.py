@@ -40,8 +40,8 @@ def make_run(root: Path, name: str, params: str, r5: float, cos: float, val_cos:
     (run / "history.json").write_text(json.dumps(hist))
     v2 = val_cos[1] if len(val_cos) > 1 else None
     (run / "gates.json").write_text(json.dumps({
-        "gate_epoch": 2, "epoch2_val_cosine": v2, "threshold": 0.5, "lower": 0.4, "passed": v2 is not None and v2 >= 0.5,
-        "decision": "continue" if v2 and v2 >= 0.5 else "extend_2_epochs", "reason": "fixture", "stopped_by_tree": False}))
+        "gate_epoch": 2, "gate_val_cosine": v2, "threshold": 0.5, "lower": 0.4, "passed": v2 is not None and v2 >= 0.5,
+        "decision": "continue" if v2 and v2 >= 0.5 else "extend", "reason": "fixture", "stopped_by_tree": False}))
     articles = np.repeat(np.arange(n_articles), n // n_articles)
     positions = np.tile(np.arange(n // n_articles), n_articles) + 5
     models, frames = {}, []
@@ -224,6 +224,37 @@ def test_params_diff_and_missing_files(pair, tmp_path):
         compare.load_run(tmp_path)
 
 
+def test_a_run_written_before_the_gate_keys_were_renamed_still_compares(pair):
+    """gates.json and history.json of runs on disk say `epoch2_val_cosine` and `extend_2_epochs`."""
+    v1_dir, _ = pair
+    old_gate = {"gate_epoch": 2, "epoch2_val_cosine": 0.45, "threshold": 0.5, "lower": 0.4, "passed": False,
+                "decision": "extend_2_epochs", "reason": "old kit", "stopped_by_tree": False,
+                "tree_log": [{"epoch": 2, "decision": "extend_2_epochs", "reason": "old kit"}]}
+    (v1_dir / "gates.json").write_text(json.dumps(old_gate))
+    hist = json.loads((v1_dir / "history.json").read_text())
+    hist[1]["decision"] = "extend_2_epochs"
+    (v1_dir / "history.json").write_text(json.dumps(hist))
+    run = compare.load_run(v1_dir)
+    assert run.gates["gate_val_cosine"] == 0.45 and "epoch2_val_cosine" not in run.gates
+    assert run.gates["decision"] == "extend" and run.gates["tree_log"][0]["decision"] == "extend"
+    assert run.history[1]["decision"] == "extend"
+    row = compare.gates_rows([run])[0]
+    assert (row["gate_val_cosine"], row["decision"]) == (0.45, "extend")
+    summary = compare.summary_rows([run])[0]
+    assert (summary["gate_val_cosine"], summary["gate_decision"]) == (0.45, "extend")
+
+
+def test_a_runs_params_are_read_and_validated_by_config(pair):
+    """compare reads params.yaml through lvmlib.config: a key the kit does not know is named, not ignored."""
+    from lvmlib.config import ConfigError
+    v1_dir, _ = pair
+    text = (v1_dir / "params.yaml").read_text()
+    assert compare.load_run(v1_dir).config["loss"]["lambda_con"] == load_config(ROOT / "params/study_v1.yaml").loss.lambda_con
+    (v1_dir / "params.yaml").write_text(text.replace("train:\n", "train:\n  epohcs: 3\n", 1))
+    with pytest.raises(ConfigError, match=r"params.yaml: unknown key 'train.epohcs'"):
+        compare.load_run(v1_dir)
+
+
 def test_study_params_pair_differs_only_in_the_loss():
     c1, c2 = (load_config(ROOT / f"params/study_v{i}.yaml") for i in (1, 2))
     assert c1.loss.proj_head == [512, 256] and (c1.loss.lambda_con, c1.loss.lambda_ar) == (0.70, 0.30)
@@ -355,7 +386,7 @@ def _nb(cells):
 
 
 def test_summary_section_moves_first_only_when_it_ran():
-    from lvmlib.runner import summary_first
+    from lvmlib.report import summary_first
     cells = [("md", "# 01 · Title", []), ("code", "x = 1", [("stdout", "log\n")]), ("md", "## Detail", []),
              ("code", "plot()", [("stdout", "detail\n")]), ("md", "## Summary\nwords", []),
              ("code", "show()", [("stdout", "R@5 12%\n")]), ("md", "## Record", []), ("code", "rec()", [])]
@@ -370,7 +401,7 @@ def test_summary_section_moves_first_only_when_it_ran():
 
 
 def test_progress_bars_collapse_to_what_a_terminal_shows():
-    from lvmlib.runner import tidy_streams
+    from lvmlib.report import tidy_streams
     nb = _nb([("code", "train()", [("stdout", "start\n"), ("stderr", "\repoch 1:  50%|##   | 1/2"),
                                     ("stderr", "\repoch 1: 100%|#####| 2/2"), ("stderr", "\r          \r"),
                                     ("stdout", "epoch 1: loss 3.1\n"), ("stderr", "\rbar 100%|#####| 2/2\n"),
@@ -385,7 +416,7 @@ def test_reports_fetch_nothing_from_the_network(tmp_path):
     import re
 
     import nbformat
-    from lvmlib.runner import render_html
+    from lvmlib.report import render_html
     nb = _nb([("md", "# T", []), ("code", "1", [("stdout", "x\n")])])
     nbformat.write(nb, str(tmp_path / "t.ipynb"))
     out = render_html(tmp_path / "t.ipynb", tmp_path / "t.html", nav=[("home", "index.html")])

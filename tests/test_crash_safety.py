@@ -29,13 +29,16 @@ import numpy as np
 import pytest
 import torch
 
-from lvmlib import data, encoder, runner, runs
+from lvmlib import data, encoder, execute, runner, runs
 from lvmlib.config import load_config
-from lvmlib.model import CheckpointError, build_model, load_checkpoint
+from lvmlib.checkpoint import CheckpointError, load_checkpoint
+from lvmlib.model import build_model
+from lvmlib.payload import export_run
 from lvmlib.runner import StudyFailed, run_study
-from lvmlib.train import TrainingDiverged, train, training_summary
-from test_bad_inputs import (SMOKE, CliFailed, cli, cli_subprocess, copy_run, make_tiny_run, snapshot,  # noqa: F401
-                             tiny_overrides, vectors_npz)
+from lvmlib.run_status import training_summary
+from lvmlib.train import TrainingDiverged, train
+from tiny_runs import (SMOKE, CliFailed, cli, cli_subprocess, copy_run, make_tiny_run, snapshot,  # noqa: F401
+                       tiny_overrides, vectors_npz)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -527,7 +530,7 @@ def test_a_live_run_refuses_a_second_trainer_and_a_dead_holders_lock_is_taken_ov
 
 
 def _status(run: Path) -> str:
-    from lvmlib.train import status
+    from lvmlib.run_status import status
     return status(run)
 
 
@@ -701,14 +704,13 @@ def test_a_copied_run_is_a_new_run_with_its_own_reports(tmp_path, tiny_run):
 def test_eval_runs_its_kernel_like_run_and_takes_any_path(tmp_path, tiny_run, monkeypatch):
     """`eval RUN --data '/dir with #hash/x.npz'`: the path reaches the evaluation whole (passed as data,
     not YAML text), through the runner's kernel launcher (IPC sockets, Ctrl-C handling)."""
-    import shutil
     run = copy_run(tiny_run, tmp_path)
     odd = tmp_path / "with #hash: and 'quotes'"
     odd.mkdir()
-    shutil.copy(run / "data" / "payload.npz", odd / "x.npz")
+    export_run(run, out=odd / "x.npz")
     calls = []
-    real = runner.execute_notebook
-    monkeypatch.setattr(runner, "execute_notebook", lambda *a, **kw: (calls.append(a), real(*a, **kw))[1])
+    real = execute.execute_notebook
+    monkeypatch.setattr(execute, "execute_notebook", lambda *a, **kw: (calls.append(a), real(*a, **kw))[1])
     cli("eval", run, "--data", odd / "x.npz", "--reports-root", tmp_path / "reports")
     assert len(calls) == 1
     ev = json.loads((run / "eval_x" / "eval.json").read_text())

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lvmlib import data, encoder
+from lvmlib import data, encoder, payload, splits
 from lvmlib.config import load_config
 from lvmlib.data import DataError, LeakageError
 
@@ -100,10 +100,11 @@ def test_prepare_data_files_shapes_and_windows(tmp_path, fake_encoder):
     short = [a for a in prep.articles if a["n_chunks"] < K + 1]
     assert [a["title"] for a in short] == ["Article 3"] and short[0]["n_windows"] == 0
     assert summary["counts"]["articles_short"] == 1
-    # payload in the seed's format
+    # the seed's payload format is an export, not a file every run writes
+    assert not (tmp_path / "run" / "data" / "payload.npz").exists() and "payload.npz" not in data.DATA_FILES
     with np.load(tmp_path / "run" / "data" / "windows.npz") as w:
         tgt_all = w["target_idx"]
-    with np.load(tmp_path / "run" / "data" / "payload.npz") as p:
+    with np.load(payload.export_run(tmp_path / "run")) as p:
         assert set(p.files) == {"context_sequences", "target_vectors", "truth_keys", "split"}
         assert p["context_sequences"].shape == (len(got), K, D_FAKE) and p["target_vectors"].shape == (len(got), D_FAKE)
         assert np.array_equal(p["truth_keys"], prep.bank_keys[tgt_all])
@@ -116,20 +117,20 @@ def test_prepare_data_files_shapes_and_windows(tmp_path, fake_encoder):
 def test_split_by_article_seeded_and_stratified(tmp_path):
     cfg = load_config(None, ["data.context_len=5"]).data
     n_chunks = np.array([30] * 40 + [2] * 10)
-    s1, s2 = data.split_articles(n_chunks, cfg), data.split_articles(n_chunks, cfg)
+    s1, s2 = splits.split_articles(n_chunks, cfg), splits.split_articles(n_chunks, cfg)
     assert np.array_equal(s1, s2)
     cfg.split_seed = 1
-    assert not np.array_equal(s1, data.split_articles(n_chunks, cfg))
+    assert not np.array_equal(s1, splits.split_articles(n_chunks, cfg))
     long_ = s1[:40]
     assert (long_ == 0).sum() == 32 and (long_ == 1).sum() == 4 and (long_ == 2).sum() == 4
     # with only 3 usable articles each split still gets one
-    few = data.split_articles(np.array([10, 10, 10, 1, 1]), cfg)
+    few = splits.split_articles(np.array([10, 10, 10, 1, 1]), cfg)
     assert sorted(few[:3].tolist()) == [0, 1, 2]
 
 
 def test_windows_never_cross_articles_or_gaps():
     keys = np.array([[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2], [1, 3], [1, 5], [1, 6], [1, 7], [1, 8]])
-    ctx, tgt, split = data.build_windows(keys, np.zeros(len(keys), np.int8), K=2)
+    ctx, tgt, split = splits.build_windows(keys, np.zeros(len(keys), np.int8), K=2)
     # article 0: 0,1->2; article 1: 0,1->2 and 1,2->3; nothing bridges the gap 3 -> 5; 5,6->7 and 6,7->8
     assert tgt.tolist() == [2, 5, 6, 9, 10]
     assert ctx.tolist() == [[0, 1], [3, 4], [4, 5], [7, 8], [8, 9]]
@@ -155,7 +156,7 @@ def test_dedup_removes_cross_split_duplicates_and_audit_reports_them(tmp_path, f
 def prepared(tmp_path, fake_encoder):
     data.prepare_data(cfg_for(tmp_path), tmp_path / "run", progress=False)
     d = tmp_path / "run" / "data"
-    assert data.audit_leakage(d)["passed"]
+    assert splits.audit_leakage(d)["passed"]
     return d
 
 
@@ -167,7 +168,7 @@ def test_audit_catches_article_in_two_splits(prepared):
     split[row] = 0  # one chunk of a test article leaks into train
     np.save(prepared / "bank_split.npy", split)
     with pytest.raises(LeakageError, match="articles_in_several_splits=1"):
-        data.audit_leakage(prepared)
+        splits.audit_leakage(prepared)
 
 
 def test_audit_catches_text_shared_across_splits(prepared):
@@ -177,16 +178,19 @@ def test_audit_catches_text_shared_across_splits(prepared):
     lines[tr] = lines[te]  # a test chunk's text copied into a train chunk
     (prepared / "bank_texts.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(LeakageError, match="shared_across_splits=1"):
-        data.audit_leakage(prepared)
+        splits.audit_leakage(prepared)
 
 
 def test_audit_catches_payload_vector_from_another_space(prepared):
+    """A payload in the data dir (older runs wrote one; an export can be put there) must match the bank."""
+    payload.export_run(prepared.parent, out=prepared / "payload.npz")
+    assert splits.audit_leakage(prepared)["payload_mismatches"] == 0
     with np.load(prepared / "payload.npz") as p:
         arrays = {k: p[k].copy() for k in p.files}
     arrays["context_sequences"][7, 2] *= 1.0001  # a context vector that is not the bank's
     np.savez(prepared / "payload.npz", **arrays)
     with pytest.raises(LeakageError, match="payload_mismatches=1"):
-        data.audit_leakage(prepared)
+        splits.audit_leakage(prepared)
 
 
 def test_audit_catches_window_across_articles(prepared):
@@ -197,11 +201,11 @@ def test_audit_catches_window_across_articles(prepared):
     tgt[0] = first_of_second  # the target is the first chunk of the next article
     np.savez(prepared / "windows.npz", context_idx=ctx, target_idx=tgt, split=split)
     with pytest.raises(LeakageError, match="windows_bad"):
-        data.audit_leakage(prepared)
+        splits.audit_leakage(prepared)
 
 
 def test_failed_audit_leaves_data_dir_untouched(tmp_path, fake_encoder, monkeypatch):
-    real = data.dedup_across_splits
+    real = splits.dedup_across_splits
     monkeypatch.setattr(data, "dedup_across_splits", lambda d, s: np.ones(len(s), bool))  # a broken dedup
     corpus = make_corpus(tmp_path / "c.jsonl", shared=True)
     with pytest.raises(LeakageError, match="shared_across_splits"):
@@ -392,7 +396,8 @@ def test_load_prepared_names_the_missing_file(tmp_path):
 
 
 def test_npz_member_is_memory_mapped(prepared):
-    m = data.npz_member(prepared / "payload.npz", "context_sequences")
+    payload.export_run(prepared.parent, out=prepared / "payload.npz")
+    m = payload.npz_member(prepared / "payload.npz", "context_sequences")
     assert isinstance(m, np.memmap)
     with np.load(prepared / "payload.npz") as p:
         assert np.array_equal(np.asarray(m), p["context_sequences"])
@@ -425,7 +430,7 @@ def test_default_corpus_through_minilm(tmp_path):
 def test_train_articles_keeps_val_test_and_nests():
     from lvmlib.config import DataConfig
     from lvmlib.corpus import DataError
-    from lvmlib.data import build_windows, limit_train_articles
+    from lvmlib.splits import build_windows, limit_train_articles
     n_art, per = 40, 9
     keys = np.array([(a, p) for a in range(n_art) for p in range(per)], np.int64)
     art_split = np.array([0] * 30 + [1] * 5 + [2] * 5, np.int8)
@@ -442,3 +447,32 @@ def test_train_articles_keeps_val_test_and_nests():
     assert kept[3] < kept[10] < kept[30]  # nested: a learning curve adds articles
     with pytest.raises(DataError, match="train_articles = 31.*only 30"):
         limit_train_articles(ctx, tgt, ws, keys, DataConfig(train_articles=31))
+
+
+def test_export_seed_npz_writes_the_windows_in_the_seeds_format(prepared, tmp_path, capsys):
+    """`python -m lvmlib export RUN --format seed-npz`: every window's context and target vectors copied
+    from the bank at its rows, the target's (article, position) and the split."""
+    from lvmlib.cli import main
+    run = prepared.parent
+    out = tmp_path / "exported" / "p.npz"
+    assert main(["export", str(run), "--format", "seed-npz", "--out", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    bank, keys = np.load(prepared / "bank_vectors.npy"), np.load(prepared / "bank_keys.npy")
+    with np.load(prepared / "windows.npz") as w:
+        ctx, tgt, wsplit = w["context_idx"], w["target_idx"], w["split"]
+    with np.load(out) as p:
+        assert sorted(p.files) == ["context_sequences", "split", "target_vectors", "truth_keys"]
+        assert np.array_equal(p["context_sequences"], bank[ctx]) and p["context_sequences"].shape == (*ctx.shape, bank.shape[1])
+        assert np.array_equal(p["target_vectors"], bank[tgt])
+        assert np.array_equal(p["truth_keys"], keys[tgt]) and np.array_equal(p["split"], wsplit)
+    assert payload.export_run(run) == run / "payload.npz" and (run / "payload.npz").is_file()
+
+
+def test_export_names_what_is_missing(tmp_path, capsys):
+    from lvmlib.cli import main
+    (tmp_path / "r").mkdir()
+    assert main(["export", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "no prepared data to export" in err and "bank_vectors.npy" in err
+    with pytest.raises(SystemExit):  # argparse refuses an unknown format before anything runs
+        main(["export", str(tmp_path / "r"), "--format", "parquet"])

@@ -10,9 +10,12 @@ import torch
 
 from lvmlib import evaluate as ev_mod
 from lvmlib.config import Config, dump_config, load_config
-from lvmlib.data import build_windows, save_npz_streaming
-from lvmlib.evaluate import SanityError, check_alignment, evaluate_run
-from lvmlib.model import build_model, save_checkpoint
+from lvmlib.payload import save_npz_streaming
+from lvmlib.splits import build_windows
+from lvmlib.eval_data import check_alignment
+from lvmlib.evaluate import SanityError, evaluate_run
+from lvmlib.checkpoint import save_checkpoint
+from lvmlib.model import build_model
 from lvmlib.runs import atomic_save_npz
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -298,7 +301,7 @@ def test_checkpoint_of_another_encoder_is_refused(tmp_path):
 @pytest.mark.slow
 def test_notebook_runs_against_a_fake_run(tmp_path):
     import papermill as pm
-    from lvmlib.runner import NOTEBOOK_DIR, ensure_kernel
+    from lvmlib.execute import NOTEBOOK_DIR, ensure_kernel
     make_fake_run(tmp_path / "r")
     out = tmp_path / "04_eval.ipynb"
     pm.execute_notebook(str(NOTEBOOK_DIR / "04_eval.ipynb"), str(out), kernel_name=ensure_kernel(),

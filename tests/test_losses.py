@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 
 from lvmlib.config import LossConfig, load_config
-from lvmlib.losses import (LVMLoss, MicroBatch, ar_cosine, cached_step, direct_step, duplicate_ids,
-                           false_negative_mask, info_nce)
+from lvmlib.losses import (LVMLoss, MicroBatch, ar_cosine, cached_step, direct_step, false_negative_mask,
+                           info_nce)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,9 +96,12 @@ def test_loss_mask_is_configurable():
     assert LVMLoss(LossConfig(), 4).mask(keys)[0, 1]
 
 
-def test_duplicate_ids_exact_rows():
-    v = np.array([[1, 2], [3, 4], [1, 2], [1, 2.001]], dtype=np.float32)
-    ids = duplicate_ids(v)
+def test_duplicate_targets_share_a_group_exactly():
+    """The trainer masks exact-duplicate targets with `metrics.duplicate_groups` of the bank, taken at the
+    target rows: byte-identical rows share a group, a vector one ulp away does not."""
+    from lvmlib.metrics import duplicate_groups
+    v = np.array([[1, 2], [3, 4], [1, 2], [1, 2.001], [1, 2]], dtype=np.float32)
+    ids = duplicate_groups(v)[np.array([0, 1, 2, 3])]
     assert ids[0] == ids[2] and len({ids[0], ids[1], ids[3]}) == 3
 
 

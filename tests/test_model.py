@@ -13,8 +13,9 @@ from mambapy.mamba import MambaConfig as PyMambaConfig
 
 from lvmlib import scan
 from lvmlib.config import Config, ModelConfig
-from lvmlib.model import (AMN, PRESETS, CheckpointError, Mamba, MambaLVM, baseline, build_model,
-                          count_parameters, load_checkpoint, param_groups, save_checkpoint, set_scan)
+from lvmlib.checkpoint import load_checkpoint, save_checkpoint
+from lvmlib.model import (PRESETS, CheckpointError, Mamba, MambaLVM, baseline, build_model,
+                          count_parameters, param_groups, set_scan)
 
 LENGTHS = (1, 5, 16, 64)
 RTOL, ATOL = 1e-4, 1e-5  # fp32; ATOL is relative to the reference's largest magnitude

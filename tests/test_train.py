@@ -22,6 +22,7 @@ import torch
 
 from lvmlib.config import dump_config, load_config
 from lvmlib.runs import atomic_save_npy, atomic_save_npz, atomic_write_json, atomic_write_text
+from lvmlib import run_status
 from lvmlib import train as T
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,7 +138,7 @@ def test_lr_schedule_shape():
 def test_validation_sees_clean_windows(tmp_path):
     """Every training sample augmented (p = 1), yet val_cosine is that of clean val windows."""
     from lvmlib.data import load_prepared
-    from lvmlib.model import load_checkpoint
+    from lvmlib.checkpoint import load_checkpoint
     run_dir = make_run_dir(tmp_path / "run", overrides=("train.epochs=1", "train.article_dropout=1.0",
                                                         "train.span_corruption=1.0"))
     history = T.train(cfg_of(run_dir), run_dir, progress=False)
@@ -243,7 +244,7 @@ HISTORY_KEYS = {"epoch", "train_loss", "train_infonce", "train_ar_cosine", "val_
 
 
 def test_train_writes_the_contract(run_dir):
-    from lvmlib.model import load_checkpoint
+    from lvmlib.checkpoint import load_checkpoint
     history = T.train(cfg_of(run_dir), run_dir, progress=False)
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert json.loads((run_dir / "history.json").read_text()) == history
@@ -267,7 +268,7 @@ def test_train_writes_the_contract(run_dir):
     # the lr was stepped per optimizer step: warmup 2 then cosine to 0 over 3 epochs
     steps = history[-1]["steps"]
     assert history[-1]["lr"] == pytest.approx(1e-3 * T.lr_factor(steps - 1, 2, steps), rel=1e-6)
-    summary = T.training_summary(run_dir)
+    summary = run_status.training_summary(run_dir)
     assert summary["epochs_trained"] == 3 and summary["n_params"] > 0 and summary["stop_reason"] == "completed"
 
 
@@ -313,11 +314,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(run_dir, monkeypatch):
     assert [r["epoch"] for r in json.loads((run_dir / "history.json").read_text())] == [1]
     assert "ERROR training diverged" in (run_dir / "train.log").read_text()
     assert json.loads((run_dir / "train_progress.json").read_text())["state"] == "diverged"
-    assert "diverged" in T.status(run_dir)
+    assert "diverged" in run_status.status(run_dir)
 
 
 def test_closed_form_baseline_fits_and_saves(tmp_path):
-    from lvmlib.model import load_checkpoint
+    from lvmlib.checkpoint import load_checkpoint
     run_dir = make_run_dir(tmp_path / "run", overrides=("model.kind=ridge",))
     history = T.train(cfg_of(run_dir), run_dir, progress=False)
     assert len(history) == 1 and history[0]["closed_form"] and math.isfinite(history[0]["val_cosine"])
@@ -368,17 +369,17 @@ def test_sigkill_after_epoch_1_then_resume_equals_uninterrupted(tmp_path):
     proc = _launch(killed)
     deadline = time.time() + 300
     while time.time() < deadline:  # kill as soon as epoch 1 is on disk (mid-epoch 2)
-        h = T._read(killed / "history.json")
+        h = run_status.read_json_or_none(killed / "history.json")
         if h and len(h) >= 1 and (killed / "last.pt").is_file():
             break
         time.sleep(0.01)
     assert proc.poll() is None, "training finished before it could be killed"
-    assert "alive" in T.status(killed)
+    assert "alive" in run_status.status(killed)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert len(json.loads((killed / "history.json").read_text())) < 4
-    assert "not running" in T.status(killed)
+    assert "not running" in run_status.status(killed)
     p = _launch(killed, "--resume")
     assert p.wait(timeout=300) == 0, p.stdout.read().decode()
     h_ref = json.loads((ref / "history.json").read_text())
@@ -399,9 +400,9 @@ def test_resume_of_a_finished_run_extends_it(run_dir):
 
 
 def test_status_reports_history_and_gate(run_dir):
-    assert "no training process" in T.status(run_dir)
+    assert "no training process" in run_status.status(run_dir)
     T.train(cfg_of(run_dir), run_dir, progress=False)
-    text = T.status(run_dir)
+    text = run_status.status(run_dir)
     assert "epochs done: 3/3" in text and "epoch-2 gate: continue" in text and "sequences/s" in text
     assert text.count("\n") >= 3 + 3 and "not running" in text
     cli = subprocess.run([sys.executable, "-m", "lvmlib", "status", str(run_dir)], cwd=ROOT, capture_output=True,

@@ -8,7 +8,9 @@ import pytest
 
 from lvmlib import tweaks
 from lvmlib.config import dump_config, load_config
-from lvmlib.runner import RUNNER_ENV, notebook_config, record_run, render_html
+from lvmlib.execute import RUNNER_ENV
+from lvmlib.report import record_run, render_html
+from lvmlib.runner import notebook_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
