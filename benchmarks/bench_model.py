@@ -8,7 +8,9 @@ MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ set as the Makefile does (`--mallo
 defaults). A train step = forward + (1 - cos) loss + backward + AdamW(param_groups) step; the
 throughput is batch / median wall time per step; `cpu s` is the process CPU time per step (all threads),
 which with `--threads 1` approximates the uncontended time on a busy machine. Ratios compare rows
-measured in the same run; there are no timed asserts.
+measured in the same run; there are no timed asserts. On a busy machine use `--rounds R`: the whole
+plan runs R times, interleaved, each row reports its median over rounds and each ratio is the median
+of the per-round ratios (load that comes and goes then hits both sides of a ratio alike).
 """
 from __future__ import annotations
 
@@ -118,7 +120,8 @@ def child(spec: dict) -> dict:
     batch, length = spec["batch"], spec["length"]
     ctx, tgt = torch.randn(batch, length, D_VEC), torch.randn(batch, D_VEC)
     if spec["mode"] == "train":
-        opt = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-4)
+        impl_kw = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[spec.get("adamw", "default")]
+        opt = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-4, **impl_kw)
 
         def step():
             loss = (1 - F.cosine_similarity(model(ctx), tgt)).mean()
@@ -194,6 +197,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="add torch.compile rows to the scan-core table")
     ap.add_argument("--modes", nargs="*", default=["train", "infer", "scan"], help="train infer scan")
     ap.add_argument("--lengths", nargs="*", type=int, help="only rows with these context lengths")
+    ap.add_argument("--adamw", choices=["default", "foreach", "fused"], default="default",
+                    help="AdamW implementation of every train row (default = what lvmlib.train uses)")
+    ap.add_argument("--rounds", type=int, default=1, help="run the plan this many times, interleaved; report medians")
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -203,42 +209,58 @@ def main() -> None:
         return
     mallocs = ["big", "default"] if args.malloc == "both" else [args.malloc]
     print(f"# bench_model {'--quick ' if args.quick else ''}| {platform.machine()} | {os.cpu_count()} cpus | "
-          f"threads {args.threads} | load avg {os.getloadavg()[0]:.2f} at start", flush=True)
-    results = []
-    for malloc in mallocs:
-        for spec in plan(args.quick, args.only, args.compile):
-            if spec["mode"] not in args.modes or (args.lengths and spec["length"] not in args.lengths):
-                continue
-            spec["threads"] = args.threads
-            res = dict(run_child(spec, malloc), malloc=malloc)
-            results.append(res)
-            print(f"  done: {res['mode']} {res['impl']} B={res['batch']} L={res['length']} "
-                  + (f"FAILED {res['error']}" if "error" in res else f"{res['sec_per_step']:.3f} s/step"), flush=True)
-    print_table(results)
+          f"threads {args.threads} | AdamW {args.adamw} | load avg {os.getloadavg()[0]:.2f} at start", flush=True)
+    rounds = []
+    for r in range(args.rounds):
+        results = []
+        for malloc in mallocs:
+            for spec in plan(args.quick, args.only, args.compile):
+                if spec["mode"] not in args.modes or (args.lengths and spec["length"] not in args.lengths):
+                    continue
+                spec.update(threads=args.threads, adamw=args.adamw)
+                res = dict(run_child(spec, malloc), malloc=malloc)
+                results.append(res)
+                print(f"  done{f' (round {r + 1})' if args.rounds > 1 else ''}: {res['mode']} {res['impl']} "
+                      f"B={res['batch']} L={res['length']} "
+                      + (f"FAILED {res['error']}" if "error" in res else f"{res['sec_per_step']:.3f} s/step"), flush=True)
+        rounds.append(results)
+    print_table(rounds)
     print(f"# load avg {os.getloadavg()[0]:.2f} at end")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(rounds if args.rounds > 1 else rounds[0], indent=2) + "\n")
 
 
 BASELINES = {"train": ("mambapy", "gru", "ref"), "infer": ("mambapy", "gru"),
              "scan": ("cpu-pool", "cpu-torch", "ref", "compile")}
 
 
-def print_table(results: list[dict]) -> None:
-    """One line per configuration; ratios divide seq/s by a baseline's seq/s from this same run."""
+def _same_config(a: dict, b: dict) -> bool:
+    return all(a[k] == b[k] for k in ("mode", "batch", "length", "malloc"))
+
+
+def print_table(rounds: list[list[dict]]) -> None:
+    """One line per configuration; ratios divide seq/s by a baseline's seq/s from this same run
+    (with several rounds: the row's median over rounds, and the median of the per-round ratios)."""
     print(f"\n{'mode':5s} {'impl':9s} {'malloc':7s} {'B':>4s} {'L':>3s} {'s/step':>8s} {'cpu s':>7s} {'seq/s':>8s} "
-          f"{'peak GB':>7s}  ratios of seq/s (same run)")
-    for res in results:
+          f"{'peak GB':>7s}  ratios of seq/s (same run{f', median of {len(rounds)} rounds' if len(rounds) > 1 else ''})")
+    for i, res in enumerate(rounds[0]):
         head = f"{res['mode']:5s} {res['impl']:9s} {res['malloc']:7s} {res['batch']:4d} {res['length']:3d}"
-        if "error" in res:
+        runs = [rnd[i] for rnd in rounds if "error" not in rnd[i]]
+        if not runs:
             print(f"{head}  FAILED: {res['error']}")
             continue
+        res = dict(runs[0], sec_per_step=statistics.median(r["sec_per_step"] for r in runs),
+                   cpu_sec_per_step=statistics.median(r["cpu_sec_per_step"] for r in runs),
+                   peak_rss_gb=max(r["peak_rss_gb"] for r in runs))
+        res["seq_per_s"] = res["batch"] / res["sec_per_step"]
         ratios = []
         for base in BASELINES[res["mode"]]:
-            ref = [r for r in results if r["impl"] == base and "error" not in r and r is not res and all(
-                r[k] == res[k] for k in ("mode", "batch", "length", "malloc"))]
-            if ref:
-                ratios.append(f"{res['seq_per_s'] / ref[0]['seq_per_s']:.2f}x {base}")
+            per_round = [mine["seq_per_s"] / ref["seq_per_s"] for rnd in rounds for mine in [rnd[i]] for ref in rnd
+                         if ref["impl"] == base and ref is not mine and "error" not in ref and "error" not in mine
+                         and _same_config(ref, mine)]
+            if per_round:
+                spread = f" [{min(per_round):.2f}-{max(per_round):.2f}]" if len(per_round) > 1 else ""
+                ratios.append(f"{statistics.median(per_round):.2f}x {base}{spread}")
         if res["mode"] == "scan":
             ratios.append(f"max|err| vs ref {res['max_err_vs_ref']:.1e}, first call {res['first_call_s']:.1f} s")
         if res["impl"] == "cpu" and not res.get("kernel"):

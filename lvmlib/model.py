@@ -118,24 +118,33 @@ class Mamba(nn.Module):
         self.D._no_weight_decay = True
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """(B, L, d_model) -> (B, L, d_model), or (B, 1, d_model) with `last_only`: only the last
+        position's output, which skips the gate branch z, the gating and out_proj at the other L-1
+        positions (the scan still runs over all of them). Same values as `forward(hidden)[:, -1:]`."""
         backend = resolve_backend(self.scan, hidden.device)
-        xz = self.in_proj(hidden)  # (B, L, 2ED)
         A = -torch.exp(self.A_log.float())  # (ED, N)
         if backend == "cuda" and _mamba_ssm_ops()[1] is not None:
-            return _mamba_ssm_ops()[1](  # mamba_inner_fn: conv, projections, scan and gate fused
-                xz.transpose(1, 2), self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
+            out = _mamba_ssm_ops()[1](  # mamba_inner_fn: conv, projections, scan and gate fused
+                self.in_proj(hidden).transpose(1, 2), self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
                 self.dt_proj.weight, self.out_proj.weight, self.out_proj.bias, A, None, None,
                 self.D.float(), delta_bias=self.dt_proj.bias.float(), delta_softplus=True)  # (B, L, d_model)
+            return out[:, -1:] if last_only else out
         # Channels-last throughout: the projections read (B, L, .) rows; the scan takes (B, ED, L) views.
-        x, z = xz.chunk(2, dim=-1)  # (B, L, ED) each
+        if last_only:
+            w_x, w_z = self.in_proj.weight.chunk(2)  # (ED, d_model) each
+            x, z = F.linear(hidden, w_x), F.linear(hidden[:, -1:], w_z)  # (B, L, ED), (B, 1, ED)
+        else:
+            x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, L, ED) each
         x = F.silu(causal_conv1d(x, self.conv1d.weight, self.conv1d.bias))  # (B, L, ED)
         dt, Bm, Cm = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)  # (B, L, ED); its bias is added inside the scan
         y = selective_scan(x.transpose(1, 2), dt.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2),
-                           self.D.float(), z.transpose(1, 2), self.dt_proj.bias.float(),
+                           self.D.float(), None if last_only else z.transpose(1, 2), self.dt_proj.bias.float(),
                            delta_softplus=True, backend=backend)  # (B, ED, L)
-        return self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
+        if last_only:
+            y = y[:, :, -1:] * F.silu(z.transpose(1, 2))  # (B, ED, 1)
+        return self.out_proj(y.transpose(1, 2))  # (B, L or 1, d_model)
 
 
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -162,7 +171,9 @@ class Block(nn.Module):
                            cfg.dt_min, cfg.dt_max, cfg.dt_init_floor, cfg.scan)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        if last_only:  # the last position only (see Mamba.forward)
+            return x[:, -1:] + self.drop(self.mixer(self.norm(x), last_only=True))  # (B, 1, d_model)
         return x + self.drop(self.mixer(self.norm(x)))  # (B, L, d_model)
 
 
@@ -181,14 +192,16 @@ class MambaLVM(nn.Module):
         if self.skip is not None:
             _zero_(self.head)  # step 0 = the skip alone
 
-    def backbone(self, ctx: torch.Tensor) -> torch.Tensor:
+    def backbone(self, ctx: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """(B, L, D) -> (B, L, d_model); with `last_only` (B, 1, d_model): the last layer computes only
+        the last position, the only one the head reads."""
         h = self.input_proj(ctx)  # (B, L, d_model)
-        for layer in self.layers:
-            h = layer(h)  # (B, L, d_model)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, last_only=last_only and i == len(self.layers) - 1)  # (B, L or 1, d_model)
         return h
 
     def forward(self, ctx: torch.Tensor) -> torch.Tensor:
-        out = self.head(self.norm_f(self.backbone(ctx)[:, -1]))  # (B, D')
+        out = self.head(self.norm_f(self.backbone(ctx, last_only=True)[:, -1]))  # (B, D')
         return out if self.skip is None else self.skip(ctx) + out  # (B, D')
 
     def encode_bank(self, vectors: torch.Tensor) -> torch.Tensor:

@@ -106,6 +106,44 @@ def test_model_cpu_matches_ref_backend(length):
     report_and_assert(pairs, f"model cpu/ref L={length}")
 
 
+@pytest.mark.parametrize("backend", ["cpu", "ref"])
+@pytest.mark.parametrize("length", [1, 5, 16])
+def test_last_position_path_matches_the_full_stack(length, backend):
+    """MambaLVM.forward runs its last layer at the last position only (`last_only`): output and every
+    parameter gradient equal reading the full stack's last position."""
+    torch.manual_seed(4)
+    model = build_model(small_cfg(scan=backend), 16)
+    x = torch.randn(3, length, 16)
+
+    def full(ctx):
+        h = model.input_proj(ctx)  # (B, L, d_model)
+        for layer in model.layers:
+            h = layer(h)  # (B, L, d_model)
+        return model.head(model.norm_f(h[:, -1]))  # (B, D)
+
+    o_full, gx_full, gp_full = forward_backward(_Fn(model, full), x)
+    model.zero_grad()
+    o, gx, gp = forward_backward(model, x)
+    pairs = {"out": (o, o_full), "d_input": (gx, gx_full)}
+    pairs.update({f"d_{n}": (gp[n], gp_full[n]) for n in gp_full})
+    assert set(gp) == set(gp_full)
+    report_and_assert(pairs, f"last-only {backend} L={length}")
+
+
+class _Fn(torch.nn.Module):
+    """A module around `fn` whose parameters are `model`'s (for forward_backward)."""
+
+    def __init__(self, model, fn):
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+    def named_parameters(self, *a, **k):
+        return self.model.named_parameters(*a, **k)
+
+
 # --------------------------------------------------------------------------- structure
 def test_parameter_names_and_shapes_are_mamba_ssm_s():
     """mamba_ssm.modules.mamba_simple.Mamba(d_model=32, d_state=8, d_conv=4, expand=2), listed by hand."""
