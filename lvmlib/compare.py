@@ -79,11 +79,12 @@ def load_runs(run_dirs: list[str | Path]) -> list[RunView]:
     runs = [load_run(d) for d in run_dirs]
     if len({r.run_dir for r in runs}) < len(runs):
         raise RunError("compare: the same run directory is given twice")
-    for short in (True, False):  # 'name (abcd)' from the run id's tail, else the whole run id
+    for short in (True, False):  # 'name (abcd)' from a generated id's random tail, else the whole run id
         labels = [r.label for r in runs]
         for r in runs:
             if labels.count(r.label) > 1:
-                r.label = f"{r.label} ({r.run_id[-4:]})" if short else r.run_id
+                tail = re.fullmatch(r"\d{8}-\d{6}-.+-([0-9a-f]{4})", r.run_id)  # runs.new_run_id's form
+                r.label = f"{r.label} ({tail.group(1)})" if short and tail else r.run_id
     return runs
 
 

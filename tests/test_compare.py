@@ -426,3 +426,15 @@ def test_reports_fetch_nothing_from_the_network(tmp_path):
         assert 'href="index.html">home</a>' in text
     assert 'href="t.code.html"><b>show code</b>' in out[0].read_text()
     assert 'href="t.html"><b>hide code</b>' in out[1].read_text()
+
+
+def test_labels_of_same_named_runs_use_the_generated_tail_or_the_whole_run_id(tmp_path):
+    """Two runs of one params file: generated ids give 'name (abcd)'; ids chosen by hand (--run-id
+    w1000-dropfirst) are shown whole, never cut to a meaningless tail such as 'irst'."""
+    root = tmp_path / "runs"
+    dirs = [make_run(root, rid, "params/study_v2.yaml", 0.1, 0.4, [0.4], seed=i)
+            for i, rid in enumerate(["20261203-072303-v2-0447", "20261203-072400-v2-9f1c",
+                                     "w1000-dropfirst", "w1000-droplast"])]
+    labels = [r.label for r in compare.load_runs(dirs)]
+    name = labels[0].split(" (")[0]
+    assert labels == [f"{name} (0447)", f"{name} (9f1c)", "w1000-dropfirst", "w1000-droplast"]
