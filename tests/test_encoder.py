@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lvmlib import encoder
+from lvmlib import backends, encoder
 from lvmlib.config import ConfigError, load_config
 from lvmlib.corpus import DataError
 
@@ -49,7 +49,7 @@ def test_export_is_cached_and_reused(tmp_path, monkeypatch):
 
     def no_export(*a, **k):
         raise AssertionError("exported again")
-    monkeypatch.setattr(encoder, "_export_onnx", no_export)
+    monkeypatch.setattr(backends, "_export_onnx", no_export)
     again = encoder.Encoder(encoder.BUNDLED_ENCODER, 256, backend="openvino-f32", cache_dir=tmp_path).encode(TEXTS[:2])
     np.testing.assert_allclose(again, first, atol=1e-6)
 
