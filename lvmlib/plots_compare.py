@@ -209,7 +209,7 @@ def format_summary(rows: list[dict[str, Any]]):
     for r in rows:
         ci = r.get("recall_at_5_ci") or (math.nan, math.nan)
         out.append({"run": r["run"], "loss": r["recipe"], "status": r["status"], "epochs": r["epochs"],
-                    "epoch-2 val cos": _fmt(r["gate_val_cosine"]), "gate": _fmt(r["gate_decision"]),
+                    "gate val cos": _fmt(r["gate_val_cosine"]), "gate": _fmt(r["gate_decision"]),
                     "R@5 (95% CI)": _fmt(r["recall_at_5"], "pct") + _ci_short(tuple(ci)),
                     "cosine": _fmt(r["pred_target_cosine"]),
                     "Phase 1": _fmt(r["phase1_decision"]),
@@ -274,7 +274,7 @@ def format_gates(rows: list[dict[str, Any]]):
     """`compare.gates_rows` as HTML: numbers rounded, the whole reason shown (pandas would cut it)."""
     import pandas as pd
     from IPython.display import HTML
-    out = [{"run": r["run"], "epoch-2 val cos": _fmt(r["gate_val_cosine"]), "bar": _fmt(r["threshold"]),
+    out = [{"run": r["run"], "gate val cos": _fmt(r["gate_val_cosine"]), "bar": _fmt(r["threshold"]),
             "passed": _fmt(r["passed"]), "decision": _fmt(r["decision"]),
             "tree in loop": {True: "on", False: "off (judged, not enforced)"}.get(r["tree_in_loop"], "—"),
             "epochs": r["epochs_trained"], "final val cos": _fmt(r["final_val_cosine"]),
