@@ -27,17 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-BACKENDS = ("torch", "openvino", "openvino-f32", "onnx", "onnx-int8")
 COS_BAR, R5_BAR = 0.99, 0.5
 
-
-def table(title: str, header: list[str], rows: list[list]) -> None:
-    print(f"\n## {title}")
-    w = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    print("| " + " | ".join(str(h).ljust(n) for h, n in zip(header, w)) + " |")
-    print("|" + "|".join("-" * (n + 2) for n in w) + "|")
-    for r in rows:
-        print("| " + " | ".join(str(x).ljust(n) for x, n in zip(r, w)) + " |")
+from bench_data import table  # noqa: E402  (the benchmarks' one markdown-table printer)
+from lvmlib.config import ENCODER_BACKENDS as BACKENDS  # noqa: E402
 
 
 def sample_texts(n: int) -> list[str]:
