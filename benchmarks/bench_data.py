@@ -1,11 +1,17 @@
-"""Data-stage benchmarks: embedding throughput, warm-cache re-run of 01_data, ingestion memory.
+"""Data-stage benchmarks: embedding throughput, warm-cache re-run of 01_data, the data stage at corpus
+scale, ingestion memory.
 
     .venv/bin/python benchmarks/bench_data.py            # everything (needs a warm default cache for "warm")
-    .venv/bin/python benchmarks/bench_data.py --only embed,warm,memory
+    .venv/bin/python benchmarks/bench_data.py --only scale [--backend auto]   # ~10 min on 2 cores
 
 Prints one table per part, each with a baseline measured in the same run:
 - embed: MiniLM chunks/s, length-sorted batches (what lvmlib.data does) vs batches in corpus order;
 - warm: prepare_data on the default corpus with a warm embedding cache, and 01_data.ipynb via papermill;
+- scale: prepare_data on the dev corpus (1,000 articles, ~105K chunks) with the real encoder and
+  `data.encoder_backend` (default: the kit's `auto`), cold (an empty cache: chunking, the ONNX export,
+  every chunk encoded) then warm (the same cache) in fresh processes: seconds of each step
+  (summary.json `seconds`: corpus read + sentence split + chunk, split + dedup, windows, embedding,
+  audit, statistics), peak RSS and peak anonymous memory;
 - memory: peak RSS of prepare_data on the dev corpus (../shared/corpora/wiki_dev_1000.jsonl.gz) at
   growing sizes, float32 vs float16 store, each in a fresh process. The encoder there is a hash-based
   stand-in (384-D), so the numbers are the pipeline's own memory; the model adds a constant (see table).
@@ -111,6 +117,7 @@ t0 = time.perf_counter()
 s = data.prepare_data(cfg, sys.argv[2], progress=False)
 print(json.dumps({"chunks": s["counts"]["chunks"], "windows": s["counts"]["windows"],
                   "encoded": s["embedding"]["encoded"], "seconds": time.perf_counter() - t0,
+                  "steps": s["seconds"], "backend": s["embedding"].get("encoder_backend"),
                   "peak_rss_mb": peak_rss_mb(), "peak_anon_mb": peak_anon_mb()}))
 """
 # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across fork+exec, so a child would report its parent's peak.
@@ -137,11 +144,34 @@ CHILD = PEAK + CHILD
 
 
 def _child(overrides: list[str], run_dir: Path, encoder: str) -> dict:
+    if encoder == "hash":  # the stand-in replaces the torch model; the exported backends would not see it
+        overrides = overrides + ["data.encoder_backend=torch"]
     r = subprocess.run([sys.executable, "-c", CHILD, json.dumps(overrides), str(run_dir), encoder],
                        cwd=ROOT, capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(r.stderr[-3000:])
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+STEPS = ["corpus", "split_dedup", "windows", "write_texts", "embedding", "write_arrays", "audit", "statistics"]
+
+
+def bench_scale(backend: str) -> None:
+    """Cold then warm prepare_data on the dev corpus with the real encoder, each in a fresh process."""
+    if not DEV.is_file():
+        print(f"\n## Data stage at corpus scale: skipped (dev corpus not found at {DEV})")
+        return
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        ov = ["data.source=jsonl", f"data.path={DEV}", f"data.cache_dir={tmp}/cache", f"data.encoder_backend={backend}"]
+        for kind in ("cold", "warm"):
+            res = _child(ov, Path(tmp) / f"run-{kind}", "real")
+            st = res["steps"]
+            rows.append([f"{kind} ({res['backend']})", f"{res['seconds']:.0f}", *(f"{st.get(k, 0):.1f}" for k in STEPS),
+                         res["chunks"], res["encoded"], f"{res['peak_rss_mb']:.0f}", f"{res['peak_anon_mb']:.0f}"])
+    table(f"Data stage on the dev corpus ({DEV.name}), data.encoder_backend={backend}, "
+          f"{os.cpu_count()} cores; cold = empty cache, warm = the same cache again (seconds per step)",
+          ["run", "total s", *STEPS, "chunks", "encoded", "peak RSS MB", "peak anon MB"], rows)
 
 
 def bench_memory(sizes: list[int]) -> None:
@@ -178,7 +208,8 @@ def bench_memory(sizes: list[int]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="embed,warm,memory")
+    ap.add_argument("--only", default="embed,warm,scale,memory")
+    ap.add_argument("--backend", default="auto", help="data.encoder_backend of the scale part (default: auto)")
     ap.add_argument("--sizes", default="125,250,500,1000")
     args = ap.parse_args()
     parts = args.only.split(",")
@@ -186,6 +217,8 @@ def main() -> None:
         bench_embed()
     if "warm" in parts:
         bench_warm()
+    if "scale" in parts:
+        bench_scale(args.backend)
     if "memory" in parts:
         bench_memory([int(x) for x in args.sizes.split(",")])
 

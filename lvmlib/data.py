@@ -150,6 +150,18 @@ def _stage_vectors(cfg: DataConfig, stage: Path) -> _Staged:
 
 
 # --------------------------------------------------------------------------- the stage
+class _Steps:
+    """Wall seconds of each data-stage step: `done(name)` closes the step that started at the last call."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._t = time.time()
+
+    def done(self, name: str) -> None:
+        now = time.time()
+        self.seconds[name] = round(now - self._t, 2)
+        self._t = now
+
 
 
 def prepare_data(cfg: Config, run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
@@ -218,15 +230,18 @@ def publish_dir(stage: Path, out: Path) -> None:
 def _prepare(cfg: Config, stage: Path, progress: bool) -> dict[str, Any]:
     d, K = cfg.data, cfg.data.context_len
     t0 = time.time()
+    steps = _Steps()  # seconds of each step, in summary.json (benchmarks/bench_data.py prints them)
     staged = _stage_vectors(d, stage) if d.source == "vectors" else _stage_text(d, stage, progress)
-    t_corpus = time.time() - t0
+    steps.done("corpus")  # read + sentence-split + chunk (or the chunk cache) + text digests
     art_split = split_articles(staged.n_chunks, d)
     row_split = art_split[staged.keys[:, 0]]
     keep = dedup_across_splits(staged.digests, row_split) if d.dedup else np.ones(len(row_split), bool)
     keys, digests, split = staged.keys[keep], staged.digests[keep], row_split[keep]
+    steps.done("split_dedup")
     n_chunks = np.bincount(keys[:, 0], minlength=len(staged.titles))
     ctx, tgt, wsplit = build_windows(keys, split, K)
     ctx, tgt, wsplit = limit_train_articles(ctx, tgt, wsplit, keys, d)
+    steps.done("windows")
     if len(tgt) == 0:
         raise DataError(f"{d.path or d.source}: no article reaches K+1 = {K + 1} chunks (data.context_len={K}; "
                         f"the longest of {len(n_chunks)} articles has {int(n_chunks.max())})")
@@ -246,14 +261,14 @@ def _prepare(cfg: Config, stage: Path, progress: bool) -> dict[str, Any]:
             if k:
                 out.write(line)
     staged.texts_path.unlink()
+    steps.done("write_texts")
     dtype = np.float16 if d.store_float16 else np.float32
-    t1 = time.time()
     if staged.vectors is not None:
         atomic_save_npy(stage / "bank_vectors.npy", staged.vectors[keep].astype(dtype))
         embed = {"encoded": 0, "cache_hits": 0, "d_vec": staged.vectors.shape[1], "chunks_per_s": None}
     else:
         embed = embed_bank(d, digests, stage / "bank_texts.jsonl", stage / "bank_vectors.npy", dtype, progress)
-    t_embed = time.time() - t1
+    steps.done("embedding")
     atomic_save_npy(stage / "bank_keys.npy", keys)
     atomic_save_npy(stage / "bank_split.npy", split.astype(np.int8))
     per_art_windows = np.bincount(keys[tgt, 0], minlength=len(staged.titles))
@@ -266,10 +281,15 @@ def _prepare(cfg: Config, stage: Path, progress: bool) -> dict[str, Any]:
     atomic_write_json(stage / "articles.json", articles)
     atomic_save_npz(stage / "windows.npz", context_idx=ctx, target_idx=tgt, split=wsplit)
     D = int(np.load(stage / "bank_vectors.npy", mmap_mode="r").shape[1])
+    steps.done("write_arrays")
     audit = audit_leakage(stage, require_no_shared_text=d.dedup)
+    steps.done("audit")
     prep = Prepared(stage, _staging=True)
     words = chunk_word_counts(prep)
     pairs = pair_cosines(prep, n=5000, seed=d.split_seed)
+    trivial = trivial_predictors(prep)
+    copy_last = {s: copy_last_retrieval(prep, s, seed=d.split_seed) for s in ("val", "test")}
+    steps.done("statistics")
     counts = {
         **staged.counts, "articles": len(staged.titles), "articles_short": int((n_chunks < K + 1).sum()),
         "chunks": int(len(keys)), "windows": int(len(tgt)),
@@ -286,12 +306,10 @@ def _prepare(cfg: Config, stage: Path, progress: bool) -> dict[str, Any]:
                         "p5": float(np.percentile(words, 5)), "p95": float(np.percentile(words, 95)),
                         "min": int(words.min()), "max": int(words.max())},
         "audit": audit,
-        "trivial": trivial_predictors(prep),
-        "copy_last_retrieval": {s: copy_last_retrieval(prep, s, seed=d.split_seed) for s in ("val", "test")},
+        "trivial": trivial, "copy_last_retrieval": copy_last,
         "adjacent_cosine": float(pairs["adjacent"].mean()), "random_pair_cosine": float(pairs["random"].mean()),
         "embedding": embed,
-        "seconds": {"corpus": round(t_corpus, 2), "embedding": round(t_embed, 2),
-                    "total": round(time.time() - t0, 2)},
+        "seconds": {**steps.seconds, "total": round(time.time() - t0, 2)},
     }
     atomic_write_json(stage / "summary.json", summary)
     return summary

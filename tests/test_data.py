@@ -112,6 +112,10 @@ def test_prepare_data_files_shapes_and_windows(tmp_path, fake_encoder):
     audit = summary["audit"]
     assert audit["passed"] and audit["shared_across_splits"] == 0
     assert set(summary["trivial"]) == set(data.SPLITS)
+    steps = summary["seconds"]  # every step of the stage timed (bench_data.py prints them), none twice
+    assert list(steps) == ["corpus", "split_dedup", "windows", "write_texts", "embedding", "write_arrays", "audit",
+                           "statistics", "total"]
+    assert all(v >= 0 for v in steps.values()) and sum(steps.values()) - steps["total"] <= steps["total"] + 0.05
 
 
 def test_split_by_article_seeded_and_stratified(tmp_path):
