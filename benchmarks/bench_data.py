@@ -153,9 +153,6 @@ def _child(overrides: list[str], run_dir: Path, encoder: str) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-STEPS = ["corpus", "split_dedup", "windows", "write_texts", "embedding", "write_arrays", "audit", "statistics"]
-
-
 def bench_scale(backend: str) -> None:
     """Cold then warm prepare_data on the dev corpus with the real encoder, each in a fresh process."""
     if not DEV.is_file():
@@ -166,12 +163,12 @@ def bench_scale(backend: str) -> None:
         ov = ["data.source=jsonl", f"data.path={DEV}", f"data.cache_dir={tmp}/cache", f"data.encoder_backend={backend}"]
         for kind in ("cold", "warm"):
             res = _child(ov, Path(tmp) / f"run-{kind}", "real")
-            st = res["steps"]
-            rows.append([f"{kind} ({res['backend']})", f"{res['seconds']:.0f}", *(f"{st.get(k, 0):.1f}" for k in STEPS),
+            steps = [k for k in res["steps"] if k != "total"]  # the data stage's own step names, in order
+            rows.append([f"{kind} ({res['backend']})", f"{res['seconds']:.0f}", *(f"{res['steps'][k]:.1f}" for k in steps),
                          res["chunks"], res["encoded"], f"{res['peak_rss_mb']:.0f}", f"{res['peak_anon_mb']:.0f}"])
     table(f"Data stage on the dev corpus ({DEV.name}), data.encoder_backend={backend}, "
           f"{os.cpu_count()} cores; cold = empty cache, warm = the same cache again (seconds per step)",
-          ["run", "total s", *STEPS, "chunks", "encoded", "peak RSS MB", "peak anon MB"], rows)
+          ["run", "total s", *steps, "chunks", "encoded", "peak RSS MB", "peak anon MB"], rows)
 
 
 def bench_memory(sizes: list[int]) -> None:

@@ -22,18 +22,15 @@ from lvmlib import metrics as mt
 from lvmlib.checkpoint import load_checkpoint
 from lvmlib.data import load_prepared
 from lvmlib.evaluate import predict
+from lvmlib.losses import bank_info_nce
 
 
 def bank_infonce(Q: np.ndarray, T: torch.Tensor, bank: torch.Tensor, tau: float, block: int = 500) -> float:
-    """Mean -log softmax of the true target among [target, every train chunk]; rows L2-normalised."""
-    Q = torch.from_numpy(mt.l2_normalize(Q))
-    out = []
-    for s in range(0, len(Q), block):
-        q, t = Q[s:s + block], T[s:s + block]
-        pos = (q * t).sum(-1) / tau  # (b)
-        lse = torch.logsumexp(torch.cat([pos[:, None], q @ bank.T / tau], 1), 1)  # (b)
-        out.append(lse - pos)
-    return float(torch.cat(out).mean())
+    """Mean bank InfoNCE (`lvmlib.losses.bank_info_nce`, the training loss) in blocks of queries."""
+    Q = torch.from_numpy(Q)
+    total = sum(float(bank_info_nce(Q[s:s + block], T[s:s + block], bank, 1.0 / tau)) * len(Q[s:s + block])
+                for s in range(0, len(Q), block))
+    return total / len(Q)
 
 
 def main() -> None:
