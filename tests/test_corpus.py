@@ -239,3 +239,23 @@ def test_default_corpus_chunk_count_near_the_reference():
     the reference sections (See also, References, ...) — see docs/data.md for the difference."""
     n = sum(len(c) for _, c in corpus.iter_chunked(DataConfig()))
     assert 17_500 <= n <= 19_500, n
+
+
+def test_parallel_chunking_equals_one_process(tmp_path):
+    """data.chunk_workers > 1 splits sentences in a process pool: same chunks, same order, same
+    over-long-paragraph counts as one process; a malformed line still fails naming it."""
+    long_para = " ".join(f"Sentence number {i} of the long paragraph is here." for i in range(700))  # > 5,000 chars
+    recs = [{"title": f"T{i}", "paragraphs": [f"Dr. Smith met Mr. Jones {i} times. They talked about it at length.",
+                                               "Short. " * (i % 4) + "A closing sentence with enough words here.",
+                                               *([long_para] if i % 7 == 0 else [])]} for i in range(30)]
+    p = _write_jsonl(tmp_path / "c.jsonl", recs)
+    runs = {}
+    for w in (1, 3):
+        st = corpus.ChunkStats()
+        runs[w] = (list(corpus.iter_chunked(DataConfig(source="jsonl", path=str(p), min_words=5, chunk_workers=w), st)),
+                   st.long_paragraphs, st.long_paragraph_chars)
+    assert runs[3] == runs[1]
+    assert runs[1][1] == 5 and len(runs[1][0]) == 30
+    p.write_text(p.read_text() + "{not json\n")
+    with pytest.raises(CorpusError, match="c.jsonl.*31"):
+        list(corpus.iter_chunked(DataConfig(source="jsonl", path=str(p), min_words=5, chunk_workers=2)))
