@@ -3,8 +3,10 @@ scale, ingestion memory.
 
     .venv/bin/python benchmarks/bench_data.py            # everything (needs a warm default cache for "warm")
     .venv/bin/python benchmarks/bench_data.py --only scale [--backend auto]   # ~10 min on 2 cores
+    .venv/bin/python benchmarks/bench_data.py --only chunking                 # ~1 min
 
 Prints one table per part, each with a baseline measured in the same run:
+- chunking: the default corpus chunked cold with one sentence-splitting process per core vs one;
 - embed: MiniLM chunks/s, length-sorted batches (what lvmlib.data does) vs batches in corpus order;
 - warm: prepare_data on the default corpus with a warm embedding cache, and 01_data.ipynb via papermill;
 - scale: prepare_data on the dev corpus (1,000 articles, ~105K chunks) with the real encoder and
@@ -40,6 +42,26 @@ def table(title: str, header: list[str], rows: list[list]) -> None:
     print("|" + "|".join("-" * (n + 2) for n in w) + "|")
     for r in rows:
         print("| " + " | ".join(str(x).ljust(n) for x, n in zip(r, w)) + " |")
+
+
+def bench_chunking() -> None:
+    """Cold chunking of the default corpus (read + clean + sentence split + group, no cache) with
+    `data.chunk_workers` = one per core vs 1, same process, same chunks."""
+    import dataclasses
+
+    from lvmlib import corpus
+    from lvmlib.config import DataConfig
+    rows, out = [], {}
+    for w in (corpus.chunk_workers(DataConfig()), 1):
+        cfg = dataclasses.replace(DataConfig(), chunk_workers=w)
+        t0 = time.perf_counter()
+        out[w] = list(corpus.iter_chunked(cfg))
+        rows.append([w, sum(len(c) for _, c in out[w]), f"{time.perf_counter() - t0:.1f}"])
+    same = len(set(map(lambda v: json.dumps(v), out.values()))) == 1
+    rows[0].append(f"{float(rows[1][2]) / float(rows[0][2]):.2f}x")
+    rows[1].append("1.00x (baseline)")
+    table(f"Chunking the default corpus cold ({len(out[1])} articles; same chunks: {same})",
+          ["chunk_workers", "chunks", "seconds", "vs 1 worker"], rows)
 
 
 def bench_embed(n: int = 1024) -> None:
@@ -205,11 +227,13 @@ def bench_memory(sizes: list[int]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="embed,warm,scale,memory")
+    ap.add_argument("--only", default="chunking,embed,warm,scale,memory")
     ap.add_argument("--backend", default="auto", help="data.encoder_backend of the scale part (default: auto)")
     ap.add_argument("--sizes", default="125,250,500,1000")
     args = ap.parse_args()
     parts = args.only.split(",")
+    if "chunking" in parts:
+        bench_chunking()
     if "embed" in parts:
         bench_embed()
     if "warm" in parts:
