@@ -127,7 +127,14 @@ def _export(enc: Encoder, d: Path) -> Path:
 
 
 def load_runner(enc: Encoder, d: Path):
-    """(input_ids, attention_mask) int64 (b, t) -> (b, t, H) float32 through the backend's runtime."""
+    """A runner: an iterable of (key, input_ids, attention_mask) int64 (b, t) batches -> yields
+    (key, (b, t, H) float32 token states), in any order, through the backend's runtime.
+
+    OpenVINO runs with its THROUGHPUT hint and as many infer requests in flight as it recommends
+    (`OPTIMAL_NUMBER_OF_INFER_REQUESTS`: 2 on 2 cores), so tokenising the next batch overlaps the
+    inference of the previous ones; a new batch waits for the oldest request when all are busy, so at
+    most that many batches are in flight (~1.2x its LATENCY mode on this machine, docs/data.md).
+    onnxruntime runs one batch at a time."""
     path = _export(enc, d)
     import torch
     threads = torch.get_num_threads()
@@ -136,11 +143,41 @@ def load_runner(enc: Encoder, d: Path):
         precision = "f32" if enc.backend == "openvino-f32" else openvino_precision()
         core = ov.Core()
         compiled = core.compile_model(core.read_model(str(path)), "CPU", {
-            "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
-        return lambda ids, mask: compiled({"input_ids": ids, "attention_mask": mask})[0]
+            "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_NUM_THREADS": threads})
+        n_requests = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+
+        def run_openvino(batches):
+            # Plain infer requests, no Python callback: OpenVINO's threads never need the GIL, so nothing
+            # can deadlock against this thread (AsyncInferQueue's callbacks did, intermittently).
+            from collections import deque
+            free = [compiled.create_infer_request() for _ in range(n_requests)]
+            busy: deque = deque()  # (key, request) in start order
+
+            def finish():
+                key, req = busy.popleft()
+                req.wait()
+                free.append(req)
+                return key, req.get_output_tensor(0).data.copy()
+            try:
+                for key, ids, mask in batches:
+                    if not free:
+                        yield finish()
+                    req = free.pop()
+                    req.start_async({"input_ids": ids, "attention_mask": mask})
+                    busy.append((key, req))
+                while busy:
+                    yield finish()
+            finally:
+                for _, req in busy:  # an abandoned run: let the requests finish before they are freed
+                    req.wait()
+        return run_openvino
     ort = _require("onnxruntime", enc.backend)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.log_severity_level = 3
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return lambda ids, mask: sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+
+    def run_onnxruntime(batches):
+        for key, ids, mask in batches:
+            yield key, sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    return run_onnxruntime

@@ -62,7 +62,7 @@ class Encoder:
         self.backend = resolve_backend(backend)
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
         self._model = None
-        self._run = None  # exported backends: (input_ids, attention_mask) int64 (b, t) -> (b, t, H) float32
+        self._run = None  # exported backends: batches (key, input_ids, attention_mask) -> (key, (b, t, H) float32)
 
     @property
     def model_id(self) -> str:
@@ -98,18 +98,27 @@ class Encoder:
         model = self.model()
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths share a batch: less padding
-        run = None if self.backend == "torch" else self._runner()
-        for s in range(0, len(texts), self.batch_size):
-            idx = order[s:s + self.batch_size]
-            batch = [texts[i] for i in idx]
-            if run is None:
-                out[idx] = model.encode(batch, batch_size=self.batch_size, convert_to_numpy=True,
+        starts = range(0, len(texts), self.batch_size)
+        if self.backend == "torch":
+            for s in starts:
+                idx = order[s:s + self.batch_size]
+                out[idx] = model.encode([texts[i] for i in idx], batch_size=self.batch_size, convert_to_numpy=True,
                                         normalize_embeddings=True, show_progress_bar=False)
-            else:
-                tok = model.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length,
-                                      return_tensors="np")
-                mask = tok["attention_mask"].astype(np.int64)  # (b, t)
-                out[idx] = self._pool(run(tok["input_ids"].astype(np.int64), mask), mask)
+                if progress is not None:
+                    progress.update(len(idx))
+            return out
+        masks: dict[int, np.ndarray] = {}
+
+        def batches():  # tokenised lazily: the runner pulls the next batch while earlier ones run
+            for s in starts:
+                tok = model.tokenizer([texts[i] for i in order[s:s + self.batch_size]], padding=True,
+                                      truncation=True, max_length=self.max_length, return_tensors="np")
+                masks[s] = tok["attention_mask"].astype(np.int64)  # (b, t)
+                yield s, tok["input_ids"].astype(np.int64), masks[s]
+
+        for s, hidden in self._runner()(batches()):
+            idx = order[s:s + self.batch_size]
+            out[idx] = self._pool(hidden, masks.pop(s))
             if progress is not None:
                 progress.update(len(idx))
         return out
