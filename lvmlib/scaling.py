@@ -158,6 +158,11 @@ def verdict(table) -> dict[str, Any]:
         if cross is not None and not beats:
             where = "inside the measured range" if cross <= sizes[-1] else "by extrapolation"
             text += f" The fitted trend (a + b log10 N) reaches {best_name} at about {cross:,.0f} articles ({where})."
+            if cross <= sizes[-1]:  # the line says "already there", the measured point says "not beaten"
+                at_last = fit[0] + fit[1] * math.log10(sizes[-1])
+                text += (f" The measured point at {sizes[-1]:,} ({fmt.format(m_last)}) lies below that line "
+                         f"({fmt.format(at_last)}): the curve bends under its log-linear trend, so the trend "
+                         "does not say at what size the model would beat it.")
         elif fit is not None and fit[1] <= 0 and not beats:
             text += " The fitted trend is flat or falling: more articles of this kind would not close the gap."
         out["metrics"][metric] = {"best_constant_baseline": best_name, "baseline_level": level, "model_last": m_last,

@@ -57,6 +57,16 @@ def test_verdict_says_where_the_trend_crosses():
     assert cos["best_constant_baseline"] == "context_mean" and not cos["beats_at_largest"]
 
 
+def test_verdict_when_the_trend_crosses_inside_but_the_last_point_ties():
+    """The dev corpus's round-2 cosine: the log-linear line passes context_mean inside the measured range,
+    the measured 800-article point only ties it -> the verdict says the curve bends under its trend."""
+    v = scaling.verdict(_table([0.10, 0.15, 0.20], [0.42, 0.48, 0.49]))
+    cos = v["metrics"]["cosine"]
+    assert not cos["beats_at_largest"] and cos["crossing_articles"] < 800
+    assert "inside the measured range" in v["text"][1] and "bends under its log-linear trend" in v["text"][1]
+    assert "bends" not in v["text"][0]  # R@5 crosses by extrapolation: no such sentence
+
+
 def test_verdict_when_the_model_wins_and_when_it_falls():
     v = scaling.verdict(_table([0.22, 0.27, 0.31], [0.47, 0.50, 0.53]))
     assert v["metrics"]["recall_at_5"]["beats_at_largest"] and "beats copy_last at 800" in v["text"][0]
