@@ -573,7 +573,8 @@ def test_a_huge_paragraph_is_cut_into_bounded_pieces_and_counted(tmp_path, monke
     real = seg.segment
     monkeypatch.setattr(seg, "segment", lambda text: (seen.append(len(text)), real(text))[1])
     cfg = load_config(None, ["data.source=jsonl", f"data.path={path}", "data.min_words=5",
-                             f"data.cache_dir={tmp_path / 'cache'}"]).data
+                             f"data.cache_dir={tmp_path / 'cache'}",
+                             "data.chunk_workers=1"]).data  # the splitter watched here is this process's
     ticks = []
     for attempt in range(2):  # chunked, then replayed from the chunk cache
         stage = tmp_path / f"stage{attempt}"
