@@ -99,14 +99,6 @@ class Encoder:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths share a batch: less padding
         starts = range(0, len(texts), self.batch_size)
-        if self.backend == "torch":
-            for s in starts:
-                idx = order[s:s + self.batch_size]
-                out[idx] = model.encode([texts[i] for i in idx], batch_size=self.batch_size, convert_to_numpy=True,
-                                        normalize_embeddings=True, show_progress_bar=False)
-                if progress is not None:
-                    progress.update(len(idx))
-            return out
         masks: dict[int, np.ndarray] = {}
 
         def batches():  # tokenised lazily: the runner pulls the next batch while earlier ones run
@@ -116,9 +108,15 @@ class Encoder:
                 masks[s] = tok["attention_mask"].astype(np.int64)  # (b, t)
                 yield s, tok["input_ids"].astype(np.int64), masks[s]
 
-        for s, hidden in self._runner()(batches()):
+        if self.backend == "torch":
+            vectors = ((s, model.encode([texts[i] for i in order[s:s + self.batch_size]], batch_size=self.batch_size,
+                                        convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False))
+                       for s in starts)
+        else:
+            vectors = ((s, self._pool(hidden, masks.pop(s))) for s, hidden in self._runner()(batches()))
+        for s, v in vectors:  # (b, D) unit vectors of the batch starting at sorted position s
             idx = order[s:s + self.batch_size]
-            out[idx] = self._pool(hidden, masks.pop(s))
+            out[idx] = v
             if progress is not None:
                 progress.update(len(idx))
         return out
