@@ -53,6 +53,10 @@ class DataConfig:
     train_articles: int = 0  # 0 = every train article; else train on the first N of a seeded order of them (val,
     # test and the bank stay those of the whole corpus, so a scaling curve has fixed held-out articles)
     dedup: bool = True  # drop exact-duplicate chunk texts that appear in more than one split
+    # A second JSONL corpus whose articles all go to the TRAIN split (never val/test): grows the training set
+    # while the main corpus's split (its val and test articles) stays exactly as without it. "" = none.
+    extra_train_path: str = ""
+    extra_train_articles: int = 0  # 0 = every article of extra_train_path; else its first N
 
 
 @dataclass
@@ -200,6 +204,7 @@ MINIMUMS = {
     "data.min_words": (1, None),
     "data.max_articles": (0, 'must be >= 0 (0 = all)'),
     "data.train_articles": (0, 'must be >= 0 (0 = every train article)'),
+    "data.extra_train_articles": (0, 'must be >= 0 (0 = every article of data.extra_train_path)'),
     "data.encode_batch_size": (1, None),
     "model.dt_rank": (0, 'must be >= 0 (0 = auto)'),
     "loss.false_negative_window": (0, None),
@@ -284,6 +289,9 @@ def validate(cfg: Config, where: str) -> None:
     d, m, lo, t, g, e = cfg.data, cfg.model, cfg.loss, cfg.train, cfg.gates, cfg.eval
     if d.source in ("jsonl", "mediawiki_dump", "vectors") and not d.path:
         bad("data.path", f"data.source '{d.source}' needs a file path")
+    if d.extra_train_path and d.source == "vectors":
+        bad("data.extra_train_path", "needs a text source (chunks are embedded like the main corpus's), "
+                                     "not data.source 'vectors'")
     if d.max_words < d.min_words:
         bad("data.max_words", f"must be >= data.min_words ({d.min_words})")
     for k in ("train_frac", "val_frac", "test_frac"):

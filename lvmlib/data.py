@@ -21,7 +21,7 @@ import os
 import shutil
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +53,12 @@ class _Staged:
     vectors: np.ndarray | None = None  # (M, D) for the vectors source
     counts: dict[str, int] = field(default_factory=dict)
     source_ids: list[int] | None = None  # vectors source: the file's article ids (ours are 0..A-1)
+    n_extra: int = 0  # the last n_extra articles come from data.extra_train_path: train split only
 
 
 def _stage_text(cfg: DataConfig, stage: Path, progress: bool) -> _Staged:
+    """The main corpus, then `data.extra_train_path`'s articles (train only: `_Staged.n_extra` of them,
+    last in article order)."""
     keys, digests, titles, n_chunks = [], [], [], []
     empty = 0
     texts_path = stage / "all_texts.jsonl"
@@ -65,29 +68,41 @@ def _stage_text(cfg: DataConfig, stage: Path, progress: bool) -> _Staged:
         bar.set_postfix_str(f"long paragraph: piece {done}/{total}", refresh=False)
         bar.update(0)
     stats = ChunkStats(on_piece=on_piece)
+    sources = [cfg]
+    if cfg.extra_train_path:
+        sources.append(replace(cfg, source="jsonl", path=cfg.extra_train_path, max_articles=cfg.extra_train_articles))
+    n_main = 0
     with open(texts_path, "w", encoding="utf-8") as out:
-        for title, chunks in iter_chunked_cached(cfg, cache_root(cfg), stats):
-            bar.update(1)
-            if not chunks:
-                empty += 1
-                continue
-            a = len(titles)
-            titles.append(title)
-            n_chunks.append(len(chunks))
-            keys.append(np.stack([np.full(len(chunks), a), np.arange(len(chunks))], axis=1))
-            digests.append(text_digests(chunks))
-            for c in chunks:
-                out.write(json.dumps(c, ensure_ascii=False) + "\n")
+        for i, src in enumerate(sources):
+            before = len(titles)
+            for title, chunks in iter_chunked_cached(src, cache_root(cfg), stats):
+                bar.update(1)
+                if not chunks:
+                    empty += 1
+                    continue
+                a = len(titles)
+                titles.append(title)
+                n_chunks.append(len(chunks))
+                keys.append(np.stack([np.full(len(chunks), a), np.arange(len(chunks))], axis=1))
+                digests.append(text_digests(chunks))
+                for c in chunks:
+                    out.write(json.dumps(c, ensure_ascii=False) + "\n")
+            if len(titles) == before:
+                bar.close()
+                where = src.path or src.source
+                key = " (data.extra_train_path)" if i else ""
+                raise DataError(f"{where}{key}: empty corpus — no article produced a chunk "
+                                f"({empty} articles read, data.min_words={cfg.min_words})")
+            if i == 0:
+                n_main = len(titles)
     bar.close()
-    if not titles:
-        where = cfg.path or cfg.source
-        raise DataError(f"{where}: empty corpus — no article produced a chunk "
-                        f"({empty} articles read, data.min_words={cfg.min_words})")
     return _Staged(np.concatenate(keys).astype(np.int64), np.concatenate(digests), titles,
                    np.asarray(n_chunks), texts_path, counts={"articles_read": len(titles) + empty,
                                                              "articles_empty": empty,
+                                                             "extra_train_articles": len(titles) - n_main,
                                                              "paragraphs_cut": stats.long_paragraphs,
-                                                             "paragraphs_cut_chars": stats.long_paragraph_chars})
+                                                             "paragraphs_cut_chars": stats.long_paragraph_chars},
+                   n_extra=len(titles) - n_main)
 
 
 def _stage_vectors(cfg: DataConfig, stage: Path) -> _Staged:
@@ -233,9 +248,14 @@ def _prepare(cfg: Config, stage: Path, progress: bool) -> dict[str, Any]:
     steps = _Steps()  # seconds of each step, in summary.json (benchmarks/bench_data.py prints them)
     staged = _stage_vectors(d, stage) if d.source == "vectors" else _stage_text(d, stage, progress)
     steps.done("corpus")  # read + sentence-split + chunk (or the chunk cache) + text digests
-    art_split = split_articles(staged.n_chunks, d)
+    n_main = len(staged.titles) - staged.n_extra
+    # the main corpus is split exactly as without extra articles; those are all train
+    art_split = np.concatenate([split_articles(staged.n_chunks[:n_main], d), np.zeros(staged.n_extra, np.int8)])
     row_split = art_split[staged.keys[:, 0]]
-    keep = dedup_across_splits(staged.digests, row_split) if d.dedup else np.ones(len(row_split), bool)
+    extra_row = staged.keys[:, 0] >= n_main
+    # a text the main corpus has (in any split) is dropped from the extra articles, never from val/test
+    keep = (dedup_across_splits(staged.digests, np.where(extra_row, 3, row_split).astype(np.int8)) if d.dedup
+            else np.ones(len(row_split), bool))
     keys, digests, split = staged.keys[keep], staged.digests[keep], row_split[keep]
     steps.done("split_dedup")
     n_chunks = np.bincount(keys[:, 0], minlength=len(staged.titles))
@@ -275,6 +295,8 @@ def _prepare(cfg: Config, stage: Path, progress: bool) -> dict[str, Any]:
     articles = [{"article_id": a, "title": staged.titles[a], "split": SPLITS[art_split[a]],
                  "n_chunks": int(n_chunks[a]), "n_windows": int(per_art_windows[a])}
                 for a in range(len(staged.titles))]
+    for rec in articles[n_main:]:
+        rec["extra_train"] = True
     if staged.source_ids is not None:
         for rec, sid in zip(articles, staged.source_ids):
             rec["source_id"] = int(sid)
@@ -298,7 +320,7 @@ def _prepare(cfg: Config, stage: Path, progress: bool) -> dict[str, Any]:
         "per_split": {name: {"articles": int((art_split == s).sum()), "chunks": int((split == s).sum()),
                              "windows": int((wsplit == s).sum())} for s, name in enumerate(SPLITS)}}
     summary = {
-        "source": d.source, "path": d.path, "encoder": d.encoder, "encoder_max_length": d.encoder_max_length,
+        "source": d.source, "path": d.path, "extra_train_path": d.extra_train_path or None, "encoder": d.encoder, "encoder_max_length": d.encoder_max_length,
         "encoder_backend": embed.get("encoder_backend"),
         "chunking": d.chunking, "min_words": d.min_words, "max_words": d.max_words, "context_len": K,
         "d_vec": int(D), "dtype": np.dtype(dtype).name, "counts": counts,

@@ -96,10 +96,11 @@ def bank_info_nce(q: torch.Tensor, target: torch.Tensor, bank: torch.Tensor, sca
     q = F.normalize(q.float(), dim=-1)  # (B, D)
     t = F.normalize(target.float(), dim=-1)  # (B, D)
     pos = scale * (q * t).sum(-1)  # (B)
-    logits = scale * q @ bank.T  # (B, M)
+    logits = (q * scale) @ bank.T  # (B, M); mm's backward keeps its inputs, not this, so in place is safe
     if exclude is not None and exclude[0].numel():
-        logits = logits.index_put(exclude, torch.tensor(float("-inf"), device=logits.device))
-    return (torch.logsumexp(torch.cat([pos[:, None], logits], dim=1), dim=1) - pos).mean()
+        logits.index_put_(exclude, torch.tensor(float("-inf"), device=logits.device))
+    # log(e^pos + sum e^logits) without concatenating a (B, M + 1) copy
+    return (torch.logaddexp(pos, torch.logsumexp(logits, dim=1)) - pos).mean()
 
 
 class BankNegatives:

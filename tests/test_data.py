@@ -453,6 +453,49 @@ def test_train_articles_keeps_val_test_and_nests():
         limit_train_articles(ctx, tgt, ws, keys, DataConfig(train_articles=31))
 
 
+def test_extra_train_articles_grow_train_only_and_keep_val_test(tmp_path, fake_encoder):
+    """data.extra_train_path: its articles are all train; the main corpus's split, val and test windows and
+    texts are exactly those of the run without it; a text the main corpus has is dropped from the extras."""
+    from lvmlib.config import ConfigError
+    main = make_corpus(tmp_path / "main.jsonl", n_articles=14)
+    base = data.prepare_data(cfg_for(tmp_path, main), tmp_path / "base", progress=False)
+    pb = data.load_prepared(tmp_path / "base")
+    arts_b = json.loads((tmp_path / "base" / "data" / "articles.json").read_text())
+    # a val article's first sentence, copied into an extra article: the extra copy goes, the val copy stays
+    val_title = next(a["title"] for a in arts_b if a["split"] == "val")
+    val_text = f"Article {val_title.split()[-1]} sentence 0 tells about topic t{val_title.split()[-1]}x0."
+    extra = tmp_path / "extra.jsonl"
+    recs = [{"title": f"Extra {a}", "paragraphs": [" ".join(f"Extra {a} line {i} is about subject s{a}y{i}."
+                                                           for i in range(8))]} for a in range(6)]
+    recs[2]["paragraphs"][0] = val_text + " " + recs[2]["paragraphs"][0]
+    extra.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    summ = data.prepare_data(cfg_for(tmp_path, main, extra_train_path=str(extra), extra_train_articles=5),
+                             tmp_path / "grown", progress=False)
+    pg = data.load_prepared(tmp_path / "grown")
+    arts_g = json.loads((tmp_path / "grown" / "data" / "articles.json").read_text())
+    assert [(a["title"], a["split"]) for a in arts_g[:14]] == [(a["title"], a["split"]) for a in arts_b]
+    assert [a["title"] for a in arts_g[14:]] == [f"Extra {a}" for a in range(5)]  # the first 5 only
+    assert all(a["split"] == "train" and a.get("extra_train") for a in arts_g[14:])
+    assert summ["counts"]["extra_train_articles"] == 5 and base["counts"]["extra_train_articles"] == 0
+    assert summ["counts"]["per_split"]["train"]["windows"] > base["counts"]["per_split"]["train"]["windows"]
+    texts = {n: [json.loads(x) for x in open(tmp_path / n / "data" / "bank_texts.jsonl", encoding="utf-8")]
+             for n in ("base", "grown")}
+    for s in ("val", "test"):  # the same windows, by text and vector, in the same order
+        assert summ["counts"]["per_split"][s] == base["counts"]["per_split"][s]
+        (cb, tb), (cg, tg) = pb.windows(s), pg.windows(s)
+        assert [texts["base"][r] for r in tb] == [texts["grown"][r] for r in tg]
+        assert np.array_equal(pb.bank_vectors[cb.ravel()], pg.bank_vectors[cg.ravel()])
+    owners = [arts_g[a]["title"] for a in pg.bank_keys[[i for i, t in enumerate(texts["grown"]) if t == val_text], 0]]
+    assert owners == [val_title]
+    assert summ["counts"]["duplicates_removed"] == base["counts"]["duplicates_removed"] + 1
+    with pytest.raises(ConfigError, match="data.extra_train_path.*vectors"):
+        load_config(None, ["data.source=vectors", "data.path=x.npz", "data.extra_train_path=e.jsonl"])
+    with pytest.raises(data.CorpusError, match=r"nope\.jsonl: corpus file not found"):
+        data.prepare_data(cfg_for(tmp_path, main, extra_train_path=str(tmp_path / "nope.jsonl")),
+                          tmp_path / "r5", progress=False)
+    assert not (tmp_path / "r5" / "data").exists()
+
+
 def test_export_seed_npz_writes_the_windows_in_the_seeds_format(prepared, tmp_path, capsys):
     """`python -m lvmlib export RUN --format seed-npz`: every window's context and target vectors copied
     from the bank at its rows, the target's (article, position) and the split."""
