@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lvmlib import scaling
+from lvmlib import plots_scaling, scaling
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,6 +73,23 @@ def test_verdict_when_the_model_wins_and_when_it_falls():
     assert v["metrics"]["cosine"]["beats_at_largest"]
     v = scaling.verdict(_table([0.12, 0.11, 0.10], [0.40, 0.40, 0.39]))
     assert "does not close" in v["text"][0] and "flat or falling" in v["text"][0]
+
+
+def test_verdict_uses_paired_gaps_when_the_bank_grows():
+    """With extra training articles the bank grows, and copy_last's R@5 falls at the largest size: the
+    gaps are the paired differences at each size (not the model against an averaged level)."""
+    t = _table([0.10, 0.15, 0.20], [0.42, 0.46, 0.48], sizes=(100, 300, 1600))
+    t["bank_chunks"] = t["n_articles"].map({100: 1000, 300: 1000, 1600: 1800})
+    last = (t["n_articles"] == 1600) & (t["predictor"] == "copy_last")
+    t.loc[last, "recall_at_5"] = 0.18  # the bigger bank
+    t.loc[last, "diff_recall_at_5"] = 0.02
+    t.loc[last, "diff_recall_at_5_ci"] = pd.Series([(0.01, 0.03)], index=t.index[last])
+    v = scaling.verdict(t)
+    r5 = v["metrics"]["recall_at_5"]
+    assert r5["gaps"] == pytest.approx([0.10 - 0.25, 0.15 - 0.25, 0.02])
+    assert r5["beats_at_largest"] and r5["baseline_level"] == pytest.approx(0.18)
+    assert "1,000 to 1,800 chunks" in v["text"][0] and "chunks" not in v["text"][1]
+    assert "bank chunks" in plots_scaling.format_table(t).columns
 
 
 def test_scaling_notebook_contract():
