@@ -160,6 +160,9 @@ def verdict(table) -> dict[str, Any]:
             closing = gaps[-1] > gaps[0]
             text += f" The gap {'closes' if closing else 'does not close'} with data ({fmt.format(gaps[0])} at " \
                     f"{sizes[0]:,} -> {fmt.format(gaps[-1])} at {sizes[-1]:,})."
+            if closing and len(gaps) >= 3 and gaps[-1] < gaps[-2] and not beats:
+                text += (f" Not in the last step, though: {fmt.format(gaps[-2])} at {sizes[-2]:,} -> "
+                         f"{fmt.format(gaps[-1])} at {sizes[-1]:,} — the measured curve stopped closing.")
         if cross is not None and not beats:
             where = "inside the measured range" if cross <= sizes[-1] else "by extrapolation"
             text += (f" The fitted trend of the gap (a + b log10 N) reaches zero at about {cross:,.0f} articles "

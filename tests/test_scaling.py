@@ -75,6 +75,14 @@ def test_verdict_when_the_model_wins_and_when_it_falls():
     assert "does not close" in v["text"][0] and "flat or falling" in v["text"][0]
 
 
+def test_verdict_says_when_the_last_step_widens_the_gap():
+    """The dev corpus's cosine with 1,600 articles: -0.070, -0.012, -0.000, -0.002 -> closing overall,
+    not in the last step."""
+    v = scaling.verdict(_table([0.10, 0.15, 0.20, 0.21], [0.42, 0.478, 0.4896, 0.488], sizes=(100, 300, 800, 1600)))
+    assert "closes" in v["text"][1] and "stopped closing" in v["text"][1]
+    assert "stopped closing" not in v["text"][0]  # R@5 kept rising
+
+
 def test_verdict_uses_paired_gaps_when_the_bank_grows():
     """With extra training articles the bank grows, and copy_last's R@5 falls at the largest size: the
     gaps are the paired differences at each size (not the model against an averaged level)."""
