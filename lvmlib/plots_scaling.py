@@ -47,8 +47,7 @@ def format_table(table):
     for (n, pred), g in table.groupby(["n_articles", "predictor"], sort=True):
         r = g.iloc[0]
         row = {"training articles": int(n), "train windows": int(r["n_train_windows"]),
-               **({"bank chunks": int(r["bank_chunks"])} if r.get("bank_chunks") == r.get("bank_chunks")
-                  and r.get("bank_chunks") is not None else {}),
+               **({"bank chunks": int(r["bank_chunks"])} if pd.notna(r.get("bank_chunks")) else {}),
                "predictor": pred,
                "R@5": f"{r['recall_at_5']:.1%} [{r['recall_at_5_lo']:.1%}–{r['recall_at_5_hi']:.1%}]",
                "cosine": f"{r['cosine']:.3f}"}
