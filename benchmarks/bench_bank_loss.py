@@ -32,14 +32,15 @@ def main() -> None:
     import torch.nn.functional as F
 
     from lvmlib.data import load_prepared
+    from lvmlib.errors import DataError
     from lvmlib.losses import TINY, BankNegatives, bank_info_nce
     from lvmlib.metrics import duplicate_groups
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = Path(args.run_dir) / "data"
-    if not (data / "summary.json").is_file():
-        sys.exit(f"{data}: no finished data stage (summary.json missing)")
-    prep = load_prepared(args.run_dir)
+    try:
+        prep = load_prepared(args.run_dir)  # DataError names the missing file of an unfinished data stage
+    except DataError as e:
+        sys.exit(str(e))
     ctx, tgt = prep.windows("train")
     neg = BankNegatives(prep.bank_vectors, np.union1d(ctx.ravel(), tgt), duplicate_groups(prep.bank_vectors))
     raw = F.normalize(torch.from_numpy(np.asarray(prep.bank_vectors[np.union1d(ctx.ravel(), tgt)],

@@ -29,10 +29,13 @@ def main() -> None:
     ap.add_argument("--params", default=str(ROOT / "params" / "default.yaml"))
     args = ap.parse_args()
     from lvmlib.config import load_config
+    from lvmlib.data import load_prepared
+    from lvmlib.errors import DataError
     from lvmlib.train import train
-    data = (Path(args.run_dir) / "data").resolve()
-    if not (data / "summary.json").is_file():
-        sys.exit(f"{data}: no finished data stage (summary.json missing)")
+    try:
+        data = load_prepared(args.run_dir).dir.resolve()  # DataError names the missing file
+    except DataError as e:
+        sys.exit(str(e))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):

@@ -125,6 +125,22 @@ def crossing(fit: tuple[float, float] | None, level: float) -> float | None:
     return float(10 ** ((level - fit[0]) / fit[1]))
 
 
+def gaps_to_best(table, metric: str) -> dict[str, Any]:
+    """The model minus the best constant baseline (highest mean `metric` over the sizes), paired, per
+    size: what the verdict fits and the gap panel draws. -> {best, sizes, gaps, lo, hi, fit} (lo/hi NaN
+    where a size has no interval)."""
+    base = table[table["predictor"].isin(CONSTANT)]
+    best_name = base.groupby("predictor")[metric].mean().idxmax()
+    best = base[base["predictor"] == best_name].sort_values("n_articles")
+    gaps = np.asarray([float(x) for x in best[f"diff_{metric}"]])
+    cis = [c if isinstance(c, (list, tuple, np.ndarray)) and len(c) == 2 else (math.nan, math.nan)
+           for c in best[f"diff_{metric}_ci"]]
+    sizes = best["n_articles"].to_numpy()
+    return {"best": best_name, "rows": best, "sizes": sizes, "gaps": gaps,
+            "lo": np.asarray([float(c[0]) for c in cis]), "hi": np.asarray([float(c[1]) for c in cis]),
+            "fit": trend(sizes, gaps)}
+
+
 def verdict(table) -> dict[str, Any]:
     """The page's answer in words, per metric: does the model beat the best constant baseline at the
     largest size (paired 95% interval above zero), is the gap closing, and where the fitted trend of
@@ -136,14 +152,11 @@ def verdict(table) -> dict[str, Any]:
     lines = []
     banks = sorted({int(b) for b in table["bank_chunks"].dropna()}) if "bank_chunks" in table else []
     for metric, label, fmt in (("recall_at_5", "R@5", "{:.1%}"), ("cosine", "cosine", "{:.3f}")):
-        base = table[table["predictor"].isin(CONSTANT)]
-        best_name = base.groupby("predictor")[metric].mean().idxmax()
-        best = base[base["predictor"] == best_name].sort_values("n_articles")
+        g = gaps_to_best(table, metric)
+        best_name, best, fit = g["best"], g["rows"], g["fit"]
         level = float(best[metric].iloc[-1])  # the baseline at the largest size
-        largest = best.iloc[-1]
-        ci = largest[f"diff_{metric}_ci"]
-        gaps = [float(x) for x in best[f"diff_{metric}"]]  # model minus it, paired, per size
-        fit = trend(best["n_articles"].to_numpy(), np.asarray(gaps))
+        ci = best.iloc[-1][f"diff_{metric}_ci"]
+        gaps = [float(x) for x in g["gaps"]]  # model minus it, paired, per size
         cross = crossing(fit, 0.0)
         beats = ci is not None and not (isinstance(ci, float) and math.isnan(ci)) and ci[0] > 0
         m_last = float(model[metric].iloc[-1])

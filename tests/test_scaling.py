@@ -83,6 +83,28 @@ def test_verdict_says_when_the_last_step_widens_the_gap():
     assert "stopped closing" not in v["text"][0]  # R@5 kept rising
 
 
+def test_gap_panel_draws_the_line_the_verdict_fits():
+    """The figure's dashed trend is the verdict's fit of the paired gaps (not a fit of the model's own
+    values): at every size the dashed line sits where a + b log10 N of `verdict` puts it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    t = _table([0.10, 0.15, 0.20], [0.42, 0.48, 0.49])
+    v = scaling.verdict(t)
+    fig = plots_scaling.scaling_curves(t)
+    for col, metric in enumerate(("recall_at_5", "cosine")):
+        gx = fig.axes[2 + col] if len(fig.axes) == 4 else None
+        assert gx is not None and "model −" in gx.get_ylabel()
+        dashed = [ln for ln in gx.get_lines() if ln.get_linestyle() == "--"]
+        assert len(dashed) == 1
+        a, b = v["metrics"][metric]["fit"]
+        x, y = dashed[0].get_data()
+        assert np.allclose(y, a + b * np.log10(x))
+        points = [ln for ln in gx.get_lines() if ln.get_marker() == "o"][0].get_data()[1]
+        assert np.allclose(points, v["metrics"][metric]["gaps"])
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+
 def test_verdict_uses_paired_gaps_when_the_bank_grows():
     """With extra training articles the bank grows, and copy_last's R@5 falls at the largest size: the
     gaps are the paired differences at each size (not the model against an averaged level)."""
