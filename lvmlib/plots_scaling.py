@@ -41,13 +41,12 @@ def scaling_curves(table, metrics=(("recall_at_5", "R@5 (primary bank)"), ("cosi
                     label="gap trend (a + b log10 N)")
         gx.set_ylabel(f"{metric}: model − {g['best']}")
         gx.legend(fontsize=8)
-        ax.set_xscale("log")
-        ax.set_xlim(gx.get_xlim())  # both rows on the gap panel's x range (it reaches past the last size)
         for a, pct in ((ax, "{:.0%}"), (gx, "{:+.1%}")):
             a.set_xscale("log")
             a.set_xlabel("training articles (N)")
             if metric == "recall_at_5":
                 a.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _, pct=pct: pct.format(v)))
+        ax.set_xlim(gx.get_xlim())  # both rows on the gap panel's x range (it reaches past the last size)
     fig.tight_layout()
     return fig
 
