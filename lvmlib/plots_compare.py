@@ -170,13 +170,14 @@ def versus_reference(rows: list[dict[str, Any]]):
             if ci is not None:
                 ax.plot([ci[0], ci[1]], [y, y], color=c, lw=3, alpha=0.6, solid_capstyle="butt")
             ax.plot([v], [y], "o", color=c, ms=7)
-            ax.annotate(f"{v:+.1%}" if pct else f"{v:+.3f}", (v, y), xytext=(0, 7), textcoords="offset points",
+            ax.annotate(f"{v:+.1%}" if pct else _signed(v), (v, y), xytext=(0, 7), textcoords="offset points",
                         ha="center", fontsize=8)
         ax.axvline(0, color="#333", lw=1)
         ax.set_yticks(range(len(rows)), [r["run"] for r in rows])
         ax.set_ylim(len(rows) - 0.5, -0.7)
         if pct:
-            ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
+            lo, hi = ax.get_xlim()  # whole percents only when the span is wide enough to tell ticks apart
+            ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0 if hi - lo >= 0.05 else 1))
         ax.set_title(title, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(f"against the reference: {rows[0]['reference']}", fontsize=11)
@@ -185,6 +186,13 @@ def versus_reference(rows: list[dict[str, Any]]):
 
 
 # --------------------------------------------------------------------------- tables (strings, for reading)
+def _signed(v: float, scale: Any = None) -> str:
+    """A signed cosine difference with enough decimals that a small interval does not print as
+    -0.000 [-0.001, +0.000]: 4 decimals when the value (or the interval `scale`) is under 0.01."""
+    span = max([abs(v)] + [abs(x) for x in (scale or ()) if isinstance(x, (int, float))])
+    return f"{v:+.4f}" if span < 0.01 else f"{v:+.3f}"
+
+
 def _fmt(v: Any, kind: str = "num") -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "—"
@@ -229,7 +237,8 @@ def format_vs_reference(rows: list[dict[str, Any]]):
         cr, cc = r.get("diff_recall_at_5_ci"), r.get("diff_cosine_ci")
         out.append({"run": r["run"], "R@5": _fmt(r.get("recall_at_5"), "pct"), "cosine": _fmt(r.get("pred_target_cosine")),
                     "ΔR@5 vs reference": "—" if dr is None else f"{dr:+.1%}" + _ci_short(tuple(cr) if cr else (math.nan,) * 2),
-                    "Δcosine vs reference": "—" if dc is None else (f"{dc:+.3f}" + (f" [{cc[0]:+.3f}, {cc[1]:+.3f}]" if cc else "")),
+                    "Δcosine vs reference": "—" if dc is None else (_signed(dc, cc) + (
+                        f" [{_signed(cc[0], cc)}, {_signed(cc[1], cc)}]" if cc else "")),
                     "queries": _fmt(r.get("n_queries"))})
     return pd.DataFrame(out).set_index("run") if out else pd.DataFrame()
 

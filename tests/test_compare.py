@@ -450,3 +450,13 @@ def test_beating_copy_lasts_cosine_is_not_beating_the_best_cosine_baseline(tmp_p
     card = compare.scorecard(compare.load_runs([run])[0])
     b = compare.beats_baseline(card)
     assert b["r5"] and not b["cosine"] and not b["beats"]
+
+
+def test_small_cosine_differences_keep_their_digits():
+    """A paired cosine difference of a few 1e-4 prints with 4 decimals (not -0.000 [-0.001, +0.000]);
+    differences of 0.01 and more keep 3."""
+    from lvmlib.plots_compare import _signed
+    assert _signed(-0.00025, [-0.00085, 0.0003]) == "-0.0003"
+    assert _signed(0.0003, [-0.00085, 0.0003]) == "+0.0003"
+    assert _signed(0.0125) == "+0.013"
+    assert _signed(0.004, [0.002, 0.012]) == "+0.004"
