@@ -411,7 +411,7 @@ def iter_chunked(cfg: DataConfig, stats: ChunkStats | None = None) -> Iterator[t
             stats.long_paragraph_chars += res[3]
         return res[0], res[1]
 
-    with ctx.Pool(workers) as pool:
+    with ctx.Pool(workers, initializer=_ignore_sigint) as pool:
         pending: deque = deque()
         for art in iter_articles(cfg):
             pending.append(pool.apply_async(_chunk_job, ((art, cfg),)))
@@ -419,6 +419,14 @@ def iter_chunked(cfg: DataConfig, stats: ChunkStats | None = None) -> Iterator[t
                 yield emit(pending.popleft().get())
         while pending:
             yield emit(pending.popleft().get())
+
+
+def _ignore_sigint() -> None:
+    """Pool workers leave Ctrl-C to their parent: an interrupt (the runner signals the kernel's whole
+    process group) then raises in the parent alone, whose `with Pool` terminates the workers cleanly; a
+    worker dying of KeyboardInterrupt mid-task could leave `Pool.terminate` waiting forever."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # --------------------------------------------------------------------------- chunk cache

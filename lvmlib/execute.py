@@ -83,6 +83,14 @@ class Stop:
                 return
         if cls.km is km and cls.executing:
             cls._kernel_signal(signal.SIGKILL)
+        # A kernel that died without its last messages can leave papermill's client blocked in a poll with
+        # no timeout (the blocking client's iopub read): wake the main thread, whose handler then raises
+        # KeyboardInterrupt there, as a second Ctrl-C would.
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and cls.km is km and cls.executing:
+            time.sleep(0.2)
+        if cls.km is km and cls.executing:
+            signal.pthread_kill(threading.main_thread().ident, cls.signum or signal.SIGINT)
 
 
 class Signals:
@@ -113,21 +121,25 @@ def execute_notebook(src: Path, out: Path, params: dict[str, Any], progress: boo
     cell at once (see `Stop`).
     """
     import papermill as pm
-    from jupyter_client.manager import KernelManager
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
     sock_dir = tempfile.mkdtemp(prefix="lvm-kernel-")
-    km = KernelManager(kernel_name=ensure_kernel(), transport="ipc", ip=os.path.join(sock_dir, "k"))
+    # The async manager (nbclient's own default): its client's reads are awaitable, so nbclient's
+    # kernel-alive check runs while a cell waits, and a kernel that dies without its last messages
+    # raises DeadKernelError instead of leaving a blocking poll with no timeout waiting forever.
+    km = AsyncKernelManager(kernel_name=ensure_kernel(), transport="ipc", ip=os.path.join(sock_dir, "k"))
     try:
         if Stop.signum is not None:
             raise KeyboardInterrupt
         Stop.km, Stop.executing = km, True
-        km.start_kernel(env={**os.environ, RUNNER_ENV: "1"}, cwd=str(PROJECT_ROOT))
+        run_sync(km.start_kernel)(env={**os.environ, RUNNER_ENV: "1"}, cwd=str(PROJECT_ROOT))
         pm.execute_notebook(str(src), str(out), parameters=params, kernel_name=km.kernel_name, km=km,
                             progress_bar=progress, log_output=progress, cwd=str(PROJECT_ROOT),
                             stdout_file=output, stderr_file=output)
     finally:
         Stop.executing = False
         if km.has_kernel:
-            km.shutdown_kernel(now=True)
+            run_sync(km.shutdown_kernel)(now=True)
         Stop.km = None
         shutil.rmtree(sock_dir, ignore_errors=True)
 
