@@ -83,14 +83,6 @@ class Stop:
                 return
         if cls.km is km and cls.executing:
             cls._kernel_signal(signal.SIGKILL)
-        # A kernel that died without its last messages can leave papermill's client blocked in a poll with
-        # no timeout (the blocking client's iopub read): wake the main thread, whose handler then raises
-        # KeyboardInterrupt there, as a second Ctrl-C would.
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline and cls.km is km and cls.executing:
-            time.sleep(0.2)
-        if cls.km is km and cls.executing:
-            signal.pthread_kill(threading.main_thread().ident, cls.signum or signal.SIGINT)
 
 
 class Signals:

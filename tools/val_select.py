@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lvmlib.config import load_run_config
 from lvmlib.evaluate import evaluate_run
+from lvmlib.run_status import training_summary
 from lvmlib.runs import read_json
 
 
@@ -35,17 +36,11 @@ def val_card(run: Path, force: bool) -> dict:
     if ev.get("split") != "val":
         raise SystemExit(f"{out / 'eval.json'}: split {ev.get('split')!r}, expected 'val'")
     bb = ev["gates"]["best_baseline"]
-    hist = read_json(run / "history.json")
-    return {"run": run.name, "n": ev["n_queries"], "epoch": _best_epoch(hist), "mrr": ev["mrr"],
+    return {"run": run.name, "n": ev["n_queries"], "epoch": training_summary(run)["best_epoch"], "mrr": ev["mrr"],
             "r5": ev["recall_at_5"], "b_r5": bb["recall_at_5"], "b_r5_name": bb["name_recall_at_5"],
             "d_r5": bb["diff_recall_at_5"], "ci_r5": bb["diff_recall_at_5_ci"],
             "cos": ev["pred_target_cosine"], "b_cos": bb["pred_target_cosine"],
             "b_cos_name": bb["name_cosine"], "d_cos": bb["diff_cosine"], "ci_cos": bb["diff_cosine_ci"]}
-
-
-def _best_epoch(history: list[dict]) -> int:
-    """The epoch best.pt holds: the highest val MRR (train.best_metric of the runs compared here)."""
-    return max(history, key=lambda r: r.get("val_mrr", float("-inf")))["epoch"]
 
 
 def main() -> None:
