@@ -4,6 +4,7 @@
   status RUN_DIR                                                             training progress
   eval RUN_DIR --data PAYLOAD_OR_PARAMS                                      score a checkpoint elsewhere
   compare RUN_DIR [RUN_DIR ...] [--reference RUN_DIR]                        runs side by side (paired vs a reference)
+  select RUN_DIR [RUN_DIR ...] [--force]                                     pick a recipe on val articles only
   scaling PARAMS --articles 100,300,1000 [--corpus JSONL] [--set k=v ...]    one run per training-set size + page
   study                                                                      V1/V2 pair + comparison
   export RUN_DIR --format seed-npz [--out PATH]                              the run's windows in the seed's format
@@ -61,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--reference", default=None, metavar="RUN_DIR",
                    help="measure every other run against this one (paired intervals on the same test queries)")
     c.add_argument("--reports-root", default=os.environ.get("LVM_REPORTS_DIR", "reports"))
+
+    se = sub.add_parser("select", help="pick one recipe among trained runs on val articles only (every val window)")
+    se.add_argument("run_dirs", nargs="+")
+    se.add_argument("--force", action="store_true", help="re-evaluate even if RUN/metrics_val/eval.json exists")
 
     sc = sub.add_parser("scaling", help="one run per training-set size on fixed held-out articles, and the page")
     sc.add_argument("params", nargs="?", help="params file (not with --runs)")
@@ -160,6 +165,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         out = compare_runs([Path(p) for p in args.run_dirs], compare_id=args.id, reports_root=args.reports_root,
                            reference=args.reference)
         print(f"[lvm-study] comparison: {out}")
+        return 0
+    if args.command == "select":
+        from .selection import select
+        print(select(args.run_dirs, force=args.force, progress=True))
         return 0
     if args.command == "scaling":
         from .config import ConfigError

@@ -1,0 +1,66 @@
+"""`python -m lvmlib select`: the val-only recipe pick (z from paired intervals, the min-z rule) on
+constructed cards, and end to end on a tiny trained run (every val window, reuse, --force, bad input)."""
+import math
+import shutil
+
+import pytest
+from tiny_runs import CliFailed, cli
+
+from lvmlib.data import load_prepared
+from lvmlib.errors import RequestError
+from lvmlib.runs import read_json
+from lvmlib.selection import pick, select, table, val_card, z_score
+
+
+def _card(run, d_r5, ci_r5, d_cos, ci_cos):
+    c = {"run": run, "n": 100, "epoch": 1, "mrr": 0.1, "r5": 0.2, "b_r5_name": "copy_last", "d_r5": d_r5,
+         "ci_r5": ci_r5, "cos": 0.5, "b_cos_name": "context_mean", "d_cos": d_cos, "ci_cos": ci_cos}
+    c["z_r5"], c["z_cos"] = z_score(d_r5, ci_r5), z_score(d_cos, ci_cos)
+    c["min_z"] = min(c["z_r5"], c["z_cos"])
+    return c
+
+
+def test_z_is_the_difference_over_the_interval_se():
+    assert z_score(0.01, [-0.0096, 0.0296]) == pytest.approx(1.0)  # SE = 0.0392 / 3.92
+    assert z_score(-0.02, [-0.04, 0.0]) == pytest.approx(-1.96)
+    assert z_score(0.0, [0.0, 0.0]) == 0.0 and z_score(0.1, [0.1, 0.1]) == math.inf
+
+
+def test_pick_maximises_the_weaker_half_and_needs_both_above_zero():
+    strong_r5_tied_cos = _card("a", 0.03, [0.01, 0.05], -0.0003, [-0.002, 0.0015])  # min z < 0
+    balanced = _card("b", 0.012, [0.002, 0.022], 0.01, [0.008, 0.012])  # z_r5 2.35, z_cos 9.8
+    weaker = _card("c", 0.007, [-0.003, 0.017], 0.01, [0.008, 0.012])  # z_r5 1.37
+    assert pick([strong_r5_tied_cos, weaker, balanced])["run"] == "b"
+    assert pick([strong_r5_tied_cos]) is None
+    assert "| b | 1 |" in table([balanced]) and "+2.35 |" in table([balanced])
+
+
+def test_select_scores_every_val_window_and_reuses_it(tiny_run, tmp_path):
+    run = tmp_path / "r1"
+    shutil.copytree(tiny_run, run)
+    out = select([run])
+    ev = read_json(run / "metrics_val" / "eval.json")
+    assert ev["split"] == "val"
+    assert ev["n_queries"] == len(load_prepared(run).windows("val")[1]) > 0  # every val window, not a sample
+    card = val_card(run)
+    assert card["d_r5"] == ev["gates"]["best_baseline"]["diff_recall_at_5"]
+    assert f"| r1 | {card['epoch']} | {ev['mrr']:.4f} |" in out
+    assert out.splitlines()[-1].startswith("pick: ")
+    mtime = (run / "metrics_val" / "eval.json").stat().st_mtime_ns
+    select([run])  # reused
+    assert (run / "metrics_val" / "eval.json").stat().st_mtime_ns == mtime
+    cli("select", run, "--force")  # re-evaluated, through the CLI
+    assert (run / "metrics_val" / "eval.json").stat().st_mtime_ns != mtime
+
+
+def test_select_refuses_an_untrained_run_and_a_test_evaluation_in_place_of_val(tiny_run, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    with pytest.raises(CliFailed, match="bare: no best.pt"):
+        cli("select", bare)
+    run = tmp_path / "r2"
+    shutil.copytree(tiny_run, run)
+    (run / "metrics_val").mkdir()
+    (run / "metrics_val" / "eval.json").write_text('{"split": "test"}')
+    with pytest.raises(RequestError, match="metrics_val/eval.json: split 'test', expected 'val'"):
+        select([run])
