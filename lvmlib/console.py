@@ -44,6 +44,27 @@ def _num(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, (int, float)) else "—"
 
 
+def _ci_ok(ci: Any) -> bool:
+    return isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci
+
+
+def beaten_text(head: dict[str, Any]) -> str:
+    """Whether the model beats the best baseline, in words: the seed's rule compares point estimates;
+    with the paired 95% intervals of the differences (eval.json `gates.best_baseline`) it says whether
+    both are above zero, and quotes them, so a win inside the noise never reads as a plain 'beaten'."""
+    beats = head.get("beats_best_baseline")
+    word = "beaten" if beats else "not beaten" if beats is not None else "?"
+    ci_r5, ci_cos = head.get("best_baseline_diff_r5_ci"), head.get("best_baseline_diff_cosine_ci")
+    if not (_ci_ok(ci_r5) and _ci_ok(ci_cos)) or head.get("best_baseline_diff_r5") is None:
+        return word
+    if beats:
+        word = "beaten, both paired intervals above 0" if min(ci_r5[0], ci_cos[0]) > 0 else \
+            "beaten on point estimates only: a paired interval reaches 0"
+    d_r5, d_cos = head["best_baseline_diff_r5"], head.get("best_baseline_diff_cosine")
+    return (f"{word}; paired Δ R@5 {d_r5 * 100:+.1f} pts [{ci_r5[0] * 100:+.1f}, {ci_r5[1] * 100:+.1f}], "
+            f"Δ cosine {d_cos:+.4f} [{ci_cos[0]:+.4f}, {ci_cos[1]:+.4f}]")
+
+
 def summary_lines(head: dict[str, Any], index_html: str) -> list[str]:
     """Three lines: the gate decision, the model's R@5 and cosine beside the best baseline, the index.
 
@@ -60,10 +81,8 @@ def summary_lines(head: dict[str, Any], index_html: str) -> list[str]:
     else:
         model = f"R@5 {_pct(head.get('recall_at_5'))}{ci_txt}, cosine {_num(head.get('pred_target_cosine'))}"
         if head.get("best_baseline"):
-            beats = head.get("beats_best_baseline")
             model += (f"  vs best baseline {head['best_baseline']}: R@5 {_pct(head.get('best_baseline_r5'))}, "
-                      f"cosine {_num(head.get('best_baseline_cosine'))}"
-                      f" ({'beaten' if beats else 'not beaten' if beats is not None else '?'})")
+                      f"cosine {_num(head.get('best_baseline_cosine'))} ({beaten_text(head)})")
     return [f"gate     {gate_txt}", f"model    {model}", f"reports  {index_html}"]
 
 

@@ -18,6 +18,7 @@ from filelock import FileLock
 from markupsafe import Markup, escape
 
 from . import tweaks
+from .console import beaten_text
 from .execute import NOTEBOOKS
 from .gates import upgrade
 from .runs import RunError, atomic_write_json, atomic_write_text, read_json
@@ -152,6 +153,8 @@ def headline(run_dir: Path) -> dict[str, Any]:
             "baseline_copy_last_r5": (e.get("baseline_copy_last") or {}).get("recall_at_5"),
             "best_baseline": best.get("name"), "best_baseline_r5": best.get("recall_at_5"),
             "best_baseline_cosine": best.get("pred_target_cosine"),
+            "best_baseline_diff_r5": best.get("diff_recall_at_5"), "best_baseline_diff_r5_ci": best.get("diff_recall_at_5_ci"),
+            "best_baseline_diff_cosine": best.get("diff_cosine"), "best_baseline_diff_cosine_ci": best.get("diff_cosine_ci"),
             "beats_best_baseline": e.get("beats_best_baseline")}
 
 
@@ -235,7 +238,7 @@ def write_run_page(reports_root: Path, rec: dict[str, Any]) -> None:
               f"gate: {_fmt(rec.get('gate_decision'))}"),
              ("R@5", _r5(rec), _baseline(rec)),
              ("cosine", _fmt(rec.get("pred_target_cosine")), f"{_fmt(rec.get('n_queries'))} queries"),
-             ("Phase 1", _fmt(rec.get("phase1_decision")), f"beats best baseline: {_fmt(rec.get('beats_best_baseline'))}")]
+             ("Phase 1", _fmt(rec.get("phase1_decision")), f"best baseline: {beaten_text(rec)}")]
     compared = [c for c in _records(reports_root, "compare_*.json")
                 if any(r.get("run_id") == rec["run_id"] for r in c.get("runs", []))]
     sha = str(rec.get("git_sha") or "")[:10] + (" (dirty)" if rec.get("git_dirty") else "")

@@ -114,3 +114,15 @@ def test_a_real_run_prints_a_calm_log(smoke_run: Path):
     assert lines[5].startswith("gate ") and lines[6].startswith("model ") and "R@5" in lines[6]
     assert lines[7].startswith("reports ") and lines[7].endswith("index.html")
     assert "it/s" not in out + err and "Executing" not in out + err
+
+
+def test_a_win_inside_the_noise_never_reads_as_a_plain_win():
+    paired = dict(HEAD, beats_best_baseline=True, best_baseline_diff_r5=0.0076, best_baseline_diff_r5_ci=[-0.0006, 0.0174],
+                  best_baseline_diff_cosine=0.0125, best_baseline_diff_cosine_ci=[0.0108, 0.0141])
+    model = summary_lines(paired, "x")[1]
+    assert "beaten on point estimates only: a paired interval reaches 0" in model
+    assert "Δ R@5 +0.8 pts [-0.1, +1.7]" in model and "Δ cosine +0.0125 [+0.0108, +0.0141]" in model
+    clear = dict(paired, best_baseline_diff_r5_ci=[0.002, 0.02])
+    assert "(beaten, both paired intervals above 0; " in summary_lines(clear, "x")[1]
+    lost = dict(paired, beats_best_baseline=False, best_baseline_diff_r5=-0.195, best_baseline_diff_r5_ci=[-0.22, -0.17])
+    assert "(not beaten; paired Δ R@5 -19.5 pts [-22.0, -17.0]" in summary_lines(lost, "x")[1]
