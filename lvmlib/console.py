@@ -44,7 +44,8 @@ def _num(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, (int, float)) else "—"
 
 
-def _ci_ok(ci: Any) -> bool:
+def has_interval(ci: Any) -> bool:
+    """A [lo, hi] pair with both ends present (what the JSON records hold for a 95% interval)."""
     return isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci
 
 
@@ -55,7 +56,7 @@ def beaten_text(head: dict[str, Any]) -> str:
     beats = head.get("beats_best_baseline")
     word = "beaten" if beats else "not beaten" if beats is not None else "?"
     ci_r5, ci_cos = head.get("best_baseline_diff_r5_ci"), head.get("best_baseline_diff_cosine_ci")
-    if not (_ci_ok(ci_r5) and _ci_ok(ci_cos)) or head.get("best_baseline_diff_r5") is None:
+    if not (has_interval(ci_r5) and has_interval(ci_cos)) or head.get("best_baseline_diff_r5") is None:
         return word
     if beats:
         word = "beaten, both paired intervals above 0" if min(ci_r5[0], ci_cos[0]) > 0 else \
@@ -75,7 +76,7 @@ def summary_lines(head: dict[str, Any], index_html: str) -> list[str]:
     if head.get("gate_decision") is None:
         gate_txt = "— (no gates.json: 03_gates did not run)"
     ci = head.get("recall_at_5_ci")
-    ci_txt = f" [{ci[0]:.1%}–{ci[1]:.1%}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci else ""
+    ci_txt = f" [{ci[0]:.1%}–{ci[1]:.1%}]" if has_interval(ci) else ""
     if head.get("recall_at_5") is None:
         model = "— (no metrics/eval.json: 04_eval did not run)"
     else:

@@ -18,7 +18,7 @@ from filelock import FileLock
 from markupsafe import Markup, escape
 
 from . import tweaks
-from .console import beaten_text
+from .console import beaten_text, has_interval
 from .execute import NOTEBOOKS
 from .gates import upgrade
 from .runs import RunError, atomic_write_json, atomic_write_text, read_json
@@ -210,7 +210,7 @@ def _when(iso: str | None) -> str:
 def _r5(rec: dict[str, Any]) -> Markup:
     ci = rec.get("recall_at_5_ci")
     txt = escape(_fmt(rec.get("recall_at_5"), True))
-    if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
+    if has_interval(ci):
         txt += Markup(f" <small>[{ci[0]:.1%}–{ci[1]:.1%}]</small>")
     return Markup(txt)
 

@@ -54,6 +54,11 @@ def val_card(run: str | Path, force: bool = False, progress: bool = False) -> di
             "d_r5": bb["diff_recall_at_5"], "ci_r5": bb["diff_recall_at_5_ci"],
             "cos": ev["pred_target_cosine"], "b_cos_name": bb["name_cosine"],
             "d_cos": bb["diff_cosine"], "ci_cos": bb["diff_cosine_ci"]}
+    return with_z(card)
+
+
+def with_z(card: dict[str, Any]) -> dict[str, Any]:
+    """Add z_r5, z_cos and their minimum (the rule's score) to a card holding d_r5/ci_r5, d_cos/ci_cos."""
     card["z_r5"], card["z_cos"] = z_score(card["d_r5"], card["ci_r5"]), z_score(card["d_cos"], card["ci_cos"])
     card["min_z"] = min(card["z_r5"], card["z_cos"])
     return card

@@ -9,15 +9,12 @@ from tiny_runs import CliFailed, cli
 from lvmlib.data import load_prepared
 from lvmlib.errors import RequestError
 from lvmlib.runs import read_json
-from lvmlib.selection import pick, select, table, val_card, z_score
+from lvmlib.selection import pick, select, table, val_card, with_z, z_score
 
 
 def _card(run, d_r5, ci_r5, d_cos, ci_cos):
-    c = {"run": run, "n": 100, "epoch": 1, "mrr": 0.1, "r5": 0.2, "b_r5_name": "copy_last", "d_r5": d_r5,
-         "ci_r5": ci_r5, "cos": 0.5, "b_cos_name": "context_mean", "d_cos": d_cos, "ci_cos": ci_cos}
-    c["z_r5"], c["z_cos"] = z_score(d_r5, ci_r5), z_score(d_cos, ci_cos)
-    c["min_z"] = min(c["z_r5"], c["z_cos"])
-    return c
+    return with_z({"run": run, "n": 100, "epoch": 1, "mrr": 0.1, "r5": 0.2, "b_r5_name": "copy_last", "d_r5": d_r5,
+                   "ci_r5": ci_r5, "cos": 0.5, "b_cos_name": "context_mean", "d_cos": d_cos, "ci_cos": ci_cos})
 
 
 def test_z_is_the_difference_over_the_interval_se():
