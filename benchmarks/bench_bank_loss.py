@@ -1,5 +1,5 @@
 """The bank InfoNCE's forward + backward on a run's real train bank, with and without zeroing the
-near-zero entries (`lvmlib.losses.BankNegatives`, `TINY`), same process, interleaved rounds.
+near-zero entries (`lvmlib.train.losses.BankNegatives`, `TINY`), same process, interleaved rounds.
 
     .venv/bin/python benchmarks/bench_bank_loss.py RUN_DIR [--batch 128] [--rounds 3] [--threads 0]
 
@@ -31,9 +31,9 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from lvmlib.data import load_prepared
-    from lvmlib.errors import DataError
-    from lvmlib.losses import TINY, BankNegatives, bank_info_nce
+    from lvmlib.data.prepare import load_prepared
+    from lvmlib.core.errors import DataError
+    from lvmlib.train.losses import TINY, BankNegatives, bank_info_nce
     from lvmlib.metrics import duplicate_groups
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -7,7 +7,7 @@ scale, ingestion memory.
 
 Prints one table per part, each with a baseline measured in the same run:
 - chunking: the default corpus chunked cold with one sentence-splitting process per core vs one;
-- embed: MiniLM chunks/s, length-sorted batches (what lvmlib.data does) vs batches in corpus order;
+- embed: MiniLM chunks/s, length-sorted batches (what lvmlib.data.prepare does) vs batches in corpus order;
 - warm: prepare_data on the default corpus with a warm embedding cache, and 01_data.ipynb via papermill;
 - scale: prepare_data on the dev corpus (1,000 articles, ~105K chunks) with the real encoder and
   `data.encoder_backend` (default: the kit's `auto`), cold (an empty cache: chunking, the ONNX export,
@@ -49,8 +49,8 @@ def bench_chunking() -> None:
     `data.chunk_workers` = one per core vs 1, same process, same chunks."""
     import dataclasses
 
-    from lvmlib import corpus
-    from lvmlib.config import DataConfig
+    from lvmlib.data import corpus
+    from lvmlib.core.config import DataConfig
     rows, out = [], {}
     for w in (corpus.chunk_workers(DataConfig()), 1):
         cfg = dataclasses.replace(DataConfig(), chunk_workers=w)
@@ -67,8 +67,9 @@ def bench_chunking() -> None:
 def bench_embed(n: int = 1024) -> None:
     import numpy as np
     import torch
-    from lvmlib import corpus, encoder
-    from lvmlib.config import DataConfig
+    from lvmlib.data import corpus
+    from lvmlib.data import encoder
+    from lvmlib.core.config import DataConfig
     texts = []
     for _, chunks in corpus.iter_chunked_cached(DataConfig(), encoder.cache_root()):
         texts += chunks
@@ -90,12 +91,12 @@ def bench_embed(n: int = 1024) -> None:
           f"chunks (mean {words:.1f} words), batch 64",
           ["batches", "seconds", "chunks/s", "ratio"],
           [["corpus order (baseline)", f"{t_plain:.1f}", f"{n / t_plain:.1f}", "1.00"],
-           ["length-sorted (lvmlib.data)", f"{t_sorted:.1f}", f"{n / t_sorted:.1f}", f"{t_plain / t_sorted:.2f}"]])
+           ["length-sorted (lvmlib.data.prepare)", f"{t_sorted:.1f}", f"{n / t_sorted:.1f}", f"{t_plain / t_sorted:.2f}"]])
 
 
 def bench_warm() -> None:
-    from lvmlib import data
-    from lvmlib.config import load_config
+    from lvmlib.data import prepare as data
+    from lvmlib.core.config import load_config
     cfg = load_config(None, [])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,8 +120,9 @@ def bench_warm() -> None:
 CHILD = r"""
 import hashlib, json, resource, sys, time
 import numpy as np
-from lvmlib import data, encoder
-from lvmlib.config import load_config
+from lvmlib.data import prepare as data
+from lvmlib.data import encoder
+from lvmlib.core.config import load_config
 
 class HashST:  # 384-D stand-in for the encoder: the pipeline's memory, not the model's
     max_seq_length = 0
@@ -200,8 +202,8 @@ def bench_memory(sizes: list[int]) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         base = ["data.source=jsonl", f"data.path={DEV}", f"data.cache_dir={tmp}/cache"]
-        # baseline: the interpreter with lvmlib.data imported and nothing ingested
-        r = subprocess.run([sys.executable, "-c", PEAK + "import lvmlib.data, torch\nprint(peak_rss_mb(), peak_anon_mb())"],
+        # baseline: the interpreter with lvmlib.data.prepare imported and nothing ingested
+        r = subprocess.run([sys.executable, "-c", PEAK + "import lvmlib.data.prepare, torch\nprint(peak_rss_mb(), peak_anon_mb())"],
                            cwd=ROOT, capture_output=True, text=True, check=True)
         floor, floor_anon = map(float, r.stdout.split())
         rows.append(["imports only (baseline)", "-", "-", "-", "-", f"{floor:.0f}", f"{floor_anon:.0f}", "-"])

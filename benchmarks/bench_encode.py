@@ -8,7 +8,7 @@ export is cached under <cache root>/models/), one warm-up batch, then the timed 
 length-sorted texts. torch runs first and last; its mean is the baseline of every ratio. Quality: mean
 and min cosine of each backend's vectors to torch's, and for the fastest backend whose mean cosine passes
 (>= 0.99) the copy_last R@5 (primary bank: every chunk, the query's context removed) on the test split
-of the default corpus prepared with that backend vs with torch (`lvmlib.data.copy_last_retrieval`).
+of the default corpus prepared with that backend vs with torch (`lvmlib.data.prepare.copy_last_retrieval`).
 The last line names the best backend: the fastest one that passes both bars (cosine >= 0.99, R@5 within
 0.5 points of torch's).
 """
@@ -30,13 +30,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 COS_BAR, R5_BAR = 0.99, 0.5
 
 from bench_data import table  # noqa: E402  (the benchmarks' one markdown-table printer)
-from lvmlib.config import ENCODER_BACKENDS as BACKENDS  # noqa: E402
+from lvmlib.core.config import ENCODER_BACKENDS as BACKENDS  # noqa: E402
 
 
 def sample_texts(n: int) -> list[str]:
     """n chunk texts of the default corpus, every 4th chunk (several articles, every length)."""
-    from lvmlib import corpus, encoder
-    from lvmlib.config import DataConfig
+    from lvmlib.data import corpus
+    from lvmlib.data import encoder
+    from lvmlib.core.config import DataConfig
     texts: list[str] = []
     for _, chunks in corpus.iter_chunked_cached(DataConfig(), encoder.cache_root()):
         texts += chunks
@@ -50,7 +51,7 @@ def worker(backend: str, texts_path: str, out_path: str) -> None:
     import numpy as np
     import torch
 
-    from lvmlib import encoder
+    from lvmlib.data import encoder
     texts = json.loads(Path(texts_path).read_text())
     t0 = time.perf_counter()
     enc = encoder.Encoder(encoder.BUNDLED_ENCODER, 256, batch_size=64, backend=backend)
@@ -74,8 +75,8 @@ def run_worker(backend: str, texts_path: Path, out: Path) -> dict:
 
 def copy_last_r5(backend: str, max_articles: int, tmp: Path) -> tuple[float, int]:
     """copy_last R@5 (primary bank) on the test split of the default corpus embedded with `backend`."""
-    from lvmlib import data
-    from lvmlib.config import load_config
+    from lvmlib.data import prepare as data
+    from lvmlib.core.config import load_config
     over = [f"data.encoder_backend={backend}"] + ([f"data.max_articles={max_articles}"] if max_articles else [])
     run = tmp / f"prep-{backend}"
     data.prepare_data(load_config(None, over), run, progress=False)

@@ -35,9 +35,9 @@ def build(impl: str):
     import torch
     from torch import nn
 
-    from lvmlib import scan
-    from lvmlib.config import ModelConfig
-    from lvmlib.model import PRESETS, build_model
+    from lvmlib.model import scan
+    from lvmlib.core.config import ModelConfig
+    from lvmlib.model.models import PRESETS, build_model
 
     preset = PRESETS["mamba_s"]
     if impl in ("cpu", "cpu-torch", "ref"):
@@ -70,7 +70,7 @@ def scan_step(spec: dict):
     """One Mamba-S layer's scan core (B, ED=1536, L, N=128): forward + backward. -> (step, info)."""
     import torch
 
-    from lvmlib import scan
+    from lvmlib.model import scan
 
     g = torch.Generator().manual_seed(0)
     b, ed, n, length = spec["batch"], 1536, 128, spec["length"]
@@ -109,7 +109,7 @@ def child(spec: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from lvmlib.model import count_parameters, param_groups
+    from lvmlib.model.models import count_parameters, param_groups
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
@@ -198,7 +198,7 @@ def main() -> None:
     ap.add_argument("--modes", nargs="*", default=["train", "infer", "scan"], help="train infer scan")
     ap.add_argument("--lengths", nargs="*", type=int, help="only rows with these context lengths")
     ap.add_argument("--adamw", choices=["default", "foreach", "fused"], default="default",
-                    help="AdamW implementation of every train row (default = what lvmlib.train uses)")
+                    help="AdamW implementation of every train row (default = what lvmlib.train.loop uses)")
     ap.add_argument("--rounds", type=int, default=1, help="run the plan this many times, interleaved; report medians")
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--child", help=argparse.SUPPRESS)

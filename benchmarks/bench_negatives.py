@@ -28,10 +28,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--params", default=str(ROOT / "params" / "default.yaml"))
     args = ap.parse_args()
-    from lvmlib.config import load_config
-    from lvmlib.data import load_prepared
-    from lvmlib.errors import DataError
-    from lvmlib.train import train
+    from lvmlib.core.config import load_config
+    from lvmlib.data.prepare import load_prepared
+    from lvmlib.core.errors import DataError
+    from lvmlib.train.loop import train
     try:
         data = load_prepared(args.run_dir).dir.resolve()  # DataError names the missing file
     except DataError as e:

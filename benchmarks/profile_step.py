@@ -45,8 +45,8 @@ def child(spec: dict) -> dict:
     from torch.autograd.profiler import record_function
     from torch.profiler import ProfilerActivity, profile
 
-    import lvmlib.model as M
-    from lvmlib.config import ModelConfig
+    import lvmlib.model.models as M
+    from lvmlib.core.config import ModelConfig
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)

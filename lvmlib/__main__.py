@@ -1,6 +1,6 @@
 """`python -m lvmlib ...` — see lvmlib/cli.py."""
 import sys
 
-from .cli import main
+from lvmlib.app.cli import main
 
 sys.exit(main())

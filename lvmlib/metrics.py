@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .config import SEARCH_BACKENDS
+from lvmlib.core.config import SEARCH_BACKENDS
 
 CONTAIN_K = 50  # Contain@50: the target is among the first 50 candidates
 EFF_K = 5  # Eff@5 = R@5 / Contain@50: how much of what the candidates contain reaches the top 5

@@ -1,7 +1,7 @@
 """Every bad input of issues 8 and 13, one table (ROWS), one test per row: a clear error, nothing half-written.
 
 Each row builds its bad input in a fresh tmp dir, calls what a user's command reaches — the CLI
-(`lvmlib.cli.main`, in-process) for params and notebook parameters, the stage function for corpora,
+(`lvmlib.app.cli.main`, in-process) for params and notebook parameters, the stage function for corpora,
 payloads and checkpoints, and for a few rows `python -m lvmlib run` itself (slow) — and asserts:
 
 - the error type, and that the FIRST line of its message names the file, key, line or value (the
@@ -30,13 +30,13 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from lvmlib.config import load_config
-from lvmlib.corpus import CorpusError
-from lvmlib.data import DataError
-from lvmlib.evaluate import SanityError
-from lvmlib.model import CheckpointError
-from lvmlib.payload import export_run
-from lvmlib.runs import create_run_dir
+from lvmlib.core.config import load_config
+from lvmlib.data.corpus import CorpusError
+from lvmlib.data.prepare import DataError
+from lvmlib.eval.evaluate import SanityError
+from lvmlib.model.checkpoint import CheckpointError
+from lvmlib.data.payload import export_run
+from lvmlib.core.runs import create_run_dir
 
 from tiny_runs import D, ROOT, SMOKE, CliFailed, cli, cli_subprocess, copy_run, snapshot, vectors_npz
 
@@ -192,7 +192,7 @@ def _truncate_file(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-# ---- corpora: the data stage (lvmlib.data.prepare_data, what 01_data calls) into a fresh run dir
+# ---- corpora: the data stage (lvmlib.data.prepare.prepare_data, what 01_data calls) into a fresh run dir
 GOOD_LINE = json.dumps({"title": "Good", "text": "A sentence with more than enough words to make a chunk. " * 4})
 
 
@@ -203,7 +203,7 @@ def _data_row(id: str, make_input: Callable[[Path], list[str]], error, names: li
         over = make_input(tmp) + [f"data.cache_dir={tmp / 'cache'}", "data.min_words=5"]
         cfg = load_config(None, over)
         run = create_run_dir(tmp / "runs", "r")
-        from lvmlib.data import prepare_data
+        from lvmlib.data.prepare import prepare_data
         return lambda: prepare_data(cfg, run, progress=False)
     # the chunk cache may create its (empty) directory; an entry is only written after a complete read
     ROWS.append(Row(id, build, error, tuple(names), see=see, may_change=("cache", "cache/chunks", *may_change)))
@@ -298,7 +298,7 @@ _data_row("k-larger-than-every-article", lambda tmp: _npz()(tmp) + ["data.contex
 # ---- a seed-format payload handed to the evaluation (`python -m lvmlib eval RUN --data payload.npz`)
 def _payload_row(id: str, damage: Callable[[dict], dict | bytes], names: list[str]):
     def build(tmp, request):
-        from lvmlib.evaluate import evaluate_run
+        from lvmlib.eval.evaluate import evaluate_run
         run = copy_run(request.getfixturevalue("tiny_run"), tmp)
         with np.load(export_run(run, out=tmp / "exported.npz")) as z:
             arrays = {k: z[k].copy() for k in z.files}
@@ -350,9 +350,9 @@ def _ckpt_row(id: str, damage: Callable[[Path], None], stage: str, names: list[s
         damage(run)
         cfg = load_config(run / "params.yaml", list(overrides))
         if stage == "eval":
-            from lvmlib.evaluate import evaluate_run
+            from lvmlib.eval.evaluate import evaluate_run
             return lambda: evaluate_run(cfg, run, progress=False)
-        from lvmlib.train import train
+        from lvmlib.train.loop import train
         return lambda: train(cfg, run, resume=True, progress=False)
     # a training attempt records its failure in train_progress.json (what `lvmlib status` reads)
     ROWS.append(Row(id, build, CheckpointError, tuple(names), see=see,
@@ -361,8 +361,8 @@ def _ckpt_row(id: str, damage: Callable[[Path], None], stage: str, names: list[s
 
 def _other_width(run):
     import torch
-    from lvmlib.checkpoint import save_checkpoint
-    from lvmlib.model import build_model
+    from lvmlib.model.checkpoint import save_checkpoint
+    from lvmlib.model.models import build_model
     cfg = load_config(run / "params.yaml")
     torch.manual_seed(0)
     save_checkpoint(run / "best.pt", build_model(cfg.model, 8), cfg, 8)

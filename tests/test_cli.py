@@ -1,8 +1,8 @@
 """The command line: check, cache list/clear, clear errors for wrong paths."""
 import numpy as np
 
-from lvmlib.cli import main
-from lvmlib.encoder import EmbeddingCache, list_cache, text_digests
+from lvmlib.app.cli import main
+from lvmlib.data.encoder import EmbeddingCache, list_cache, text_digests
 
 
 def test_check_prints_the_resolved_config(capsys):

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import yaml
 
-from lvmlib import compare
-from lvmlib.config import dump_config, load_config
+from lvmlib.analysis import compare
+from lvmlib.app import studies
+from lvmlib.core.config import dump_config, load_config
 from lvmlib.metrics import article_bootstrap, rank_metrics
-from lvmlib.runs import RunError
+from lvmlib.core.runs import RunError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -207,7 +208,7 @@ def test_versus_reference_pairs_every_run_with_the_reference(pair, tmp_path):
 def test_compare_runs_with_a_reference_outside_the_list(pair, tmp_path):
     v1, v2 = pair
     reports = tmp_path / "reports"
-    out = compare.compare_runs([v2], compare_id="ref", reports_root=reports, reference=v1)
+    out = studies.compare_runs([v2], compare_id="ref", reports_root=reports, reference=v1)
     rec = json.loads((reports / "compare_ref.json").read_text())
     assert [r["run_id"] for r in rec["runs"]] == ["r-v1", "r-v2"]  # the reference is added, first
     assert rec["reference"] and len(rec["vs_reference"]) == 1 and rec["vs_reference"][0]["diff_recall_at_5_ci"][0] > 0
@@ -248,8 +249,8 @@ def test_a_run_written_before_the_gate_keys_were_renamed_still_compares(pair):
 
 
 def test_a_runs_params_are_read_and_validated_by_config(pair):
-    """compare reads params.yaml through lvmlib.config: a key the kit does not know is named, not ignored."""
-    from lvmlib.config import ConfigError
+    """compare reads params.yaml through lvmlib.core.config: a key the kit does not know is named, not ignored."""
+    from lvmlib.core.config import ConfigError
     v1_dir, _ = pair
     text = (v1_dir / "params.yaml").read_text()
     assert compare.load_run(v1_dir).config["loss"]["lambda_con"] == load_config(ROOT / "params/study_v1.yaml").loss.lambda_con
@@ -274,7 +275,7 @@ def test_study_params_pair_differs_only_in_the_loss():
 # --------------------------------------------------------------------------- end to end on fixture runs
 def test_compare_runs_renders_html_json_and_index(pair, tmp_path):
     reports = tmp_path / "reports"
-    out = compare.compare_runs(list(pair), compare_id="t1", reports_root=reports)
+    out = studies.compare_runs(list(pair), compare_id="t1", reports_root=reports)
     assert out == reports / "compare_t1.html"
     page = out.read_text()
     code = (reports / "compare_t1.code.html").read_text()
@@ -299,7 +300,7 @@ def test_compare_with_an_unfinished_run(pair, tmp_path):
         (v1 / f).unlink()
     m = json.loads((v1 / "manifest.json").read_text())
     (v1 / "manifest.json").write_text(json.dumps({**m, "status": "failed"}))
-    out = compare.compare_runs([v1, v2], compare_id="t2", reports_root=tmp_path / "reports")
+    out = studies.compare_runs([v1, v2], compare_id="t2", reports_root=tmp_path / "reports")
     page = out.read_text()
     assert "Only study_v2 was evaluated" in page and "study_v1 has no Phase-1 evaluation (status: failed)" in page
     assert page.count("data:image/png;base64") >= 4
@@ -314,10 +315,10 @@ def test_a_failing_comparison_is_recorded_and_named(pair, tmp_path, monkeypatch)
     nb.cells = [nbformat.v4.new_markdown_cell("# broken"), params,
                 nbformat.v4.new_code_cell('raise ValueError("boom in the comparison")')]
     nbformat.write(nb, str(tmp_path / "broken.ipynb"))
-    monkeypatch.setattr(compare, "NOTEBOOK", tmp_path / "broken.ipynb")
+    monkeypatch.setattr(studies, "COMPARE_NOTEBOOK", tmp_path / "broken.ipynb")
     reports = tmp_path / "reports"
     with pytest.raises(compare.CompareFailed, match="05_compare.*ValueError: boom in the comparison"):
-        compare.compare_runs(list(pair), compare_id="t3", reports_root=reports)
+        studies.compare_runs(list(pair), compare_id="t3", reports_root=reports)
     rec = json.loads((reports / "compare_t3.json").read_text())
     assert rec["status"] == "failed" and "boom" in rec["failure"] and "comparison failed" in rec["verdict"]
     assert "boom in the comparison" in (reports / "compare_t3.html").read_text()  # papermill's error, rendered
@@ -325,7 +326,7 @@ def test_a_failing_comparison_is_recorded_and_named(pair, tmp_path, monkeypatch)
 
 
 def test_pair_study_compares_what_ran_and_names_the_failure(tmp_path, monkeypatch):
-    from lvmlib import runner
+    from lvmlib.app import runner
 
     def fake_run_study(params, runs_root, reports_root, run_id, progress):  # stands in for 01..04
         v1 = "study_v1" in str(params)
@@ -336,9 +337,9 @@ def test_pair_study_compares_what_ran_and_names_the_failure(tmp_path, monkeypatc
             raise runner.StudyFailed("02_train (cell 5): RuntimeError: out of memory")
         return run
 
-    monkeypatch.setattr(runner, "run_study", fake_run_study)
+    monkeypatch.setattr(studies, "run_study", fake_run_study)
     with pytest.raises(compare.CompareFailed, match="study_v1: 02_train .*out of memory.*comparison of what ran"):
-        compare.run_pair_study(["params/study_v1.yaml", "params/study_v2.yaml"], runs_root=tmp_path / "runs",
+        studies.run_pair_study(["params/study_v1.yaml", "params/study_v2.yaml"], runs_root=tmp_path / "runs",
                                reports_root=tmp_path / "reports", progress=False)
     (rec_path,) = (tmp_path / "reports").glob("compare_*-study-study_v1-vs-study_v2.json")
     rec = json.loads(rec_path.read_text())
@@ -349,14 +350,14 @@ def test_pair_study_validates_every_params_file_first(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("loss:\n  lambda_cn: 0.5\n")
     with pytest.raises(Exception, match="lambda_cn"):
-        compare.run_pair_study(["params/study_v1.yaml", str(bad)], runs_root=tmp_path / "runs",
+        studies.run_pair_study(["params/study_v1.yaml", str(bad)], runs_root=tmp_path / "runs",
                                reports_root=tmp_path / "reports", progress=False)
     assert not (tmp_path / "runs").exists()
 
 
 def test_compare_runs_rejects_a_non_run_dir(tmp_path):
     with pytest.raises(RunError, match="no manifest.json"):
-        compare.compare_runs([tmp_path], reports_root=tmp_path / "reports")
+        studies.compare_runs([tmp_path], reports_root=tmp_path / "reports")
     assert not (tmp_path / "reports").exists()
 
 
@@ -374,7 +375,7 @@ def test_compare_notebook_contract():
             assert "def " not in c.source and "class " not in c.source  # logic lives in lvmlib
 
 
-# --------------------------------------------------------------------------- rendering (lvmlib.runner)
+# --------------------------------------------------------------------------- rendering (lvmlib.app.runner)
 def _nb(cells):
     import nbformat
     nb = nbformat.v4.new_notebook()
@@ -389,7 +390,7 @@ def _nb(cells):
 
 
 def test_summary_section_moves_first_only_when_it_ran():
-    from lvmlib.report import summary_first
+    from lvmlib.report.pages import summary_first
     cells = [("md", "# 01 · Title", []), ("code", "x = 1", [("stdout", "log\n")]), ("md", "## Detail", []),
              ("code", "plot()", [("stdout", "detail\n")]), ("md", "## Summary\nwords", []),
              ("code", "show()", [("stdout", "R@5 12%\n")]), ("md", "## Record", []), ("code", "rec()", [])]
@@ -404,7 +405,7 @@ def test_summary_section_moves_first_only_when_it_ran():
 
 
 def test_progress_bars_collapse_to_what_a_terminal_shows():
-    from lvmlib.report import tidy_streams
+    from lvmlib.report.pages import tidy_streams
     nb = _nb([("code", "train()", [("stdout", "start\n"), ("stderr", "\repoch 1:  50%|##   | 1/2"),
                                     ("stderr", "\repoch 1: 100%|#####| 2/2"), ("stderr", "\r          \r"),
                                     ("stdout", "epoch 1: loss 3.1\n"), ("stderr", "\rbar 100%|#####| 2/2\n"),
@@ -419,7 +420,7 @@ def test_reports_fetch_nothing_from_the_network(tmp_path):
     import re
 
     import nbformat
-    from lvmlib.report import render_html
+    from lvmlib.report.pages import render_html
     nb = _nb([("md", "# T", []), ("code", "1", [("stdout", "x\n")])])
     nbformat.write(nb, str(tmp_path / "t.ipynb"))
     out = render_html(tmp_path / "t.ipynb", tmp_path / "t.html", nav=[("home", "index.html")])
@@ -455,7 +456,7 @@ def test_beating_copy_lasts_cosine_is_not_beating_the_best_cosine_baseline(tmp_p
 def test_small_cosine_differences_keep_their_digits():
     """A paired cosine difference of a few 1e-4 prints with 4 decimals (not -0.000 [-0.001, +0.000]);
     differences of 0.01 and more keep 3."""
-    from lvmlib.plots_compare import _signed
+    from lvmlib.plots.compare import _signed
     assert _signed(-0.00025, [-0.00085, 0.0003]) == "-0.0003"
     assert _signed(0.0003, [-0.00085, 0.0003]) == "+0.0003"
     assert _signed(0.0125) == "+0.013"

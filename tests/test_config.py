@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from lvmlib.config import ConfigError, config_from_dict, dump_config, load_config, parse_override
+from lvmlib.core.config import ConfigError, config_from_dict, dump_config, load_config, parse_override
 
 PARAMS = sorted(Path(__file__).resolve().parent.parent.joinpath("params").glob("*.yaml"))
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from lvmlib.console import Console, fit, interactive, summary_lines
+from lvmlib.app.console import Console, fit, interactive, summary_lines
 
 HEAD = {"gate_decision": "stop_option_4", "gate_val_cosine": 0.3231, "recall_at_5": 0.056,
         "recall_at_5_ci": [0.033, 0.088], "pred_target_cosine": 0.306, "best_baseline": "copy_last",

@@ -1,4 +1,4 @@
-"""lvmlib.corpus: wikitext cleaning, sentence splitting and chunking, every source, bad input."""
+"""lvmlib.data.corpus: wikitext cleaning, sentence splitting and chunking, every source, bad input."""
 import bz2
 import gzip
 import json
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from lvmlib import corpus
-from lvmlib.config import DataConfig
-from lvmlib.corpus import Article, CorpusError, DataError
+from lvmlib.data import corpus
+from lvmlib.core.config import DataConfig
+from lvmlib.data.corpus import Article, CorpusError, DataError
 
 WIKITEXT = """{{Infobox person|name=Ada|birth_date=1815}}
 '''Ada Lovelace''' was an English [[mathematician]] and [[Writer|writer]].<ref>{{cite book|title=Ada}}</ref>
@@ -197,7 +197,7 @@ def test_hf_dataset_without_datasets_is_a_clear_error(monkeypatch):
 
 def test_corpus_errors_are_data_errors():
     assert issubclass(CorpusError, DataError) and issubclass(DataError, ValueError)
-    from lvmlib import data
+    from lvmlib.data import prepare as data
     assert data.DataError is DataError and issubclass(data.LeakageError, DataError)
 
 

@@ -29,14 +29,18 @@ import numpy as np
 import pytest
 import torch
 
-from lvmlib import data, encoder, execute, runner, runs
-from lvmlib.config import load_config
-from lvmlib.checkpoint import CheckpointError, load_checkpoint
-from lvmlib.model import build_model
-from lvmlib.payload import export_run
-from lvmlib.runner import StudyFailed, run_study
-from lvmlib.run_status import training_summary
-from lvmlib.train import TrainingDiverged, train
+from lvmlib.data import prepare as data
+from lvmlib.data import encoder
+from lvmlib.app import execute
+from lvmlib.app import runner
+from lvmlib.core import runs
+from lvmlib.core.config import load_config
+from lvmlib.model.checkpoint import CheckpointError, load_checkpoint
+from lvmlib.model.models import build_model
+from lvmlib.data.payload import export_run
+from lvmlib.app.runner import StudyFailed, run_study
+from lvmlib.train.status import training_summary
+from lvmlib.train.loop import TrainingDiverged, train
 from tiny_runs import (SMOKE, CliFailed, cli, cli_subprocess, copy_run, make_tiny_run, snapshot,  # noqa: F401
                        tiny_overrides, vectors_npz)
 
@@ -105,8 +109,9 @@ def test_an_exploding_learning_rate_is_caught_as_a_non_finite_loss(tmp_path):
 # --------------------------------------------------------------------------- SIGKILL while embedding
 _EMBED = """
 import sys
-from lvmlib import data, encoder
-from lvmlib.config import load_config
+from lvmlib.data import prepare as data
+from lvmlib.data import encoder
+from lvmlib.core.config import load_config
 encoder.FLUSH_EVERY = 16  # commit a cache shard every 16 chunks, so the kill lands between shards
 data.prepare_data(load_config(None, sys.argv[2:]), sys.argv[1], progress=False)
 """
@@ -424,7 +429,7 @@ def test_a_checkpoint_with_a_pickled_object_is_refused_and_never_run(tmp_path, t
         _hostile_checkpoint(run / name, marker, cfg)
     with pytest.raises(CheckpointError, match=r"best\.pt: refused: it holds a pickled object \((io|builtins)\.open\)"):
         load_checkpoint(run / "best.pt")
-    from lvmlib.evaluate import evaluate_run
+    from lvmlib.eval.evaluate import evaluate_run
     with pytest.raises(CheckpointError, match=r"best\.pt: refused"):
         evaluate_run(cfg, run, progress=False)
     with pytest.raises(CheckpointError, match=r"last\.pt: refused"):
@@ -481,7 +486,7 @@ def test_a_checkpoint_is_refused_by_what_it_holds_not_by_torchs_wording(tmp_path
 
 _HOLD = """
 import sys, time
-from lvmlib.runs import RunLock
+from lvmlib.core.runs import RunLock
 lock = RunLock(sys.argv[1], "training")
 print("held", flush=True)
 time.sleep(600)
@@ -522,7 +527,7 @@ def test_a_live_run_refuses_a_second_trainer_and_a_dead_holders_lock_is_taken_ov
     assert "no process holds the run" in text and f"pid {holder.pid}" in text and "killed or crashed" in text, text
     with runs.RunLock(run, "run") as lock:  # the dead holder's lock is taken over
         assert lock.owned and lock.taken_over.get("pid") == holder.pid
-        child = subprocess.run([sys.executable, "-c", "import sys; from lvmlib.runs import RunLock; "
+        child = subprocess.run([sys.executable, "-c", "import sys; from lvmlib.core.runs import RunLock; "
                                 "print(RunLock(sys.argv[1], 'child').owned)", str(run)],
                                cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True)
         assert child.stdout.strip() == "False", child.stderr  # started by the holder: shares it, no refusal
@@ -530,7 +535,7 @@ def test_a_live_run_refuses_a_second_trainer_and_a_dead_holders_lock_is_taken_ov
 
 
 def _status(run: Path) -> str:
-    from lvmlib.run_status import status
+    from lvmlib.train.status import status
     return status(run)
 
 
@@ -561,7 +566,8 @@ def test_a_huge_paragraph_is_cut_into_bounded_pieces_and_counted(tmp_path, monke
     """A 300 KB paragraph (pysbd alone: ~108 s, growing with its square) reaches the sentence splitter
     only in pieces of at most MAX_PARAGRAPH_CHARS, is counted in the data summary's counts (also when
     replayed from the chunk cache) and named in the data report's summary; progress is reported."""
-    from lvmlib import corpus, plots_data
+    from lvmlib.data import corpus
+    from lvmlib.plots import data as plots_data
     sent = "The old river flows past the castle and the market of the town every single day."
     huge = " ".join([sent] * 3700)  # ~ 300 KB, one paragraph
     path = tmp_path / "c.jsonl"

@@ -1,4 +1,4 @@
-"""lvmlib.data: embedding cache, article splits, windows, the leakage audit, payload, bad input.
+"""lvmlib.data.prepare: embedding cache, article splits, windows, the leakage audit, payload, bad input.
 
 Most tests use a tiny JSONL corpus and a deterministic fake encoder (`fake_encoder`), so they test
 our code, not the model; `test_real_minilm_encoder` goes through the real bundled MiniLM.
@@ -12,9 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lvmlib import data, encoder, payload, splits
-from lvmlib.config import load_config
-from lvmlib.data import DataError, LeakageError
+from lvmlib.data import prepare as data
+from lvmlib.data import encoder
+from lvmlib.data import payload
+from lvmlib.data import splits
+from lvmlib.core.config import load_config
+from lvmlib.data.prepare import DataError, LeakageError
 
 D_FAKE = 16
 SHARED = "This exact sentence appears in two different articles on purpose."
@@ -432,9 +435,9 @@ def test_default_corpus_through_minilm(tmp_path):
 
 
 def test_train_articles_keeps_val_test_and_nests():
-    from lvmlib.config import DataConfig
-    from lvmlib.corpus import DataError
-    from lvmlib.splits import build_windows, limit_train_articles
+    from lvmlib.core.config import DataConfig
+    from lvmlib.data.corpus import DataError
+    from lvmlib.data.splits import build_windows, limit_train_articles
     n_art, per = 40, 9
     keys = np.array([(a, p) for a in range(n_art) for p in range(per)], np.int64)
     art_split = np.array([0] * 30 + [1] * 5 + [2] * 5, np.int8)
@@ -456,7 +459,7 @@ def test_train_articles_keeps_val_test_and_nests():
 def test_extra_train_articles_grow_train_only_and_keep_val_test(tmp_path, fake_encoder):
     """data.extra_train_path: its articles are all train; the main corpus's split, val and test windows and
     texts are exactly those of the run without it; a text the main corpus has is dropped from the extras."""
-    from lvmlib.config import ConfigError
+    from lvmlib.core.config import ConfigError
     main = make_corpus(tmp_path / "main.jsonl", n_articles=14)
     base = data.prepare_data(cfg_for(tmp_path, main), tmp_path / "base", progress=False)
     pb = data.load_prepared(tmp_path / "base")
@@ -499,7 +502,7 @@ def test_extra_train_articles_grow_train_only_and_keep_val_test(tmp_path, fake_e
 def test_export_seed_npz_writes_the_windows_in_the_seeds_format(prepared, tmp_path, capsys):
     """`python -m lvmlib export RUN --format seed-npz`: every window's context and target vectors copied
     from the bank at its rows, the target's (article, position) and the split."""
-    from lvmlib.cli import main
+    from lvmlib.app.cli import main
     run = prepared.parent
     out = tmp_path / "exported" / "p.npz"
     assert main(["export", str(run), "--format", "seed-npz", "--out", str(out)]) == 0
@@ -516,7 +519,7 @@ def test_export_seed_npz_writes_the_windows_in_the_seeds_format(prepared, tmp_pa
 
 
 def test_export_names_what_is_missing(tmp_path, capsys):
-    from lvmlib.cli import main
+    from lvmlib.app.cli import main
     (tmp_path / "r").mkdir()
     assert main(["export", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lvmlib import backends, encoder
-from lvmlib.config import ConfigError, load_config
-from lvmlib.corpus import DataError
+from lvmlib.data import runtimes as backends
+from lvmlib.data import encoder
+from lvmlib.core.config import ConfigError, load_config
+from lvmlib.data.corpus import DataError
 
 TEXTS = ["The cat sat on the mat.", "A kitten was sitting on a rug in the hall of the old house.",
          "Stock markets fell sharply today after the central bank raised interest rates again.",
@@ -96,7 +97,7 @@ def test_openvino_is_imported_without_its_usage_telemetry():
     """openvino's package counts and reports usage unless opted out; a study run must send nothing."""
     import subprocess
     import sys
-    code = ("import sys; from lvmlib import encoder; encoder.openvino_precision(); "
+    code = ("import sys; from lvmlib.data import encoder; encoder.openvino_precision(); "
             "print('openvino_telemetry' in sys.modules and sys.modules['openvino_telemetry'] is not None)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False"

@@ -7,19 +7,19 @@ import pkgutil
 import pytest
 
 import lvmlib
-from lvmlib.cli import main
-from lvmlib.config import ConfigError
-from lvmlib.corpus import CorpusError
-from lvmlib.errors import LvmError
-from lvmlib.train import TrainingDiverged
+from lvmlib.app.cli import main
+from lvmlib.core.config import ConfigError
+from lvmlib.data.corpus import CorpusError
+from lvmlib.core.errors import LvmError
+from lvmlib.train.loop import TrainingDiverged
 
 
 def _kit_exception_classes() -> list[type]:
     found = []
-    for info in pkgutil.iter_modules(lvmlib.__path__):
-        if info.name == "__main__":  # importing it runs the CLI
+    for info in pkgutil.walk_packages(lvmlib.__path__, prefix="lvmlib."):
+        if info.name.endswith("__main__"):  # importing it runs a command
             continue
-        mod = importlib.import_module(f"lvmlib.{info.name}")
+        mod = importlib.import_module(info.name)
         for _, obj in inspect.getmembers(mod, inspect.isclass):
             if issubclass(obj, BaseException) and obj.__module__.startswith("lvmlib."):
                 found.append(obj)
@@ -42,7 +42,7 @@ def test_every_kit_exception_subclasses_lvm_error():
     (TrainingDiverged("loss is nan at step 7"), 1, "error: TrainingDiverged: loss is nan at step 7"),
 ])
 def test_cli_prints_one_line_and_the_status_of_any_kit_error(monkeypatch, capsys, exc, status, line):
-    import lvmlib.cli as cli
+    import lvmlib.app.cli as cli
 
     def boom(args):
         raise exc

@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from lvmlib import evaluate as ev_mod
-from lvmlib.config import Config, dump_config, load_config
-from lvmlib.payload import save_npz_streaming
-from lvmlib.splits import build_windows
-from lvmlib.eval_data import check_alignment
-from lvmlib.evaluate import SanityError, evaluate_run
-from lvmlib.checkpoint import save_checkpoint
-from lvmlib.model import build_model
-from lvmlib.runs import atomic_save_npz
+from lvmlib.eval import evaluate as ev_mod
+from lvmlib.app import studies
+from lvmlib.core.config import Config, dump_config, load_config
+from lvmlib.data.payload import save_npz_streaming
+from lvmlib.data.splits import build_windows
+from lvmlib.eval.inputs import check_alignment
+from lvmlib.eval.evaluate import SanityError, evaluate_run
+from lvmlib.model.checkpoint import save_checkpoint
+from lvmlib.model.models import build_model
+from lvmlib.core.runs import atomic_save_npz
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRED = ("pred_target_cosine", "recall_at_1", "recall_at_5", "recall_at_10", "n_queries", "bank_size")
@@ -285,7 +286,7 @@ def test_a_float16_bank_evaluates_like_float32(fake, tmp_path):
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
-    from lvmlib.model import CheckpointError
+    from lvmlib.model.checkpoint import CheckpointError
     cfg = make_fake_run(tmp_path / "r", checkpoint=False)
     with pytest.raises(CheckpointError, match="best.pt: checkpoint file not found"):
         evaluate_run(cfg, tmp_path / "r", progress=False)
@@ -301,7 +302,7 @@ def test_checkpoint_of_another_encoder_is_refused(tmp_path):
 @pytest.mark.slow
 def test_notebook_runs_against_a_fake_run(tmp_path):
     import papermill as pm
-    from lvmlib.execute import NOTEBOOK_DIR, ensure_kernel
+    from lvmlib.app.execute import NOTEBOOK_DIR, ensure_kernel
     make_fake_run(tmp_path / "r")
     out = tmp_path / "04_eval.ipynb"
     pm.execute_notebook(str(NOTEBOOK_DIR / "04_eval.ipynb"), str(out), kernel_name=ensure_kernel(),
@@ -317,7 +318,7 @@ def test_notebook_runs_against_a_fake_run(tmp_path):
 def test_evaluate_elsewhere_renders_the_report_for_another_corpus(tmp_path):
     make_fake_run(tmp_path / "r")
     make_fake_run(tmp_path / "dev", n_articles=20, seed=5, checkpoint=False)
-    out = ev_mod.evaluate_elsewhere(tmp_path / "r", tmp_path / "dev" / "data" / "payload.npz",
+    out = studies.evaluate_elsewhere(tmp_path / "r", tmp_path / "dev" / "data" / "payload.npz",
                                     reports_root=tmp_path / "reports", progress=False)
     assert out == (tmp_path / "r" / "eval_payload").resolve()
     ev = json.loads((out / "eval.json").read_text())

@@ -1,8 +1,8 @@
 """The epoch-2 decision tree and the Phase-1 rules on hand-built histories."""
 import pytest
 
-from lvmlib.config import GatesConfig
-from lvmlib.gates import epoch_gate, in_loop_action, phase1_decision
+from lvmlib.core.config import GatesConfig
+from lvmlib.train.gates import epoch_gate, in_loop_action, phase1_decision
 
 G = GatesConfig()
 
@@ -70,8 +70,8 @@ def test_phase1_compares_with_best_baseline():
 def test_write_gates_compares_with_the_baselines(tmp_path):
     import json
 
-    from lvmlib.config import Config
-    from lvmlib.gates import summary_markdown, write_gates
+    from lvmlib.core.config import Config
+    from lvmlib.train.gates import summary_markdown, write_gates
     (tmp_path / "data").mkdir()
     (tmp_path / "history.json").write_text(json.dumps(
         [{"epoch": 1, "val_cosine": 0.40}, {"epoch": 2, "val_cosine": 0.45, "decision": "extend",
@@ -86,7 +86,7 @@ def test_write_gates_compares_with_the_baselines(tmp_path):
 
 
 def test_gate_against_the_best_baseline_moves_the_bars():
-    from lvmlib.gates import epoch_gate, in_loop_action
+    from lvmlib.train.gates import epoch_gate, in_loop_action
     g = GatesConfig(against="best_baseline")  # threshold 0.50 / lower 0.40 -> best / best - 0.10
     hist = [{"epoch": 1, "val_cosine": 0.45}, {"epoch": 2, "val_cosine": 0.47}]
     assert epoch_gate(hist, GatesConfig())["decision"] == "extend"  # the seed's absolute bar
@@ -101,7 +101,7 @@ def test_gate_against_the_best_baseline_moves_the_bars():
 
 
 def test_upgrade_reads_the_names_of_runs_written_before_issue_14():
-    from lvmlib.gates import upgrade
+    from lvmlib.train.gates import upgrade
     old = {"epoch2_val_cosine": 0.41, "decision": "extend_2_epochs", "gate_decision": "extend_2_epochs",
            "tree_log": [{"epoch": 2, "decision": "extend_2_epochs"}], "threshold": 0.5}
     new = upgrade(old)

@@ -37,7 +37,7 @@ def test_environment_yml_pins_what_the_lock_pins():
 
 
 def test_lab_command_line_binds_loopback_without_browser_or_network():
-    from lvmlib.lab import lab_argv
+    from lvmlib.app.lab import lab_argv
     argv = lab_argv(port=9999, token="t")
     assert argv[1:3] == ["-m", "jupyterlab"] and "--no-browser" in argv
     assert "--ServerApp.ip=127.0.0.1" in argv and "--ServerApp.port=9999" in argv
@@ -187,7 +187,7 @@ def _execute(ws, session_id: str, code: str) -> list[dict]:
 @pytest.mark.slow
 def test_a_notebook_runs_on_the_labs_kernel_against_a_run_and_is_recorded(lab, smoke_run, tmp_path):
     from cdp import WebSocket
-    from lvmlib.runs import read_json
+    from lvmlib.core.runs import read_json
     run, reports = tmp_path / "runs" / "smoke", tmp_path / "reports"
     shutil.copytree(smoke_run, run)
     shutil.copytree(smoke_run.parent.parent / "reports" / "smoke", reports / "smoke")

@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lvmlib.config import LossConfig, load_config
-from lvmlib.losses import (LVMLoss, MicroBatch, ar_cosine, cached_step, direct_step, false_negative_mask,
+from lvmlib.core.config import LossConfig, load_config
+from lvmlib.train.losses import (LVMLoss, MicroBatch, ar_cosine, cached_step, direct_step, false_negative_mask,
                            info_nce)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,7 +189,7 @@ def _big_batch(enc, loss_fn, ctx, tgt, keys, dup):
 
 
 def _tiny(kind):
-    from lvmlib.model import build_model
+    from lvmlib.model.models import build_model
     cfg = load_config(None, [f"model.kind={kind}", "model.d_model=16", "model.n_layers=2", "model.d_state=4"])
     torch.manual_seed(0)
     return build_model(cfg.model, 8)
@@ -272,8 +272,8 @@ WORKER = textwrap.dedent('''
     from torch.nn.parallel import DistributedDataParallel as DDP
     sys.path.insert(0, sys.argv[2])
     from test_losses import _batch, _micro, _tiny, _Enc
-    from lvmlib.config import LossConfig
-    from lvmlib.losses import LVMLoss, cached_step
+    from lvmlib.core.config import LossConfig
+    from lvmlib.train.losses import LVMLoss, cached_step
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(1)
@@ -341,7 +341,7 @@ def _naive_bank_loss(q, target, vectors, train_rows, groups, ctx_rows, tgt_rows,
 
 
 def test_bank_info_nce_matches_a_naive_loop():
-    from lvmlib.losses import BankNegatives, bank_info_nce
+    from lvmlib.train.losses import BankNegatives, bank_info_nce
     from lvmlib.metrics import duplicate_groups
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(60, 8)).astype(np.float32)
@@ -367,7 +367,7 @@ def test_bank_info_nce_matches_a_naive_loop():
 def test_bank_zeroes_near_zero_entries_without_changing_the_loss():
     """MiniLM's ~1e-38 dimensions become exact zeros in the negatives' bank (their products with softmax
     gradients are subnormal, which slowed the backward sgemm 12x); loss and gradient do not move."""
-    from lvmlib.losses import TINY, BankNegatives, bank_info_nce
+    from lvmlib.train.losses import TINY, BankNegatives, bank_info_nce
     from lvmlib.metrics import duplicate_groups
     rng = np.random.default_rng(1)
     vectors = rng.normal(size=(50, 8)).astype(np.float32)
@@ -390,8 +390,8 @@ def test_bank_zeroes_near_zero_entries_without_changing_the_loss():
 
 def test_bank_loss_gradient_equals_one_big_batch():
     """Per-sample negatives: accumulating micro-batches (direct_step) equals one batch of everything."""
-    from lvmlib.config import LossConfig
-    from lvmlib.losses import BankNegatives, LVMLoss, MicroBatch, direct_step
+    from lvmlib.core.config import LossConfig
+    from lvmlib.train.losses import BankNegatives, LVMLoss, MicroBatch, direct_step
     from lvmlib.metrics import duplicate_groups
     rng = np.random.default_rng(1)
     vectors = rng.normal(size=(80, 6)).astype(np.float32)
@@ -414,7 +414,7 @@ def test_bank_loss_gradient_equals_one_big_batch():
 
 
 def test_bank_negatives_refuse_heads_and_two_tower():
-    from lvmlib.config import ConfigError, load_config
+    from lvmlib.core.config import ConfigError, load_config
     with pytest.raises(ConfigError, match="loss.negatives"):
         load_config(None, ["loss.negatives=bank", "loss.proj_head=[8, 4]"])
     with pytest.raises(ConfigError, match="loss.negatives"):

@@ -1,4 +1,4 @@
-"""lvmlib.model: the Mamba block against mambapy (an independent implementation with mamba_ssm's
+"""lvmlib.model.models: the Mamba block against mambapy (an independent implementation with mamba_ssm's
 names), causality, shapes, parameter counts, weight-decay groups, baselines and checkpoints."""
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from mambapy.mamba import Mamba as PyMamba
 from mambapy.mamba import MambaBlock as PyMambaBlock
 from mambapy.mamba import MambaConfig as PyMambaConfig
 
-from lvmlib import scan
-from lvmlib.config import Config, ModelConfig
-from lvmlib.checkpoint import load_checkpoint, save_checkpoint
-from lvmlib.model import (PRESETS, CheckpointError, Mamba, MambaLVM, baseline, build_model,
+from lvmlib.model import scan
+from lvmlib.core.config import Config, ModelConfig
+from lvmlib.model.checkpoint import load_checkpoint, save_checkpoint
+from lvmlib.model.checkpoint import CheckpointError
+from lvmlib.model.models import (PRESETS, Mamba, MambaLVM, baseline, build_model,
                           count_parameters, param_groups, set_scan)
 
 LENGTHS = (1, 5, 16, 64)
@@ -385,8 +386,8 @@ def test_model_on_cuda_matches_cpu(backend):
 def test_residual_step0_equals_the_skip_exactly(kind, residual):
     """With a residual path, the untrained model *is* the trivial predictor: copy-last, or the
     initial context mixture (weight ~0.93 on the last position)."""
-    from lvmlib.config import load_config
-    from lvmlib.model import build_model
+    from lvmlib.core.config import load_config
+    from lvmlib.model.models import build_model
     cfg = load_config(None, [f"model.kind={kind}", f"model.residual={residual}", "model.d_model=16",
                              "model.n_layers=1", "model.d_state=4", "model.amn_hidden=8"]).model
     torch.manual_seed(0)
@@ -411,8 +412,8 @@ def test_residual_step0_equals_the_skip_exactly(kind, residual):
 
 
 def test_residual_none_is_the_seed_model():
-    from lvmlib.config import load_config
-    from lvmlib.model import build_model
+    from lvmlib.core.config import load_config
+    from lvmlib.model.models import build_model
     cfg = load_config(None, ["model.d_model=16", "model.n_layers=1", "model.d_state=4"]).model
     torch.manual_seed(0)
     model = build_model(cfg, 12)
@@ -421,8 +422,8 @@ def test_residual_none_is_the_seed_model():
 
 
 def test_residual_refuses_a_tower_of_another_width():
-    from lvmlib.config import load_config
-    from lvmlib.model import build_model
+    from lvmlib.core.config import load_config
+    from lvmlib.model.models import build_model
     cfg = load_config(None, ["model.kind=two_tower", "model.residual=last", "model.tower_dim=8",
                              "model.d_model=16", "model.n_layers=1", "model.d_state=4"]).model
     with pytest.raises(ValueError, match="tower_dim"):

@@ -31,8 +31,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 @pytest.fixture(scope="session")
 def reports(chromium, smoke_run) -> Path:
     """The session's smoke run (conftest) with its reports, and a comparison of it with a copy of itself."""
-    from lvmlib.compare import compare_runs
-    from lvmlib.report import record_run
+    from lvmlib.app.studies import compare_runs
+    from lvmlib.report.pages import record_run
     tmp = smoke_run.parent.parent  # runs/ and reports/ of the session's smoke run
     twin = tmp / "runs" / "smoke-twin"  # same numbers under another id: a comparison of real files
     shutil.copytree(tmp / "runs" / "smoke", twin)

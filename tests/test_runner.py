@@ -9,8 +9,8 @@ import math
 import nbformat
 import pytest
 
-from lvmlib.execute import NOTEBOOK_DIR, NOTEBOOKS
-from lvmlib.report import write_index
+from lvmlib.app.execute import NOTEBOOK_DIR, NOTEBOOKS
+from lvmlib.report.pages import write_index
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,7 +49,7 @@ def test_notebooks_hold_no_logic(name):
 def test_stage_notebooks_set_up_and_record_through_lvmlib(name):
     """Each stage notebook's first code cell after the parameters is one `notebook.setup` call (plus
     imports); its closing cell is one `notebook.record` call for that stage."""
-    from lvmlib import notebook
+    from lvmlib.app import notebook
     nb = nbformat.read(str(NOTEBOOK_DIR / f"{name}.ipynb"), as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])]
     calls = [line for line in code[0].source.splitlines() if line and not line.startswith(("import ", "from "))]
@@ -61,7 +61,7 @@ def test_stage_notebooks_set_up_and_record_through_lvmlib(name):
 
 
 def test_record_prints_each_stages_headline(tmp_path, capsys):
-    from lvmlib import notebook
+    from lvmlib.app import notebook
     gate = {"gate_val_cosine": 0.41, "threshold": 0.5, "passed": False, "decision": "extend", "reason": "r"}
     notebook.record("03_gates", tmp_path, gate)
     assert json.loads(capsys.readouterr().out) == {k: gate[k] for k in ("gate_val_cosine", "threshold", "passed",

@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from lvmlib import runs
-from lvmlib.report import record_run, write_index
+from lvmlib.core import runs
+from lvmlib.report.pages import record_run, write_index
 
 
 def test_atomic_write_keeps_old_file_when_writer_crashes(tmp_path):

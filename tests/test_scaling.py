@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lvmlib import plots_scaling, scaling
+from lvmlib.plots import scaling as plots_scaling
+from lvmlib.analysis import scaling
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""lvmlib.scan: every backend against the sequential reference, outputs and every gradient."""
+"""lvmlib.model.scan: every backend against the sequential reference, outputs and every gradient."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from lvmlib import scan
+from lvmlib.model import scan
 
 LENGTHS = (1, 5, 16, 64)
 RTOL, ATOL = 1e-4, 1e-5  # fp32; ATOL is relative to the reference's largest magnitude
@@ -121,7 +121,7 @@ def test_kernel_shares_torchs_openmp_runtime():
     require_kernel()
     if not scan._kernel().openmp or not os.path.exists("/proc/self/maps"):
         pytest.skip("kernel without OpenMP, or not Linux")
-    code = ("import torch; from lvmlib import scan; assert scan._kernel() is not None\n"
+    code = ("import torch; from lvmlib.model import scan; assert scan._kernel() is not None\n"
             "maps = open('/proc/self/maps').read()\n"
             "print(sorted({l.split()[-1] for l in maps.splitlines() if 'gomp' in l.rsplit('/', 1)[-1]}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

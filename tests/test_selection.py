@@ -6,10 +6,10 @@ import shutil
 import pytest
 from tiny_runs import CliFailed, cli
 
-from lvmlib.data import load_prepared
-from lvmlib.errors import RequestError
-from lvmlib.runs import read_json
-from lvmlib.selection import pick, select, table, val_card, with_z, z_score
+from lvmlib.data.prepare import load_prepared
+from lvmlib.core.errors import RequestError
+from lvmlib.core.runs import read_json
+from lvmlib.analysis.selection import pick, select, table, val_card, with_z, z_score
 
 
 def _card(run, d_r5, ci_r5, d_cos, ci_cos):

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from lvmlib.config import dump_config, load_config
-from lvmlib.runs import atomic_save_npy, atomic_save_npz, atomic_write_json, atomic_write_text
-from lvmlib import run_status
-from lvmlib import train as T
+from lvmlib.core.config import dump_config, load_config
+from lvmlib.core.runs import atomic_save_npy, atomic_save_npz, atomic_write_json, atomic_write_text
+from lvmlib.train import status as run_status
+from lvmlib.train import loop as T
 
 ROOT = Path(__file__).resolve().parent.parent
 D = 16  # vector width of the fake bank
@@ -137,8 +137,8 @@ def test_lr_schedule_shape():
 
 def test_validation_sees_clean_windows(tmp_path):
     """Every training sample augmented (p = 1), yet val_cosine is that of clean val windows."""
-    from lvmlib.data import load_prepared
-    from lvmlib.checkpoint import load_checkpoint
+    from lvmlib.data.prepare import load_prepared
+    from lvmlib.model.checkpoint import load_checkpoint
     run_dir = make_run_dir(tmp_path / "run", overrides=("train.epochs=1", "train.article_dropout=1.0",
                                                         "train.span_corruption=1.0"))
     history = T.train(cfg_of(run_dir), run_dir, progress=False)
@@ -157,7 +157,7 @@ def test_validation_sees_clean_windows(tmp_path):
 
 
 def test_val_queries_cap_is_a_seeded_sample(run_dir):
-    from lvmlib.data import load_prepared
+    from lvmlib.data.prepare import load_prepared
     prep = load_prepared(run_dir)
     every = T.val_queries(prep, cfg_of(run_dir))
     assert len(every["tgt_idx"]) == len(prep.windows("val")[1])
@@ -170,7 +170,7 @@ def test_val_queries_cap_is_a_seeded_sample(run_dir):
 def test_validation_equals_evaluation_on_the_val_split(tmp_path):
     """The same checkpoint gives the same val R@k / MRR from the training loop and from 04_eval's code
     (evaluate_run on the val split, primary bank = global, context excluded, ties against the model)."""
-    from lvmlib.evaluate import evaluate_run
+    from lvmlib.eval.evaluate import evaluate_run
     run_dir = make_run_dir(tmp_path / "run", overrides=("train.epochs=2", "train.best_metric=val_mrr"))
     history = T.train(cfg_of(run_dir), run_dir, progress=False)
     best = next(r for r in reversed(history) if r["is_best"])
@@ -187,9 +187,9 @@ def test_validation_equals_evaluation_on_the_val_split(tmp_path):
 
 def test_val_infonce_uses_one_fixed_shuffle(tmp_path):
     """val_infonce ranks in shuffled batches (not article order), the same shuffle every call."""
-    from lvmlib.data import load_prepared
-    from lvmlib.losses import LVMLoss
-    from lvmlib.model import build_model
+    from lvmlib.data.prepare import load_prepared
+    from lvmlib.train.losses import LVMLoss
+    from lvmlib.model.models import build_model
     run_dir = make_run_dir(tmp_path / "run", n_articles=60)
     cfg = cfg_of(run_dir)
     prep = load_prepared(run_dir)
@@ -244,7 +244,7 @@ HISTORY_KEYS = {"epoch", "train_loss", "train_infonce", "train_ar_cosine", "val_
 
 
 def test_train_writes_the_contract(run_dir):
-    from lvmlib.checkpoint import load_checkpoint
+    from lvmlib.model.checkpoint import load_checkpoint
     history = T.train(cfg_of(run_dir), run_dir, progress=False)
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert json.loads((run_dir / "history.json").read_text()) == history
@@ -318,7 +318,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(run_dir, monkeypatch):
 
 
 def test_closed_form_baseline_fits_and_saves(tmp_path):
-    from lvmlib.checkpoint import load_checkpoint
+    from lvmlib.model.checkpoint import load_checkpoint
     run_dir = make_run_dir(tmp_path / "run", overrides=("model.kind=ridge",))
     history = T.train(cfg_of(run_dir), run_dir, progress=False)
     assert len(history) == 1 and history[0]["closed_form"] and math.isfinite(history[0]["val_cosine"])
@@ -342,7 +342,7 @@ def test_variants_train(tmp_path, overrides):
 
 
 def test_plots_draw_the_gate_line(run_dir):
-    from lvmlib import plots
+    from lvmlib.plots import training as plots
     history = T.train(cfg_of(run_dir, "train.epochs=2"), run_dir, progress=False)
     fig = plots.val_cosine_curve(history, 0.50, 0.40, 2)
     ys = [ln.get_ydata()[0] for ln in fig.axes[0].lines if len(set(ln.get_ydata())) == 1]

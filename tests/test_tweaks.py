@@ -6,11 +6,12 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lvmlib import tweaks
-from lvmlib.config import dump_config, load_config
-from lvmlib.execute import RUNNER_ENV
-from lvmlib.report import record_run, render_html
-from lvmlib.runner import notebook_config
+from lvmlib.app.tweaks import SESSION_ENV
+from lvmlib.report import tweaks
+from lvmlib.core.config import dump_config, load_config
+from lvmlib.app.execute import RUNNER_ENV
+from lvmlib.report.pages import record_run, render_html
+from lvmlib.app.runner import notebook_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def run(tmp_path, monkeypatch):
     """A run directory with params, manifest, an executed 04_eval notebook and its rendered report."""
     monkeypatch.delenv(RUNNER_ENV, raising=False)
-    monkeypatch.delenv(tweaks.SESSION_ENV, raising=False)
+    monkeypatch.delenv(SESSION_ENV, raising=False)
     run_dir, reports = tmp_path / "runs" / "r1", tmp_path / "reports"
     (run_dir / "notebooks").mkdir(parents=True)
     (run_dir / "params.yaml").write_text(dump_config(load_config(ROOT / "params/smoke.yaml")))
@@ -39,7 +40,7 @@ def _manifest(run_dir: Path) -> dict:
 
 
 def test_a_notebook_run_by_hand_is_recorded_with_what_changed(run, monkeypatch):
-    monkeypatch.setenv(tweaks.SESSION_ENV, "notebooks/04_eval.ipynb")
+    monkeypatch.setenv(SESSION_ENV, "notebooks/04_eval.ipynb")
     cfg = notebook_config("", str(run), ["eval.bootstrap=7"], stage="04_eval")
     assert cfg.eval.bootstrap == 7
     (t,) = _manifest(run)["tweaks"]

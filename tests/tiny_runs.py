@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lvmlib.cli import main
-from lvmlib.config import dump_config, load_config
-from lvmlib.runs import atomic_write_text, create_run_dir, now_iso, start_manifest, write_manifest
+from lvmlib.app.cli import main
+from lvmlib.core.config import dump_config, load_config
+from lvmlib.core.runs import atomic_write_text, create_run_dir, now_iso, start_manifest, write_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "params" / "smoke.yaml"
@@ -52,8 +52,8 @@ def tiny_overrides(npz: Path) -> list[str]:
 def make_tiny_run(runs_root: Path, npz: Path, run_id: str = "base") -> Path:
     """A run whose 01_data and 02_train succeeded, built in-process with the calls the notebooks make
     (prepare_data, train) and a manifest, so `python -m lvmlib run --resume` accepts it. ~5 s."""
-    from lvmlib.data import prepare_data
-    from lvmlib.train import train
+    from lvmlib.data.prepare import prepare_data
+    from lvmlib.train.loop import train
     over = tiny_overrides(npz)
     cfg = load_config(SMOKE, over)
     run = create_run_dir(runs_root, run_id)

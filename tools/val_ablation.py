@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from lvmlib import metrics as mt
-from lvmlib.config import load_config
-from lvmlib.data import load_prepared
-from lvmlib.model import baseline
-from lvmlib.train import train, val_queries
+from lvmlib.core.config import load_config
+from lvmlib.data.prepare import load_prepared
+from lvmlib.model.models import baseline
+from lvmlib.train.loop import train, val_queries
 
 BASE = ["train.val_max_queries=2000", "train.decision_tree=false"]
 KEYS = ["epoch", "val_cosine", "val_infonce", "val_recall_at_1", "val_recall_at_5", "val_recall_at_10", "val_mrr"]

@@ -19,14 +19,14 @@ import numpy as np
 import torch
 
 from lvmlib import metrics as mt
-from lvmlib.checkpoint import load_checkpoint
-from lvmlib.data import load_prepared
-from lvmlib.evaluate import predict
-from lvmlib.losses import bank_info_nce
+from lvmlib.model.checkpoint import load_checkpoint
+from lvmlib.data.prepare import load_prepared
+from lvmlib.eval.evaluate import predict
+from lvmlib.train.losses import bank_info_nce
 
 
 def bank_infonce(Q: np.ndarray, T: torch.Tensor, bank: torch.Tensor, tau: float, block: int = 500) -> float:
-    """Mean bank InfoNCE (`lvmlib.losses.bank_info_nce`, the training loss) in blocks of queries."""
+    """Mean bank InfoNCE (`lvmlib.train.losses.bank_info_nce`, the training loss) in blocks of queries."""
     Q = torch.from_numpy(Q)
     total = sum(float(bank_info_nce(Q[s:s + block], T[s:s + block], bank, 1.0 / tau)) * len(Q[s:s + block])
                 for s in range(0, len(Q), block))

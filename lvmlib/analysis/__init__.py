@@ -1,0 +1,1 @@
+"""Across runs: comparisons, their verdict, scaling curves, the val-only recipe selection."""

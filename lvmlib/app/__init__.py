@@ -1,0 +1,1 @@
+"""What a user runs: the CLI, the study runner, notebook execution, the console, JupyterLab."""

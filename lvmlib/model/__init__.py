@@ -1,0 +1,1 @@
+"""The models: Mamba blocks and the LVM heads, the selective scan, checkpoint files."""

@@ -1,0 +1,1 @@
+"""HTML pages: rendered notebooks, the run page, the index, the run headline."""
