@@ -8,6 +8,7 @@ all-MiniLM-L6-v2 leaves two of its 384 dimensions at ~1e-38 in every vector. Tim
 on them in a slow path. Prints seconds per micro-batch (forward + backward, and the backward matmul
 alone) for both banks, the median ratio, and the largest loss difference between them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,11 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from lvmlib.data.prepare import load_prepared
     from lvmlib.core.errors import DataError
-    from lvmlib.train.losses import TINY, BankNegatives, bank_info_nce
+    from lvmlib.data.prepare import load_prepared
     from lvmlib.metrics import duplicate_groups
+    from lvmlib.train.losses import TINY, BankNegatives, bank_info_nce
+
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -43,11 +45,14 @@ def main() -> None:
         sys.exit(str(e))
     ctx, tgt = prep.windows("train")
     neg = BankNegatives(prep.bank_vectors, np.union1d(ctx.ravel(), tgt), duplicate_groups(prep.bank_vectors))
-    raw = F.normalize(torch.from_numpy(np.asarray(prep.bank_vectors[np.union1d(ctx.ravel(), tgt)],
-                                                  dtype=np.float32)), dim=-1)
+    raw = F.normalize(
+        torch.from_numpy(np.asarray(prep.bank_vectors[np.union1d(ctx.ravel(), tgt)], dtype=np.float32)), dim=-1
+    )
     tiny = int(((raw.abs() < TINY) & (raw != 0)).sum())
-    print(f"{args.run_dir}: train bank {raw.shape[0]:,} x {raw.shape[1]}; {tiny:,} entries in (0, {TINY:g}) "
-          f"({tiny / raw.shape[0]:.2f} per row), torch threads {torch.get_num_threads()}")
+    print(
+        f"{args.run_dir}: train bank {raw.shape[0]:,} x {raw.shape[1]}; {tiny:,} entries in (0, {TINY:g}) "
+        f"({tiny / raw.shape[0]:.2f} per row), torch threads {torch.get_num_threads()}"
+    )
     rng = np.random.default_rng(0)
     w = rng.choice(len(tgt), args.batch, replace=False)
     vec = np.asarray(prep.bank_vectors)
@@ -75,13 +80,17 @@ def main() -> None:
     print("| bank | fwd + bwd s / micro-batch | backward matmul s | loss |")
     print("|---|---|---|---|")
     for name, rows in res.items():
-        print(f"| {name} | {statistics.median(r[0] for r in rows):.3f} | {statistics.median(r[1] for r in rows):.3f} "
-              f"| {rows[0][2]:.6f} |")
+        print(
+            f"| {name} | {statistics.median(r[0] for r in rows):.3f} | {statistics.median(r[1] for r in rows):.3f} "
+            f"| {rows[0][2]:.6f} |"
+        )
     ratio = statistics.median(a[0] / b[0] for a, b in zip(res["raw"], res["zeroed"]))
     mm = statistics.median(a[1] / b[1] for a, b in zip(res["raw"], res["zeroed"]))
     diff = max(abs(a[2] - b[2]) for a, b in zip(res["raw"], res["zeroed"]))
-    print(f"zeroing the near-zero entries: fwd + bwd {ratio:.2f}x faster, backward matmul {mm:.2f}x faster, "
-          f"largest loss difference {diff:.2e}")
+    print(
+        f"zeroing the near-zero entries: fwd + bwd {ratio:.2f}x faster, backward matmul {mm:.2f}x faster, "
+        f"largest loss difference {diff:.2e}"
+    )
 
 
 if __name__ == "__main__":

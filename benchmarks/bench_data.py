@@ -18,6 +18,7 @@ Prints one table per part, each with a baseline measured in the same run:
   growing sizes, float32 vs float16 store, each in a fresh process. The encoder there is a hash-based
   stand-in (384-D), so the numbers are the pipeline's own memory; the model adds a constant (see table).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,9 @@ def bench_chunking() -> None:
     `data.chunk_workers` = one per core vs 1, same process, same chunks."""
     import dataclasses
 
-    from lvmlib.data import corpus
     from lvmlib.core.config import DataConfig
+    from lvmlib.data import corpus
+
     rows, out = [], {}
     for w in (corpus.chunk_workers(DataConfig()), 1):
         cfg = dataclasses.replace(DataConfig(), chunk_workers=w)
@@ -60,16 +62,20 @@ def bench_chunking() -> None:
     same = out[rows[0][0]] == out[1]
     rows[0].append(f"{float(rows[1][2]) / float(rows[0][2]):.2f}x")
     rows[1].append("1.00x (baseline)")
-    table(f"Chunking the default corpus cold ({len(out[1])} articles; same chunks: {same})",
-          ["chunk_workers", "chunks", "seconds", "vs 1 worker"], rows)
+    table(
+        f"Chunking the default corpus cold ({len(out[1])} articles; same chunks: {same})",
+        ["chunk_workers", "chunks", "seconds", "vs 1 worker"],
+        rows,
+    )
 
 
 def bench_embed(n: int = 1024) -> None:
     import numpy as np
     import torch
-    from lvmlib.data import corpus
-    from lvmlib.data import encoder
+
     from lvmlib.core.config import DataConfig
+    from lvmlib.data import corpus, encoder
+
     texts = []
     for _, chunks in corpus.iter_chunked_cached(DataConfig(), encoder.cache_root()):
         texts += chunks
@@ -81,22 +87,32 @@ def bench_embed(n: int = 1024) -> None:
     model = enc.model()
     t0 = time.perf_counter()
     for s in range(0, n, 64):  # baseline: batches in corpus order
-        model.encode(texts[s:s + 64], batch_size=64, normalize_embeddings=True, show_progress_bar=False)
+        model.encode(texts[s : s + 64], batch_size=64, normalize_embeddings=True, show_progress_bar=False)
     t_plain = time.perf_counter() - t0
     t0 = time.perf_counter()
     enc.encode(texts)
     t_sorted = time.perf_counter() - t0
     words = float(np.mean([len(t.split()) for t in texts]))
-    table(f"Embedding throughput — all-MiniLM-L6-v2, CPU, {torch.get_num_threads()} threads, {n} default-corpus "
-          f"chunks (mean {words:.1f} words), batch 64",
-          ["batches", "seconds", "chunks/s", "ratio"],
-          [["corpus order (baseline)", f"{t_plain:.1f}", f"{n / t_plain:.1f}", "1.00"],
-           ["length-sorted (lvmlib.data.prepare)", f"{t_sorted:.1f}", f"{n / t_sorted:.1f}", f"{t_plain / t_sorted:.2f}"]])
+    table(
+        f"Embedding throughput — all-MiniLM-L6-v2, CPU, {torch.get_num_threads()} threads, {n} default-corpus "
+        f"chunks (mean {words:.1f} words), batch 64",
+        ["batches", "seconds", "chunks/s", "ratio"],
+        [
+            ["corpus order (baseline)", f"{t_plain:.1f}", f"{n / t_plain:.1f}", "1.00"],
+            [
+                "length-sorted (lvmlib.data.prepare)",
+                f"{t_sorted:.1f}",
+                f"{n / t_sorted:.1f}",
+                f"{t_plain / t_sorted:.2f}",
+            ],
+        ],
+    )
 
 
 def bench_warm() -> None:
-    from lvmlib.data import prepare as data
     from lvmlib.core.config import load_config
+    from lvmlib.data import prepare as data
+
     cfg = load_config(None, [])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,10 +124,27 @@ def bench_warm() -> None:
         run = Path(tmp) / "nb"
         (run / "data").mkdir(parents=True)
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "01_data.ipynb"),
-                        str(Path(tmp) / "out.ipynb"), "-k", "lvm-study", "-p", "run_dir", str(run),
-                        "-p", "params_path", str(ROOT / "params" / "default.yaml"), "--no-progress-bar"],
-                       check=True, cwd=ROOT, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "papermill",
+                str(ROOT / "notebooks" / "01_data.ipynb"),
+                str(Path(tmp) / "out.ipynb"),
+                "-k",
+                "lvm-study",
+                "-p",
+                "run_dir",
+                str(run),
+                "-p",
+                "params_path",
+                str(ROOT / "params" / "default.yaml"),
+                "--no-progress-bar",
+            ],
+            check=True,
+            cwd=ROOT,
+            capture_output=True,
+        )
         t_nb = time.perf_counter() - t0
         rows.append(["01_data.ipynb via papermill (kernel start incl.)", f"{t_nb:.1f}", s["counts"]["chunks"], 0])
     table("01_data with a warm embedding cache (target <= 30 s)", ["what", "seconds", "chunks", "encoded now"], rows)
@@ -170,8 +203,12 @@ CHILD = PEAK + CHILD
 def _child(overrides: list[str], run_dir: Path, encoder: str) -> dict:
     if encoder == "hash":  # the stand-in replaces the torch model; the exported backends would not see it
         overrides = overrides + ["data.encoder_backend=torch"]
-    r = subprocess.run([sys.executable, "-c", CHILD, json.dumps(overrides), str(run_dir), encoder],
-                       cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(overrides), str(run_dir), encoder],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     if r.returncode:
         raise SystemExit(r.stderr[-3000:])
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -188,11 +225,23 @@ def bench_scale(backend: str) -> None:
         for kind in ("cold", "warm"):
             res = _child(ov, Path(tmp) / f"run-{kind}", "real")
             steps = [k for k in res["steps"] if k != "total"]  # the data stage's own step names, in order
-            rows.append([f"{kind} ({res['backend']})", f"{res['seconds']:.0f}", *(f"{res['steps'][k]:.1f}" for k in steps),
-                         res["chunks"], res["encoded"], f"{res['peak_rss_mb']:.0f}", f"{res['peak_anon_mb']:.0f}"])
-    table(f"Data stage on the dev corpus ({DEV.name}), data.encoder_backend={backend}, "
-          f"{os.cpu_count()} cores; cold = empty cache, warm = the same cache again (seconds per step)",
-          ["run", "total s", *steps, "chunks", "encoded", "peak RSS MB", "peak anon MB"], rows)
+            rows.append(
+                [
+                    f"{kind} ({res['backend']})",
+                    f"{res['seconds']:.0f}",
+                    *(f"{res['steps'][k]:.1f}" for k in steps),
+                    res["chunks"],
+                    res["encoded"],
+                    f"{res['peak_rss_mb']:.0f}",
+                    f"{res['peak_anon_mb']:.0f}",
+                ]
+            )
+    table(
+        f"Data stage on the dev corpus ({DEV.name}), data.encoder_backend={backend}, "
+        f"{os.cpu_count()} cores; cold = empty cache, warm = the same cache again (seconds per step)",
+        ["run", "total s", *steps, "chunks", "encoded", "peak RSS MB", "peak anon MB"],
+        rows,
+    )
 
 
 def bench_memory(sizes: list[int]) -> None:
@@ -203,28 +252,72 @@ def bench_memory(sizes: list[int]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = ["data.source=jsonl", f"data.path={DEV}", f"data.cache_dir={tmp}/cache"]
         # baseline: the interpreter with lvmlib.data.prepare imported and nothing ingested
-        r = subprocess.run([sys.executable, "-c", PEAK + "import lvmlib.data.prepare, torch\nprint(peak_rss_mb(), peak_anon_mb())"],
-                           cwd=ROOT, capture_output=True, text=True, check=True)
+        r = subprocess.run(
+            [sys.executable, "-c", PEAK + "import lvmlib.data.prepare, torch\nprint(peak_rss_mb(), peak_anon_mb())"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         floor, floor_anon = map(float, r.stdout.split())
         rows.append(["imports only (baseline)", "-", "-", "-", "-", f"{floor:.0f}", f"{floor_anon:.0f}", "-"])
-        r = subprocess.run([sys.executable, "-c", PEAK + "from lvmlib import data\n"
-                            "encoder.Encoder(encoder.BUNDLED_ENCODER, 256).encode(['a few words here'] * 64)\n"
-                            "print(peak_rss_mb(), peak_anon_mb())"], cwd=ROOT, capture_output=True, text=True,
-                           check=True)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                PEAK + "from lvmlib import data\n"
+                "encoder.Encoder(encoder.BUNDLED_ENCODER, 256).encode(['a few words here'] * 64)\n"
+                "print(peak_rss_mb(), peak_anon_mb())",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         enc_rss, enc_anon = map(float, r.stdout.strip().splitlines()[-1].split())
-        rows.append(["MiniLM loaded, one batch encoded (constant)", "-", "-", "-", "-", f"{enc_rss:.0f}",
-                     f"{enc_anon:.0f}", "-"])
+        rows.append(
+            [
+                "MiniLM loaded, one batch encoded (constant)",
+                "-",
+                "-",
+                "-",
+                "-",
+                f"{enc_rss:.0f}",
+                f"{enc_anon:.0f}",
+                "-",
+            ]
+        )
         for n in sizes:
             for f16 in (False, True):
                 ov = base + [f"data.max_articles={n}", f"data.store_float16={str(f16).lower()}"]
                 res = _child(ov, Path(tmp) / f"run-{n}-{f16}", "hash")
-                rows.append([n, "float16" if f16 else "float32", res["chunks"], res["encoded"], f"{res['seconds']:.0f}",
-                             f"{res['peak_rss_mb']:.0f}", f"{res['peak_anon_mb']:.0f}",
-                             f"{(res['peak_anon_mb'] - floor_anon) * 1024 / res['chunks']:.1f}"])
-    table("Ingestion of the dev corpus (1,000 articles), hash encoder (384-D), fresh process per row; the "
-          "float32 row of each size chunks and encodes cold, the float16 row reuses both caches",
-          ["articles", "bank dtype", "chunks", "encoded", "seconds", "peak RSS MB", "peak anon MB",
-           "anon KB/chunk over baseline"], rows)
+                rows.append(
+                    [
+                        n,
+                        "float16" if f16 else "float32",
+                        res["chunks"],
+                        res["encoded"],
+                        f"{res['seconds']:.0f}",
+                        f"{res['peak_rss_mb']:.0f}",
+                        f"{res['peak_anon_mb']:.0f}",
+                        f"{(res['peak_anon_mb'] - floor_anon) * 1024 / res['chunks']:.1f}",
+                    ]
+                )
+    table(
+        "Ingestion of the dev corpus (1,000 articles), hash encoder (384-D), fresh process per row; the "
+        "float32 row of each size chunks and encodes cold, the float16 row reuses both caches",
+        [
+            "articles",
+            "bank dtype",
+            "chunks",
+            "encoded",
+            "seconds",
+            "peak RSS MB",
+            "peak anon MB",
+            "anon KB/chunk over baseline",
+        ],
+        rows,
+    )
 
 
 def main() -> None:

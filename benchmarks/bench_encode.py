@@ -12,6 +12,7 @@ of the default corpus prepared with that backend vs with torch (`lvmlib.data.pre
 The last line names the best backend: the fastest one that passes both bars (cosine >= 0.99, R@5 within
 0.5 points of torch's).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,14 +31,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 COS_BAR, R5_BAR = 0.99, 0.5
 
 from bench_data import table  # noqa: E402  (the benchmarks' one markdown-table printer)
+
 from lvmlib.core.config import ENCODER_BACKENDS as BACKENDS  # noqa: E402
 
 
 def sample_texts(n: int) -> list[str]:
     """n chunk texts of the default corpus, every 4th chunk (several articles, every length)."""
-    from lvmlib.data import corpus
-    from lvmlib.data import encoder
     from lvmlib.core.config import DataConfig
+    from lvmlib.data import corpus, encoder
+
     texts: list[str] = []
     for _, chunks in corpus.iter_chunked_cached(DataConfig(), encoder.cache_root()):
         texts += chunks
@@ -52,6 +54,7 @@ def worker(backend: str, texts_path: str, out_path: str) -> None:
     import torch
 
     from lvmlib.data import encoder
+
     texts = json.loads(Path(texts_path).read_text())
     t0 = time.perf_counter()
     enc = encoder.Encoder(encoder.BUNDLED_ENCODER, 256, batch_size=64, backend=backend)
@@ -61,13 +64,26 @@ def worker(backend: str, texts_path: str, out_path: str) -> None:
     vec = enc.encode(texts)
     sec = time.perf_counter() - t0
     np.save(out_path, vec)
-    print(json.dumps({"backend": enc.backend_id, "seconds": sec, "setup_s": setup, "threads": torch.get_num_threads(),
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(
+        json.dumps(
+            {
+                "backend": enc.backend_id,
+                "seconds": sec,
+                "setup_s": setup,
+                "threads": torch.get_num_threads(),
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
 
 
 def run_worker(backend: str, texts_path: Path, out: Path) -> dict:
-    r = subprocess.run([sys.executable, __file__, "--worker", backend, str(texts_path), str(out)], cwd=ROOT,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, __file__, "--worker", backend, str(texts_path), str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         return {"backend": backend, "error": (r.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -75,12 +91,13 @@ def run_worker(backend: str, texts_path: Path, out: Path) -> dict:
 
 def copy_last_r5(backend: str, max_articles: int, tmp: Path) -> tuple[float, int]:
     """copy_last R@5 (primary bank) on the test split of the default corpus embedded with `backend`."""
-    from lvmlib.data import prepare as data
     from lvmlib.core.config import load_config
+    from lvmlib.data import prepare as data
+
     over = [f"data.encoder_backend={backend}"] + ([f"data.max_articles={max_articles}"] if max_articles else [])
     run = tmp / f"prep-{backend}"
     data.prepare_data(load_config(None, over), run, progress=False)
-    r = data.copy_last_retrieval(data.load_prepared(run), "test", max_queries=10 ** 9)
+    r = data.copy_last_retrieval(data.load_prepared(run), "test", max_queries=10**9)
     return 100 * r["recall_at_5_excl_context"], int(r["n_queries"])
 
 
@@ -95,6 +112,7 @@ def main() -> None:
         return worker(*args.worker)
     import numpy as np
     import torch
+
     n = args.n or (400 if args.quick else 2000)
     texts = sample_texts(n)
     with tempfile.TemporaryDirectory() as tmpd:
@@ -120,15 +138,28 @@ def main() -> None:
             ratio = base / r["seconds"]
             if r["name"] != "torch":
                 summary[r["name"]] = {"ratio": ratio, "cos_mean": float(cos.mean()), "id": r["backend"]}
-            rows.append([r["name"] + (" (baseline)" if r["name"] == "torch" else ""), r["backend"],
-                         f"{n / r['seconds']:.1f}", f"{ratio:.2f}x", f"{r['peak_rss_mb']:.0f}",
-                         f"{cos.mean():.5f}", f"{cos.min():.5f}", f"setup {r['setup_s']:.1f} s"])
-        table(f"Encoder backends — all-MiniLM-L6-v2, {n} default-corpus chunks, batch 64, "
-              f"{res[0][1].get('threads', torch.get_num_threads())} threads, one process each "
-              f"(torch first and last: {', '.join(f'{n / s:.1f}' for s in torch_s)} chunks/s)",
-              ["backend", "resolved", "chunks/s", "vs torch", "peak RSS MB", "cos to torch (mean)", "min",
-               "note"], rows)
-        passing = sorted((b for b, s in summary.items() if s["cos_mean"] >= COS_BAR), key=lambda b: -summary[b]["ratio"])
+            rows.append(
+                [
+                    r["name"] + (" (baseline)" if r["name"] == "torch" else ""),
+                    r["backend"],
+                    f"{n / r['seconds']:.1f}",
+                    f"{ratio:.2f}x",
+                    f"{r['peak_rss_mb']:.0f}",
+                    f"{cos.mean():.5f}",
+                    f"{cos.min():.5f}",
+                    f"setup {r['setup_s']:.1f} s",
+                ]
+            )
+        table(
+            f"Encoder backends — all-MiniLM-L6-v2, {n} default-corpus chunks, batch 64, "
+            f"{res[0][1].get('threads', torch.get_num_threads())} threads, one process each "
+            f"(torch first and last: {', '.join(f'{n / s:.1f}' for s in torch_s)} chunks/s)",
+            ["backend", "resolved", "chunks/s", "vs torch", "peak RSS MB", "cos to torch (mean)", "min", "note"],
+            rows,
+        )
+        passing = sorted(
+            (b for b, s in summary.items() if s["cos_mean"] >= COS_BAR), key=lambda b: -summary[b]["ratio"]
+        )
         if not passing:
             print("\nbest backend: torch 1.00x torch, cosine to torch 1.0000 (no other backend passes cosine >= 0.99)")
             return
@@ -144,9 +175,13 @@ def main() -> None:
             if ok:
                 best = b
                 break
-        table("copy_last R@5, primary bank, test split of the default corpus"
-              + (" (first 40 articles)" if arts else "") + ", vectors of each backend",
-              ["backend", "R@5", "vs torch", "queries"], r5_rows)
+        table(
+            "copy_last R@5, primary bank, test split of the default corpus"
+            + (" (first 40 articles)" if arts else "")
+            + ", vectors of each backend",
+            ["backend", "R@5", "vs torch", "queries"],
+            r5_rows,
+        )
         if best is None:
             print("\nbest backend: torch 1.00x torch, cosine to torch 1.0000 (no backend passes the R@5 bar)")
         else:

@@ -7,6 +7,7 @@ epoch on the first --windows train windows (validation on 100 queries) in a fres
 directory; rounds alternate batch, bank, batch, bank so machine load hits both alike. Prints seq/s per
 row and the median ratio bank / batch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,10 @@ def main() -> None:
     ap.add_argument("--params", default=str(ROOT / "params" / "default.yaml"))
     args = ap.parse_args()
     from lvmlib.core.config import load_config
-    from lvmlib.data.prepare import load_prepared
     from lvmlib.core.errors import DataError
+    from lvmlib.data.prepare import load_prepared
     from lvmlib.train.loop import train
+
     try:
         data = load_prepared(args.run_dir).dir.resolve()  # DataError names the missing file
     except DataError as e:
@@ -43,8 +45,15 @@ def main() -> None:
                 run = Path(tmp) / f"{neg}-{r}"
                 run.mkdir()
                 os.symlink(data, run / "data")
-                cfg = load_config(args.params, [f"loss.negatives={neg}", "train.epochs=1",
-                                                f"train.max_train_windows={args.windows}", "train.val_max_queries=100"])
+                cfg = load_config(
+                    args.params,
+                    [
+                        f"loss.negatives={neg}",
+                        "train.epochs=1",
+                        f"train.max_train_windows={args.windows}",
+                        "train.val_max_queries=100",
+                    ],
+                )
                 train(cfg, run, progress=False)
                 h = json.loads((run / "history.json").read_text())[-1]
                 rows.append((r, neg, h["seq_per_s"], h["train_seconds"]))

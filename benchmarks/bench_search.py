@@ -10,6 +10,7 @@ index built beforehand (the latency shape of `evaluate.measure_latency`, 1 threa
 torch / faiss time (> 1: faiss faster). Memory: the bank (M x D float32; 1.5 GB at 1M x 384) plus,
 for batch-1 only, one whole-bank index (faiss) or tensor (torch) beside it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,14 +23,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from lvmlib import metrics as mt  # noqa: E402
+from lvmlib import metrics as mt
 
 
 def random_bank(M: int, D: int, seed: int = 0, block: int = 65536) -> np.ndarray:
     rng = np.random.default_rng(seed)
     bank = np.empty((M, D), np.float32)
     for s in range(0, M, block):
-        bank[s:s + block] = mt.l2_normalize(rng.standard_normal((min(block, M - s), D), dtype=np.float32))
+        bank[s : s + block] = mt.l2_normalize(rng.standard_normal((min(block, M - s), D), dtype=np.float32))
     return bank
 
 
@@ -49,17 +50,18 @@ def batch1(bank: np.ndarray, queries: np.ndarray, k: int, backend: str) -> float
     try:
         if backend == "faiss":
             import faiss
+
             old_f = faiss.omp_get_max_threads()
             faiss.omp_set_num_threads(1)
             index = faiss.IndexFlatIP(bank.shape[1])
             index.add(bank)
-            fn = lambda q: index.search(q, k)  # noqa: E731
+            fn = lambda q: index.search(q, k)
         else:
             bt = torch.from_numpy(bank)
-            fn = lambda q: torch.topk(torch.from_numpy(q) @ bt.T, k, dim=1)  # noqa: E731
+            fn = lambda q: torch.topk(torch.from_numpy(q) @ bt.T, k, dim=1)
         times = []
         for i in range(-2, len(queries)):
-            q = queries[max(i, 0):max(i, 0) + 1]
+            q = queries[max(i, 0) : max(i, 0) + 1]
             t0 = time.perf_counter()
             fn(q)
             if i >= 0:
@@ -86,11 +88,16 @@ def main(argv=None) -> int:
         print("faiss is not installed: only the torch backend can run; nothing to compare")
         return 1
     import faiss
-    print(f"# exact search, D={args.dim}, {args.queries} queries, k={args.k}, chunk={args.chunk}; "
-          f"{platform.processor() or platform.machine()}, torch {torch.__version__} ({torch.get_num_threads()} "
-          f"threads), faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads)")
-    print("| bank M | faiss batch s | torch batch s | ratio | faiss q/s | torch q/s | ranks s (torch) "
-          "| faiss batch-1 ms | torch batch-1 ms | ratio |")
+
+    print(
+        f"# exact search, D={args.dim}, {args.queries} queries, k={args.k}, chunk={args.chunk}; "
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__} ({torch.get_num_threads()} "
+        f"threads), faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads)"
+    )
+    print(
+        "| bank M | faiss batch s | torch batch s | ratio | faiss q/s | torch q/s | ranks s (torch) "
+        "| faiss batch-1 ms | torch batch-1 ms | ratio |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rng = np.random.default_rng(1)
     for M in (int(x) for x in args.sizes.split(",")):
@@ -104,11 +111,14 @@ def main(argv=None) -> int:
         agree = float((i_f == i_t).mean())
         tgt = np.asarray(i_f[:, 10])  # some bank rows as "targets"
         t_rank = timed(lambda: mt.target_ranks(q, bank, tgt, chunk=args.chunk), 1)
-        b1 = {be: batch1(bank, q[:args.batch1_queries], args.k, be) for be in ("faiss", "torch")}
-        print(f"| {M:,} | {out['faiss']:.3f} | {out['torch']:.3f} | {out['torch'] / out['faiss']:.2f} | "
-              f"{args.queries / out['faiss']:,.0f} | {args.queries / out['torch']:,.0f} | {t_rank:.3f} | "
-              f"{1e3 * b1['faiss']:.2f} | {1e3 * b1['torch']:.2f} | {b1['torch'] / b1['faiss']:.2f} |"
-              + ("" if agree == 1.0 else f" (lists agree {agree:.4%})"), flush=True)
+        b1 = {be: batch1(bank, q[: args.batch1_queries], args.k, be) for be in ("faiss", "torch")}
+        print(
+            f"| {M:,} | {out['faiss']:.3f} | {out['torch']:.3f} | {out['torch'] / out['faiss']:.2f} | "
+            f"{args.queries / out['faiss']:,.0f} | {args.queries / out['torch']:,.0f} | {t_rank:.3f} | "
+            f"{1e3 * b1['faiss']:.2f} | {1e3 * b1['torch']:.2f} | {b1['torch'] / b1['faiss']:.2f} |"
+            + ("" if agree == 1.0 else f" (lists agree {agree:.4%})"),
+            flush=True,
+        )
         bank = None  # free it before the next size
     return 0
 

@@ -22,6 +22,7 @@ in_proj / x_proj / dt_proj / out_proj forward *and* backward:
 Each configuration runs in a fresh process (like bench_model.py). Profiled time carries the
 profiler's own per-op overhead; the `unprofiled s/step` column is the same step timed without it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 D_VEC = 384
-CATEGORIES = ("scan kernel", "projections", "conv", "gating", "norms", "residual", "input/head/loss",
-              "AdamW step", "autograd other")
+CATEGORIES = (
+    "scan kernel",
+    "projections",
+    "conv",
+    "gating",
+    "norms",
+    "residual",
+    "input/head/loss",
+    "AdamW step",
+    "autograd other",
+)
 
 
 def child(spec: dict) -> dict:
@@ -89,6 +99,7 @@ def child(spec: dict) -> dict:
         def wrapper(*a, _orig=orig, _label=label, **k):
             with record_function(_label):
                 return _orig(*a, **k)
+
         setattr(M, fn_name, wrapper)
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -99,6 +110,7 @@ def child(spec: dict) -> dict:
 
 def categorise(events, steps: int) -> dict:
     """Self CPU time of every main-thread event, summed per category (ms per step)."""
+
     def scope(e):
         while e is not None:
             if e.name.startswith("lvm::") or e.name.startswith("Optimizer."):
@@ -140,10 +152,20 @@ def categorise(events, steps: int) -> dict:
 
 
 def run_child(spec: dict) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]),
-           "MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=3600)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(spec["threads"]),
+        "MALLOC_MMAP_THRESHOLD_": "4294967296",
+        "MALLOC_TRIM_THRESHOLD_": "4294967296",
+    }
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"profile child failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -162,11 +184,24 @@ def main() -> None:
         sys.path.insert(0, str(ROOT))
         print(json.dumps(child(json.loads(args.child))))
         return
-    print(f"# profile_step | {platform.machine()} | {os.cpu_count()} cpus | threads {args.threads} | "
-          f"B {args.batch} | load avg {os.getloadavg()[0]:.2f} at start", flush=True)
-    results = [run_child(dict(batch=args.batch, length=L, steps=args.steps, warmup=2, threads=args.threads,
-                              wrapped={"causal_conv1d": "lvm::conv"}))
-               for L in args.lengths]
+    print(
+        f"# profile_step | {platform.machine()} | {os.cpu_count()} cpus | threads {args.threads} | "
+        f"B {args.batch} | load avg {os.getloadavg()[0]:.2f} at start",
+        flush=True,
+    )
+    results = [
+        run_child(
+            dict(
+                batch=args.batch,
+                length=L,
+                steps=args.steps,
+                warmup=2,
+                threads=args.threads,
+                wrapped={"causal_conv1d": "lvm::conv"},
+            )
+        )
+        for L in args.lengths
+    ]
     print_table(results)
     print(f"# load avg {os.getloadavg()[0]:.2f} at end")
     if args.json:
@@ -179,8 +214,9 @@ def print_table(results: list[dict]) -> None:
     print("|---|" + "---:|---:|" * len(results))
     totals = [sum(r["ms_per_step"].values()) for r in results]
     for cat in CATEGORIES:
-        cells = " | ".join(f"{r['ms_per_step'][cat]:.0f} | {100 * r['ms_per_step'][cat] / t:.0f} %"
-                           for r, t in zip(results, totals))
+        cells = " | ".join(
+            f"{r['ms_per_step'][cat]:.0f} | {100 * r['ms_per_step'][cat] / t:.0f} %" for r, t in zip(results, totals)
+        )
         print(f"| {cat} | {cells} |")
     print("| **total (profiled)** | " + " | ".join(f"**{t:.0f}** | 100 %" for t in totals) + " |")
     print("| unprofiled s/step | " + " | ".join(f"{r['unprofiled_s']:.3f} | " for r in results) + " |")

@@ -1,4 +1,5 @@
 """`python -m lvmlib ...` — see lvmlib/cli.py."""
+
 import sys
 
 from lvmlib.app.cli import main

@@ -18,10 +18,12 @@ stays bounded for a bank of 1M vectors; `target_ranks_ref` is the per-query loop
 `exact_search` returns top-k lists (faiss-cpu IndexFlatIP where importable, else torch matmul+topk);
 `rank_in_list` turns such a list back into ranks, which cross-checks the two code paths.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,8 +81,15 @@ def _query_block(n_cols: int) -> int:
 
 
 # --------------------------------------------------------------------------- exact top-k search
-def exact_search(queries: np.ndarray, bank: np.ndarray, k: int, *, backend: str = "auto",
-                 chunk: int = 65536, device: str | torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+def exact_search(
+    queries: np.ndarray,
+    bank: np.ndarray,
+    k: int,
+    *,
+    backend: str = "auto",
+    chunk: int = 65536,
+    device: str | torch.device | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top-k: (n, D) queries x (M, D) bank -> scores (n, k) float32, rows (n, k) int64,
     best first (equal scores by row). The bank is scanned `chunk` rows at a time and the partial lists
     merged. Rows tied at the k-th place may differ between backends and chunk sizes."""
@@ -96,11 +105,12 @@ def exact_search(queries: np.ndarray, bank: np.ndarray, k: int, *, backend: str 
 
 def _search_faiss(queries, bank, k, chunk):
     import faiss
+
     n, D = queries.shape
     best_s = np.full((n, 0), -np.inf, np.float32)
     best_i = np.zeros((n, 0), np.int64)
     for r0 in range(0, len(bank), chunk):
-        part = np.ascontiguousarray(bank[r0:r0 + chunk], dtype=np.float32)  # (c, D)
+        part = np.ascontiguousarray(bank[r0 : r0 + chunk], dtype=np.float32)  # (c, D)
         index = faiss.IndexFlatIP(D)
         index.add(part)
         s, i = index.search(queries, min(k, len(part)))  # (n, k') each
@@ -119,18 +129,18 @@ def _search_torch(queries, bank, k, chunk, device):
     out_i = np.empty((n, k), np.int64)
     qb = _query_block(min(chunk, len(bank)))
     for a in range(0, n, qb):
-        q = to_tensor(queries[a:a + qb], device)  # (nb, D)
+        q = to_tensor(queries[a : a + qb], device)  # (nb, D)
         best_s = torch.empty(len(q), 0, device=device)
         best_i = torch.empty(len(q), 0, dtype=torch.long, device=device)
         for r0 in range(0, len(bank), chunk):
-            b = to_tensor(bank[r0:r0 + chunk], device)  # (c, D)
+            b = to_tensor(bank[r0 : r0 + chunk], device)  # (c, D)
             top = torch.topk(q @ b.T, min(k, len(b)), dim=1)  # (nb, k')
             best_s = torch.cat([best_s, top.values], 1)
             best_i = torch.cat([best_i, top.indices + r0], 1)
             if best_s.shape[1] > k:
                 top = torch.topk(best_s, k, dim=1)  # (nb, k)
                 best_s, best_i = top.values, best_i.gather(1, top.indices)
-        out_s[a:a + qb], out_i[a:a + qb] = best_s.cpu().numpy(), best_i.cpu().numpy()
+        out_s[a : a + qb], out_i[a : a + qb] = best_s.cpu().numpy(), best_i.cpu().numpy()
     return out_s, out_i
 
 
@@ -146,17 +156,17 @@ def duplicate_groups(bank: np.ndarray, chunk: int = 65536) -> np.ndarray:
     mult = None
     h = np.empty(M, np.uint64)
     for r0 in range(0, M, chunk):
-        words = np.ascontiguousarray(bank[r0:r0 + chunk], dtype=np.float32).view(np.uint32).astype(np.uint64)
+        words = np.ascontiguousarray(bank[r0 : r0 + chunk], dtype=np.float32).view(np.uint32).astype(np.uint64)
         if mult is None:
             mult = rng.integers(1, 2**63, size=words.shape[1], dtype=np.uint64) | np.uint64(1)
-        h[r0:r0 + chunk] = (words * mult).sum(axis=1) if words.size else 0  # wraps mod 2**64, exact
+        h[r0 : r0 + chunk] = (words * mult).sum(axis=1) if words.size else 0  # wraps mod 2**64, exact
     groups = np.arange(M, dtype=np.int64)
     order = np.argsort(h, kind="stable")  # equal hashes adjacent, lowest row first
     hs = h[order]
     starts = np.flatnonzero(np.r_[True, hs[1:] != hs[:-1]])
     sizes = np.diff(np.r_[starts, M])
     for s, size in zip(starts[sizes > 1], sizes[sizes > 1]):
-        rows = np.sort(order[s:s + size])
+        rows = np.sort(order[s : s + size])
         vecs = np.ascontiguousarray(bank[rows], dtype=np.float32).view(np.uint32)  # bits: NaN == NaN
         while len(rows):  # split a hash bucket into its truly identical subsets
             same = (vecs == vecs[0]).all(axis=1)
@@ -181,6 +191,7 @@ def _members(labels: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarr
 @dataclass
 class Ranks:
     """Ranks of the target in one bank, with and without each query's context rows (n,) int64."""
+
     excluded: np.ndarray  # context rows (and their duplicates) removed from the bank
     included: np.ndarray  # the bank as is
     size_excluded: np.ndarray  # rows in the query's bank after the removal
@@ -198,8 +209,10 @@ def _prepare_banks(banks, target_rows, M):
             raise ValueError(f"bank {name!r}: row_label needs {M} entries and query_label {len(target_rows)}")
         bad = np.flatnonzero(row_label[target_rows] != query_label)
         if len(bad):
-            raise ValueError(f"bank {name!r}: the target of query {bad[0]} (row {target_rows[bad[0]]}) "
-                             f"is not in its bank ({len(bad)} queries)")
+            raise ValueError(
+                f"bank {name!r}: the target of query {bad[0]} (row {target_rows[bad[0]]}) "
+                f"is not in its bank ({len(bad)} queries)"
+            )
         if len(query_label) and (query_label == query_label[0]).all():
             out[name] = ("columns", row_label == query_label[0])  # one row set shared by every query
         else:
@@ -235,10 +248,17 @@ def _exclusion_pairs(exclude_rows, groups, gt):
     return code // (len(groups) + 1), code % (len(groups) + 1)
 
 
-def target_ranks(queries: np.ndarray, bank: np.ndarray, target_rows: np.ndarray, *,
-                 banks: Mapping[str, Any] | None = None, exclude_rows: np.ndarray | None = None,
-                 groups: np.ndarray | None = None, chunk: int = 65536,
-                 device: str | torch.device | None = None) -> dict[str, Ranks]:
+def target_ranks(
+    queries: np.ndarray,
+    bank: np.ndarray,
+    target_rows: np.ndarray,
+    *,
+    banks: Mapping[str, Any] | None = None,
+    exclude_rows: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+    chunk: int = 65536,
+    device: str | torch.device | None = None,
+) -> dict[str, Ranks]:
     """Exact rank of each query's target in every bank, with and without its context rows.
 
     queries (n, D), bank (M, D) (any float dtype, may be a memmap), target_rows (n,) bank rows,
@@ -315,8 +335,12 @@ def target_ranks(queries: np.ndarray, bank: np.ndarray, target_rows: np.ndarray,
         else:
             size = np.bincount(data[2], minlength=n).astype(np.int64)
         removed = np.bincount(eq[e_in[name]], minlength=n).astype(np.int64)
-        out[name] = Ranks(excluded=1 + cnt[name] - cnt_ex[name], included=1 + cnt[name],
-                          size_excluded=size - removed, size_included=size)
+        out[name] = Ranks(
+            excluded=1 + cnt[name] - cnt_ex[name],
+            included=1 + cnt[name],
+            size_excluded=size - removed,
+            size_included=size,
+        )
     return out
 
 
@@ -345,8 +369,9 @@ def target_ranks_ref(queries, bank, target_rows, *, banks=None, exclude_rows=Non
     return out
 
 
-def rank_in_list(rows: np.ndarray, target_rows: np.ndarray, groups: np.ndarray | None = None,
-                 exclude_rows: np.ndarray | None = None) -> np.ndarray:
+def rank_in_list(
+    rows: np.ndarray, target_rows: np.ndarray, groups: np.ndarray | None = None, exclude_rows: np.ndarray | None = None
+) -> np.ndarray:
     """Top-k lists (n, k) -> rank of the target's group in each list, skipping excluded groups
     (context rows and their duplicates); 0 where the target is not in the list. (n,) int64"""
     rows = np.asarray(rows)
@@ -395,13 +420,23 @@ def cosines(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
 def cosine_summary(cos: np.ndarray) -> dict[str, float]:
     cos = np.asarray(cos, dtype=np.float64)
     q25, q50, q75 = np.percentile(cos, [25, 50, 75]) if cos.size else (np.nan,) * 3
-    return {"pred_target_cosine": float(cos.mean()) if cos.size else float("nan"),
-            "cosine_q25": float(q25), "cosine_median": float(q50), "cosine_q75": float(q75)}
+    return {
+        "pred_target_cosine": float(cos.mean()) if cos.size else float("nan"),
+        "cosine_q25": float(q25),
+        "cosine_median": float(q50),
+        "cosine_q75": float(q75),
+    }
 
 
 # --------------------------------------------------------------------------- bootstrap by article
-def article_bootstrap(values: Mapping[str, np.ndarray], clusters: np.ndarray, n_boot: int = 1000,
-                      seed: int = 0, alpha: float = 0.05, block: int = 256) -> dict[str, list[float] | None]:
+def article_bootstrap(
+    values: Mapping[str, np.ndarray],
+    clusters: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    block: int = 256,
+) -> dict[str, list[float] | None]:
     """Percentile CIs of per-query means, resampling clusters (articles) with replacement.
 
     values {name: (n,) per-query numbers, e.g. hit@5 or 1/rank}; every name uses the same draws, so a
@@ -410,7 +445,7 @@ def article_bootstrap(values: Mapping[str, np.ndarray], clusters: np.ndarray, n_
     estimate). -> {name: [lo, hi]} (None when n_boot == 0 or there is no query)."""
     clusters = np.asarray(clusters)
     if n_boot <= 0 or clusters.size == 0:
-        return {k: None for k in values}
+        return dict.fromkeys(values)
     _, inv = np.unique(clusters, return_inverse=True)
     A = int(inv.max()) + 1
     cnt = np.bincount(inv, minlength=A).astype(np.float64)  # (A,)

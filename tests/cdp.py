@@ -4,6 +4,7 @@ Jupyter server's kernel channels in test_lab.py.
 
 LVM_CHROMIUM=/path/to/chrome picks another binary than Debian's `chromium`.
 """
+
 from __future__ import annotations
 
 import base64
@@ -16,14 +17,24 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 VIEW_W, VIEW_H = 1280, 900
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-extensions", "--hide-scrollbars", f"--window-size={VIEW_W},{VIEW_H}"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--hide-scrollbars",
+    f"--window-size={VIEW_W},{VIEW_H}",
+]
 
 
 class WebSocket:
@@ -35,8 +46,12 @@ class WebSocket:
         self.sock = socket.create_connection((u.hostname, u.port), timeout=timeout)
         path = u.path + (f"?{u.query}" if u.query else "")
         key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {u.netloc}\r\nUpgrade: websocket\r\n"
-                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        self.sock.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: {u.netloc}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
         head = b""
         while b"\r\n\r\n" not in head:
             head += self._exact(1)
@@ -56,8 +71,13 @@ class WebSocket:
     def send(self, text: str) -> None:
         data, mask = text.encode(), os.urandom(4)
         n = len(data)
-        head = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n)
-                                if n < 65536 else bytes([0x80 | 127]) + struct.pack(">Q", n))
+        head = bytes([0x81]) + (
+            bytes([0x80 | n])
+            if n < 126
+            else bytes([0x80 | 126]) + struct.pack(">H", n)
+            if n < 65536
+            else bytes([0x80 | 127]) + struct.pack(">Q", n)
+        )
         self.sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
 
     def recv(self) -> dict:
@@ -65,8 +85,13 @@ class WebSocket:
         while True:
             b0, b1 = self._exact(2)
             n = b1 & 0x7F
-            n = struct.unpack(">H", self._exact(2))[0] if n == 126 else struct.unpack(">Q", self._exact(8))[0] \
-                if n == 127 else n
+            n = (
+                struct.unpack(">H", self._exact(2))[0]
+                if n == 126
+                else struct.unpack(">Q", self._exact(8))[0]
+                if n == 127
+                else n
+            )
             payload = self._exact(n)
             if b0 & 0x0F == 8:
                 raise ConnectionError("the browser closed the websocket")
@@ -123,8 +148,11 @@ def find_chromium() -> str | None:
 @contextmanager
 def start_chromium(chromium: str, profile: Path) -> Iterator[CDP]:
     """Chromium with a fresh profile, one page attached over CDP; the browser is stopped on exit."""
-    proc = subprocess.Popen([chromium, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
-                             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [chromium, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         port_file, end = profile / "DevToolsActivePort", time.time() + 60
         while not (port_file.is_file() and len(port_file.read_text().splitlines()) >= 2):

@@ -1,4 +1,5 @@
 """The command line: check, cache list/clear, clear errors for wrong paths."""
+
 import numpy as np
 
 from lvmlib.app.cli import main

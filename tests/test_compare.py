@@ -1,5 +1,6 @@
 """Comparison of runs: the verdict generator on constructed cases, eval.json parsing, the paired
 bootstrap, the study params pair, and `compare_runs` end to end on fixture run directories."""
+
 import json
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import yaml
 from lvmlib.analysis import compare
 from lvmlib.app import studies
 from lvmlib.core.config import dump_config, load_config
-from lvmlib.metrics import article_bootstrap, rank_metrics
 from lvmlib.core.runs import RunError
+from lvmlib.metrics import article_bootstrap, rank_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,25 +25,66 @@ def _ranks(n, r5, rng):
     return np.where(hits, rng.integers(1, 6, n), rng.integers(6, 400, n))
 
 
-def make_run(root: Path, name: str, params: str, r5: float, cos: float, val_cos: list[float],
-             baselines=(("copy_last", 0.15, 0.42), ("context_mean", 0.12, 0.45)), n=400, n_articles=40,
-             seed=0, status="succeeded") -> Path:
+def make_run(
+    root: Path,
+    name: str,
+    params: str,
+    r5: float,
+    cos: float,
+    val_cos: list[float],
+    baselines=(("copy_last", 0.15, 0.42), ("context_mean", 0.12, 0.45)),
+    n=400,
+    n_articles=40,
+    seed=0,
+    status="succeeded",
+) -> Path:
     """A run directory with the files the stages write, in their formats (metrics from real ranks)."""
-    rng = np.random.default_rng(seed)
     run = root / name
     (run / "metrics").mkdir(parents=True)
     cfg = load_config(ROOT / params)
     (run / "params.yaml").write_text(dump_config(cfg))
-    (run / "manifest.json").write_text(json.dumps({
-        "run_id": name, "params_name": cfg.name, "status": status, "started_at": "2026-01-01T00:00:00",
-        "stages": {s: {"status": "succeeded", "seconds": 60.0} for s in ("01_data", "02_train", "03_gates", "04_eval")}}))
-    hist = [{"epoch": e + 1, "train_loss": 2.0 / (e + 1), "train_infonce": 1.5 / (e + 1), "train_ar_cosine": 0.5,
-             "val_cosine": v, "val_recall_at_5": v / 3, "lr": 1e-3, "seconds": 10.0} for e, v in enumerate(val_cos)]
+    (run / "manifest.json").write_text(
+        json.dumps(
+            {
+                "run_id": name,
+                "params_name": cfg.name,
+                "status": status,
+                "started_at": "2026-01-01T00:00:00",
+                "stages": {
+                    s: {"status": "succeeded", "seconds": 60.0} for s in ("01_data", "02_train", "03_gates", "04_eval")
+                },
+            }
+        )
+    )
+    hist = [
+        {
+            "epoch": e + 1,
+            "train_loss": 2.0 / (e + 1),
+            "train_infonce": 1.5 / (e + 1),
+            "train_ar_cosine": 0.5,
+            "val_cosine": v,
+            "val_recall_at_5": v / 3,
+            "lr": 1e-3,
+            "seconds": 10.0,
+        }
+        for e, v in enumerate(val_cos)
+    ]
     (run / "history.json").write_text(json.dumps(hist))
     v2 = val_cos[1] if len(val_cos) > 1 else None
-    (run / "gates.json").write_text(json.dumps({
-        "gate_epoch": 2, "gate_val_cosine": v2, "threshold": 0.5, "lower": 0.4, "passed": v2 is not None and v2 >= 0.5,
-        "decision": "continue" if v2 and v2 >= 0.5 else "extend", "reason": "fixture", "stopped_by_tree": False}))
+    (run / "gates.json").write_text(
+        json.dumps(
+            {
+                "gate_epoch": 2,
+                "gate_val_cosine": v2,
+                "threshold": 0.5,
+                "lower": 0.4,
+                "passed": v2 is not None and v2 >= 0.5,
+                "decision": "continue" if v2 and v2 >= 0.5 else "extend",
+                "reason": "fixture",
+                "stopped_by_tree": False,
+            }
+        )
+    )
     articles = np.repeat(np.arange(n_articles), n // n_articles)
     positions = np.tile(np.arange(n // n_articles), n_articles) + 5
     models, frames = {}, []
@@ -52,21 +94,45 @@ def make_run(root: Path, name: str, params: str, r5: float, cos: float, val_cos:
         for bank, factor in (("global", 1.0), ("test", 1.3), ("same_article", 2.5)):
             rk = _ranks(n, min(1.0, mr5 * factor), mrng)
             ci = article_bootstrap({"recall_at_5": rk <= 5, "mrr": 1.0 / rk}, articles, 200, 0)
-            banks[bank] = {"context_excluded": {**rank_metrics(rk), "recall_at_5_ci": ci["recall_at_5"],
-                                                "mrr_ci": ci["mrr"], "bank_size_mean": 3000.0},
-                           "context_included": {**rank_metrics(rk), "recall_at_5_ci": ci["recall_at_5"],
-                                                "mrr_ci": ci["mrr"], "bank_size_mean": 3005.0}}
+            banks[bank] = {
+                "context_excluded": {
+                    **rank_metrics(rk),
+                    "recall_at_5_ci": ci["recall_at_5"],
+                    "mrr_ci": ci["mrr"],
+                    "bank_size_mean": 3000.0,
+                },
+                "context_included": {
+                    **rank_metrics(rk),
+                    "recall_at_5_ci": ci["recall_at_5"],
+                    "mrr_ci": ci["mrr"],
+                    "bank_size_mean": 3005.0,
+                },
+            }
             if bank == "global":
                 frames.append({"model": mname, "ranks": rk})
         models[mname] = {"role": role, "pred_target_cosine": mcos, "banks": banks}
     glob = models["mamba"]["banks"]["global"]["context_excluded"]
-    best = max((b for b in models if models[b]["role"] == "baseline"),
-               key=lambda b: models[b]["banks"]["global"]["context_excluded"]["recall_at_5"])
-    ev = {"pred_target_cosine": cos, "recall_at_1": glob["recall_at_1"], "recall_at_5": glob["recall_at_5"],
-          "recall_at_10": glob["recall_at_10"], "n_queries": n, "bank_size": 3000, "n_articles": n_articles,
-          "baseline_copy_last": None, "decision": "proceed_phase_2" if r5 > 0.1 else "weak",
-          "best_baseline": best, "primary_model": "mamba", "primary_bank": "global",
-          "primary_context": "context_excluded", "models": models, "queries_file": "queries.csv"}
+    best = max(
+        (b for b in models if models[b]["role"] == "baseline"),
+        key=lambda b: models[b]["banks"]["global"]["context_excluded"]["recall_at_5"],
+    )
+    ev = {
+        "pred_target_cosine": cos,
+        "recall_at_1": glob["recall_at_1"],
+        "recall_at_5": glob["recall_at_5"],
+        "recall_at_10": glob["recall_at_10"],
+        "n_queries": n,
+        "bank_size": 3000,
+        "n_articles": n_articles,
+        "baseline_copy_last": None,
+        "decision": "proceed_phase_2" if r5 > 0.1 else "weak",
+        "best_baseline": best,
+        "primary_model": "mamba",
+        "primary_bank": "global",
+        "primary_context": "context_excluded",
+        "models": models,
+        "queries_file": "queries.csv",
+    }
     (run / "metrics" / "eval.json").write_text(json.dumps(ev))
     lines = ["model,query,article_id,position,target_row,cosine,rank_global,rank_global_incl_context"]
     for f in frames:
@@ -83,11 +149,23 @@ def pair(tmp_path):
 
 
 def card(label, r5, ci, cos, base=("copy_last", 0.15, (0.13, 0.17), 0.42), n=1000):
-    c = {"label": label, "evaluated": True, "status": "succeeded", "bank": "global", "n_queries": n,
-         "recall_at_5": r5, "recall_at_5_ci": ci, "pred_target_cosine": cos}
+    c = {
+        "label": label,
+        "evaluated": True,
+        "status": "succeeded",
+        "bank": "global",
+        "n_queries": n,
+        "recall_at_5": r5,
+        "recall_at_5_ci": ci,
+        "pred_target_cosine": cos,
+    }
     if base:
-        c["best_baseline"] = {"name": base[0], "recall_at_5": base[1], "recall_at_5_ci": base[2],
-                              "pred_target_cosine": base[3]}
+        c["best_baseline"] = {
+            "name": base[0],
+            "recall_at_5": base[1],
+            "recall_at_5_ci": base[2],
+            "pred_target_cosine": base[3],
+        }
     return c
 
 
@@ -159,8 +237,9 @@ def test_eval_rows_and_scorecard_from_eval_json(pair):
     v1, v2 = compare.load_runs(list(pair))
     assert (v1.label, v2.label) == ("study_v1", "study_v2")
     rows = compare.eval_rows(v2)
-    assert {(r["bank"], r["model"]) for r in rows} == {(b, m) for b in ("global", "test", "same_article")
-                                                       for m in ("model", "copy_last", "context_mean")}
+    assert {(r["bank"], r["model"]) for r in rows} == {
+        (b, m) for b in ("global", "test", "same_article") for m in ("model", "copy_last", "context_mean")
+    }
     g = next(r for r in rows if r["bank"] == "global" and r["model"] == "model")
     assert g["primary"] and not g["is_baseline"] and g["recall_at_5"] == pytest.approx(0.30)
     assert g["recall_at_5_lo"] < 0.30 < g["recall_at_5_hi"] and g["pred_target_cosine"] == 0.55
@@ -197,7 +276,9 @@ def test_versus_reference_pairs_every_run_with_the_reference(pair, tmp_path):
     assert len(rows) == 2 and runs[1].label not in rows
     for run in (runs[0], runs[2]):
         p = compare.paired_difference(run, runs[1], n_boot=200)
-        assert rows[run.label]["diff_recall_at_5"] == pytest.approx(run.eval["recall_at_5"] - runs[1].eval["recall_at_5"])
+        assert rows[run.label]["diff_recall_at_5"] == pytest.approx(
+            run.eval["recall_at_5"] - runs[1].eval["recall_at_5"]
+        )
         assert rows[run.label]["diff_recall_at_5_ci"] == p["ci"]
         assert rows[run.label]["diff_cosine"] == pytest.approx(0.0)  # the fixture's per-query cosines are equal
     assert rows[runs[0].label]["diff_recall_at_5_ci"][0] > 0  # v2 clearly above v1
@@ -231,9 +312,17 @@ def test_params_diff_and_missing_files(pair, tmp_path):
 def test_a_run_written_before_the_gate_keys_were_renamed_still_compares(pair):
     """gates.json and history.json of runs on disk say `epoch2_val_cosine` and `extend_2_epochs`."""
     v1_dir, _ = pair
-    old_gate = {"gate_epoch": 2, "epoch2_val_cosine": 0.45, "threshold": 0.5, "lower": 0.4, "passed": False,
-                "decision": "extend_2_epochs", "reason": "old kit", "stopped_by_tree": False,
-                "tree_log": [{"epoch": 2, "decision": "extend_2_epochs", "reason": "old kit"}]}
+    old_gate = {
+        "gate_epoch": 2,
+        "epoch2_val_cosine": 0.45,
+        "threshold": 0.5,
+        "lower": 0.4,
+        "passed": False,
+        "decision": "extend_2_epochs",
+        "reason": "old kit",
+        "stopped_by_tree": False,
+        "tree_log": [{"epoch": 2, "decision": "extend_2_epochs", "reason": "old kit"}],
+    }
     (v1_dir / "gates.json").write_text(json.dumps(old_gate))
     hist = json.loads((v1_dir / "history.json").read_text())
     hist[1]["decision"] = "extend_2_epochs"
@@ -251,9 +340,13 @@ def test_a_run_written_before_the_gate_keys_were_renamed_still_compares(pair):
 def test_a_runs_params_are_read_and_validated_by_config(pair):
     """compare reads params.yaml through lvmlib.core.config: a key the kit does not know is named, not ignored."""
     from lvmlib.core.config import ConfigError
+
     v1_dir, _ = pair
     text = (v1_dir / "params.yaml").read_text()
-    assert compare.load_run(v1_dir).config["loss"]["lambda_con"] == load_config(ROOT / "params/study_v1.yaml").loss.lambda_con
+    assert (
+        compare.load_run(v1_dir).config["loss"]["lambda_con"]
+        == load_config(ROOT / "params/study_v1.yaml").loss.lambda_con
+    )
     (v1_dir / "params.yaml").write_text(text.replace("train:\n", "train:\n  epohcs: 3\n", 1))
     with pytest.raises(ConfigError, match=r"params.yaml: unknown key 'train.epohcs'"):
         compare.load_run(v1_dir)
@@ -308,12 +401,17 @@ def test_compare_with_an_unfinished_run(pair, tmp_path):
 
 def test_a_failing_comparison_is_recorded_and_named(pair, tmp_path, monkeypatch):
     import nbformat
-    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "lvm-study", "display_name": "lvm-study",
-                                                           "language": "python"}})
+
+    nb = nbformat.v4.new_notebook(
+        metadata={"kernelspec": {"name": "lvm-study", "display_name": "lvm-study", "language": "python"}}
+    )
     params = nbformat.v4.new_code_cell('run_dirs: list = []\ncompare_id: str = ""\nout_dir: str = ""')
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell("# broken"), params,
-                nbformat.v4.new_code_cell('raise ValueError("boom in the comparison")')]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# broken"),
+        params,
+        nbformat.v4.new_code_cell('raise ValueError("boom in the comparison")'),
+    ]
     nbformat.write(nb, str(tmp_path / "broken.ipynb"))
     monkeypatch.setattr(studies, "COMPARE_NOTEBOOK", tmp_path / "broken.ipynb")
     reports = tmp_path / "reports"
@@ -330,8 +428,16 @@ def test_pair_study_compares_what_ran_and_names_the_failure(tmp_path, monkeypatc
 
     def fake_run_study(params, runs_root, reports_root, run_id, progress):  # stands in for 01..04
         v1 = "study_v1" in str(params)
-        run = make_run(Path(runs_root), run_id, params, 0.05 if v1 else 0.3, 0.3, [0.3, 0.4], seed=int(v1),
-                       status="failed" if v1 else "succeeded")
+        run = make_run(
+            Path(runs_root),
+            run_id,
+            params,
+            0.05 if v1 else 0.3,
+            0.3,
+            [0.3, 0.4],
+            seed=int(v1),
+            status="failed" if v1 else "succeeded",
+        )
         if v1:
             (run / "metrics" / "eval.json").unlink()
             raise runner.StudyFailed("02_train (cell 5): RuntimeError: out of memory")
@@ -339,8 +445,12 @@ def test_pair_study_compares_what_ran_and_names_the_failure(tmp_path, monkeypatc
 
     monkeypatch.setattr(studies, "run_study", fake_run_study)
     with pytest.raises(compare.CompareFailed, match="study_v1: 02_train .*out of memory.*comparison of what ran"):
-        studies.run_pair_study(["params/study_v1.yaml", "params/study_v2.yaml"], runs_root=tmp_path / "runs",
-                               reports_root=tmp_path / "reports", progress=False)
+        studies.run_pair_study(
+            ["params/study_v1.yaml", "params/study_v2.yaml"],
+            runs_root=tmp_path / "runs",
+            reports_root=tmp_path / "reports",
+            progress=False,
+        )
     (rec_path,) = (tmp_path / "reports").glob("compare_*-study-study_v1-vs-study_v2.json")
     rec = json.loads(rec_path.read_text())
     assert [r["label"] for r in rec["runs"]] == ["study_v1", "study_v2"] and "study_v2 only" in rec["verdict"]
@@ -350,8 +460,12 @@ def test_pair_study_validates_every_params_file_first(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("loss:\n  lambda_cn: 0.5\n")
     with pytest.raises(Exception, match="lambda_cn"):
-        studies.run_pair_study(["params/study_v1.yaml", str(bad)], runs_root=tmp_path / "runs",
-                               reports_root=tmp_path / "reports", progress=False)
+        studies.run_pair_study(
+            ["params/study_v1.yaml", str(bad)],
+            runs_root=tmp_path / "runs",
+            reports_root=tmp_path / "reports",
+            progress=False,
+        )
     assert not (tmp_path / "runs").exists()
 
 
@@ -363,6 +477,7 @@ def test_compare_runs_rejects_a_non_run_dir(tmp_path):
 
 def test_compare_notebook_contract():
     import nbformat
+
     nb = nbformat.read(str(ROOT / "notebooks/05_compare.ipynb"), as_version=4)
     assert nb.metadata["kernelspec"]["name"] == "lvm-study"
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
@@ -378,6 +493,7 @@ def test_compare_notebook_contract():
 # --------------------------------------------------------------------------- rendering (lvmlib.app.runner)
 def _nb(cells):
     import nbformat
+
     nb = nbformat.v4.new_notebook()
     for kind, src, outputs in cells:
         if kind == "md":
@@ -391,9 +507,17 @@ def _nb(cells):
 
 def test_summary_section_moves_first_only_when_it_ran():
     from lvmlib.report.pages import summary_first
-    cells = [("md", "# 01 · Title", []), ("code", "x = 1", [("stdout", "log\n")]), ("md", "## Detail", []),
-             ("code", "plot()", [("stdout", "detail\n")]), ("md", "## Summary\nwords", []),
-             ("code", "show()", [("stdout", "R@5 12%\n")]), ("md", "## Record", []), ("code", "rec()", [])]
+
+    cells = [
+        ("md", "# 01 · Title", []),
+        ("code", "x = 1", [("stdout", "log\n")]),
+        ("md", "## Detail", []),
+        ("code", "plot()", [("stdout", "detail\n")]),
+        ("md", "## Summary\nwords", []),
+        ("code", "show()", [("stdout", "R@5 12%\n")]),
+        ("md", "## Record", []),
+        ("code", "rec()", []),
+    ]
     nb = _nb(cells)
     assert summary_first(nb)
     order = [c.source.splitlines()[0] for c in nb.cells]
@@ -406,21 +530,40 @@ def test_summary_section_moves_first_only_when_it_ran():
 
 def test_progress_bars_collapse_to_what_a_terminal_shows():
     from lvmlib.report.pages import tidy_streams
-    nb = _nb([("code", "train()", [("stdout", "start\n"), ("stderr", "\repoch 1:  50%|##   | 1/2"),
-                                    ("stderr", "\repoch 1: 100%|#####| 2/2"), ("stderr", "\r          \r"),
-                                    ("stdout", "epoch 1: loss 3.1\n"), ("stderr", "\rbar 100%|#####| 2/2\n"),
-                                    ("stderr", "UserWarning: careful\n")])])
+
+    nb = _nb(
+        [
+            (
+                "code",
+                "train()",
+                [
+                    ("stdout", "start\n"),
+                    ("stderr", "\repoch 1:  50%|##   | 1/2"),
+                    ("stderr", "\repoch 1: 100%|#####| 2/2"),
+                    ("stderr", "\r          \r"),
+                    ("stdout", "epoch 1: loss 3.1\n"),
+                    ("stderr", "\rbar 100%|#####| 2/2\n"),
+                    ("stderr", "UserWarning: careful\n"),
+                ],
+            )
+        ]
+    )
     tidy_streams(nb)
     outs = [(o.name, o.text) for o in nb.cells[0].outputs]
-    assert outs == [("stdout", "start\n"), ("stdout", "epoch 1: loss 3.1\n"),
-                    ("stderr", "bar 100%|#####| 2/2\nUserWarning: careful\n")]
+    assert outs == [
+        ("stdout", "start\n"),
+        ("stdout", "epoch 1: loss 3.1\n"),
+        ("stderr", "bar 100%|#####| 2/2\nUserWarning: careful\n"),
+    ]
 
 
 def test_reports_fetch_nothing_from_the_network(tmp_path):
     import re
 
     import nbformat
+
     from lvmlib.report.pages import render_html
+
     nb = _nb([("md", "# T", []), ("code", "1", [("stdout", "x\n")])])
     nbformat.write(nb, str(tmp_path / "t.ipynb"))
     out = render_html(tmp_path / "t.ipynb", tmp_path / "t.html", nav=[("home", "index.html")])
@@ -436,9 +579,12 @@ def test_labels_of_same_named_runs_use_the_generated_tail_or_the_whole_run_id(tm
     """Two runs of one params file: generated ids give 'name (abcd)'; ids chosen by hand (--run-id
     w1000-dropfirst) are shown whole, never cut to a meaningless tail such as 'irst'."""
     root = tmp_path / "runs"
-    dirs = [make_run(root, rid, "params/study_v2.yaml", 0.1, 0.4, [0.4], seed=i)
-            for i, rid in enumerate(["20261203-072303-v2-0447", "20261203-072400-v2-9f1c",
-                                     "w1000-dropfirst", "w1000-droplast"])]
+    dirs = [
+        make_run(root, rid, "params/study_v2.yaml", 0.1, 0.4, [0.4], seed=i)
+        for i, rid in enumerate(
+            ["20261203-072303-v2-0447", "20261203-072400-v2-9f1c", "w1000-dropfirst", "w1000-droplast"]
+        )
+    ]
     labels = [r.label for r in compare.load_runs(dirs)]
     name = labels[0].split(" (")[0]
     assert labels == [f"{name} (0447)", f"{name} (9f1c)", "w1000-dropfirst", "w1000-droplast"]
@@ -457,6 +603,7 @@ def test_small_cosine_differences_keep_their_digits():
     """A paired cosine difference of a few 1e-4 prints with 4 decimals (not -0.000 [-0.001, +0.000]);
     differences of 0.01 and more keep 3."""
     from lvmlib.plots.compare import _signed
+
     assert _signed(-0.00025, [-0.00085, 0.0003]) == "-0.0003"
     assert _signed(0.0003, [-0.00085, 0.0003]) == "+0.0003"
     assert _signed(0.0125) == "+0.013"

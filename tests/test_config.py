@@ -1,4 +1,5 @@
 """Params: every shipped file loads; bad keys, types and ranges fail naming file, key and value."""
+
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,13 @@ def test_required_params_files_exist():
 
 def test_seed_configs_are_the_seed():
     v2, v1 = load_config(PARAMS[0].parent / "mamba_s_v2.yaml"), load_config(PARAMS[0].parent / "mamba_s_v1.yaml")
-    assert (v2.model.d_model, v2.model.n_layers, v2.model.d_state, v2.model.d_conv, v2.model.expand) == (768, 8, 128, 4, 2)
+    assert (v2.model.d_model, v2.model.n_layers, v2.model.d_state, v2.model.d_conv, v2.model.expand) == (
+        768,
+        8,
+        128,
+        4,
+        2,
+    )
     assert (v2.loss.lambda_con, v2.loss.lambda_ar, v2.loss.temperature, v2.loss.proj_head) == (0.85, 0.15, 0.07, [])
     assert (v1.loss.lambda_con, v1.loss.lambda_ar, v1.loss.proj_head) == (0.70, 0.30, [512, 256])
     for c in (v1, v2):
@@ -38,24 +45,27 @@ def _write(tmp_path, text):
     return p
 
 
-@pytest.mark.parametrize("text, must_name", [
-    ("train:\n  epochz: 3\n", ["bad.yaml", "train.epochz", "3"]),
-    ("trian:\n  epochs: 3\n", ["bad.yaml", "trian"]),
-    ("train:\n  epochs: three\n", ["bad.yaml", "train.epochs", "three", "int"]),
-    ("train:\n  lr: fast\n", ["bad.yaml", "train.lr", "fast"]),
-    ("train:\n  epochs: -1\n", ["bad.yaml", "train.epochs", "-1"]),
-    ("data:\n  context_len: 0\n", ["bad.yaml", "data.context_len", "0"]),
-    ("data:\n  train_frac: 0.5\n", ["bad.yaml", "sum to 1"]),
-    ("loss:\n  lambda_con: -0.5\n", ["bad.yaml", "loss.lambda_con", "-0.5"]),
-    ("loss:\n  lambda_con: 0\n  lambda_ar: 0\n", ["bad.yaml", "lambda"]),
-    ("model:\n  kind: transformer\n", ["bad.yaml", "model.kind", "transformer"]),
-    ("train:\n  article_dropout: 1.5\n", ["bad.yaml", "train.article_dropout", "1.5"]),
-    ("loss:\n  proj_head: [512, x]\n", ["bad.yaml", "loss.proj_head"]),
-    ("data:\n  source: jsonl\n", ["bad.yaml", "data.path"]),
-    ("- a\n- b\n", ["bad.yaml", "mapping"]),
-    ("train: [1, 2]\n", ["bad.yaml", "train"]),
-    ("train:\n  epochs: 3\n  bad: [\n", ["bad.yaml", "YAML"]),
-])
+@pytest.mark.parametrize(
+    "text, must_name",
+    [
+        ("train:\n  epochz: 3\n", ["bad.yaml", "train.epochz", "3"]),
+        ("trian:\n  epochs: 3\n", ["bad.yaml", "trian"]),
+        ("train:\n  epochs: three\n", ["bad.yaml", "train.epochs", "three", "int"]),
+        ("train:\n  lr: fast\n", ["bad.yaml", "train.lr", "fast"]),
+        ("train:\n  epochs: -1\n", ["bad.yaml", "train.epochs", "-1"]),
+        ("data:\n  context_len: 0\n", ["bad.yaml", "data.context_len", "0"]),
+        ("data:\n  train_frac: 0.5\n", ["bad.yaml", "sum to 1"]),
+        ("loss:\n  lambda_con: -0.5\n", ["bad.yaml", "loss.lambda_con", "-0.5"]),
+        ("loss:\n  lambda_con: 0\n  lambda_ar: 0\n", ["bad.yaml", "lambda"]),
+        ("model:\n  kind: transformer\n", ["bad.yaml", "model.kind", "transformer"]),
+        ("train:\n  article_dropout: 1.5\n", ["bad.yaml", "train.article_dropout", "1.5"]),
+        ("loss:\n  proj_head: [512, x]\n", ["bad.yaml", "loss.proj_head"]),
+        ("data:\n  source: jsonl\n", ["bad.yaml", "data.path"]),
+        ("- a\n- b\n", ["bad.yaml", "mapping"]),
+        ("train: [1, 2]\n", ["bad.yaml", "train"]),
+        ("train:\n  epochs: 3\n  bad: [\n", ["bad.yaml", "YAML"]),
+    ],
+)
 def test_bad_params_are_named(tmp_path, text, must_name):
     with pytest.raises(ConfigError) as info:
         load_config(_write(tmp_path, text))

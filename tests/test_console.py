@@ -1,4 +1,5 @@
 """The terminal output of a run: one line per stage, one live progress line, a three-line summary."""
+
 import io
 from pathlib import Path
 
@@ -6,20 +7,32 @@ import pytest
 
 from lvmlib.app.console import Console, fit, interactive, summary_lines
 
-HEAD = {"gate_decision": "stop_option_4", "gate_val_cosine": 0.3231, "recall_at_5": 0.056,
-        "recall_at_5_ci": [0.033, 0.088], "pred_target_cosine": 0.306, "best_baseline": "copy_last",
-        "best_baseline_r5": 0.251, "best_baseline_cosine": 0.416, "beats_best_baseline": False}
+HEAD = {
+    "gate_decision": "stop_option_4",
+    "gate_val_cosine": 0.3231,
+    "recall_at_5": 0.056,
+    "recall_at_5_ci": [0.033, 0.088],
+    "pred_target_cosine": 0.306,
+    "best_baseline": "copy_last",
+    "best_baseline_r5": 0.251,
+    "best_baseline_cosine": 0.416,
+    "beats_best_baseline": False,
+}
 
 # What a kernel sends while 01_data embeds and 02_train trains: tqdm frames after carriage returns,
 # a bar that clears itself (leave=False), log lines with newlines.
-EMBED = ["\rembedding (minilm):   0%|          | 0/900 [00:00<?, ?chunk/s]",
-         "\rembedding (minilm):  50%|#####     | 450/900 [00:05<00:05, 90.1chunk/s]",
-         "\rembedding (minilm): 100%|##########| 900/900 [00:10<00:00, 90.0chunk/s]\n"]
-TRAIN = ["start pid 1 on host; mamba 1,234 params\n",
-         "\repoch 1/3:  10%|#         | 5/50 [00:01<00:09, 5.0it/s, loss=4.1234]",
-         "\repoch 1/3:  90%|######### | 45/50 [00:09<00:01, 5.0it/s, loss=3.2000]",
-         "\r                                                                      \r",
-         "epoch 1: train_loss 3.1 val_cosine 0.2\n"]
+EMBED = [
+    "\rembedding (minilm):   0%|          | 0/900 [00:00<?, ?chunk/s]",
+    "\rembedding (minilm):  50%|#####     | 450/900 [00:05<00:05, 90.1chunk/s]",
+    "\rembedding (minilm): 100%|##########| 900/900 [00:10<00:00, 90.0chunk/s]\n",
+]
+TRAIN = [
+    "start pid 1 on host; mamba 1,234 params\n",
+    "\repoch 1/3:  10%|#         | 5/50 [00:01<00:09, 5.0it/s, loss=4.1234]",
+    "\repoch 1/3:  90%|######### | 45/50 [00:09<00:01, 5.0it/s, loss=3.2000]",
+    "\r                                                                      \r",
+    "epoch 1: train_loss 3.1 val_cosine 0.2\n",
+]
 
 
 def _run(console: Console) -> str:
@@ -52,7 +65,7 @@ def test_live_output_keeps_one_progress_line_and_shows_the_latest_frame(monkeypa
     assert "90.1chunk/s" in out and "loss=3.2000" in out, "the live line shows the embedding and training bars"
     assert "start pid" not in out and "train_loss 3.1" not in out, "log lines are for --verbose"
     # the last frame drawn before a stage ends is cleared, so the stage's line starts clean
-    before_train_line = out[:out.index("  02_train   succeeded")]
+    before_train_line = out[: out.index("  02_train   succeeded")]
     assert before_train_line.endswith("\r\x1b[2K")
 
 
@@ -85,9 +98,16 @@ def test_summary_names_gate_model_baseline_and_index():
     assert "03_gates did not run" in missing[0] and "04_eval did not run" in missing[1]
 
 
-@pytest.mark.parametrize("env,tty,expected", [({}, True, True), ({"CI": "true"}, True, False),
-                                              ({"CI": "0"}, True, True), ({"TERM": "dumb"}, True, False),
-                                              ({}, False, False)])
+@pytest.mark.parametrize(
+    "env,tty,expected",
+    [
+        ({}, True, True),
+        ({"CI": "true"}, True, False),
+        ({"CI": "0"}, True, True),
+        ({"TERM": "dumb"}, True, False),
+        ({}, False, False),
+    ],
+)
 def test_live_line_only_on_an_interactive_terminal(monkeypatch, env, tty, expected):
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.setenv("TERM", "xterm")
@@ -97,6 +117,7 @@ def test_live_line_only_on_an_interactive_terminal(monkeypatch, env, tty, expect
     class Stream(io.StringIO):
         def isatty(self):
             return tty
+
     assert interactive(Stream()) is expected
 
 
@@ -117,12 +138,20 @@ def test_a_real_run_prints_a_calm_log(smoke_run: Path):
 
 
 def test_a_win_inside_the_noise_never_reads_as_a_plain_win():
-    paired = dict(HEAD, beats_best_baseline=True, best_baseline_diff_r5=0.0076, best_baseline_diff_r5_ci=[-0.0006, 0.0174],
-                  best_baseline_diff_cosine=0.0125, best_baseline_diff_cosine_ci=[0.0108, 0.0141])
+    paired = dict(
+        HEAD,
+        beats_best_baseline=True,
+        best_baseline_diff_r5=0.0076,
+        best_baseline_diff_r5_ci=[-0.0006, 0.0174],
+        best_baseline_diff_cosine=0.0125,
+        best_baseline_diff_cosine_ci=[0.0108, 0.0141],
+    )
     model = summary_lines(paired, "x")[1]
     assert "beaten on point estimates only: a paired interval reaches 0" in model
     assert "Δ R@5 +0.8 pts [-0.1, +1.7]" in model and "Δ cosine +0.0125 [+0.0108, +0.0141]" in model
     clear = dict(paired, best_baseline_diff_r5_ci=[0.002, 0.02])
     assert "(beaten, both paired intervals above 0; " in summary_lines(clear, "x")[1]
-    lost = dict(paired, beats_best_baseline=False, best_baseline_diff_r5=-0.195, best_baseline_diff_r5_ci=[-0.22, -0.17])
+    lost = dict(
+        paired, beats_best_baseline=False, best_baseline_diff_r5=-0.195, best_baseline_diff_r5_ci=[-0.22, -0.17]
+    )
     assert "(not beaten; paired Δ R@5 -19.5 pts [-22.0, -17.0]" in summary_lines(lost, "x")[1]

@@ -1,4 +1,5 @@
 """lvmlib.data.corpus: wikitext cleaning, sentence splitting and chunking, every source, bad input."""
+
 import bz2
 import gzip
 import json
@@ -6,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lvmlib.data import corpus
 from lvmlib.core.config import DataConfig
+from lvmlib.data import corpus
 from lvmlib.data.corpus import Article, CorpusError, DataError
 
 WIKITEXT = """{{Infobox person|name=Ada|birth_date=1815}}
@@ -36,21 +37,41 @@ Her father was [[Lord Byron]] &amp; her mother was Anne.<!-- a comment -->
 def test_wikitext_to_paragraphs_keeps_prose_and_drops_markup():
     paras = corpus.wikitext_to_paragraphs(WIKITEXT)
     text = "\n".join(paras)
-    assert paras[0] == ("Ada Lovelace was an English mathematician and writer. "
-                        "She worked on Charles Babbage's proposed engine.")
+    assert paras[0] == (
+        "Ada Lovelace was an English mathematician and writer. She worked on Charles Babbage's proposed engine."
+    )
     assert "Her father was Lord Byron & her mother was Anne." in paras
     # list items survive, each a paragraph of its own
     assert "First list item about her notes" in paras and "Second list item about the engine" in paras
-    for junk in ("Infobox", "cite", "portrait", "thumb", "cell one", "comment", "Category", "citation",
-                 "external site", "Early life", "References", "{{", "[[", "<ref"):
+    for junk in (
+        "Infobox",
+        "cite",
+        "portrait",
+        "thumb",
+        "cell one",
+        "comment",
+        "Category",
+        "citation",
+        "external site",
+        "Early life",
+        "References",
+        "{{",
+        "[[",
+        "<ref",
+    ):
         assert junk not in text, junk
 
 
 def test_real_sentence_splitter_handles_abbreviations():
-    sents = corpus.split_sentences("Dr. Smith met Mr. Jones in Washington, D.C. on Monday. They talked "
-                                   "until 5 p.m. about the U.S. economy. Then they left.")
-    assert sents == ["Dr. Smith met Mr. Jones in Washington, D.C. on Monday.",
-                     "They talked until 5 p.m. about the U.S. economy.", "Then they left."]
+    sents = corpus.split_sentences(
+        "Dr. Smith met Mr. Jones in Washington, D.C. on Monday. They talked "
+        "until 5 p.m. about the U.S. economy. Then they left."
+    )
+    assert sents == [
+        "Dr. Smith met Mr. Jones in Washington, D.C. on Monday.",
+        "They talked until 5 p.m. about the U.S. economy.",
+        "Then they left.",
+    ]
 
 
 def _w(n, tag="w"):
@@ -101,9 +122,15 @@ def _write_jsonl(path: Path, records, gz=False):
 
 @pytest.mark.parametrize("gz", [False, True])
 def test_jsonl_both_record_shapes(tmp_path, gz):
-    p = _write_jsonl(tmp_path / ("c.jsonl.gz" if gz else "c.jsonl"),
-                     [{"title": "A", "paragraphs": ["p one.", "p  two."]}, "",
-                      {"title": "B", "text": "first para.\n\nsecond\npara."}], gz=gz)
+    p = _write_jsonl(
+        tmp_path / ("c.jsonl.gz" if gz else "c.jsonl"),
+        [
+            {"title": "A", "paragraphs": ["p one.", "p  two."]},
+            "",
+            {"title": "B", "text": "first para.\n\nsecond\npara."},
+        ],
+        gz=gz,
+    )
     arts = list(corpus.iter_articles(DataConfig(source="jsonl", path=str(p))))
     assert [a.title for a in arts] == ["A", "B"]
     assert arts[0].paragraphs == ["p one.", "p two."]
@@ -111,8 +138,10 @@ def test_jsonl_both_record_shapes(tmp_path, gz):
 
 
 def test_jsonl_malformed_line_names_file_and_line(tmp_path):
-    p = _write_jsonl(tmp_path / "bad.jsonl", [{"title": "A", "text": "ok."}, {"title": "B", "text": "ok."},
-                                               '{"title": "C", "text": '])
+    p = _write_jsonl(
+        tmp_path / "bad.jsonl",
+        [{"title": "A", "text": "ok."}, {"title": "B", "text": "ok."}, '{"title": "C", "text": '],
+    )
     with pytest.raises(CorpusError, match=r"bad\.jsonl:3: malformed JSON"):
         list(corpus.iter_articles(DataConfig(source="jsonl", path=str(p))))
     p2 = _write_jsonl(tmp_path / "nokey.jsonl", [{"title": "A", "body": "x"}])
@@ -142,16 +171,21 @@ REDIRECT = '<redirect title="X" />'
 def _dump(pages):
     body = "".join(
         f"<page><title>{t}</title><ns>{ns}</ns><id>{i}</id>{REDIRECT if red else ''}"
-        f"<revision><id>1</id><text xml:space=\"preserve\">{txt}</text></revision></page>\n"
-        for i, (t, ns, red, txt) in enumerate(pages))
-    return ('<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" version="0.10">\n'
-            f"<siteinfo><sitename>W</sitename></siteinfo>\n{body}</mediawiki>\n")
+        f'<revision><id>1</id><text xml:space="preserve">{txt}</text></revision></page>\n'
+        for i, (t, ns, red, txt) in enumerate(pages)
+    )
+    return (
+        '<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" version="0.10">\n'
+        f"<siteinfo><sitename>W</sitename></siteinfo>\n{body}</mediawiki>\n"
+    )
 
 
-PAGES = [("Alpha", 0, False, "'''Alpha''' is the first letter. It is old."),
-         ("Redirect page", 0, True, "#REDIRECT [[Alpha]]"),
-         ("Wikipedia:About", 4, False, "Project page text here."),
-         ("Beta", 0, False, "Beta is the second letter.&lt;ref&gt;cite&lt;/ref&gt; It follows alpha.")]
+PAGES = [
+    ("Alpha", 0, False, "'''Alpha''' is the first letter. It is old."),
+    ("Redirect page", 0, True, "#REDIRECT [[Alpha]]"),
+    ("Wikipedia:About", 4, False, "Project page text here."),
+    ("Beta", 0, False, "Beta is the second letter.&lt;ref&gt;cite&lt;/ref&gt; It follows alpha."),
+]
 
 
 @pytest.mark.parametrize("bz", [False, True])
@@ -184,12 +218,14 @@ def test_truncated_or_malformed_dump_is_a_clear_error(tmp_path):
 
 def test_hf_dataset_without_datasets_is_a_clear_error(monkeypatch):
     import builtins
+
     real_import = builtins.__import__
 
     def no_datasets(name, *a, **k):
         if name == "datasets":
             raise ImportError("No module named 'datasets'")
         return real_import(name, *a, **k)
+
     monkeypatch.setattr(builtins, "__import__", no_datasets)
     with pytest.raises(CorpusError, match=r"pip install 'lvmlib\[hf\]'"):
         list(corpus.iter_articles(DataConfig(source="hf_dataset")))
@@ -198,11 +234,13 @@ def test_hf_dataset_without_datasets_is_a_clear_error(monkeypatch):
 def test_corpus_errors_are_data_errors():
     assert issubclass(CorpusError, DataError) and issubclass(DataError, ValueError)
     from lvmlib.data import prepare as data
+
     assert data.DataError is DataError and issubclass(data.LeakageError, DataError)
 
 
 def test_gensim_sample_is_found_without_importing_gensim():
     import sys
+
     before = "gensim" in sys.modules
     arts = list(corpus.iter_mediawiki(corpus.gensim_sample_path()))
     assert len(arts) == 106 and arts[0].title == "Anarchism"
@@ -212,8 +250,9 @@ def test_gensim_sample_is_found_without_importing_gensim():
 
 # --------------------------------------------------------------------------- chunk cache
 def test_chunk_cache_replays_and_never_keeps_a_partial_entry(tmp_path, monkeypatch):
-    p = _write_jsonl(tmp_path / "c.jsonl", [{"title": f"T{i}", "text": f"Sentence one of {i} here. Two."}
-                                            for i in range(5)])
+    p = _write_jsonl(
+        tmp_path / "c.jsonl", [{"title": f"T{i}", "text": f"Sentence one of {i} here. Two."} for i in range(5)]
+    )
     cfg = DataConfig(source="jsonl", path=str(p), min_words=2)
     gen = corpus.iter_chunked_cached(cfg, tmp_path / "cache")
     next(gen)
@@ -224,6 +263,7 @@ def test_chunk_cache_replays_and_never_keeps_a_partial_entry(tmp_path, monkeypat
 
     def boom(_cfg, _stats=None):
         raise AssertionError("should replay from the cache")
+
     monkeypatch.setattr(corpus, "iter_chunked", boom)
     assert list(corpus.iter_chunked_cached(cfg, tmp_path / "cache")) == first
     # a change of chunking parameters or of the file is a different key
@@ -245,15 +285,26 @@ def test_parallel_chunking_equals_one_process(tmp_path):
     """data.chunk_workers > 1 splits sentences in a process pool: same chunks, same order, same
     over-long-paragraph counts as one process; a malformed line still fails naming it."""
     long_para = " ".join(f"Sentence number {i} of the long paragraph is here." for i in range(700))  # > 5,000 chars
-    recs = [{"title": f"T{i}", "paragraphs": [f"Dr. Smith met Mr. Jones {i} times. They talked about it at length.",
-                                               "Short. " * (i % 4) + "A closing sentence with enough words here.",
-                                               *([long_para] if i % 7 == 0 else [])]} for i in range(30)]
+    recs = [
+        {
+            "title": f"T{i}",
+            "paragraphs": [
+                f"Dr. Smith met Mr. Jones {i} times. They talked about it at length.",
+                "Short. " * (i % 4) + "A closing sentence with enough words here.",
+                *([long_para] if i % 7 == 0 else []),
+            ],
+        }
+        for i in range(30)
+    ]
     p = _write_jsonl(tmp_path / "c.jsonl", recs)
     runs = {}
     for w in (1, 3):
         st = corpus.ChunkStats()
-        runs[w] = (list(corpus.iter_chunked(DataConfig(source="jsonl", path=str(p), min_words=5, chunk_workers=w), st)),
-                   st.long_paragraphs, st.long_paragraph_chars)
+        runs[w] = (
+            list(corpus.iter_chunked(DataConfig(source="jsonl", path=str(p), min_words=5, chunk_workers=w), st)),
+            st.long_paragraphs,
+            st.long_paragraph_chars,
+        )
     assert runs[3] == runs[1]
     assert runs[1][1] == 5 and len(runs[1][0]) == 30
     p.write_text(p.read_text() + "{not json\n")

@@ -12,6 +12,7 @@ write_manifest keep every entry (tests/test_runs.py::test_concurrent_runs_never_
 ::test_concurrent_manifest_updates_are_all_kept); an interrupted encode keeps complete shards with a
 fake encoder (tests/test_data.py::test_interrupted_embedding_keeps_complete_shards_and_resumes).
 """
+
 from __future__ import annotations
 
 import ast
@@ -28,25 +29,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_runs import (  # noqa: F401
+    SMOKE,
+    CliFailed,
+    cli,
+    cli_subprocess,
+    copy_run,
+    make_tiny_run,
+    snapshot,
+    tiny_overrides,
+    vectors_npz,
+)
 
-from lvmlib.data import prepare as data
-from lvmlib.data import encoder
-from lvmlib.app import execute
-from lvmlib.app import runner
+from lvmlib.app import execute, runner
+from lvmlib.app.runner import StudyFailed, run_study
 from lvmlib.core import runs
 from lvmlib.core.config import load_config
+from lvmlib.data import encoder
+from lvmlib.data import prepare as data
+from lvmlib.data.payload import export_run
 from lvmlib.model.checkpoint import CheckpointError, load_checkpoint
 from lvmlib.model.models import build_model
-from lvmlib.data.payload import export_run
-from lvmlib.app.runner import StudyFailed, run_study
-from lvmlib.train.status import training_summary
 from lvmlib.train.loop import TrainingDiverged, train
-from tiny_runs import (SMOKE, CliFailed, cli, cli_subprocess, copy_run, make_tiny_run, snapshot,  # noqa: F401
-                       tiny_overrides, vectors_npz)
+from lvmlib.train.status import training_summary
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
 
 
 def no_tmp_files(root: Path) -> list[str]:
@@ -123,20 +130,45 @@ def test_sigkill_while_embedding_keeps_the_cache_whole_and_the_rerun_embeds_only
     loads, holds only complete entries whose vectors are right, and the re-run encodes exactly the
     chunks that were missing."""
     corpus = tmp_path / "c.jsonl"
-    topics = ["rivers", "castles", "comets", "violins", "glaciers", "markets", "orchids", "bridges", "deserts",
-              "harbours", "volcanoes", "libraries"]
+    topics = [
+        "rivers",
+        "castles",
+        "comets",
+        "violins",
+        "glaciers",
+        "markets",
+        "orchids",
+        "bridges",
+        "deserts",
+        "harbours",
+        "volcanoes",
+        "libraries",
+    ]
     with open(corpus, "w") as fh:
         for a, topic in enumerate(topics):
-            sents = [f"The {topic} of region {a} were described in survey number {i} by careful observers."
-                     for i in range(40)]
+            sents = [
+                f"The {topic} of region {a} were described in survey number {i} by careful observers."
+                for i in range(40)
+            ]
             fh.write(json.dumps({"title": topic, "paragraphs": [" ".join(sents)]}) + "\n")
-    over = ["data.source=jsonl", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}", "data.min_words=5",
-            "data.encode_batch_size=8", "data.encoder_backend=torch"]  # compared below with a fresh torch encode
+    over = [
+        "data.source=jsonl",
+        f"data.path={corpus}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.min_words=5",
+        "data.encode_batch_size=8",
+        "data.encoder_backend=torch",
+    ]  # compared below with a fresh torch encode
     run = tmp_path / "run"
     run.mkdir()
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-c", _EMBED, str(run), *over], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _EMBED, str(run), *over],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     shards = tmp_path / "cache" / "embeddings"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and len(list(shards.glob("*/shard-*.keys.npy"))) < 2:
@@ -174,6 +206,7 @@ def _enospc_after(n: int):
         if calls[0] > n:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(fd)
+
     return fsync
 
 
@@ -207,6 +240,7 @@ def test_data_is_published_by_one_rename_and_a_failed_publish_keeps_the_old_data
 
     def exchange_fails(a, b):
         raise OSError(errno.ENOSPC, "No space left on device", str(b))
+
     monkeypatch.setattr(os, "replace", replace)
     monkeypatch.setattr(data, "_exchange", exchange_fails)
     with pytest.raises(OSError, match="No space left on device"):
@@ -255,12 +289,16 @@ def test_a_full_disk_in_the_runners_own_writes_fails_the_run_cleanly(tmp_path, t
             target = args[1] if what == "render_html" else tmp_path / "reports" / "index.html"
             raise OSError(errno.ENOSPC, "No space left on device", str(target))
         return real(*args, **kw)
+
     monkeypatch.setattr(runner, what, full_disk)
     with pytest.raises(StudyFailed) as info:
         run_study("", resume=run, only=["03_gates"], reports_root=tmp_path / "reports", progress=False)
     line = str(info.value)
-    expect = ("03_gates: OSError: [Errno 28] No space left on device: " if what == "render_html" else
-              "writing the run's records failed: OSError: [Errno 28] No space left on device: ")
+    expect = (
+        "03_gates: OSError: [Errno 28] No space left on device: "
+        if what == "render_html"
+        else "writing the run's records failed: OSError: [Errno 28] No space left on device: "
+    )
     assert line.startswith(expect) and ("03_gates.html" in line or "index.html" in line), line
     m = _manifest(run)
     assert m["status"] == "failed" and m["failure"] == line and m["ended_at"]
@@ -276,8 +314,17 @@ def test_a_failed_write_before_the_run_starts_is_one_line_and_changes_nothing(tm
     before = snapshot(run)
     monkeypatch.setattr(os, "fsync", _enospc_after(0))
     with pytest.raises(CliFailed) as info:
-        cli("run", "--resume", run, "--only", "03_gates", "--set", "gates.threshold=0.4",
-            "--reports-root", tmp_path / "reports")
+        cli(
+            "run",
+            "--resume",
+            run,
+            "--only",
+            "03_gates",
+            "--set",
+            "gates.threshold=0.4",
+            "--reports-root",
+            tmp_path / "reports",
+        )
     monkeypatch.undo()
     assert info.value.code == 1 and "Traceback" not in info.value.stderr
     assert str(info.value) == f"error: OSError: [Errno 28] No space left on device: '{run / 'params.yaml'}'"
@@ -332,7 +379,7 @@ def _cache_writer(args):
     cache = encoder.EmbeddingCache(root, "fake-encoder", 16)
     cache.set_dim(4)
     for s in range(0, len(order), 24):  # 5 shards each, the same texts in another order
-        dig = encoder.text_digests([_TEXTS[i] for i in order[s:s + 24]])
+        dig = encoder.text_digests([_TEXTS[i] for i in order[s : s + 24]])
         cache.add(dig, _vector_of(dig))
     return int((cache.lookup(encoder.text_digests(_TEXTS)) >= 0).sum())
 
@@ -379,10 +426,31 @@ def test_runs_started_at_once_keep_their_own_directories_and_the_index(tmp_path,
     over = [a for o in tiny_overrides(npz) for a in ("--set", o)]
 
     def start(run_id):
-        return subprocess.Popen([sys.executable, "-m", "lvmlib", "run", str(SMOKE), *over, "--only", "01_data",
-                                 "--run-id", run_id, "--runs-root", str(tmp_path / "runs"),
-                                 "--reports-root", str(tmp_path / "reports"), "--quiet"],
-                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lvmlib",
+                "run",
+                str(SMOKE),
+                *over,
+                "--only",
+                "01_data",
+                "--run-id",
+                run_id,
+                "--runs-root",
+                str(tmp_path / "runs"),
+                "--reports-root",
+                str(tmp_path / "reports"),
+                "--quiet",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
     procs = {"a": start("same"), "b": start("same"), "c": start("other")}
     out = {k: (p.wait(timeout=600), p.communicate()[1], p.pid) for k, p in procs.items()}
     assert out["c"][0] == 0, out["c"][1][-2000:]
@@ -413,8 +481,10 @@ class _Payload:
 
 def _hostile_checkpoint(path: Path, marker: Path, cfg) -> None:
     model = build_model(cfg.model, 32)
-    torch.save({"config": cfg.to_dict(), "d_vec": 32, "model": model.state_dict(), "n_params": 1,
-                "extra": _Payload(marker)}, path)
+    torch.save(
+        {"config": cfg.to_dict(), "d_vec": 32, "model": model.state_dict(), "n_params": 1, "extra": _Payload(marker)},
+        path,
+    )
 
 
 def test_a_checkpoint_with_a_pickled_object_is_refused_and_never_run(tmp_path, tiny_run):
@@ -430,6 +500,7 @@ def test_a_checkpoint_with_a_pickled_object_is_refused_and_never_run(tmp_path, t
     with pytest.raises(CheckpointError, match=r"best\.pt: refused: it holds a pickled object \((io|builtins)\.open\)"):
         load_checkpoint(run / "best.pt")
     from lvmlib.eval.evaluate import evaluate_run
+
     with pytest.raises(CheckpointError, match=r"best\.pt: refused"):
         evaluate_run(cfg, run, progress=False)
     with pytest.raises(CheckpointError, match=r"last\.pt: refused"):
@@ -446,11 +517,15 @@ def test_every_load_in_lvmlib_refuses_pickles():
     offenders = []
     for path in sorted((ROOT / "lvmlib").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load"
-                    and isinstance(node.func.value, ast.Name)):
+            if not (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "load"
+                and isinstance(node.func.value, ast.Name)
+            ):
                 continue
             kw = {k.arg: k.value for k in node.keywords}
-            flag = lambda k: kw[k].value if isinstance(kw.get(k), ast.Constant) else None  # noqa: E731
+            flag = lambda k: kw[k].value if isinstance(kw.get(k), ast.Constant) else None
             if node.func.value.id == "torch" and flag("weights_only") is not True:
                 offenders.append(f"{path.name}:{node.lineno} torch.load")
             if node.func.value.id == "np" and ("allow_pickle" in kw and flag("allow_pickle") is not False):
@@ -463,6 +538,7 @@ def test_a_checkpoint_is_refused_by_what_it_holds_not_by_torchs_wording(tmp_path
     """The refusal comes from the file's globals, so it survives another torch message; `status`-side
     readers (training_summary) give the same refusal, not torch's advice to set weights_only=False."""
     import pickle
+
     run = copy_run(tiny_run, tmp_path)
     cfg = load_config(run / "params.yaml")
     marker = tmp_path / "code_ran"
@@ -474,6 +550,7 @@ def test_a_checkpoint_is_refused_by_what_it_holds_not_by_torchs_wording(tmp_path
             return real(*a, **kw)
         except pickle.UnpicklingError:
             raise pickle.UnpicklingError("some future wording") from None
+
     monkeypatch.setattr(torch, "load", reworded)
     with pytest.raises(CheckpointError, match=r"best\.pt: refused: it holds a pickled object \((io|builtins)\.open\)"):
         load_checkpoint(run / "best.pt")
@@ -495,7 +572,9 @@ time.sleep(600)
 
 def _hold_lock(run: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(run)], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(run)], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -505,6 +584,7 @@ def test_a_live_run_refuses_a_second_trainer_and_a_dead_holders_lock_is_taken_ov
     (exit 2, naming its pid and host), train() refuses too, `status` says live; once the holder is
     SIGKILLed, `status` says the run is dead and the lock is taken over."""
     import platform
+
     run = copy_run(tiny_run, tmp_path)
     runs.write_manifest(run, status="running")
     holder = _hold_lock(run)
@@ -527,15 +607,25 @@ def test_a_live_run_refuses_a_second_trainer_and_a_dead_holders_lock_is_taken_ov
     assert "no process holds the run" in text and f"pid {holder.pid}" in text and "killed or crashed" in text, text
     with runs.RunLock(run, "run") as lock:  # the dead holder's lock is taken over
         assert lock.owned and lock.taken_over.get("pid") == holder.pid
-        child = subprocess.run([sys.executable, "-c", "import sys; from lvmlib.core.runs import RunLock; "
-                                "print(RunLock(sys.argv[1], 'child').owned)", str(run)],
-                               cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True)
+        child = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from lvmlib.core.runs import RunLock; print(RunLock(sys.argv[1], 'child').owned)",
+                str(run),
+            ],
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            capture_output=True,
+            text=True,
+        )
         assert child.stdout.strip() == "False", child.stderr  # started by the holder: shares it, no refusal
     assert json.loads((run / ".run.lock").read_text() or "{}") == {}
 
 
 def _status(run: Path) -> str:
     from lvmlib.train.status import status
+
     return status(run)
 
 
@@ -568,6 +658,7 @@ def test_a_huge_paragraph_is_cut_into_bounded_pieces_and_counted(tmp_path, monke
     replayed from the chunk cache) and named in the data report's summary; progress is reported."""
     from lvmlib.data import corpus
     from lvmlib.plots import data as plots_data
+
     sent = "The old river flows past the castle and the market of the town every single day."
     huge = " ".join([sent] * 3700)  # ~ 300 KB, one paragraph
     path = tmp_path / "c.jsonl"
@@ -578,9 +669,16 @@ def test_a_huge_paragraph_is_cut_into_bounded_pieces_and_counted(tmp_path, monke
     seg, seen = corpus._SEGMENTER, []
     real = seg.segment
     monkeypatch.setattr(seg, "segment", lambda text: (seen.append(len(text)), real(text))[1])
-    cfg = load_config(None, ["data.source=jsonl", f"data.path={path}", "data.min_words=5",
-                             f"data.cache_dir={tmp_path / 'cache'}",
-                             "data.chunk_workers=1"]).data  # the splitter watched here is this process's
+    cfg = load_config(
+        None,
+        [
+            "data.source=jsonl",
+            f"data.path={path}",
+            "data.min_words=5",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.chunk_workers=1",
+        ],
+    ).data  # the splitter watched here is this process's
     ticks = []
     for attempt in range(2):  # chunked, then replayed from the chunk cache
         stage = tmp_path / f"stage{attempt}"
@@ -592,22 +690,51 @@ def test_a_huge_paragraph_is_cut_into_bounded_pieces_and_counted(tmp_path, monke
     st = corpus.ChunkStats(on_piece=lambda done, total: ticks.append((done, total)))
     corpus.split_sentences(huge, st)
     assert ticks[-1][0] == ticks[-1][1] > 50
-    fake = {"counts": {"articles": 2, "chunks": 3701, "windows": 1, "articles_short": 0, "duplicates_removed": 0,
-                       "paragraphs_cut": 1, "paragraphs_cut_chars": len(huge),
-                       "per_split": {s: {"articles": 1, "windows": 1} for s in ("train", "val", "test")}},
-            "context_len": 5, "encoder": "e", "d_vec": 4,
-            "audit": {"passed": True, "articles_in_several_splits": 0, "shared_across_splits": 0,
-                      "payload_mismatches": 0}, "trivial": {}}
+    fake = {
+        "counts": {
+            "articles": 2,
+            "chunks": 3701,
+            "windows": 1,
+            "articles_short": 0,
+            "duplicates_removed": 0,
+            "paragraphs_cut": 1,
+            "paragraphs_cut_chars": len(huge),
+            "per_split": {s: {"articles": 1, "windows": 1} for s in ("train", "val", "test")},
+        },
+        "context_len": 5,
+        "encoder": "e",
+        "d_vec": 4,
+        "audit": {"passed": True, "articles_in_several_splits": 0, "shared_across_splits": 0, "payload_mismatches": 0},
+        "trivial": {},
+    }
     assert "1 over-long paragraph(s)" in plots_data.summary_markdown(fake)
 
 
 def _start_run(tmp_path: Path, args: list, cache: Path, session: bool) -> subprocess.Popen:
     (tmp_path / "tmp").mkdir(exist_ok=True)  # the kernel's socket folder lands here: leaks are visible
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", LVM_CACHE_DIR=str(cache),
-               TMPDIR=str(tmp_path / "tmp"))
-    return subprocess.Popen([sys.executable, "-m", "lvmlib", "run", *map(str, args), "--runs-root", str(tmp_path / "runs"),
-                             "--reports-root", str(tmp_path / "reports"), "--quiet"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=session)
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", LVM_CACHE_DIR=str(cache), TMPDIR=str(tmp_path / "tmp")
+    )
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lvmlib",
+            "run",
+            *map(str, args),
+            "--runs-root",
+            str(tmp_path / "runs"),
+            "--reports-root",
+            str(tmp_path / "reports"),
+            "--quiet",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=session,
+    )
 
 
 def _wait_for(cond, proc: subprocess.Popen, what: str, timeout: float = 300.0) -> None:
@@ -628,8 +755,11 @@ def test_ctrl_c_during_training_interrupts_the_kernel_at_once_and_the_run_resume
     """Ctrl-C (SIGINT to the terminal's process group; the kernel has a session of its own) while 02_train
     runs 200 epochs: the cell is interrupted, not finished; the run is `interrupted`, last.pt is the last
     completed epoch, nothing leaked, `status` says no process holds it; --resume continues it."""
-    over = tiny_overrides(vectors_npz(tmp_path / "c.npz")) + ["train.epochs=200", "train.decision_tree=false",
-                                                              "train.patience=1000"]
+    over = tiny_overrides(vectors_npz(tmp_path / "c.npz")) + [
+        "train.epochs=200",
+        "train.decision_tree=false",
+        "train.patience=1000",
+    ]
     proc = _start_run(tmp_path, [SMOKE, *[a for o in over for a in ("--set", o)], "--run-id", "sig"], lvm_cache, True)
     run = tmp_path / "runs" / "sig"
     _wait_for(lambda: (run / "history.json").is_file(), proc, "a completed epoch")
@@ -667,10 +797,26 @@ def test_sigterm_during_the_data_stage_is_treated_like_ctrl_c(tmp_path, lvm_cach
     corpus = tmp_path / "big.jsonl"
     with open(corpus, "w") as fh:
         for a in range(40):  # ~20 s of sentence splitting: the signal lands inside it
-            fh.write(json.dumps({"title": f"A{a}", "paragraphs": [f"{sent} Article {a}, part {i}." for i in range(400)]})
-                     + "\n")
-    proc = _start_run(tmp_path, [SMOKE, "--set", "data.source=jsonl", "--set", f"data.path={corpus}",
-                                 "--set", "data.max_articles=0", "--run-id", "term"], lvm_cache, False)
+            fh.write(
+                json.dumps({"title": f"A{a}", "paragraphs": [f"{sent} Article {a}, part {i}." for i in range(400)]})
+                + "\n"
+            )
+    proc = _start_run(
+        tmp_path,
+        [
+            SMOKE,
+            "--set",
+            "data.source=jsonl",
+            "--set",
+            f"data.path={corpus}",
+            "--set",
+            "data.max_articles=0",
+            "--run-id",
+            "term",
+        ],
+        lvm_cache,
+        False,
+    )
     run = tmp_path / "runs" / "term"
     _wait_for(lambda: run.is_dir() and any(run.glob(".data-staging-*")), proc, "the data stage")
     proc.send_signal(signal.SIGTERM)
@@ -695,6 +841,7 @@ def test_a_copied_run_is_a_new_run_with_its_own_reports(tmp_path, tiny_run):
     before = snapshot(tmp_path / "reports" / a.name)
     b = tmp_path / "runs" / "copy"
     import shutil
+
     shutil.copytree(a, b)
     run_study("", resume=b, only=["03_gates"], reports_root=tmp_path / "reports", progress=False)
     assert snapshot(tmp_path / "reports" / a.name) == before

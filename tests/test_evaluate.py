@@ -1,5 +1,6 @@
 """Phase-1 evaluation on a small fake run: the eval.json contract, the sanity checks that must stop it,
 payload-only evaluation, extra checkpoints, and the notebook end to end (slow)."""
+
 import json
 import shutil
 from pathlib import Path
@@ -8,23 +9,24 @@ import numpy as np
 import pytest
 import torch
 
-from lvmlib.eval import evaluate as ev_mod
 from lvmlib.app import studies
 from lvmlib.core.config import Config, dump_config, load_config
+from lvmlib.core.runs import atomic_save_npz
 from lvmlib.data.payload import save_npz_streaming
 from lvmlib.data.splits import build_windows
-from lvmlib.eval.inputs import check_alignment
+from lvmlib.eval import evaluate as ev_mod
 from lvmlib.eval.evaluate import SanityError, evaluate_run
+from lvmlib.eval.inputs import check_alignment
 from lvmlib.model.checkpoint import save_checkpoint
 from lvmlib.model.models import build_model
-from lvmlib.core.runs import atomic_save_npz
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRED = ("pred_target_cosine", "recall_at_1", "recall_at_5", "recall_at_10", "n_queries", "bank_size")
 
 
-def make_fake_run(run_dir, n_articles=30, d_vec=32, K=5, seed=0, kind="mamba", overrides=(), checkpoint=True,
-                  dtype=np.float32):
+def make_fake_run(
+    run_dir, n_articles=30, d_vec=32, K=5, seed=0, kind="mamba", overrides=(), checkpoint=True, dtype=np.float32
+):
     """A run dir in the DESIGN.md layout: random-walk unit vectors per article (so copying the last
     context is a real baseline), texts, windows, payload, params.yaml and an untrained best.pt."""
     run_dir = Path(run_dir)
@@ -58,14 +60,30 @@ def make_fake_run(run_dir, n_articles=30, d_vec=32, K=5, seed=0, kind="mamba", o
     (d / "articles.json").write_text(json.dumps(articles))
     atomic_save_npz(d / "windows.npz", context_idx=ctx, target_idx=tgt, split=wsplit)
     D = d_vec
-    save_npz_streaming(d / "payload.npz", {
-        "context_sequences": ((len(tgt), K, D), dtype, lambda s, e: bank[ctx[s:e]]),
-        "target_vectors": ((len(tgt), D), dtype, lambda s, e: bank[tgt[s:e]]),
-        "truth_keys": ((len(tgt), 2), np.int64, lambda s, e: keys[tgt[s:e]]),
-        "split": ((len(tgt),), np.int8, lambda s, e: wsplit[s:e])})
-    cfg = load_config(None, [f"model.kind={kind}", "model.d_model=16", "model.n_layers=1", "model.d_state=4",
-                             "eval.bootstrap=50", "eval.latency_queries=5", "eval.n_examples=2",
-                             "eval.search_chunk=97", f"data.context_len={K}", *overrides])
+    save_npz_streaming(
+        d / "payload.npz",
+        {
+            "context_sequences": ((len(tgt), K, D), dtype, lambda s, e: bank[ctx[s:e]]),
+            "target_vectors": ((len(tgt), D), dtype, lambda s, e: bank[tgt[s:e]]),
+            "truth_keys": ((len(tgt), 2), np.int64, lambda s, e: keys[tgt[s:e]]),
+            "split": ((len(tgt),), np.int8, lambda s, e: wsplit[s:e]),
+        },
+    )
+    cfg = load_config(
+        None,
+        [
+            f"model.kind={kind}",
+            "model.d_model=16",
+            "model.n_layers=1",
+            "model.d_state=4",
+            "eval.bootstrap=50",
+            "eval.latency_queries=5",
+            "eval.n_examples=2",
+            "eval.search_chunk=97",
+            f"data.context_len={K}",
+            *overrides,
+        ],
+    )
     (d / "summary.json").write_text(json.dumps({"encoder": cfg.data.encoder, "d_vec": D}))
     (run_dir / "params.yaml").write_text(dump_config(cfg))
     if checkpoint:
@@ -106,8 +124,16 @@ def test_every_model_bank_and_variant_is_reported(fake):
         for b, variants in res["banks"].items():
             for variant in ("context_excluded", "context_included"):
                 m = variants[variant]
-                for k in ("recall_at_1", "recall_at_5", "recall_at_50", "mrr", "contain_at_50", "eff_at_5",
-                          "mean_rank", "median_rank"):
+                for k in (
+                    "recall_at_1",
+                    "recall_at_5",
+                    "recall_at_50",
+                    "mrr",
+                    "contain_at_50",
+                    "eff_at_5",
+                    "mean_rank",
+                    "median_rank",
+                ):
                     assert k in m, (name, b, variant, k)
                 lo, hi = m["recall_at_5_ci"]
                 assert lo <= m["recall_at_5"] <= hi
@@ -119,6 +145,7 @@ def test_every_model_bank_and_variant_is_reported(fake):
 
 def test_queries_table_matches_the_json(fake):
     import pandas as pd
+
     run, cfg, ev = fake
     q = pd.read_csv(run / "metrics" / "queries.csv")
     assert len(q) == ev["n_queries"] * len(ev["models"])
@@ -152,6 +179,7 @@ def test_decision_uses_the_gates_and_names_the_best_baseline(fake):
 
 def test_best_baseline_takes_the_best_r5_and_the_best_cosine_separately():
     from lvmlib.metrics import Ranks
+
     cfg = Config()
     cfg.eval.bootstrap = 200
     n = 80
@@ -163,6 +191,7 @@ def test_best_baseline_takes_the_best_r5_and_the_best_cosine_separately():
         res = {"pred_target_cosine": cos, "banks": {"global": {"context_excluded": {"recall_at_5": r5}}}}
         pq = {"cosine": np.full(n, cos), "ranks": {"global": Ranks(ranks, ranks, ranks, ranks)}}
         return res, pq
+
     parts = {"m": model(0.6, 0.45, 1), "copy_last": model(0.25, 0.43, 1), "context_mean": model(0.1, 0.52, 1)}
     results = {k: v[0] for k, v in parts.items()}
     per_query = {k: v[1] for k, v in parts.items()}
@@ -255,14 +284,20 @@ def test_data_dir_output_goes_beside_not_over_the_runs_own(fake, tmp_path):
 
 def test_extra_checkpoints_and_two_tower_in_one_table(fake, tmp_path):
     run, cfg, _ = fake
-    tt_cfg = load_config(None, ["model.kind=two_tower", "model.d_model=16", "model.n_layers=1", "model.d_state=4",
-                                "model.tower_dim=24"])
+    tt_cfg = load_config(
+        None, ["model.kind=two_tower", "model.d_model=16", "model.n_layers=1", "model.d_state=4", "model.tower_dim=24"]
+    )
     torch.manual_seed(1)
     save_checkpoint(tmp_path / "tt.pt", build_model(tt_cfg.model, 32), tt_cfg, 32)
     amn_cfg = load_config(None, ["model.kind=amn", "model.amn_hidden=16"])
     save_checkpoint(tmp_path / "amn.pt", build_model(amn_cfg.model, 32), amn_cfg, 32)
-    ev = evaluate_run(cfg, run, extra_checkpoints={"two_tower": tmp_path / "tt.pt", "amn": tmp_path / "amn.pt"},
-                      progress=False, out_dir=tmp_path / "o")
+    ev = evaluate_run(
+        cfg,
+        run,
+        extra_checkpoints={"two_tower": tmp_path / "tt.pt", "amn": tmp_path / "amn.pt"},
+        progress=False,
+        out_dir=tmp_path / "o",
+    )
     assert ev["models"]["two_tower"]["retrieval_space"] == "learned"
     assert ev["models"]["amn"]["role"] == "extra" and "amn" in ev["latency"]
     tab = ev_mod.results_table(ev)
@@ -287,6 +322,7 @@ def test_a_float16_bank_evaluates_like_float32(fake, tmp_path):
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     from lvmlib.model.checkpoint import CheckpointError
+
     cfg = make_fake_run(tmp_path / "r", checkpoint=False)
     with pytest.raises(CheckpointError, match="best.pt: checkpoint file not found"):
         evaluate_run(cfg, tmp_path / "r", progress=False)
@@ -302,12 +338,19 @@ def test_checkpoint_of_another_encoder_is_refused(tmp_path):
 @pytest.mark.slow
 def test_notebook_runs_against_a_fake_run(tmp_path):
     import papermill as pm
+
     from lvmlib.app.execute import NOTEBOOK_DIR, ensure_kernel
+
     make_fake_run(tmp_path / "r")
     out = tmp_path / "04_eval.ipynb"
-    pm.execute_notebook(str(NOTEBOOK_DIR / "04_eval.ipynb"), str(out), kernel_name=ensure_kernel(),
-                        parameters={"params_path": "", "run_dir": str(tmp_path / "r"), "overrides": []},
-                        progress_bar=False, cwd=str(ROOT))
+    pm.execute_notebook(
+        str(NOTEBOOK_DIR / "04_eval.ipynb"),
+        str(out),
+        kernel_name=ensure_kernel(),
+        parameters={"params_path": "", "run_dir": str(tmp_path / "r"), "overrides": []},
+        progress_bar=False,
+        cwd=str(ROOT),
+    )
     ev = json.loads((tmp_path / "r" / "metrics" / "eval.json").read_text())
     assert all(np.isfinite(ev[k]) for k in REQUIRED)
     text = out.read_text()
@@ -318,8 +361,9 @@ def test_notebook_runs_against_a_fake_run(tmp_path):
 def test_evaluate_elsewhere_renders_the_report_for_another_corpus(tmp_path):
     make_fake_run(tmp_path / "r")
     make_fake_run(tmp_path / "dev", n_articles=20, seed=5, checkpoint=False)
-    out = studies.evaluate_elsewhere(tmp_path / "r", tmp_path / "dev" / "data" / "payload.npz",
-                                    reports_root=tmp_path / "reports", progress=False)
+    out = studies.evaluate_elsewhere(
+        tmp_path / "r", tmp_path / "dev" / "data" / "payload.npz", reports_root=tmp_path / "reports", progress=False
+    )
     assert out == (tmp_path / "r" / "eval_payload").resolve()
     ev = json.loads((out / "eval.json").read_text())
     assert ev["data_source"].endswith("dev/data/payload.npz") and np.isfinite(ev["recall_at_5"])

@@ -1,4 +1,5 @@
 """The epoch-2 decision tree and the Phase-1 rules on hand-built histories."""
+
 import pytest
 
 from lvmlib.core.config import GatesConfig
@@ -11,10 +12,16 @@ def hist(*vals):
     return [{"epoch": i + 1, "val_cosine": v} for i, v in enumerate(vals)]
 
 
-@pytest.mark.parametrize("v2, decision, passed", [
-    (0.50, "continue", True), (0.61, "continue", True), (0.4999, "extend", False),
-    (0.40, "extend", False), (0.3999, "stop_option_4", False),
-])
+@pytest.mark.parametrize(
+    "v2, decision, passed",
+    [
+        (0.50, "continue", True),
+        (0.61, "continue", True),
+        (0.4999, "extend", False),
+        (0.40, "extend", False),
+        (0.3999, "stop_option_4", False),
+    ],
+)
 def test_epoch_gate_branches(v2, decision, passed):
     g = epoch_gate(hist(0.3, v2), G)
     assert g["decision"] == decision and g["passed"] is passed and g["gate_val_cosine"] == v2
@@ -49,10 +56,16 @@ def test_in_loop_pass_never_stops():
     assert not in_loop_action(hist(0.3, 0.55, 0.2, 0.1), G)["stop"]
 
 
-@pytest.mark.parametrize("r5, decision, verdict", [
-    (0.0, "option_4_or_5", "none"), (0.05, "weak", "weak"), (0.10, "weak", "weak"),
-    (0.15, "proceed_phase_2", "meaningful"), (0.25, "proceed_phase_2", "strong"),
-])
+@pytest.mark.parametrize(
+    "r5, decision, verdict",
+    [
+        (0.0, "option_4_or_5", "none"),
+        (0.05, "weak", "weak"),
+        (0.10, "weak", "weak"),
+        (0.15, "proceed_phase_2", "meaningful"),
+        (0.25, "proceed_phase_2", "strong"),
+    ],
+)
 def test_phase1_rules(r5, decision, verdict):
     d = phase1_decision(r5, 0.4, G)
     assert d["decision"] == decision and d["r5_verdict"] == verdict and d["cosine_passed"]
@@ -72,12 +85,19 @@ def test_write_gates_compares_with_the_baselines(tmp_path):
 
     from lvmlib.core.config import Config
     from lvmlib.train.gates import summary_markdown, write_gates
+
     (tmp_path / "data").mkdir()
-    (tmp_path / "history.json").write_text(json.dumps(
-        [{"epoch": 1, "val_cosine": 0.40}, {"epoch": 2, "val_cosine": 0.45, "decision": "extend",
-                                             "decision_reason": "r"}]))
-    (tmp_path / "data/summary.json").write_text(json.dumps(
-        {"trivial": {"val": {"copy_last": 0.43, "context_mean": 0.51, "global_mean": 0.2}}}))
+    (tmp_path / "history.json").write_text(
+        json.dumps(
+            [
+                {"epoch": 1, "val_cosine": 0.40},
+                {"epoch": 2, "val_cosine": 0.45, "decision": "extend", "decision_reason": "r"},
+            ]
+        )
+    )
+    (tmp_path / "data/summary.json").write_text(
+        json.dumps({"trivial": {"val": {"copy_last": 0.43, "context_mean": 0.51, "global_mean": 0.2}}})
+    )
     g = write_gates(Config(), tmp_path)
     assert g["decision"] == "extend" and g["best_baseline"] == {"name": "context_mean", "val_cosine": 0.51}
     assert g["beats_best_baseline"] is False
@@ -87,6 +107,7 @@ def test_write_gates_compares_with_the_baselines(tmp_path):
 
 def test_gate_against_the_best_baseline_moves_the_bars():
     from lvmlib.train.gates import epoch_gate, in_loop_action
+
     g = GatesConfig(against="best_baseline")  # threshold 0.50 / lower 0.40 -> best / best - 0.10
     hist = [{"epoch": 1, "val_cosine": 0.45}, {"epoch": 2, "val_cosine": 0.47}]
     assert epoch_gate(hist, GatesConfig())["decision"] == "extend"  # the seed's absolute bar
@@ -102,10 +123,21 @@ def test_gate_against_the_best_baseline_moves_the_bars():
 
 def test_upgrade_reads_the_names_of_runs_written_before_issue_14():
     from lvmlib.train.gates import upgrade
-    old = {"epoch2_val_cosine": 0.41, "decision": "extend_2_epochs", "gate_decision": "extend_2_epochs",
-           "tree_log": [{"epoch": 2, "decision": "extend_2_epochs"}], "threshold": 0.5}
+
+    old = {
+        "epoch2_val_cosine": 0.41,
+        "decision": "extend_2_epochs",
+        "gate_decision": "extend_2_epochs",
+        "tree_log": [{"epoch": 2, "decision": "extend_2_epochs"}],
+        "threshold": 0.5,
+    }
     new = upgrade(old)
-    assert new == {"gate_val_cosine": 0.41, "decision": "extend", "gate_decision": "extend",
-                   "tree_log": [{"epoch": 2, "decision": "extend"}], "threshold": 0.5}
+    assert new == {
+        "gate_val_cosine": 0.41,
+        "decision": "extend",
+        "gate_decision": "extend",
+        "tree_log": [{"epoch": 2, "decision": "extend"}],
+        "threshold": 0.5,
+    }
     assert old["decision"] == "extend_2_epochs"  # the record read from disk is left as it was
     assert upgrade(new) == new and upgrade(None) is None

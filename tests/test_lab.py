@@ -6,6 +6,7 @@ tweak of the run: it is recorded, and `run --resume RUN --only 03_gates` re-rend
 
 The server is shut down and its runtime files and port are checked gone, pass or fail.
 """
+
 from __future__ import annotations
 
 import base64
@@ -29,8 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_environment_yml_pins_what_the_lock_pins():
     """`make setup` (requirements.lock) and conda (environment.yml) install the same JupyterLab."""
-    lock = dict(line.split("==", 1) for line in (ROOT / "requirements.lock").read_text().splitlines()
-                if "==" in line and not line.startswith("#"))
+    lock = dict(
+        line.split("==", 1)
+        for line in (ROOT / "requirements.lock").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
     assert lock.get("jupyterlab"), "JupyterLab is pinned in requirements.lock"
     env = (ROOT / "environment.yml").read_text()
     assert "-r requirements.lock" in env and f"jupyterlab=={lock['jupyterlab']}" in env
@@ -38,6 +42,7 @@ def test_environment_yml_pins_what_the_lock_pins():
 
 def test_lab_command_line_binds_loopback_without_browser_or_network():
     from lvmlib.app.lab import lab_argv
+
     argv = lab_argv(port=9999, token="t")
     assert argv[1:3] == ["-m", "jupyterlab"] and "--no-browser" in argv
     assert "--ServerApp.ip=127.0.0.1" in argv and "--ServerApp.port=9999" in argv
@@ -52,10 +57,12 @@ class Lab:
         self.url, self.token = url.rstrip("/"), token
 
     def api(self, method: str, path: str, body: dict | None = None):
-        req = urllib.request.Request(f"{self.url}{path}", method=method,
-                                     data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Authorization": f"token {self.token}",
-                                              "Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{self.url}{path}",
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=60) as r:
             raw = r.read()
         return json.loads(raw) if raw else None
@@ -77,12 +84,24 @@ def lab(tmp_path_factory):
     """`python -m lvmlib lab` (what `make lab` runs) with private Jupyter dirs; stopped afterwards."""
     tmp = tmp_path_factory.mktemp("lab")
     token, port = secrets.token_hex(16), _free_port()
-    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp / "runtime"), JUPYTER_CONFIG_DIR=str(tmp / "config"),
-               JUPYTERLAB_SETTINGS_DIR=str(tmp / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(tmp / "workspaces"),
-               IPYTHONDIR=str(tmp / "ipython"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env = dict(
+        os.environ,
+        JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
+        JUPYTER_CONFIG_DIR=str(tmp / "config"),
+        JUPYTERLAB_SETTINGS_DIR=str(tmp / "settings"),
+        JUPYTERLAB_WORKSPACES_DIR=str(tmp / "workspaces"),
+        IPYTHONDIR=str(tmp / "ipython"),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+    )
     log = open(tmp / "lab.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "lvmlib", "lab", "--port", str(port), "--token", token],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lvmlib", "lab", "--port", str(port), "--token", token],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         end = time.time() + 180
         info = None
@@ -107,7 +126,7 @@ def lab(tmp_path_factory):
     finally:
         try:
             Lab(f"http://127.0.0.1:{port}", token).api("POST", "/api/shutdown")
-        except Exception:  # noqa: BLE001 - the server may already be gone; terminate below
+        except Exception:
             pass
         try:
             proc.wait(60)
@@ -141,8 +160,10 @@ def test_a_stage_notebook_opens_in_the_lab_ui(lab, browser):
     notebook's kernel, lvm-study."""
     browser.events.clear()
     browser.call("Page.navigate", url=f"{lab.url}/lab/tree/notebooks/01_data.ipynb?token={lab.token}")
-    title_js = ("(() => { const h = document.querySelector('.jp-NotebookPanel .jp-MarkdownOutput h1');"
-                " return h ? h.textContent : null; })()")
+    title_js = (
+        "(() => { const h = document.querySelector('.jp-NotebookPanel .jp-MarkdownOutput h1');"
+        " return h ? h.textContent : null; })()"
+    )
     end, title = time.time() + 180, None
     while time.time() < end and not title:
         time.sleep(0.5)
@@ -162,9 +183,18 @@ def test_a_stage_notebook_opens_in_the_lab_ui(lab, browser):
 def _execute(ws, session_id: str, code: str) -> list[dict]:
     """One execute_request on the kernel's websocket; -> the cell's outputs, as the Lab frontend gets them."""
     from jupyter_client.session import Session
+
     msg = Session(session=session_id, username="test").msg(
-        "execute_request", content={"code": code, "silent": False, "store_history": True, "user_expressions": {},
-                                    "allow_stdin": False, "stop_on_error": True})
+        "execute_request",
+        content={
+            "code": code,
+            "silent": False,
+            "store_history": True,
+            "user_expressions": {},
+            "allow_stdin": False,
+            "stop_on_error": True,
+        },
+    )
     msg["channel"] = "shell"
     ws.send(json.dumps(msg, default=str))
     outputs, replied, idle = [], False, False
@@ -187,17 +217,29 @@ def _execute(ws, session_id: str, code: str) -> list[dict]:
 @pytest.mark.slow
 def test_a_notebook_runs_on_the_labs_kernel_against_a_run_and_is_recorded(lab, smoke_run, tmp_path):
     from cdp import WebSocket
+
     from lvmlib.core.runs import read_json
+
     run, reports = tmp_path / "runs" / "smoke", tmp_path / "reports"
     shutil.copytree(smoke_run, run)
     shutil.copytree(smoke_run.parent.parent / "reports" / "smoke", reports / "smoke")
     manifest = read_json(run / "manifest.json")
     (run / "manifest.json").write_text(json.dumps({**manifest, "reports_root": str(reports)}))
     nb = json.loads((ROOT / "notebooks/03_gates.ipynb").read_text())
-    session = lab.api("POST", "/api/sessions", {"path": "notebooks/03_gates.ipynb", "name": "03_gates.ipynb",
-                                                "type": "notebook", "kernel": {"name": "lvm-study"}})
-    ws = WebSocket(f"ws://127.0.0.1:{lab.url.rsplit(':', 1)[1]}/api/kernels/{session['kernel']['id']}/channels"
-                   f"?token={lab.token}", timeout=600)
+    session = lab.api(
+        "POST",
+        "/api/sessions",
+        {
+            "path": "notebooks/03_gates.ipynb",
+            "name": "03_gates.ipynb",
+            "type": "notebook",
+            "kernel": {"name": "lvm-study"},
+        },
+    )
+    ws = WebSocket(
+        f"ws://127.0.0.1:{lab.url.rsplit(':', 1)[1]}/api/kernels/{session['kernel']['id']}/channels?token={lab.token}",
+        timeout=600,
+    )
     try:
         outputs = []
         for cell in nb["cells"]:
@@ -213,6 +255,7 @@ def test_a_notebook_runs_on_the_labs_kernel_against_a_run_and_is_recorded(lab, s
     images = [o["data"]["image/png"] for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 2, f"the gate tree and gate curve figures: {[o['output_type'] for o in outputs]}"
     from PIL import Image
+
     for png in images:
         assert min(Image.open(io.BytesIO(base64.b64decode(png))).size) > 100
     summary = [o for o in outputs if "text/markdown" in o.get("data", {})]
@@ -227,9 +270,26 @@ def test_a_notebook_runs_on_the_labs_kernel_against_a_run_and_is_recorded(lab, s
     assert "Tweaked:" in page and "not shown here" in page, "the old report says it predates the tweak"
 
     # the runner re-renders the tweaked notebook: same parameters, report says which tweak it shows
-    r = subprocess.run([sys.executable, "-m", "lvmlib", "run", "--resume", str(run), "--only", "03_gates",
-                        "--reports-root", str(reports), "--quiet"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lvmlib",
+            "run",
+            "--resume",
+            str(run),
+            "--only",
+            "03_gates",
+            "--reports-root",
+            str(reports),
+            "--quiet",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     m = read_json(run / "manifest.json")
     assert m["tweaks"][0]["rendered_at"] and m["stages"]["03_gates"]["tweak"] == tweak["at"]

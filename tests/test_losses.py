@@ -1,6 +1,7 @@
 """Losses: InfoNCE against a naive loop, the false-negative mask on hand-built keys, V1/V2 composition,
 the learnable temperature, and the gradient cache: parameter gradients equal one big batch (also
 with a passage tower, with dropout replayed, and across 2 DDP processes under torchrun/gloo)."""
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,7 @@ import torch
 import torch.nn as nn
 
 from lvmlib.core.config import LossConfig, load_config
-from lvmlib.train.losses import (LVMLoss, MicroBatch, ar_cosine, cached_step, direct_step, false_negative_mask,
-                           info_nce)
+from lvmlib.train.losses import LVMLoss, MicroBatch, ar_cosine, cached_step, direct_step, false_negative_mask, info_nce
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,6 +100,7 @@ def test_duplicate_targets_share_a_group_exactly():
     """The trainer masks exact-duplicate targets with `metrics.duplicate_groups` of the bank, taken at the
     target rows: byte-identical rows share a group, a vector one ulp away does not."""
     from lvmlib.metrics import duplicate_groups
+
     v = np.array([[1, 2], [3, 4], [1, 2], [1, 2.001], [1, 2]], dtype=np.float32)
     ids = duplicate_groups(v)[np.array([0, 1, 2, 3])]
     assert ids[0] == ids[2] and len({ids[0], ids[1], ids[3]}) == 3
@@ -174,7 +175,7 @@ def _batch(n, d, seed=0):
 
 
 def _micro(ctx, tgt, keys, dup, b):
-    return [MicroBatch(ctx[s:s + b], tgt[s:s + b], keys[s:s + b], dup[s:s + b]) for s in range(0, len(ctx), b)]
+    return [MicroBatch(ctx[s : s + b], tgt[s : s + b], keys[s : s + b], dup[s : s + b]) for s in range(0, len(ctx), b)]
 
 
 def _grads(*modules):
@@ -190,13 +191,16 @@ def _big_batch(enc, loss_fn, ctx, tgt, keys, dup):
 
 def _tiny(kind):
     from lvmlib.model.models import build_model
+
     cfg = load_config(None, [f"model.kind={kind}", "model.d_model=16", "model.n_layers=2", "model.d_state=4"])
     torch.manual_seed(0)
     return build_model(cfg.model, 8)
 
 
 @pytest.mark.parametrize("kind", ["mlp", "mamba", "two_tower"])
-@pytest.mark.parametrize("loss_cfg", [LossConfig(), LossConfig(proj_head=[12, 6], symmetric=True, learn_temperature=True)])
+@pytest.mark.parametrize(
+    "loss_cfg", [LossConfig(), LossConfig(proj_head=[12, 6], symmetric=True, learn_temperature=True)]
+)
 def test_gradient_cache_equals_one_big_batch(kind, loss_cfg):
     d, b, accum = 8, 4, 3
     ctx, tgt, keys, dup = _batch(b * accum, d)
@@ -243,7 +247,7 @@ def test_gradient_cache_replays_dropout():
     model = _MLP(d, dropout=0.5)
     loss_fn = LVMLoss(LossConfig(), d)
     torch.manual_seed(123)
-    preds = [model(ctx[s:s + b]) for s in range(0, 12, b)]  # the same RNG order as the cache's pass 1
+    preds = [model(ctx[s : s + b]) for s in range(0, 12, b)]  # the same RNG order as the cache's pass 1
     out = loss_fn(torch.cat(preds), tgt, loss_fn.mask(keys, dup))
     out["loss"].backward()
     g_ref, rng_ref = _grads(model), torch.get_rng_state()
@@ -267,7 +271,7 @@ def test_gradient_cache_nonfinite_loss_touches_no_gradient():
 
 
 # --------------------------------------------------------------------------- DDP (torchrun, gloo)
-WORKER = textwrap.dedent('''
+WORKER = textwrap.dedent("""
     import sys, torch, torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
     sys.path.insert(0, sys.argv[2])
@@ -295,16 +299,30 @@ WORKER = textwrap.dedent('''
                      "loss": [p.grad for p in loss_fn.parameters()]}
     torch.save(out, f"{sys.argv[1]}/rank{rank}.pt")
     dist.destroy_process_group()
-''')
+""")
 
 
 @pytest.mark.slow
 def test_ddp_two_processes_equal_single_process(tmp_path):
     (tmp_path / "worker.py").write_text(WORKER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(tmp_path / "worker.py"), str(tmp_path), str(Path(__file__).parent)]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240,
-                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(tmp_path / "worker.py"),
+        str(tmp_path),
+        str(Path(__file__).parent),
+    ]
+    res = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     for kind in ("mamba", "two_tower"):
@@ -341,8 +359,9 @@ def _naive_bank_loss(q, target, vectors, train_rows, groups, ctx_rows, tgt_rows,
 
 
 def test_bank_info_nce_matches_a_naive_loop():
-    from lvmlib.train.losses import BankNegatives, bank_info_nce
     from lvmlib.metrics import duplicate_groups
+    from lvmlib.train.losses import BankNegatives, bank_info_nce
+
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(60, 8)).astype(np.float32)
     vectors[7] = vectors[3]  # a duplicate of a context row
@@ -367,8 +386,9 @@ def test_bank_info_nce_matches_a_naive_loop():
 def test_bank_zeroes_near_zero_entries_without_changing_the_loss():
     """MiniLM's ~1e-38 dimensions become exact zeros in the negatives' bank (their products with softmax
     gradients are subnormal, which slowed the backward sgemm 12x); loss and gradient do not move."""
-    from lvmlib.train.losses import TINY, BankNegatives, bank_info_nce
     from lvmlib.metrics import duplicate_groups
+    from lvmlib.train.losses import TINY, BankNegatives, bank_info_nce
+
     rng = np.random.default_rng(1)
     vectors = rng.normal(size=(50, 8)).astype(np.float32)
     vectors[:, 2] = 0
@@ -391,20 +411,26 @@ def test_bank_zeroes_near_zero_entries_without_changing_the_loss():
 def test_bank_loss_gradient_equals_one_big_batch():
     """Per-sample negatives: accumulating micro-batches (direct_step) equals one batch of everything."""
     from lvmlib.core.config import LossConfig
-    from lvmlib.train.losses import BankNegatives, LVMLoss, MicroBatch, direct_step
     from lvmlib.metrics import duplicate_groups
+    from lvmlib.train.losses import BankNegatives, LVMLoss, MicroBatch, direct_step
+
     rng = np.random.default_rng(1)
     vectors = rng.normal(size=(80, 6)).astype(np.float32)
     ctx_rows = rng.integers(0, 60, size=(16, 5))
     tgt_rows = rng.integers(0, 60, size=16)
     lin = torch.nn.Linear(6, 6)
-    enc = lambda ctx, tgt: (lin(ctx.mean(1)), tgt)  # noqa: E731
+    enc = lambda ctx, tgt: (lin(ctx.mean(1)), tgt)
     loss = LVMLoss(LossConfig(negatives="bank"), 6)
     loss.bank = BankNegatives(vectors, np.arange(60), duplicate_groups(vectors))
 
     def micro(sl):
-        return MicroBatch(torch.from_numpy(vectors[ctx_rows[sl]]), torch.from_numpy(vectors[tgt_rows[sl]]),
-                          torch.zeros(len(tgt_rows[sl]), 2, dtype=torch.long), rows=(ctx_rows[sl], tgt_rows[sl]))
+        return MicroBatch(
+            torch.from_numpy(vectors[ctx_rows[sl]]),
+            torch.from_numpy(vectors[tgt_rows[sl]]),
+            torch.zeros(len(tgt_rows[sl]), 2, dtype=torch.long),
+            rows=(ctx_rows[sl], tgt_rows[sl]),
+        )
+
     direct_step(enc, loss, [micro(slice(0, 16))])
     g_big = lin.weight.grad.clone()
     lin.weight.grad = None
@@ -415,6 +441,7 @@ def test_bank_loss_gradient_equals_one_big_batch():
 
 def test_bank_negatives_refuse_heads_and_two_tower():
     from lvmlib.core.config import ConfigError, load_config
+
     with pytest.raises(ConfigError, match="loss.negatives"):
         load_config(None, ["loss.negatives=bank", "loss.proj_head=[8, 4]"])
     with pytest.raises(ConfigError, match="loss.negatives"):

@@ -1,5 +1,6 @@
 """Retrieval metrics on hand-built cases, the fast ranker against its per-query specification, faiss
 against torch search, chunking, duplicates, and the article-level bootstrap."""
+
 import numpy as np
 import pytest
 

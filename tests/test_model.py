@@ -1,5 +1,6 @@
 """lvmlib.model.models: the Mamba block against mambapy (an independent implementation with mamba_ssm's
 names), causality, shapes, parameter counts, weight-decay groups, baselines and checkpoints."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,12 +12,19 @@ from mambapy.mamba import Mamba as PyMamba
 from mambapy.mamba import MambaBlock as PyMambaBlock
 from mambapy.mamba import MambaConfig as PyMambaConfig
 
-from lvmlib.model import scan
 from lvmlib.core.config import Config, ModelConfig
-from lvmlib.model.checkpoint import load_checkpoint, save_checkpoint
-from lvmlib.model.checkpoint import CheckpointError
-from lvmlib.model.models import (PRESETS, Mamba, MambaLVM, baseline, build_model,
-                          count_parameters, param_groups, set_scan)
+from lvmlib.model import scan
+from lvmlib.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lvmlib.model.models import (
+    PRESETS,
+    Mamba,
+    MambaLVM,
+    baseline,
+    build_model,
+    count_parameters,
+    param_groups,
+    set_scan,
+)
 
 LENGTHS = (1, 5, 16, 64)
 RTOL, ATOL = 1e-4, 1e-5  # fp32; ATOL is relative to the reference's largest magnitude
@@ -31,11 +39,14 @@ def small_cfg(**kw) -> ModelConfig:
 def report_and_assert(pairs, label):
     """pairs: {name: (ours, reference)}; prints every error and tolerance first, then asserts."""
     for name, (got, want) in pairs.items():
-        print(f"{label} {name:28s} max|err| {(got - want).abs().max().item():.2e}  "
-              f"atol {ATOL * want.abs().max().item():.2e}  rtol {RTOL:.0e}")
+        print(
+            f"{label} {name:28s} max|err| {(got - want).abs().max().item():.2e}  "
+            f"atol {ATOL * want.abs().max().item():.2e}  rtol {RTOL:.0e}"
+        )
     for name, (got, want) in pairs.items():
-        torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL * want.abs().max().item(),
-                                   msg=lambda m: f"{label} {name}: {m}")
+        torch.testing.assert_close(
+            got, want, rtol=RTOL, atol=ATOL * want.abs().max().item(), msg=lambda m: f"{label} {name}: {m}"
+        )
 
 
 def forward_backward(module, x, seed=1):
@@ -46,8 +57,14 @@ def forward_backward(module, x, seed=1):
 
 
 def py_config(n_layers=1, pscan=False):
-    return PyMambaConfig(d_model=SMALL["d_model"], n_layers=n_layers, d_state=SMALL["d_state"],
-                         expand_factor=SMALL["expand"], d_conv=SMALL["d_conv"], pscan=pscan)
+    return PyMambaConfig(
+        d_model=SMALL["d_model"],
+        n_layers=n_layers,
+        d_state=SMALL["d_state"],
+        expand_factor=SMALL["expand"],
+        d_conv=SMALL["d_conv"],
+        pscan=pscan,
+    )
 
 
 # --------------------------------------------------------------------------- parity with mambapy
@@ -149,9 +166,17 @@ class _Fn(torch.nn.Module):
 def test_parameter_names_and_shapes_are_mamba_ssm_s():
     """mamba_ssm.modules.mamba_simple.Mamba(d_model=32, d_state=8, d_conv=4, expand=2), listed by hand."""
     d, ed, n, r, k = 32, 64, 8, 2, 4
-    expected = {"in_proj.weight": (2 * ed, d), "conv1d.weight": (ed, 1, k), "conv1d.bias": (ed,),
-                "x_proj.weight": (r + 2 * n, ed), "dt_proj.weight": (ed, r), "dt_proj.bias": (ed,),
-                "A_log": (ed, n), "D": (ed,), "out_proj.weight": (d, ed)}
+    expected = {
+        "in_proj.weight": (2 * ed, d),
+        "conv1d.weight": (ed, 1, k),
+        "conv1d.bias": (ed,),
+        "x_proj.weight": (r + 2 * n, ed),
+        "dt_proj.weight": (ed, r),
+        "dt_proj.bias": (ed,),
+        "A_log": (ed, n),
+        "D": (ed,),
+        "out_proj.weight": (d, ed),
+    }
     block = Mamba(d, n, k, 2)
     assert {k: tuple(v.shape) for k, v in block.state_dict().items()} == expected
 
@@ -163,16 +188,21 @@ def test_initialisation_follows_the_paper():
     torch.testing.assert_close(block.D, torch.ones(64))
     dt = torch.nn.functional.softplus(block.dt_proj.bias)  # inverse softplus of dt in [dt_min, dt_max]
     assert dt.min() >= 0.002 * (1 - 1e-4) and dt.max() <= 0.05 * (1 + 1e-4)
-    bound = block.dt_rank ** -0.5
+    bound = block.dt_rank**-0.5
     assert block.dt_proj.weight.abs().max() <= bound
 
 
 def mamba_s_count(d_vec: int, d_model=768, n_layers=8, d_state=128, d_conv=4, expand=2) -> int:
     ed, r = expand * d_model, math.ceil(d_model / 16)
-    block = (d_model * 2 * ed + ed * d_conv + ed + ed * (r + 2 * d_state) + r * ed + ed
-             + ed * d_state + ed + ed * d_model)
-    return (n_layers * (block + d_model)  # + each block's RMSNorm weight
-            + (d_vec * d_model + d_model) + d_model + (d_model * d_vec + d_vec))  # in, norm_f, head
+    block = (
+        d_model * 2 * ed + ed * d_conv + ed + ed * (r + 2 * d_state) + r * ed + ed + ed * d_state + ed + ed * d_model
+    )
+    return (
+        n_layers * (block + d_model)  # + each block's RMSNorm weight
+        + (d_vec * d_model + d_model)
+        + d_model
+        + (d_model * d_vec + d_vec)
+    )  # in, norm_f, head
 
 
 @pytest.mark.parametrize("d_vec", [384, 768])
@@ -223,14 +253,14 @@ def test_causality(kind, backend):
     variants = [x]  # variant t+1: every input after position t replaced
     for t in range(8):
         x2 = x.clone()
-        x2[:, t + 1:] = torch.randn(2, 8 - t, 16)
+        x2[:, t + 1 :] = torch.randn(2, 8 - t, 16)
         variants.append(x2)
     with torch.no_grad():
         outs = lvm.backbone(torch.cat(variants)).view(9, 2, 9, -1)  # (variant, B, L, d_model)
     for t in range(8):
         a, b = outs[0], outs[t + 1]
-        torch.testing.assert_close(a[:, :t + 1], b[:, :t + 1], rtol=0, atol=1e-6)
-        assert (a[:, t + 1:] - b[:, t + 1:]).abs().max() > 1e-3  # later positions do see the change
+        torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1], rtol=0, atol=1e-6)
+        assert (a[:, t + 1 :] - b[:, t + 1 :]).abs().max() > 1e-3  # later positions do see the change
 
 
 def test_param_groups_exclude_the_right_parameters():
@@ -249,8 +279,14 @@ def test_param_groups_exclude_the_right_parameters():
             assert p.dim() >= 2 and not name.endswith(("A_log", "bias")) and "norm" not in name, name
         torch.optim.AdamW(groups, lr=1e-3).step()  # AdamW accepts the groups as they are
     names = param_groups(build_model(small_cfg(), 16), 0.1)[1]["param_names"]
-    assert {"layers.0.mixer.A_log", "layers.0.mixer.D", "layers.0.norm.weight", "norm_f.weight",
-            "head.bias", "layers.1.mixer.dt_proj.bias"} <= set(names)
+    assert {
+        "layers.0.mixer.A_log",
+        "layers.0.mixer.D",
+        "layers.0.norm.weight",
+        "norm_f.weight",
+        "head.bias",
+        "layers.1.mixer.dt_proj.bias",
+    } <= set(names)
     assert param_groups(baseline("copy_last", 16), 0.1) == []
 
 
@@ -388,8 +424,18 @@ def test_residual_step0_equals_the_skip_exactly(kind, residual):
     initial context mixture (weight ~0.93 on the last position)."""
     from lvmlib.core.config import load_config
     from lvmlib.model.models import build_model
-    cfg = load_config(None, [f"model.kind={kind}", f"model.residual={residual}", "model.d_model=16",
-                             "model.n_layers=1", "model.d_state=4", "model.amn_hidden=8"]).model
+
+    cfg = load_config(
+        None,
+        [
+            f"model.kind={kind}",
+            f"model.residual={residual}",
+            "model.d_model=16",
+            "model.n_layers=1",
+            "model.d_state=4",
+            "model.amn_hidden=8",
+        ],
+    ).model
     torch.manual_seed(0)
     model = build_model(cfg, 12).eval()
     ctx = torch.randn(7, 5, 12)
@@ -414,6 +460,7 @@ def test_residual_step0_equals_the_skip_exactly(kind, residual):
 def test_residual_none_is_the_seed_model():
     from lvmlib.core.config import load_config
     from lvmlib.model.models import build_model
+
     cfg = load_config(None, ["model.d_model=16", "model.n_layers=1", "model.d_state=4"]).model
     torch.manual_seed(0)
     model = build_model(cfg, 12)
@@ -424,7 +471,17 @@ def test_residual_none_is_the_seed_model():
 def test_residual_refuses_a_tower_of_another_width():
     from lvmlib.core.config import load_config
     from lvmlib.model.models import build_model
-    cfg = load_config(None, ["model.kind=two_tower", "model.residual=last", "model.tower_dim=8",
-                             "model.d_model=16", "model.n_layers=1", "model.d_state=4"]).model
+
+    cfg = load_config(
+        None,
+        [
+            "model.kind=two_tower",
+            "model.residual=last",
+            "model.tower_dim=8",
+            "model.d_model=16",
+            "model.n_layers=1",
+            "model.d_state=4",
+        ],
+    ).model
     with pytest.raises(ValueError, match="tower_dim"):
         build_model(cfg, 12)

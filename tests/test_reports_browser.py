@@ -10,6 +10,7 @@ and code must be hidden on the reading page and shown on its `.code.html` twin.
 Without Chromium these tests skip, saying why; with LVM_REQUIRE_BROWSER=1 (CI) they fail instead.
 LVM_CHROMIUM=/path/to/chrome picks another binary; LVM_SCREENSHOT_DIR=dir keeps the screenshots.
 """
+
 from __future__ import annotations
 
 import base64
@@ -33,6 +34,7 @@ def reports(chromium, smoke_run) -> Path:
     """The session's smoke run (conftest) with its reports, and a comparison of it with a copy of itself."""
     from lvmlib.app.studies import compare_runs
     from lvmlib.report.pages import record_run
+
     tmp = smoke_run.parent.parent  # runs/ and reports/ of the session's smoke run
     twin = tmp / "runs" / "smoke-twin"  # same numbers under another id: a comparison of real files
     shutil.copytree(tmp / "runs" / "smoke", twin)
@@ -73,7 +75,9 @@ def _problems(events: list[dict]) -> list[str]:
     for e in events:
         m, p = e.get("method"), e.get("params", {})
         if m == "Runtime.exceptionThrown":
-            out.append(f"JS exception: {p['exceptionDetails'].get('text')} {p['exceptionDetails'].get('exception', {}).get('description', '')}")
+            out.append(
+                f"JS exception: {p['exceptionDetails'].get('text')} {p['exceptionDetails'].get('exception', {}).get('description', '')}"
+            )
         elif m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
             out.append(f"console.{p['type']}: {[a.get('value', a.get('description')) for a in p.get('args', [])]}")
         elif m == "Log.entryAdded" and p["entry"].get("level") == "error":
@@ -91,6 +95,7 @@ def _open(browser: CDP, path: Path) -> list[str]:
 
 def _screenshot(browser: CDP, name: str):
     from PIL import Image
+
     png = base64.b64decode(browser.call("Page.captureScreenshot", format="png")["data"])
     if os.environ.get("LVM_SCREENSHOT_DIR"):
         out = Path(os.environ["LVM_SCREENSHOT_DIR"]) / (name.replace("/", "__") + ".png")
@@ -117,8 +122,9 @@ def test_page_loads_cleanly_with_decoded_images_and_summary_first(page, reports,
     assert not broken, f"{page}: {len(broken)} broken image(s): {broken[:3]}"
     if page in REPORTS:
         assert images, f"{page}: a report without a single figure"
-    missing = [h for h in browser.evaluate(LINKS_JS)
-               if not Path(urllib.parse.unquote(urllib.parse.urlparse(h).path)).exists()]
+    missing = [
+        h for h in browser.evaluate(LINKS_JS) if not Path(urllib.parse.unquote(urllib.parse.urlparse(h).path)).exists()
+    ]
     assert not missing, f"{page}: links to missing files {missing[:3]}"
     shot = _screenshot(browser, page)
     assert shot.size == (VIEW_W, VIEW_H)
@@ -130,8 +136,12 @@ def test_page_loads_cleanly_with_decoded_images_and_summary_first(page, reports,
     if page in REPORTS:
         assert summary["found"] == "heading", f"{page}: a report needs a '## Summary' section"
     left, top, right, bottom = summary["rect"]
-    assert 0 <= top < VIEW_H * 0.8 and right > left, f"{page}: the summary starts at y={top:.0f}, below the first screen"
-    crop = shot.crop((max(0, int(left)), int(top), min(VIEW_W, int(right)), min(VIEW_H, max(int(top) + 1, int(bottom)))))
+    assert 0 <= top < VIEW_H * 0.8 and right > left, (
+        f"{page}: the summary starts at y={top:.0f}, below the first screen"
+    )
+    crop = shot.crop(
+        (max(0, int(left)), int(top), min(VIEW_W, int(right)), min(VIEW_H, max(int(top) + 1, int(bottom))))
+    )
     assert _ink(crop) > 0.005, f"{page}: the summary area of the screenshot is blank"
     assert summary["text"].strip(), f"{page}: the summary has no text"
 
@@ -157,9 +167,11 @@ def test_index_lists_the_run_and_the_comparison(reports, browser):
 def test_the_checks_catch_a_broken_page(browser, tmp_path):
     """The checker itself: a script error, a missing file and an undecodable image are all reported."""
     page = tmp_path / "broken.html"
-    page.write_text("<!doctype html><body><h2>Summary</h2><p>text</p>"
-                    "<img src='data:image/png;base64,AAAA'><img src='missing.png'>"
-                    "<script>undefined_function()</script></body>")
+    page.write_text(
+        "<!doctype html><body><h2>Summary</h2><p>text</p>"
+        "<img src='data:image/png;base64,AAAA'><img src='missing.png'>"
+        "<script>undefined_function()</script></body>"
+    )
     problems = _open(browser, page)
     assert any("JS exception" in p and "undefined_function" in p for p in problems), problems
     assert any("missing.png" in p for p in problems), problems

@@ -1,10 +1,10 @@
 """The runner: notebooks' contract, the smoke study end to end, and the failure path."""
+
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
-
-import math
 
 import nbformat
 import pytest
@@ -23,6 +23,7 @@ def test_notebook_contract(name):
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1, "exactly one papermill parameters cell"
     import papermill as pm
+
     declared = pm.inspect_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"))  # papermill's own parser
     assert {"params_path", "run_dir", "overrides"} <= set(declared), declared
     assert len(declared) == len(params[0].source.strip().splitlines()), "a parameter line papermill cannot parse"
@@ -50,6 +51,7 @@ def test_stage_notebooks_set_up_and_record_through_lvmlib(name):
     """Each stage notebook's first code cell after the parameters is one `notebook.setup` call (plus
     imports); its closing cell is one `notebook.record` call for that stage."""
     from lvmlib.app import notebook
+
     nb = nbformat.read(str(NOTEBOOK_DIR / f"{name}.ipynb"), as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])]
     calls = [line for line in code[0].source.splitlines() if line and not line.startswith(("import ", "from "))]
@@ -62,10 +64,12 @@ def test_stage_notebooks_set_up_and_record_through_lvmlib(name):
 
 def test_record_prints_each_stages_headline(tmp_path, capsys):
     from lvmlib.app import notebook
+
     gate = {"gate_val_cosine": 0.41, "threshold": 0.5, "passed": False, "decision": "extend", "reason": "r"}
     notebook.record("03_gates", tmp_path, gate)
-    assert json.loads(capsys.readouterr().out) == {k: gate[k] for k in ("gate_val_cosine", "threshold", "passed",
-                                                                         "decision")}
+    assert json.loads(capsys.readouterr().out) == {
+        k: gate[k] for k in ("gate_val_cosine", "threshold", "passed", "decision")
+    }
     summary = {"n_params": 10, "epochs_trained": 2}
     notebook.record("02_train", tmp_path, summary)
     assert json.loads((tmp_path / "metrics" / "train.json").read_text()) == summary
@@ -75,9 +79,19 @@ def test_record_prints_each_stages_headline(tmp_path, capsys):
 def test_index_lists_runs_newest_first(tmp_path):
     for rid, t, st in (("old", "2026-01-01T00:00:00", "succeeded"), ("new", "2026-02-01T00:00:00", "failed")):
         (tmp_path / rid).mkdir()
-        (tmp_path / rid / "run.json").write_text(json.dumps(
-            {"run_id": rid, "kind": "run", "started_at": t, "status": st, "params_name": "p",
-             "failure": "01_data: boom" if st == "failed" else None, "recall_at_5": 0.25}))
+        (tmp_path / rid / "run.json").write_text(
+            json.dumps(
+                {
+                    "run_id": rid,
+                    "kind": "run",
+                    "started_at": t,
+                    "status": st,
+                    "params_name": "p",
+                    "failure": "01_data: boom" if st == "failed" else None,
+                    "recall_at_5": 0.25,
+                }
+            )
+        )
     html = write_index(tmp_path).read_text()
     assert html.index("new/index.html") < html.index("old/index.html")
     assert "01_data: boom" in html and "25.0%" in html
@@ -86,20 +100,47 @@ def test_index_lists_runs_newest_first(tmp_path):
 def test_index_reads_an_older_kits_run_json(tmp_path):
     """reports/<id>/run.json written before issue 14 holds `epoch2_val_cosine` and `extend_2_epochs`."""
     (tmp_path / "old").mkdir()
-    (tmp_path / "old" / "run.json").write_text(json.dumps(
-        {"run_id": "old", "kind": "run", "started_at": "2026-01-01T00:00:00", "status": "succeeded",
-         "params_name": "p", "epoch2_val_cosine": 0.4321, "gate_decision": "extend_2_epochs"}))
+    (tmp_path / "old" / "run.json").write_text(
+        json.dumps(
+            {
+                "run_id": "old",
+                "kind": "run",
+                "started_at": "2026-01-01T00:00:00",
+                "status": "succeeded",
+                "params_name": "p",
+                "epoch2_val_cosine": 0.4321,
+                "gate_decision": "extend_2_epochs",
+            }
+        )
+    )
     html = write_index(tmp_path).read_text()
     assert "0.432" in html and "<small>extend</small>" in html and "extend_2_epochs" not in html
 
 
 def _run(args, tmp_path, env_extra=None):
     import os
+
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "lvmlib", "run", *args, "--runs-root", str(tmp_path / "runs"),
-                           "--reports-root", str(tmp_path / "reports"), "--quiet"],
-                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=1200)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lvmlib",
+            "run",
+            *args,
+            "--runs-root",
+            str(tmp_path / "runs"),
+            "--reports-root",
+            str(tmp_path / "reports"),
+            "--quiet",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+    )
 
 
 def test_bad_params_fail_before_any_run_dir(tmp_path):
@@ -113,8 +154,10 @@ def test_bad_params_fail_before_any_run_dir(tmp_path):
 @pytest.mark.slow
 def test_failing_stage_marks_run_failed_and_renders_the_notebook(tmp_path):
     missing = tmp_path / "nope.jsonl"
-    r = _run(["params/smoke.yaml", "--set", "data.source=jsonl", "--set", f"data.path={missing}",
-              "--run-id", "broken"], tmp_path)
+    r = _run(
+        ["params/smoke.yaml", "--set", "data.source=jsonl", "--set", f"data.path={missing}", "--run-id", "broken"],
+        tmp_path,
+    )
     assert r.returncode == 1, r.stderr[-2000:]
     last = r.stderr.strip().splitlines()[-1]
     assert "FAILED" in last and "01_data" in last and "nope.jsonl" in last
@@ -131,8 +174,17 @@ def test_smoke_study_end_to_end(tmp_path):
     r = _run(["params/smoke.yaml", "--run-id", "smoke"], tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run = tmp_path / "runs/smoke"
-    for f in ("params.yaml", "manifest.json", "history.json", "best.pt", "last.pt", "train.log", "gates.json",
-              "metrics/eval.json", *[f"notebooks/{n}.ipynb" for n in NOTEBOOKS]):
+    for f in (
+        "params.yaml",
+        "manifest.json",
+        "history.json",
+        "best.pt",
+        "last.pt",
+        "train.log",
+        "gates.json",
+        "metrics/eval.json",
+        *[f"notebooks/{n}.ipynb" for n in NOTEBOOKS],
+    ):
         assert (run / f).is_file(), f
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "succeeded" and manifest["git_sha"] and manifest["ended_at"]
@@ -158,8 +210,23 @@ def test_smoke_study_end_to_end(tmp_path):
     index = (tmp_path / "reports/index.html").read_text()
     assert "smoke/index.html" in index and "succeeded" in index
     # any notebook can be re-run alone against the run dir (inputs are files, not kernel state)
-    r2 = subprocess.run([sys.executable, "-m", "papermill", "notebooks/03_gates.ipynb", str(tmp_path / "g.ipynb"),
-                         "-k", "lvm-study", "-p", "run_dir", str(run)], cwd=ROOT, capture_output=True, text=True)
+    r2 = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "papermill",
+            "notebooks/03_gates.ipynb",
+            str(tmp_path / "g.ipynb"),
+            "-k",
+            "lvm-study",
+            "-p",
+            "run_dir",
+            str(run),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert r2.returncode == 0, r2.stderr[-2000:]
 
 
@@ -179,10 +246,29 @@ def test_ctrl_c_marks_the_run_interrupted(tmp_path):
     import os
     import signal
     import time
+
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    p = subprocess.Popen([sys.executable, "-m", "lvmlib", "run", "params/smoke.yaml", "--run-id", "ctrlc",
-                          "--runs-root", str(tmp_path / "runs"), "--reports-root", str(tmp_path / "reports"),
-                          "--quiet"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lvmlib",
+            "run",
+            "params/smoke.yaml",
+            "--run-id",
+            "ctrlc",
+            "--runs-root",
+            str(tmp_path / "runs"),
+            "--reports-root",
+            str(tmp_path / "reports"),
+            "--quiet",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     manifest = tmp_path / "runs/ctrlc/manifest.json"
     deadline = time.time() + 120
     while not manifest.is_file() and time.time() < deadline:

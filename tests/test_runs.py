@@ -1,4 +1,5 @@
 """Run directories and crash-safe writes: atomic replace, exclusive run dirs, locked index/manifest."""
+
 import json
 import multiprocessing as mp
 import os
@@ -40,6 +41,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
 
     def full_disk(fd):
         raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(os, "fsync", full_disk)
     with pytest.raises(OSError, match="No space"):
         runs.atomic_write_json(target, {"ok": 2})

@@ -1,5 +1,6 @@
 """The scaling study: sizes parsing, trend and verdict on hand-built tables, and the command end to end
 on the smoke corpus (numbers there mean nothing; the files, the fixed held-out queries and the page do)."""
+
 import json
 import math
 import os
@@ -11,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lvmlib.plots import scaling as plots_scaling
 from lvmlib.analysis import scaling
+from lvmlib.plots import scaling as plots_scaling
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,16 +37,38 @@ def test_trend_and_crossing():
 def _table(model_r5, model_cos, sizes=(100, 300, 800), ci_lo=None):
     rows = []
     for i, n in enumerate(sizes):
-        rows.append({"n_articles": n, "n_train_windows": 100 * n, "run_id": f"r{n}", "predictor": "model",
-                     "recall_at_5": model_r5[i], "recall_at_5_lo": model_r5[i] - 0.02,
-                     "recall_at_5_hi": model_r5[i] + 0.02, "mrr": 0.1, "cosine": model_cos[i]})
+        rows.append(
+            {
+                "n_articles": n,
+                "n_train_windows": 100 * n,
+                "run_id": f"r{n}",
+                "predictor": "model",
+                "recall_at_5": model_r5[i],
+                "recall_at_5_lo": model_r5[i] - 0.02,
+                "recall_at_5_hi": model_r5[i] + 0.02,
+                "mrr": 0.1,
+                "cosine": model_cos[i],
+            }
+        )
         for name, r5, cos in (("copy_last", 0.25, 0.42), ("context_mean", 0.15, 0.49), ("ridge", 0.2, 0.45)):
-            lo = (ci_lo[i] if ci_lo is not None else model_r5[i] - r5 - 0.02)
-            rows.append({"n_articles": n, "n_train_windows": 100 * n, "run_id": f"r{n}", "predictor": name,
-                         "recall_at_5": r5, "recall_at_5_lo": r5 - 0.02, "recall_at_5_hi": r5 + 0.02, "mrr": 0.1,
-                         "cosine": cos, "diff_recall_at_5": model_r5[i] - r5,
-                         "diff_recall_at_5_ci": (lo, model_r5[i] - r5 + 0.02), "diff_cosine": model_cos[i] - cos,
-                         "diff_cosine_ci": (model_cos[i] - cos - 0.01, model_cos[i] - cos + 0.01)})
+            lo = ci_lo[i] if ci_lo is not None else model_r5[i] - r5 - 0.02
+            rows.append(
+                {
+                    "n_articles": n,
+                    "n_train_windows": 100 * n,
+                    "run_id": f"r{n}",
+                    "predictor": name,
+                    "recall_at_5": r5,
+                    "recall_at_5_lo": r5 - 0.02,
+                    "recall_at_5_hi": r5 + 0.02,
+                    "mrr": 0.1,
+                    "cosine": cos,
+                    "diff_recall_at_5": model_r5[i] - r5,
+                    "diff_recall_at_5_ci": (lo, model_r5[i] - r5 + 0.02),
+                    "diff_cosine": model_cos[i] - cos,
+                    "diff_cosine_ci": (model_cos[i] - cos - 0.01, model_cos[i] - cos + 0.01),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -88,6 +111,7 @@ def test_gap_panel_draws_the_line_the_verdict_fits():
     """The figure's dashed trend is the verdict's fit of the paired gaps (not a fit of the model's own
     values): at every size the dashed line sits where a + b log10 N of `verdict` puts it."""
     import matplotlib
+
     matplotlib.use("Agg")
     t = _table([0.10, 0.15, 0.20], [0.42, 0.48, 0.49])
     v = scaling.verdict(t)
@@ -103,6 +127,7 @@ def test_gap_panel_draws_the_line_the_verdict_fits():
         points = [ln for ln in gx.get_lines() if ln.get_marker() == "o"][0].get_data()[1]
         assert np.allclose(points, v["metrics"][metric]["gaps"])
     import matplotlib.pyplot as plt
+
     plt.close(fig)
 
 
@@ -126,6 +151,7 @@ def test_verdict_uses_paired_gaps_when_the_bank_grows():
 def test_scaling_notebook_contract():
     import nbformat
     import papermill as pm
+
     nb = nbformat.read(str(ROOT / "notebooks/06_scaling.ipynb"), as_version=4)
     assert nb.cells[0].source.startswith("# 06")
     declared = pm.inspect_notebook(str(ROOT / "notebooks/06_scaling.ipynb"))
@@ -138,10 +164,31 @@ def test_scaling_notebook_contract():
 @pytest.mark.slow
 def test_scaling_command_on_the_smoke_corpus(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    r = subprocess.run([sys.executable, "-m", "lvmlib", "scaling", "params/smoke.yaml", "--articles", "3,6",
-                        "--set", "train.epochs=1", "--id", "tiny", "--runs-root", str(tmp_path / "runs"),
-                        "--reports-root", str(tmp_path / "reports"), "--quiet"],
-                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=1500)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lvmlib",
+            "scaling",
+            "params/smoke.yaml",
+            "--articles",
+            "3,6",
+            "--set",
+            "train.epochs=1",
+            "--id",
+            "tiny",
+            "--runs-root",
+            str(tmp_path / "runs"),
+            "--reports-root",
+            str(tmp_path / "reports"),
+            "--quiet",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1500,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rec = json.loads((tmp_path / "reports/scaling_tiny/scaling.json").read_text())
     sizes = sorted({row["n_articles"] for row in rec["rows"]})
@@ -159,16 +206,57 @@ def test_scaling_command_on_the_smoke_corpus(tmp_path):
     used = sorted(json.loads((d / "data/summary.json").read_text())["counts"]["train_articles_used"] for d in runs)
     assert used == [3, 6]
     # the page again from the finished runs, without training (scaling --runs)
-    r = subprocess.run([sys.executable, "-m", "lvmlib", "scaling", "--runs", *map(str, runs), "--id", "again",
-                        "--reports-root", str(tmp_path / "reports"), "--quiet"],
-                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lvmlib",
+            "scaling",
+            "--runs",
+            *map(str, runs),
+            "--id",
+            "again",
+            "--reports-root",
+            str(tmp_path / "reports"),
+            "--quiet",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     again = json.loads((tmp_path / "reports/scaling_again/scaling.json").read_text())
     assert again["rows"] == rec["rows"]
-    r = subprocess.run([sys.executable, "-m", "lvmlib", "scaling", "--runs", str(tmp_path)], cwd=ROOT,
-                       capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "lvmlib", "scaling", "--runs", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 2 and "no metrics/eval.json" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "lvmlib", "scaling", "params/smoke.yaml", "--articles", "3,500",
-                        "--runs-root", str(tmp_path / "runs2"), "--reports-root", str(tmp_path / "reports2"), "--quiet"],
-                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lvmlib",
+            "scaling",
+            "params/smoke.yaml",
+            "--articles",
+            "3,500",
+            "--runs-root",
+            str(tmp_path / "runs2"),
+            "--reports-root",
+            str(tmp_path / "reports2"),
+            "--quiet",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode != 0 and "train_articles = 500" in r.stderr  # the largest size runs first and fails fast

@@ -1,4 +1,5 @@
 """lvmlib.model.scan: every backend against the sequential reference, outputs and every gradient."""
+
 from __future__ import annotations
 
 import os
@@ -17,11 +18,19 @@ NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 def make_inputs(length, batch=3, ed=12, n=8, full=True, seed=0):
     """Scan arguments in mamba_ssm layout; `full` adds z, delta_bias and softplus (the model's call)."""
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=g)
     delta = 0.5 * r(batch, ed, length) if full else 0.2 * torch.rand(batch, ed, length, generator=g)
     A = -(0.1 + 3 * torch.rand(ed, n, generator=g))
-    args = dict(u=r(batch, ed, length), delta=delta, A=A, B=r(batch, n, length), C=r(batch, n, length),
-                D=r(ed), z=r(batch, ed, length) if full else None, delta_bias=0.3 * r(ed) if full else None)
+    args = dict(
+        u=r(batch, ed, length),
+        delta=delta,
+        A=A,
+        B=r(batch, n, length),
+        C=r(batch, n, length),
+        D=r(ed),
+        z=r(batch, ed, length) if full else None,
+        delta_bias=0.3 * r(ed) if full else None,
+    )
     return args, dict(delta_softplus=full)
 
 
@@ -38,8 +47,9 @@ def assert_all_close(got, want, label):
         err = (got[key] - ref).abs().max().item()
         print(f"{label} {key:12s} max|err| {err:.2e}  atol {ATOL * ref.abs().max().item():.2e}  rtol {RTOL:.0e}")
     for key, ref in want.items():
-        torch.testing.assert_close(got[key], ref, rtol=RTOL, atol=ATOL * ref.abs().max().item(),
-                                   msg=lambda m: f"{label} {key}: {m}")
+        torch.testing.assert_close(
+            got[key], ref, rtol=RTOL, atol=ATOL * ref.abs().max().item(), msg=lambda m: f"{label} {key}: {m}"
+        )
 
 
 def ref_fn(**kw):
@@ -82,8 +92,9 @@ def test_kernel_handles_strided_views():
     """The model hands the kernel (B, ED, L) views of channels-last memory; results must not depend on it."""
     require_kernel()
     args, kw = make_inputs(7, batch=2, ed=10, n=6)
-    strided = {k: (v if v is None or v.dim() < 3 else v.transpose(1, 2).contiguous().transpose(1, 2))
-               for k, v in args.items()}
+    strided = {
+        k: (v if v is None or v.dim() < 3 else v.transpose(1, 2).contiguous().transpose(1, 2)) for k, v in args.items()
+    }
     assert strided["u"].stride(2) != 1
     assert_all_close(run(cpu_fn, strided, kw), run(ref_fn, args, kw), "strided")
 
@@ -118,12 +129,15 @@ def test_kernel_shares_torchs_openmp_runtime():
     libraries of the suite (faiss) map their own libgomp, which is not the kernel's doing."""
     import subprocess
     import sys
+
     require_kernel()
     if not scan._kernel().openmp or not os.path.exists("/proc/self/maps"):
         pytest.skip("kernel without OpenMP, or not Linux")
-    code = ("import torch; from lvmlib.model import scan; assert scan._kernel() is not None\n"
-            "maps = open('/proc/self/maps').read()\n"
-            "print(sorted({l.split()[-1] for l in maps.splitlines() if 'gomp' in l.rsplit('/', 1)[-1]}))")
+    code = (
+        "import torch; from lvmlib.model import scan; assert scan._kernel() is not None\n"
+        "maps = open('/proc/self/maps').read()\n"
+        "print(sorted({l.split()[-1] for l in maps.splitlines() if 'gomp' in l.rsplit('/', 1)[-1]}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     runtimes = eval(out.stdout.strip().splitlines()[-1])

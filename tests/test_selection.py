@@ -1,20 +1,35 @@
 """`python -m lvmlib select`: the val-only recipe pick (z from paired intervals, the min-z rule) on
 constructed cards, and end to end on a tiny trained run (every val window, reuse, --force, bad input)."""
+
 import math
 import shutil
 
 import pytest
 from tiny_runs import CliFailed, cli
 
-from lvmlib.data.prepare import load_prepared
+from lvmlib.analysis.selection import pick, select, table, val_card, with_z, z_score
 from lvmlib.core.errors import RequestError
 from lvmlib.core.runs import read_json
-from lvmlib.analysis.selection import pick, select, table, val_card, with_z, z_score
+from lvmlib.data.prepare import load_prepared
 
 
 def _card(run, d_r5, ci_r5, d_cos, ci_cos):
-    return with_z({"run": run, "n": 100, "epoch": 1, "mrr": 0.1, "r5": 0.2, "b_r5_name": "copy_last", "d_r5": d_r5,
-                   "ci_r5": ci_r5, "cos": 0.5, "b_cos_name": "context_mean", "d_cos": d_cos, "ci_cos": ci_cos})
+    return with_z(
+        {
+            "run": run,
+            "n": 100,
+            "epoch": 1,
+            "mrr": 0.1,
+            "r5": 0.2,
+            "b_r5_name": "copy_last",
+            "d_r5": d_r5,
+            "ci_r5": ci_r5,
+            "cos": 0.5,
+            "b_cos_name": "context_mean",
+            "d_cos": d_cos,
+            "ci_cos": ci_cos,
+        }
+    )
 
 
 def test_z_is_the_difference_over_the_interval_se():

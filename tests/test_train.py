@@ -5,6 +5,7 @@ status while training, closed-form baselines and DDP (torchrun, gloo, 2 processe
 Every test builds a tiny fake run dir (the DESIGN.md `data/` files from random unit vectors), so
 nothing here depends on the encoder or the corpus.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,8 @@ import torch
 
 from lvmlib.core.config import dump_config, load_config
 from lvmlib.core.runs import atomic_save_npy, atomic_save_npz, atomic_write_json, atomic_write_text
-from lvmlib.train import status as run_status
 from lvmlib.train import loop as T
+from lvmlib.train import status as run_status
 
 ROOT = Path(__file__).resolve().parent.parent
 D = 16  # vector width of the fake bank
@@ -31,8 +32,9 @@ K = 5
 
 
 # --------------------------------------------------------------------------- fake run dir
-def make_run_dir(run_dir: Path, n_articles: int = 30, n_chunks: int = 14, d: int = D, seed: int = 0,
-                 overrides: tuple[str, ...] = ()) -> Path:
+def make_run_dir(
+    run_dir: Path, n_articles: int = 30, n_chunks: int = 14, d: int = D, seed: int = 0, overrides: tuple[str, ...] = ()
+) -> Path:
     """The data/ files of DESIGN.md from random walks on the unit sphere (one walk per article, so the
     next vector is predictable from the context) + params.yaml with a tiny Mamba."""
     rng = np.random.default_rng(seed)
@@ -66,13 +68,31 @@ def make_run_dir(run_dir: Path, n_articles: int = 30, n_chunks: int = 14, d: int
     atomic_write_text(data / "bank_texts.jsonl", "".join(json.dumps(f"chunk {i}") + "\n" for i in range(len(bank))))
     atomic_write_json(data / "articles.json", articles)
     atomic_save_npz(data / "windows.npz", context_idx=ctx_a, target_idx=tgt_a, split=ws)
-    atomic_save_npz(data / "payload.npz", context_sequences=bank[ctx_a], target_vectors=bank[tgt_a],
-                    truth_keys=keys_a[tgt_a], split=ws)
+    atomic_save_npz(
+        data / "payload.npz",
+        context_sequences=bank[ctx_a],
+        target_vectors=bank[tgt_a],
+        truth_keys=keys_a[tgt_a],
+        split=ws,
+    )
     atomic_write_json(data / "summary.json", {"fake": True})
-    cfg = load_config(None, ["model.d_model=16", "model.n_layers=1", "model.d_state=4", "model.expand=2",
-                             "train.epochs=3", "train.batch_size=16", "train.grad_accum=2", "train.warmup_steps=2",
-                             "train.threads=1", "gates.threshold=0.0",
-                             "gates.lower=-1.0", *overrides])
+    cfg = load_config(
+        None,
+        [
+            "model.d_model=16",
+            "model.n_layers=1",
+            "model.d_state=4",
+            "model.expand=2",
+            "train.epochs=3",
+            "train.batch_size=16",
+            "train.grad_accum=2",
+            "train.warmup_steps=2",
+            "train.threads=1",
+            "gates.threshold=0.0",
+            "gates.lower=-1.0",
+            *overrides,
+        ],
+    )
     atomic_write_text(run_dir / "params.yaml", dump_config(cfg))
     return run_dir
 
@@ -127,9 +147,9 @@ def test_lr_schedule_shape():
     warm, total = 10, 100
     f = [T.lr_factor(s, warm, total, 0.1) for s in range(total + 5)]
     assert f[0] == pytest.approx(0.1) and f[warm - 1] == pytest.approx(1.0)
-    assert all(a < b for a, b in zip(f[:warm - 1], f[1:warm]))  # linear warmup up
+    assert all(a < b for a, b in zip(f[: warm - 1], f[1:warm]))  # linear warmup up
     assert f[warm] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(f[warm:total], f[warm + 1:total + 1]))  # cosine down
+    assert all(a >= b for a, b in zip(f[warm:total], f[warm + 1 : total + 1]))  # cosine down
     assert f[warm + (total - warm) // 2] == pytest.approx(0.1 + 0.9 * 0.5, abs=1e-6)  # half-way point
     assert f[total] == pytest.approx(0.1) and f[-1] == pytest.approx(0.1)  # floor, and stays there
     assert T.lr_factor(0, 0, 10) == pytest.approx(1.0)
@@ -139,8 +159,10 @@ def test_validation_sees_clean_windows(tmp_path):
     """Every training sample augmented (p = 1), yet val_cosine is that of clean val windows."""
     from lvmlib.data.prepare import load_prepared
     from lvmlib.model.checkpoint import load_checkpoint
-    run_dir = make_run_dir(tmp_path / "run", overrides=("train.epochs=1", "train.article_dropout=1.0",
-                                                        "train.span_corruption=1.0"))
+
+    run_dir = make_run_dir(
+        tmp_path / "run", overrides=("train.epochs=1", "train.article_dropout=1.0", "train.span_corruption=1.0")
+    )
     history = T.train(cfg_of(run_dir), run_dir, progress=False)
     model, cfg, _ = load_checkpoint(run_dir / "last.pt")
     prep = load_prepared(run_dir)
@@ -151,13 +173,15 @@ def test_validation_sees_clean_windows(tmp_path):
     assert history[0]["val_cosine"] == pytest.approx(float(cos.mean()), rel=1e-5)
     ctx, _ = T.augment(prep.contexts(q["ctx_idx"]), np.random.default_rng(0), 1.0, 1.0)
     with torch.no_grad():
-        cos_aug = torch.nn.functional.cosine_similarity(model(torch.from_numpy(ctx)),
-                                                        torch.from_numpy(prep.targets(q["tgt_idx"])), dim=-1)
+        cos_aug = torch.nn.functional.cosine_similarity(
+            model(torch.from_numpy(ctx)), torch.from_numpy(prep.targets(q["tgt_idx"])), dim=-1
+        )
     assert abs(float(cos_aug.mean()) - history[0]["val_cosine"]) > 1e-3  # the check can tell the two apart
 
 
 def test_val_queries_cap_is_a_seeded_sample(run_dir):
     from lvmlib.data.prepare import load_prepared
+
     prep = load_prepared(run_dir)
     every = T.val_queries(prep, cfg_of(run_dir))
     assert len(every["tgt_idx"]) == len(prep.windows("val")[1])
@@ -171,11 +195,11 @@ def test_validation_equals_evaluation_on_the_val_split(tmp_path):
     """The same checkpoint gives the same val R@k / MRR from the training loop and from 04_eval's code
     (evaluate_run on the val split, primary bank = global, context excluded, ties against the model)."""
     from lvmlib.eval.evaluate import evaluate_run
+
     run_dir = make_run_dir(tmp_path / "run", overrides=("train.epochs=2", "train.best_metric=val_mrr"))
     history = T.train(cfg_of(run_dir), run_dir, progress=False)
     best = next(r for r in reversed(history) if r["is_best"])
-    cfg = cfg_of(run_dir, "eval.split=val", "eval.bootstrap=0", "eval.latency_queries=0",
-                 "eval.baselines=[copy_last]")
+    cfg = cfg_of(run_dir, "eval.split=val", "eval.bootstrap=0", "eval.latency_queries=0", "eval.baselines=[copy_last]")
     ev = evaluate_run(cfg, run_dir, progress=False, out_dir=tmp_path / "ev")
     assert ev["primary_bank"] == "global" and ev["primary_context"] == "context_excluded"
     assert ev["n_queries"] == best["n_val_queries"]
@@ -188,8 +212,9 @@ def test_validation_equals_evaluation_on_the_val_split(tmp_path):
 def test_val_infonce_uses_one_fixed_shuffle(tmp_path):
     """val_infonce ranks in shuffled batches (not article order), the same shuffle every call."""
     from lvmlib.data.prepare import load_prepared
-    from lvmlib.train.losses import LVMLoss
     from lvmlib.model.models import build_model
+    from lvmlib.train.losses import LVMLoss
+
     run_dir = make_run_dir(tmp_path / "run", n_articles=60)
     cfg = cfg_of(run_dir)
     prep = load_prepared(run_dir)
@@ -209,8 +234,11 @@ def test_val_infonce_uses_one_fixed_shuffle(tmp_path):
         P = model.eval()(torch.from_numpy(prep.contexts(q["ctx_idx"])))
         Tt = torch.from_numpy(prep.targets(q["tgt_idx"]))
         meta = torch.from_numpy(np.asarray(prep.bank_keys)[q["tgt_idx"]])
-        want = sum(float(loss.contrastive(P[s:s + 8], Tt[s:s + 8], loss.mask(meta[s:s + 8]))) * len(P[s:s + 8])
-                   for s in range(0, len(P), 8) if len(P[s:s + 8]) >= 2) / len(P)
+        want = sum(
+            float(loss.contrastive(P[s : s + 8], Tt[s : s + 8], loss.mask(meta[s : s + 8]))) * len(P[s : s + 8])
+            for s in range(0, len(P), 8)
+            if len(P[s : s + 8]) >= 2
+        ) / len(P)
     assert c["val_infonce"] == pytest.approx(want, rel=1e-5)
     assert c["val_infonce"] != pytest.approx(a["val_infonce"], rel=1e-3)
 
@@ -230,8 +258,7 @@ def test_article_dropout_positions_first_keeps_the_last_chunk():
 
 
 def test_bank_negatives_train_and_never_see_the_context(tmp_path):
-    run_dir = make_run_dir(tmp_path / "run", overrides=("loss.negatives=bank", "model.residual=last",
-                                                        "train.epochs=2"))
+    run_dir = make_run_dir(tmp_path / "run", overrides=("loss.negatives=bank", "model.residual=last", "train.epochs=2"))
     history = T.train(cfg_of(run_dir), run_dir, progress=False)
     assert all(math.isfinite(r["train_loss"]) for r in history)
     log = (run_dir / "train.log").read_text()
@@ -239,12 +266,28 @@ def test_bank_negatives_train_and_never_see_the_context(tmp_path):
 
 
 # --------------------------------------------------------------------------- the loop
-HISTORY_KEYS = {"epoch", "train_loss", "train_infonce", "train_ar_cosine", "val_cosine", "lr", "seconds",
-                "val_infonce", "val_recall_at_5", "val_recall_at_1", "val_mrr", "seq_per_s", "decision", "decision_reason", "decision_stop"}
+HISTORY_KEYS = {
+    "epoch",
+    "train_loss",
+    "train_infonce",
+    "train_ar_cosine",
+    "val_cosine",
+    "lr",
+    "seconds",
+    "val_infonce",
+    "val_recall_at_5",
+    "val_recall_at_1",
+    "val_mrr",
+    "seq_per_s",
+    "decision",
+    "decision_reason",
+    "decision_stop",
+}
 
 
 def test_train_writes_the_contract(run_dir):
     from lvmlib.model.checkpoint import load_checkpoint
+
     history = T.train(cfg_of(run_dir), run_dir, progress=False)
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert json.loads((run_dir / "history.json").read_text()) == history
@@ -273,8 +316,7 @@ def test_train_writes_the_contract(run_dir):
 
 
 def test_decision_tree_stops_in_the_loop(tmp_path):
-    run_dir = make_run_dir(tmp_path / "run", overrides=("gates.threshold=0.999", "gates.lower=0.99",
-                                                        "train.epochs=4"))
+    run_dir = make_run_dir(tmp_path / "run", overrides=("gates.threshold=0.999", "gates.lower=0.99", "train.epochs=4"))
     history = T.train(cfg_of(run_dir), run_dir, progress=False)
     assert len(history) == 2  # stopped right after the epoch-2 gate
     assert history[-1]["decision"] == "stop_option_4" and history[-1]["decision_stop"] is True
@@ -284,9 +326,17 @@ def test_decision_tree_stops_in_the_loop(tmp_path):
 
 def test_early_stopping_patience(tmp_path):
     # lr 0 -> val metrics never improve after epoch 1 -> stop after `patience` more epochs
-    run_dir = make_run_dir(tmp_path / "run", overrides=("train.lr=1.0e-12", "train.patience=2", "train.epochs=6",
-                                                        "train.decision_tree=false", "train.article_dropout=0",
-                                                        "train.span_corruption=0"))
+    run_dir = make_run_dir(
+        tmp_path / "run",
+        overrides=(
+            "train.lr=1.0e-12",
+            "train.patience=2",
+            "train.epochs=6",
+            "train.decision_tree=false",
+            "train.article_dropout=0",
+            "train.span_corruption=0",
+        ),
+    )
     history = T.train(cfg_of(run_dir), run_dir, progress=False)
     assert [r["bad_epochs"] for r in history][-1] == 2
     assert history[-1]["stop_reason"] == "early_stopping" and len(history) < 6
@@ -303,6 +353,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(run_dir, monkeypatch):
         if calls["n"] > steps_per_epoch:  # from the first step of epoch 2 on
             out["loss"] = float("nan")
         return out
+
     monkeypatch.setattr(T, "cached_step", poisoned)
     cfg = cfg_of(run_dir)
     n_train = int((np.load(run_dir / "data/windows.npz")["split"] == 0).sum())
@@ -319,6 +370,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(run_dir, monkeypatch):
 
 def test_closed_form_baseline_fits_and_saves(tmp_path):
     from lvmlib.model.checkpoint import load_checkpoint
+
     run_dir = make_run_dir(tmp_path / "run", overrides=("model.kind=ridge",))
     history = T.train(cfg_of(run_dir), run_dir, progress=False)
     assert len(history) == 1 and history[0]["closed_form"] and math.isfinite(history[0]["val_cosine"])
@@ -326,11 +378,14 @@ def test_closed_form_baseline_fits_and_saves(tmp_path):
     assert model.weight.shape == (K * D, D)  # the fitted map was saved, so eval can load it
 
 
-@pytest.mark.parametrize("overrides", [
-    ("model.kind=two_tower", "model.tower_dim=8"),
-    ("loss.proj_head=[12, 6]", "loss.lambda_con=0.7", "loss.lambda_ar=0.3", "loss.learn_temperature=true"),
-    ("train.negatives=micro_batch",),
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("model.kind=two_tower", "model.tower_dim=8"),
+        ("loss.proj_head=[12, 6]", "loss.lambda_con=0.7", "loss.lambda_ar=0.3", "loss.learn_temperature=true"),
+        ("train.negatives=micro_batch",),
+    ],
+)
 def test_variants_train(tmp_path, overrides):
     run_dir = make_run_dir(tmp_path / "run", overrides=("train.epochs=2", *overrides))
     history = T.train(cfg_of(run_dir), run_dir, progress=False)
@@ -343,6 +398,7 @@ def test_variants_train(tmp_path, overrides):
 
 def test_plots_draw_the_gate_line(run_dir):
     from lvmlib.plots import training as plots
+
     history = T.train(cfg_of(run_dir, "train.epochs=2"), run_dir, progress=False)
     fig = plots.val_cosine_curve(history, 0.50, 0.40, 2)
     ys = [ln.get_ydata()[0] for ln in fig.axes[0].lines if len(set(ln.get_ydata())) == 1]
@@ -354,8 +410,13 @@ def test_plots_draw_the_gate_line(run_dir):
 # --------------------------------------------------------------------------- resume after SIGKILL
 def _launch(run_dir: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "lvmlib.train", str(run_dir), "--no-progress", *extra],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lvmlib.train", str(run_dir), "--no-progress", *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 @pytest.mark.slow
@@ -405,8 +466,9 @@ def test_status_reports_history_and_gate(run_dir):
     text = run_status.status(run_dir)
     assert "epochs done: 3/3" in text and "epoch-2 gate: continue" in text and "sequences/s" in text
     assert text.count("\n") >= 3 + 3 and "not running" in text
-    cli = subprocess.run([sys.executable, "-m", "lvmlib", "status", str(run_dir)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+    cli = subprocess.run(
+        [sys.executable, "-m", "lvmlib", "status", str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert cli.returncode == 0 and "epochs done: 3/3" in cli.stdout
 
 

@@ -1,4 +1,5 @@
 """Tweaks: a stage notebook run outside the runner against a run is recorded and shown in its reports."""
+
 import json
 import os
 from pathlib import Path
@@ -6,12 +7,12 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lvmlib.app.tweaks import SESSION_ENV
-from lvmlib.report import tweaks
-from lvmlib.core.config import dump_config, load_config
 from lvmlib.app.execute import RUNNER_ENV
-from lvmlib.report.pages import record_run, render_html
 from lvmlib.app.runner import notebook_config
+from lvmlib.app.tweaks import SESSION_ENV
+from lvmlib.core.config import dump_config, load_config
+from lvmlib.report import tweaks
+from lvmlib.report.pages import record_run, render_html
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,9 +25,18 @@ def run(tmp_path, monkeypatch):
     run_dir, reports = tmp_path / "runs" / "r1", tmp_path / "reports"
     (run_dir / "notebooks").mkdir(parents=True)
     (run_dir / "params.yaml").write_text(dump_config(load_config(ROOT / "params/smoke.yaml")))
-    (run_dir / "manifest.json").write_text(json.dumps(
-        {"run_id": "r1", "status": "succeeded", "params_name": "smoke", "started_at": "2026-01-01T00:00:00",
-         "reports_root": str(reports), "stages": {"04_eval": {"status": "succeeded", "seconds": 3.0}}}))
+    (run_dir / "manifest.json").write_text(
+        json.dumps(
+            {
+                "run_id": "r1",
+                "status": "succeeded",
+                "params_name": "smoke",
+                "started_at": "2026-01-01T00:00:00",
+                "reports_root": str(reports),
+                "stages": {"04_eval": {"status": "succeeded", "seconds": 3.0}},
+            }
+        )
+    )
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell("# 04 · Eval"), nbformat.v4.new_markdown_cell("## Summary\n\nR@5 1%")]
     nbformat.write(nb, str(run_dir / "notebooks" / "04_eval.ipynb"))

@@ -3,6 +3,7 @@
 Usage from Python: `write_notebook(path, [("md", text), ("params", code), ("code", code), ...])`.
 Also `python tools/nbtool.py --strip notebooks/*.ipynb` removes outputs before committing.
 """
+
 from __future__ import annotations
 
 import sys

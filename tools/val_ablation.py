@@ -9,6 +9,7 @@ RUN_DIR is a run whose 01_data stage finished (e.g. `python -m lvmlib run params
 MRR on evaluation's primary bank. `--baselines` prints copy_last / context_mean / ridge on the same val
 queries and ranking. Nothing here looks at test articles.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,11 @@ def baselines(run_dir: Path, params: str) -> dict:
     for name, P in preds.items():
         P = mt.l2_normalize(P)
         r = mt.target_ranks(P, V, q["tgt_idx"], exclude_rows=q["ctx_idx"], groups=groups)["global"].excluded
-        out[name] = {"val_cosine": float((P * mt.l2_normalize(V[q["tgt_idx"]])).sum(1).mean()),
-                     **{f"val_recall_at_{k}": mt.recall_at_k(r, k) for k in (1, 5, 10)}, "val_mrr": float(np.mean(1 / r))}
+        out[name] = {
+            "val_cosine": float((P * mt.l2_normalize(V[q["tgt_idx"]])).sum(1).mean()),
+            **{f"val_recall_at_{k}": mt.recall_at_k(r, k) for k in (1, 5, 10)},
+            "val_mrr": float(np.mean(1 / r)),
+        }
     return out
 
 

@@ -10,6 +10,7 @@ train chunk at the temperatures given (the loss `loss.negatives: bank` trains on
 cosine and InfoNCE on val, the trained correction overfits away from the article's topic. Nothing here
 reads test articles.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,17 +20,19 @@ import numpy as np
 import torch
 
 from lvmlib import metrics as mt
-from lvmlib.model.checkpoint import load_checkpoint
 from lvmlib.data.prepare import load_prepared
 from lvmlib.eval.evaluate import predict
+from lvmlib.model.checkpoint import load_checkpoint
 from lvmlib.train.losses import bank_info_nce
 
 
 def bank_infonce(Q: np.ndarray, T: torch.Tensor, bank: torch.Tensor, tau: float, block: int = 500) -> float:
     """Mean bank InfoNCE (`lvmlib.train.losses.bank_info_nce`, the training loss) in blocks of queries."""
     Q = torch.from_numpy(Q)
-    total = sum(float(bank_info_nce(Q[s:s + block], T[s:s + block], bank, 1.0 / tau)) * len(Q[s:s + block])
-                for s in range(0, len(Q), block))
+    total = sum(
+        float(bank_info_nce(Q[s : s + block], T[s : s + block], bank, 1.0 / tau)) * len(Q[s : s + block])
+        for s in range(0, len(Q), block)
+    )
     return total / len(Q)
 
 
@@ -64,8 +67,10 @@ def main() -> None:
         Q = mt.l2_normalize(Q)
         r = mt.target_ranks(Q, prep.bank_vectors, tgt, exclude_rows=ctx, groups=groups)["global"].excluded
         nce = " | ".join(f"{bank_infonce(Q, Tt, bank, t):.3f}" for t in taus)
-        print(f"| {name} | {float((Q * T).sum(1).mean()):.4f} | {mt.recall_at_k(r, 5):.2%} | {np.mean(1 / r):.4f} | {nce} |",
-              flush=True)
+        print(
+            f"| {name} | {float((Q * T).sum(1).mean()):.4f} | {mt.recall_at_k(r, 5):.2%} | {np.mean(1 / r):.4f} | {nce} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

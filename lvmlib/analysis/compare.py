@@ -10,20 +10,21 @@ per-run intervals), and whether each variant beats the best trivial baseline on 
 `lvmlib.app.studies.compare_runs` executes `notebooks/05_compare.ipynb` and renders
 `reports/compare_<id>.html`; `run_pair_study` there runs a params pair end to end and compares it.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
 import math
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lvmlib.core.config import load_run_config
 from lvmlib.analysis.verdict import beats_baseline, verdict
-from lvmlib.train.gates import upgrade
+from lvmlib.core.config import load_run_config
 from lvmlib.core.runs import RunError, atomic_write_json, read_json
+from lvmlib.train.gates import upgrade
+
 MODEL = "model"  # the trained model's key in our tables; every other key is a baseline
 
 
@@ -35,6 +36,7 @@ class CompareFailed(RunError):
 @dataclass
 class RunView:
     """Everything the comparison needs from one run directory (missing files -> None / [])."""
+
     run_dir: Path
     run_id: str
     label: str
@@ -63,11 +65,16 @@ def load_run(run_dir: str | Path) -> RunView:
     manifest = read_json(run_dir / "manifest.json")
     params = run_dir / "params.yaml"
     config = load_run_config(params).to_dict() if params.is_file() else {}  # ConfigError names file and key
-    return RunView(run_dir=run_dir, run_id=manifest.get("run_id", run_dir.name),
-                   label=str(config.get("name") or manifest.get("params_name") or run_dir.name),
-                   config=config or {}, manifest=manifest,
-                   history=[upgrade(h) for h in _maybe_json(run_dir / "history.json") or []],
-                   gates=upgrade(_maybe_json(run_dir / "gates.json")), eval=_maybe_json(run_dir / "metrics" / "eval.json"))
+    return RunView(
+        run_dir=run_dir,
+        run_id=manifest.get("run_id", run_dir.name),
+        label=str(config.get("name") or manifest.get("params_name") or run_dir.name),
+        config=config or {},
+        manifest=manifest,
+        history=[upgrade(h) for h in _maybe_json(run_dir / "history.json") or []],
+        gates=upgrade(_maybe_json(run_dir / "gates.json")),
+        eval=_maybe_json(run_dir / "metrics" / "eval.json"),
+    )
 
 
 def load_runs(run_dirs: list[str | Path]) -> list[RunView]:
@@ -90,8 +97,10 @@ def recipe(config: dict[str, Any]) -> str:
     """The loss recipe in words, e.g. 'InfoNCE (head [512, 256]) 0.70 + AR cosine 0.30'."""
     loss = config.get("loss", {})
     where = f"head {loss['proj_head']}" if loss.get("proj_head") else "raw space"
-    return (f"InfoNCE ({where}) {loss.get('lambda_con', float('nan')):.2f} + "
-            f"AR cosine {loss.get('lambda_ar', float('nan')):.2f}")
+    return (
+        f"InfoNCE ({where}) {loss.get('lambda_con', float('nan')):.2f} + "
+        f"AR cosine {loss.get('lambda_ar', float('nan')):.2f}"
+    )
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -109,9 +118,11 @@ def params_diff(runs: list[RunView]) -> list[dict[str, Any]]:
     """Rows {key, <label>: value...} for every config key whose value differs between the runs."""
     flat = [_flatten(r.config) for r in runs]
     keys = sorted(set().union(*flat) - {"name", "description"})
-    return [{"key": k, **{r.label: repr(f.get(k)) if isinstance(f.get(k), list) else f.get(k)
-                          for r, f in zip(runs, flat)}}
-            for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
+    return [
+        {"key": k, **{r.label: repr(f.get(k)) if isinstance(f.get(k), list) else f.get(k) for r, f in zip(runs, flat)}}
+        for k in keys
+        if len({repr(f.get(k)) for f in flat}) > 1
+    ]
 
 
 # --------------------------------------------------------------------------- eval.json -> rows
@@ -150,10 +161,23 @@ def _num(v: Any) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
 
-def _row(run: RunView, bank: str, model: str, m: dict[str, Any], res: dict[str, Any], primary: str,
-         baseline: bool | None = None) -> dict[str, Any]:
-    row = {"run": run.label, "run_id": run.run_id, "bank": bank, "primary": bank == primary, "model": model,
-           "is_baseline": (model != MODEL) if baseline is None else baseline}
+def _row(
+    run: RunView,
+    bank: str,
+    model: str,
+    m: dict[str, Any],
+    res: dict[str, Any],
+    primary: str,
+    baseline: bool | None = None,
+) -> dict[str, Any]:
+    row = {
+        "run": run.label,
+        "run_id": run.run_id,
+        "bank": bank,
+        "primary": bank == primary,
+        "model": model,
+        "is_baseline": (model != MODEL) if baseline is None else baseline,
+    }
     for k, v in m.items():
         if (k.startswith("recall_at_") and not k.endswith("_ci")) or k in ("mrr", "mean_rank", "median_rank"):
             row[k] = _num(v)
@@ -168,6 +192,7 @@ def phase1_table(runs: list[RunView]):
     """DataFrame of every run's (bank, model) rows; baselines only from the first run that has them
     when all runs scored the same queries (the same data gives the same baselines)."""
     import pandas as pd
+
     rows, baselines_seen = [], False
     same = same_queries(runs)
     for r in runs:
@@ -182,8 +207,10 @@ def phase1_table(runs: list[RunView]):
     df = pd.DataFrame(rows)
     if not df.empty:  # runs first, then baselines; banks in the order eval.json lists them
         df = df.sort_values("is_baseline", kind="stable").reset_index(drop=True)
-        df["name"] = [r.run if r.model == MODEL else r.model if r.run == "baseline" else f"{r.run}: {r.model}"
-                      for r in df.itertuples()]
+        df["name"] = [
+            r.run if r.model == MODEL else r.model if r.run == "baseline" else f"{r.run}: {r.model}"
+            for r in df.itertuples()
+        ]
     return df
 
 
@@ -201,17 +228,24 @@ def scorecard(run: RunView, bank: str | None = None) -> dict[str, Any]:
     model = next((r for r in rows if r["model"] == MODEL), None)
     if model is None:
         return card
-    card.update(bank=model["bank"], n_queries=model.get("n_queries"), recall_at_5=model["recall_at_5"],
-                recall_at_5_ci=(model["recall_at_5_lo"], model["recall_at_5_hi"]),
-                pred_target_cosine=model.get("pred_target_cosine", math.nan))
+    card.update(
+        bank=model["bank"],
+        n_queries=model.get("n_queries"),
+        recall_at_5=model["recall_at_5"],
+        recall_at_5_ci=(model["recall_at_5_lo"], model["recall_at_5_hi"]),
+        pred_target_cosine=model.get("pred_target_cosine", math.nan),
+    )
     base = [r for r in rows if r["is_baseline"]]
     if base:  # the rule of gates.phase1_decision / eval.json: the best baseline per metric
         b = max(base, key=lambda r: (r["recall_at_5"], r["pred_target_cosine"]))
         c = max(base, key=lambda r: r.get("pred_target_cosine", math.nan))
         name = b["model"] if b is c else f"{b['model']} (R@5) / {c['model']} (cosine)"
-        card["best_baseline"] = {"name": name, "recall_at_5": b["recall_at_5"],
-                                 "recall_at_5_ci": (b["recall_at_5_lo"], b["recall_at_5_hi"]),
-                                 "pred_target_cosine": c.get("pred_target_cosine", math.nan)}
+        card["best_baseline"] = {
+            "name": name,
+            "recall_at_5": b["recall_at_5"],
+            "recall_at_5_ci": (b["recall_at_5_lo"], b["recall_at_5_hi"]),
+            "pred_target_cosine": c.get("pred_target_cosine", math.nan),
+        }
     return card
 
 
@@ -225,6 +259,7 @@ def primary_rank_column(ev: dict[str, Any], bank: str | None = None) -> str:
 def _primary_ranks(run: RunView, bank: str | None):
     """(article_id, position, rank) of the run's trained model on `bank` (primary context variant)."""
     import pandas as pd
+
     ev = run.eval or {}
     path = run.run_dir / "metrics" / ev.get("queries_file", "queries.csv")
     if not path.is_file():
@@ -238,8 +273,9 @@ def _primary_ranks(run: RunView, bank: str | None):
     return q[cols].rename(columns={col: "rank"})
 
 
-def paired_difference(a: RunView, b: RunView, bank: str | None = None, n_boot: int = 1000,
-                      seed: int = 0) -> dict[str, Any] | None:
+def paired_difference(
+    a: RunView, b: RunView, bank: str | None = None, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any] | None:
     """Paired bootstrap of R@5(a) - R@5(b) (and of the mean cosine) over test articles, when both runs
     scored the same queries.
 
@@ -248,6 +284,7 @@ def paired_difference(a: RunView, b: RunView, bank: str | None = None, n_boot: i
     differ or a file is missing.
     """
     from lvmlib.metrics import article_bootstrap
+
     qa, qb = _primary_ranks(a, bank), _primary_ranks(b, bank)
     if qa is None or qb is None or qa.empty:
         return None
@@ -261,9 +298,16 @@ def paired_difference(a: RunView, b: RunView, bank: str | None = None, n_boot: i
     cis = article_bootstrap(stats, m["article_id"].to_numpy(), n_boot=n_boot, seed=seed)
     if cis["delta"] is None:
         return None
-    out = {"a": a.label, "b": b.label, "delta": float(hit.mean()), "ci": (float(cis["delta"][0]), float(cis["delta"][1])),
-           "delta_cosine": None, "ci_cosine": None,
-           "n_queries": int(len(m)), "n_articles": int(m["article_id"].nunique())}
+    out = {
+        "a": a.label,
+        "b": b.label,
+        "delta": float(hit.mean()),
+        "ci": (float(cis["delta"][0]), float(cis["delta"][1])),
+        "delta_cosine": None,
+        "ci_cosine": None,
+        "n_queries": int(len(m)),
+        "n_articles": int(m["article_id"].nunique()),
+    }
     if cis.get("cosine") is not None:
         out["delta_cosine"] = float(stats["cosine"].mean())
         out["ci_cosine"] = (float(cis["cosine"][0]), float(cis["cosine"][1]))
@@ -290,12 +334,19 @@ def versus_reference(runs: list[RunView], ref: int, n_boot: int = 1000) -> list[
             continue
         p = paired_difference(r, runs[ref], n_boot=n_boot)
         c = scorecard(r)
-        rows.append({"run": r.label, "reference": runs[ref].label, "recall_at_5": c.get("recall_at_5"),
-                     "pred_target_cosine": c.get("pred_target_cosine"),
-                     "diff_recall_at_5": None if p is None else p["delta"], "diff_recall_at_5_ci": None if p is None else p["ci"],
-                     "diff_cosine": None if p is None else p["delta_cosine"],
-                     "diff_cosine_ci": None if p is None else p["ci_cosine"],
-                     "n_queries": None if p is None else p["n_queries"]})
+        rows.append(
+            {
+                "run": r.label,
+                "reference": runs[ref].label,
+                "recall_at_5": c.get("recall_at_5"),
+                "pred_target_cosine": c.get("pred_target_cosine"),
+                "diff_recall_at_5": None if p is None else p["delta"],
+                "diff_recall_at_5_ci": None if p is None else p["ci"],
+                "diff_cosine": None if p is None else p["delta_cosine"],
+                "diff_cosine_ci": None if p is None else p["ci_cosine"],
+                "n_queries": None if p is None else p["n_queries"],
+            }
+        )
     return rows
 
 
@@ -312,13 +363,25 @@ def summary_rows(runs: list[RunView]) -> list[dict[str, Any]]:
         c, g, e = scorecard(r), r.gates or {}, r.eval or {}
         b = beats_baseline(c) if c.get("evaluated") else None
         bb = c.get("best_baseline") or {}
-        rows.append({"run": r.label, "run_id": r.run_id, "recipe": recipe(r.config), "status": r.status,
-                     "epochs": len(r.history), "gate_val_cosine": g.get("gate_val_cosine"),
-                     "gate_decision": g.get("decision"), "recall_at_5": c.get("recall_at_5"),
-                     "recall_at_5_ci": c.get("recall_at_5_ci"), "pred_target_cosine": c.get("pred_target_cosine"),
-                     "phase1_decision": e.get("decision"), "best_baseline": bb.get("name"),
-                     "best_baseline_r5": bb.get("recall_at_5"), "beats_best_baseline": None if b is None else b["beats"],
-                     "minutes": _minutes(r.manifest)})
+        rows.append(
+            {
+                "run": r.label,
+                "run_id": r.run_id,
+                "recipe": recipe(r.config),
+                "status": r.status,
+                "epochs": len(r.history),
+                "gate_val_cosine": g.get("gate_val_cosine"),
+                "gate_decision": g.get("decision"),
+                "recall_at_5": c.get("recall_at_5"),
+                "recall_at_5_ci": c.get("recall_at_5_ci"),
+                "pred_target_cosine": c.get("pred_target_cosine"),
+                "phase1_decision": e.get("decision"),
+                "best_baseline": bb.get("name"),
+                "best_baseline_r5": bb.get("recall_at_5"),
+                "beats_best_baseline": None if b is None else b["beats"],
+                "minutes": _minutes(r.manifest),
+            }
+        )
     return rows
 
 
@@ -327,11 +390,21 @@ def gates_rows(runs: list[RunView]) -> list[dict[str, Any]]:
     for r in runs:
         g = r.gates or {}
         last = r.history[-1] if r.history else {}
-        rows.append({"run": r.label, "gate_epoch": g.get("gate_epoch"), "gate_val_cosine": g.get("gate_val_cosine"),
-                     "threshold": g.get("threshold"), "passed": g.get("passed"), "decision": g.get("decision"),
-                     "tree_in_loop": r.config.get("train", {}).get("decision_tree"),
-                     "epochs_trained": len(r.history), "final_val_cosine": last.get("val_cosine"),
-                     "stopped_by_tree": g.get("stopped_by_tree"), "reason": g.get("reason", "no gates.json")})
+        rows.append(
+            {
+                "run": r.label,
+                "gate_epoch": g.get("gate_epoch"),
+                "gate_val_cosine": g.get("gate_val_cosine"),
+                "threshold": g.get("threshold"),
+                "passed": g.get("passed"),
+                "decision": g.get("decision"),
+                "tree_in_loop": r.config.get("train", {}).get("decision_tree"),
+                "epochs_trained": len(r.history),
+                "final_val_cosine": last.get("val_cosine"),
+                "stopped_by_tree": g.get("stopped_by_tree"),
+                "reason": g.get("reason", "no gates.json"),
+            }
+        )
     return rows
 
 
@@ -339,16 +412,23 @@ def comparison(runs: list[RunView], n_boot: int = 1000, reference: str | Path | 
     """Score cards, the paired difference of the two best evaluated runs, the verdict, and (with a
     `reference` run) every other run against it (`versus_reference`)."""
     cards = [scorecard(r) for r in runs]
-    ranked = sorted([(c, r) for c, r in zip(cards, runs) if c.get("evaluated")],
-                    key=lambda cr: cr[0]["recall_at_5"], reverse=True)
+    ranked = sorted(
+        [(c, r) for c, r in zip(cards, runs) if c.get("evaluated")], key=lambda cr: cr[0]["recall_at_5"], reverse=True
+    )
     paired = None
     if len(ranked) >= 2 and same_queries(runs):
         paired = paired_difference(ranked[0][1], ranked[1][1], n_boot=n_boot)
     same = same_queries(runs)
     ref = reference_index(runs, reference)
     vs = versus_reference(runs, ref, n_boot) if ref is not None else []
-    return {"cards": cards, "paired": paired, "verdict": verdict(cards, paired, same), "same_queries": same,
-            "reference": None if ref is None else runs[ref].label, "vs_reference": vs}
+    return {
+        "cards": cards,
+        "paired": paired,
+        "verdict": verdict(cards, paired, same),
+        "same_queries": same,
+        "reference": None if ref is None else runs[ref].label,
+        "vs_reference": vs,
+    }
 
 
 # --------------------------------------------------------------------------- execution
@@ -364,11 +444,16 @@ def new_compare_id(runs: list[RunView]) -> str:
 # --------------------------------------------------------------------------- record
 def record(out_dir: str | Path, compare_id: str, runs: list[RunView], result: dict[str, Any]) -> dict[str, Any]:
     """The notebook's closing record: out_dir/compare.json (the verdict and the summary rows)."""
-    rec = {"compare_id": compare_id, "runs": [{"run_id": r.run_id, "label": r.label, "run_dir": str(r.run_dir)}
-                                              for r in runs],
-           "verdict": result["verdict"], "paired": result["paired"], "same_queries": result["same_queries"],
-           "summary": summary_rows(runs), "reference": result.get("reference"),
-           "vs_reference": result.get("vs_reference", [])}
+    rec = {
+        "compare_id": compare_id,
+        "runs": [{"run_id": r.run_id, "label": r.label, "run_dir": str(r.run_dir)} for r in runs],
+        "verdict": result["verdict"],
+        "paired": result["paired"],
+        "same_queries": result["same_queries"],
+        "summary": summary_rows(runs),
+        "reference": result.get("reference"),
+        "vs_reference": result.get("vs_reference", []),
+    }
     if out_dir:
         atomic_write_json(Path(out_dir) / "compare.json", rec)
     return rec

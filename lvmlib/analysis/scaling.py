@@ -12,18 +12,18 @@ Trend: R@5 and cosine of the model (and of ridge, the one baseline that learns) 
 a + b * log10(N) over the sizes; copy_last and context_mean do not depend on N. The verdict says where
 the model's fitted line crosses the best constant baseline — inside the measured range, or extrapolated.
 """
+
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import re
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lvmlib.core.runs import RunError, atomic_write_json, read_json
+
 BASELINES = ("copy_last", "context_mean", "ridge")
 CONSTANT = ("copy_last", "context_mean")  # predictors that do not learn from the train articles
 
@@ -51,40 +51,55 @@ def _safe(text: str) -> str:
 def load_study(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
     """One record per run: its size (train articles actually used), eval.json and per-query table."""
     import pandas as pd
+
     out = []
     for d in run_dirs:
         d = Path(d)
         ev = read_json(d / "metrics" / "eval.json")
         summary = read_json(d / "data" / "summary.json")
-        out.append({"run_dir": str(d), "run_id": d.name, "n_articles": int(summary["counts"]["train_articles_used"]),
-                    "n_train_windows": int(summary["counts"]["per_split"]["train"]["windows"]), "eval": ev,
-                    "bank_chunks": int(summary["counts"]["chunks"]),
-                    "queries": pd.read_csv(d / "metrics" / "queries.csv")})
+        out.append(
+            {
+                "run_dir": str(d),
+                "run_id": d.name,
+                "n_articles": int(summary["counts"]["train_articles_used"]),
+                "n_train_windows": int(summary["counts"]["per_split"]["train"]["windows"]),
+                "eval": ev,
+                "bank_chunks": int(summary["counts"]["chunks"]),
+                "queries": pd.read_csv(d / "metrics" / "queries.csv"),
+            }
+        )
     out.sort(key=lambda r: r["n_articles"])
-    keys = {tuple(r["queries"].loc[r["queries"]["model"] == r["queries"]["model"].iloc[0], "target_row"])
-            for r in out}
+    keys = {tuple(r["queries"].loc[r["queries"]["model"] == r["queries"]["model"].iloc[0], "target_row"]) for r in out}
     if len(keys) > 1:
-        raise ScalingFailed("the runs did not score the same test queries (different corpus, split or K?); "
-                            "a scaling curve needs fixed held-out articles")
+        raise ScalingFailed(
+            "the runs did not score the same test queries (different corpus, split or K?); "
+            "a scaling curve needs fixed held-out articles"
+        )
     return out
 
 
 def _paired(q, model: str, other: str, n_boot: int, seed: int, col: str) -> dict[str, Any]:
     """Model minus `other` on the same queries; `col`: the ranks of the primary bank and context variant."""
     from lvmlib.metrics import article_bootstrap
+
     a = q[q["model"] == model].sort_values("query")
     b = q[q["model"] == other].sort_values("query")
     d_r5 = (a[col].to_numpy() <= 5).astype(float) - (b[col].to_numpy() <= 5)
     d_cos = a["cosine"].to_numpy() - b["cosine"].to_numpy()
     ci = article_bootstrap({"recall_at_5": d_r5, "cosine": d_cos}, a["article_id"].to_numpy(), n_boot, seed)
-    return {"diff_recall_at_5": float(d_r5.mean()), "diff_recall_at_5_ci": ci["recall_at_5"],
-            "diff_cosine": float(d_cos.mean()), "diff_cosine_ci": ci["cosine"]}
+    return {
+        "diff_recall_at_5": float(d_r5.mean()),
+        "diff_recall_at_5_ci": ci["recall_at_5"],
+        "diff_cosine": float(d_cos.mean()),
+        "diff_cosine_ci": ci["cosine"],
+    }
 
 
 def study_table(study: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0):
     """Tidy DataFrame: one row per (size, predictor) with R@5 (+95% CI), cosine, and the paired
     differences of the model against that baseline on the same test queries (article bootstrap)."""
     import pandas as pd
+
     rows = []
     for r in study:
         ev, q = r["eval"], r["queries"]
@@ -93,14 +108,21 @@ def study_table(study: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0):
             if name != primary and name not in BASELINES:
                 continue
             m = res["banks"][ev["primary_bank"]][ev["primary_context"]]
-            row = {"n_articles": r["n_articles"], "n_train_windows": r["n_train_windows"], "run_id": r["run_id"],
-                   "bank_chunks": r.get("bank_chunks"),
-                   "predictor": "model" if name == primary else name, "recall_at_5": m["recall_at_5"],
-                   "recall_at_5_lo": (m.get("recall_at_5_ci") or [math.nan, math.nan])[0],
-                   "recall_at_5_hi": (m.get("recall_at_5_ci") or [math.nan, math.nan])[1],
-                   "mrr": m["mrr"], "cosine": res["pred_target_cosine"]}
+            row = {
+                "n_articles": r["n_articles"],
+                "n_train_windows": r["n_train_windows"],
+                "run_id": r["run_id"],
+                "bank_chunks": r.get("bank_chunks"),
+                "predictor": "model" if name == primary else name,
+                "recall_at_5": m["recall_at_5"],
+                "recall_at_5_lo": (m.get("recall_at_5_ci") or [math.nan, math.nan])[0],
+                "recall_at_5_hi": (m.get("recall_at_5_ci") or [math.nan, math.nan])[1],
+                "mrr": m["mrr"],
+                "cosine": res["pred_target_cosine"],
+            }
             if name != primary:
                 from lvmlib.analysis.compare import primary_rank_column
+
                 row.update(_paired(q, primary, name, n_boot, seed, primary_rank_column(ev)))
             rows.append(row)
     return pd.DataFrame(rows)
@@ -131,12 +153,20 @@ def gaps_to_best(table, metric: str) -> dict[str, Any]:
     best_name = base.groupby("predictor")[metric].mean().idxmax()
     best = base[base["predictor"] == best_name].sort_values("n_articles")
     gaps = np.asarray([float(x) for x in best[f"diff_{metric}"]])
-    cis = [c if isinstance(c, (list, tuple, np.ndarray)) and len(c) == 2 else (math.nan, math.nan)
-           for c in best[f"diff_{metric}_ci"]]
+    cis = [
+        c if isinstance(c, (list, tuple, np.ndarray)) and len(c) == 2 else (math.nan, math.nan)
+        for c in best[f"diff_{metric}_ci"]
+    ]
     sizes = best["n_articles"].to_numpy()
-    return {"best": best_name, "rows": best, "sizes": sizes, "gaps": gaps,
-            "lo": np.asarray([float(c[0]) for c in cis]), "hi": np.asarray([float(c[1]) for c in cis]),
-            "fit": trend(sizes, gaps)}
+    return {
+        "best": best_name,
+        "rows": best,
+        "sizes": sizes,
+        "gaps": gaps,
+        "lo": np.asarray([float(c[0]) for c in cis]),
+        "hi": np.asarray([float(c[1]) for c in cis]),
+        "fit": trend(sizes, gaps),
+    }
 
 
 def verdict(table) -> dict[str, Any]:
@@ -159,39 +189,62 @@ def verdict(table) -> dict[str, Any]:
         beats = ci is not None and not (isinstance(ci, float) and math.isnan(ci)) and ci[0] > 0
         m_last = float(model[metric].iloc[-1])
         if beats:
-            text = (f"{label}: the model beats {best_name} at {sizes[-1]:,} training articles "
-                    f"({fmt.format(m_last)} vs {fmt.format(level)}, paired 95% interval of the difference "
-                    f"{fmt.format(ci[0])} to {fmt.format(ci[1])}).")
+            text = (
+                f"{label}: the model beats {best_name} at {sizes[-1]:,} training articles "
+                f"({fmt.format(m_last)} vs {fmt.format(level)}, paired 95% interval of the difference "
+                f"{fmt.format(ci[0])} to {fmt.format(ci[1])})."
+            )
         else:
-            text = (f"{label}: at {sizes[-1]:,} training articles the model does not beat {best_name} "
-                    f"({fmt.format(m_last)} vs {fmt.format(level)}" + (
-                        f", paired 95% interval of the difference {fmt.format(ci[0])} to {fmt.format(ci[1])})."
-                        if ci is not None and not isinstance(ci, float) else ")."))
+            text = (
+                f"{label}: at {sizes[-1]:,} training articles the model does not beat {best_name} "
+                f"({fmt.format(m_last)} vs {fmt.format(level)}"
+                + (
+                    f", paired 95% interval of the difference {fmt.format(ci[0])} to {fmt.format(ci[1])})."
+                    if ci is not None and not isinstance(ci, float)
+                    else ")."
+                )
+            )
         if len(gaps) >= 2:
             closing = gaps[-1] > gaps[0]
-            text += f" The gap {'closes' if closing else 'does not close'} with data ({fmt.format(gaps[0])} at " \
-                    f"{sizes[0]:,} -> {fmt.format(gaps[-1])} at {sizes[-1]:,})."
+            text += (
+                f" The gap {'closes' if closing else 'does not close'} with data ({fmt.format(gaps[0])} at "
+                f"{sizes[0]:,} -> {fmt.format(gaps[-1])} at {sizes[-1]:,})."
+            )
             if closing and len(gaps) >= 3 and gaps[-1] < gaps[-2] and not beats:
-                text += (f" Not in the last step, though: {fmt.format(gaps[-2])} at {sizes[-2]:,} -> "
-                         f"{fmt.format(gaps[-1])} at {sizes[-1]:,} — the measured curve stopped closing.")
+                text += (
+                    f" Not in the last step, though: {fmt.format(gaps[-2])} at {sizes[-2]:,} -> "
+                    f"{fmt.format(gaps[-1])} at {sizes[-1]:,} — the measured curve stopped closing."
+                )
         if cross is not None and not beats:
             where = "inside the measured range" if cross <= sizes[-1] else "by extrapolation"
-            text += (f" The fitted trend of the gap (a + b log10 N) reaches zero at about {cross:,.0f} articles "
-                     f"({where}).")
+            text += (
+                f" The fitted trend of the gap (a + b log10 N) reaches zero at about {cross:,.0f} articles ({where})."
+            )
             if cross <= sizes[-1]:  # the line says "already there", the measured point says "not beaten"
                 at_last = fit[0] + fit[1] * math.log10(sizes[-1])
-                text += (f" The measured gap at {sizes[-1]:,} ({fmt.format(gaps[-1])}) lies below that line "
-                         f"({fmt.format(at_last)}): the curve bends under its log-linear trend, so the trend "
-                         "does not say at what size the model would beat it.")
+                text += (
+                    f" The measured gap at {sizes[-1]:,} ({fmt.format(gaps[-1])}) lies below that line "
+                    f"({fmt.format(at_last)}): the curve bends under its log-linear trend, so the trend "
+                    "does not say at what size the model would beat it."
+                )
         elif fit is not None and fit[1] <= 0 and not beats:
             text += " The fitted trend is flat or falling: more articles of this kind would not close the gap."
         if metric == "recall_at_5" and len(banks) > 1:
-            text += (f" The bank grows with the training set here ({banks[0]:,} to {banks[-1]:,} chunks: extra "
-                     "training articles are ranked against too), so R@5 levels differ between sizes for every "
-                     "predictor; the gaps are paired differences at each size.")
-        out["metrics"][metric] = {"best_constant_baseline": best_name, "baseline_level": level, "model_last": m_last,
-                                  "beats_at_largest": bool(beats), "diff_ci_at_largest": ci, "gaps": gaps,
-                                  "fit": fit, "crossing_articles": cross}
+            text += (
+                f" The bank grows with the training set here ({banks[0]:,} to {banks[-1]:,} chunks: extra "
+                "training articles are ranked against too), so R@5 levels differ between sizes for every "
+                "predictor; the gaps are paired differences at each size."
+            )
+        out["metrics"][metric] = {
+            "best_constant_baseline": best_name,
+            "baseline_level": level,
+            "model_last": m_last,
+            "beats_at_largest": bool(beats),
+            "diff_ci_at_largest": ci,
+            "gaps": gaps,
+            "fit": fit,
+            "crossing_articles": cross,
+        }
         lines.append(text)
     out["text"] = lines
     out["headline"] = " ".join(lines)
@@ -207,5 +260,3 @@ def record(out_dir: str | Path, scaling_id: str, table, result: dict[str, Any]) 
 
 
 # --------------------------------------------------------------------------- running it
-
-

@@ -11,6 +11,7 @@ training articles (`data.extra_train_path`) rank among a bigger bank: their R@5 
 with other runs', their paired differences to the baselines of their own bank are. Nothing here reads
 test articles. (This is the rule of issue 11's rounds 4-5, `docs/training.md`.)
 """
+
 from __future__ import annotations
 
 import math
@@ -19,9 +20,9 @@ from typing import Any
 
 from lvmlib.core.config import load_run_config
 from lvmlib.core.errors import RequestError
+from lvmlib.core.runs import read_json
 from lvmlib.eval.evaluate import evaluate_run
 from lvmlib.train.status import training_summary
-from lvmlib.core.runs import read_json
 
 VAL_DIR = "metrics_val"
 
@@ -39,7 +40,9 @@ def val_card(run: str | Path, force: bool = False, progress: bool = False) -> di
     already holds a val evaluation and `force` is off)."""
     run = Path(run)
     if not (run / "best.pt").is_file():
-        raise RequestError(f"{run}: no best.pt (train it first: python -m lvmlib run PARAMS --only 01_data --only 02_train)")
+        raise RequestError(
+            f"{run}: no best.pt (train it first: python -m lvmlib run PARAMS --only 01_data --only 02_train)"
+        )
     out = run / VAL_DIR
     if force or not (out / "eval.json").is_file():
         cfg = load_run_config(run / "params.yaml")
@@ -49,11 +52,20 @@ def val_card(run: str | Path, force: bool = False, progress: bool = False) -> di
     if ev.get("split") != "val":
         raise RequestError(f"{out / 'eval.json'}: split {ev.get('split')!r}, expected 'val' (re-run with --force)")
     bb = ev["gates"]["best_baseline"]
-    card = {"run": run.name, "n": ev["n_queries"], "epoch": training_summary(run)["best_epoch"], "mrr": ev["mrr"],
-            "r5": ev["recall_at_5"], "b_r5_name": bb["name_recall_at_5"],
-            "d_r5": bb["diff_recall_at_5"], "ci_r5": bb["diff_recall_at_5_ci"],
-            "cos": ev["pred_target_cosine"], "b_cos_name": bb["name_cosine"],
-            "d_cos": bb["diff_cosine"], "ci_cos": bb["diff_cosine_ci"]}
+    card = {
+        "run": run.name,
+        "n": ev["n_queries"],
+        "epoch": training_summary(run)["best_epoch"],
+        "mrr": ev["mrr"],
+        "r5": ev["recall_at_5"],
+        "b_r5_name": bb["name_recall_at_5"],
+        "d_r5": bb["diff_recall_at_5"],
+        "ci_r5": bb["diff_recall_at_5_ci"],
+        "cos": ev["pred_target_cosine"],
+        "b_cos_name": bb["name_cosine"],
+        "d_cos": bb["diff_cosine"],
+        "ci_cos": bb["diff_cosine_ci"],
+    }
     return with_z(card)
 
 
@@ -72,14 +84,18 @@ def pick(cards: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def table(cards: list[dict[str, Any]]) -> str:
     """The markdown table `select` prints (docs/training.md quotes it)."""
-    lines = [f"{cards[0]['n']} val queries per run (every val window), primary bank; best = the best val baseline",
-             "| run | best epoch | val MRR | val R@5 | R@5 − best (paired 95%) | z | val cosine | cosine − best (paired 95%) | z | min z |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"{cards[0]['n']} val queries per run (every val window), primary bank; best = the best val baseline",
+        "| run | best epoch | val MRR | val R@5 | R@5 − best (paired 95%) | z | val cosine | cosine − best (paired 95%) | z | min z |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for c in cards:
-        lines.append(f"| {c['run']} | {c['epoch']} | {c['mrr']:.4f} | {c['r5']:.2%} | {c['d_r5'] * 100:+.2f} "
-                     f"[{c['ci_r5'][0] * 100:+.2f}, {c['ci_r5'][1] * 100:+.2f}] vs {c['b_r5_name']} | {c['z_r5']:+.2f} | "
-                     f"{c['cos']:.4f} | {c['d_cos']:+.4f} [{c['ci_cos'][0]:+.4f}, {c['ci_cos'][1]:+.4f}] vs "
-                     f"{c['b_cos_name']} | {c['z_cos']:+.2f} | {c['min_z']:+.2f} |")
+        lines.append(
+            f"| {c['run']} | {c['epoch']} | {c['mrr']:.4f} | {c['r5']:.2%} | {c['d_r5'] * 100:+.2f} "
+            f"[{c['ci_r5'][0] * 100:+.2f}, {c['ci_r5'][1] * 100:+.2f}] vs {c['b_r5_name']} | {c['z_r5']:+.2f} | "
+            f"{c['cos']:.4f} | {c['d_cos']:+.4f} [{c['ci_cos'][0]:+.4f}, {c['ci_cos'][1]:+.4f}] vs "
+            f"{c['b_cos_name']} | {c['z_cos']:+.2f} | {c['min_z']:+.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -89,6 +105,7 @@ def select(runs: list[str | Path], force: bool = False, progress: bool = False) 
         raise RequestError("select: give one or more trained run directories")
     cards = [val_card(r, force, progress) for r in runs]
     best = pick(cards)
-    verdict = (f"pick: {best['run']} (min z {best['min_z']:+.2f})" if best
-               else "pick: none (no run clears both val baselines)")
+    verdict = (
+        f"pick: {best['run']} (min z {best['min_z']:+.2f})" if best else "pick: none (no run clears both val baselines)"
+    )
     return table(cards) + "\n" + verdict

@@ -1,17 +1,18 @@
 """Command line: `python -m lvmlib <command> ...` (also installed as `lvm`).
 
-  run PARAMS [--set section.key=value ...] [--run-id ID] [--resume RUN_DIR]   the whole study
-  status RUN_DIR                                                             training progress
-  eval RUN_DIR --data PAYLOAD_OR_PARAMS                                      score a checkpoint elsewhere
-  compare RUN_DIR [RUN_DIR ...] [--reference RUN_DIR]                        runs side by side (paired vs a reference)
-  select RUN_DIR [RUN_DIR ...] [--force]                                     pick a recipe on val articles only
-  scaling PARAMS --articles 100,300,1000 [--corpus JSONL] [--set k=v ...]    one run per training-set size + page
-  study                                                                      V1/V2 pair + comparison
-  export RUN_DIR --format seed-npz [--out PATH]                              the run's windows in the seed's format
-  cache {list,clear}                                                         the embedding cache
-  check PARAMS                                                               validate a params file
-  lab [--port N]                                                             JupyterLab on 127.0.0.1
+run PARAMS [--set section.key=value ...] [--run-id ID] [--resume RUN_DIR]   the whole study
+status RUN_DIR                                                             training progress
+eval RUN_DIR --data PAYLOAD_OR_PARAMS                                      score a checkpoint elsewhere
+compare RUN_DIR [RUN_DIR ...] [--reference RUN_DIR]                        runs side by side (paired vs a reference)
+select RUN_DIR [RUN_DIR ...] [--force]                                     pick a recipe on val articles only
+scaling PARAMS --articles 100,300,1000 [--corpus JSONL] [--set k=v ...]    one run per training-set size + page
+study                                                                      V1/V2 pair + comparison
+export RUN_DIR --format seed-npz [--out PATH]                              the run's windows in the seed's format
+cache {list,clear}                                                         the embedding cache
+check PARAMS                                                               validate a params file
+lab [--port N]                                                             JupyterLab on 127.0.0.1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,6 +29,7 @@ def _env_defaults() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from lvmlib.core.config import EXPORT_FORMATS
+
     p = argparse.ArgumentParser(prog="python -m lvmlib", description="lvm-study: latent vector model study kit")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -36,16 +38,30 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     r.add_argument("--run-id", default=None)
     r.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last.pt")
-    r.add_argument("--only", action="append", default=None, metavar="NOTEBOOK",
-                   help="run only these notebooks (e.g. --only 04_eval) against --resume RUN_DIR")
-    r.add_argument("--param", dest="nb_params", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra notebook parameter (must be declared by a selected notebook)")
+    r.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="NOTEBOOK",
+        help="run only these notebooks (e.g. --only 04_eval) against --resume RUN_DIR",
+    )
+    r.add_argument(
+        "--param",
+        dest="nb_params",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra notebook parameter (must be declared by a selected notebook)",
+    )
     r.add_argument("--runs-root", default=os.environ.get("LVM_RUNS_DIR", "runs"))
     r.add_argument("--reports-root", default=os.environ.get("LVM_REPORTS_DIR", "reports"))
     loud = r.add_mutually_exclusive_group()
     loud.add_argument("--quiet", action="store_true", help="print only the closing summary (and errors)")
-    loud.add_argument("--verbose", action="store_true",
-                   help="also print every line the notebooks print (training log, evaluation steps)")
+    loud.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print every line the notebooks print (training log, evaluation steps)",
+    )
 
     s = sub.add_parser("status", help="training progress of a run (works while it trains)")
     s.add_argument("run_dir")
@@ -59,8 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="compare runs on one page")
     c.add_argument("run_dirs", nargs="+")
     c.add_argument("--id", default=None)
-    c.add_argument("--reference", default=None, metavar="RUN_DIR",
-                   help="measure every other run against this one (paired intervals on the same test queries)")
+    c.add_argument(
+        "--reference",
+        default=None,
+        metavar="RUN_DIR",
+        help="measure every other run against this one (paired intervals on the same test queries)",
+    )
     c.add_argument("--reports-root", default=os.environ.get("LVM_REPORTS_DIR", "reports"))
 
     se = sub.add_parser("select", help="pick one recipe among trained runs on val articles only (every val window)")
@@ -70,9 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("scaling", help="one run per training-set size on fixed held-out articles, and the page")
     sc.add_argument("params", nargs="?", help="params file (not with --runs)")
     sc.add_argument("--articles", metavar="N,N,...", help="training-set sizes in articles, e.g. 100,300,1000")
-    sc.add_argument("--runs", nargs="+", default=None, metavar="RUN_DIR",
-                    help="no training: the page from these finished runs (one per size, same held-out articles)")
-    sc.add_argument("--corpus", default=None, help="JSONL corpus (sets data.source=jsonl, data.path); default: the params' data")
+    sc.add_argument(
+        "--runs",
+        nargs="+",
+        default=None,
+        metavar="RUN_DIR",
+        help="no training: the page from these finished runs (one per size, same held-out articles)",
+    )
+    sc.add_argument(
+        "--corpus", default=None, help="JSONL corpus (sets data.source=jsonl, data.path); default: the params' data"
+    )
     sc.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     sc.add_argument("--id", default=None)
     sc.add_argument("--runs-root", default=os.environ.get("LVM_RUNS_DIR", "runs"))
@@ -86,8 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="write a prepared run's windows in another format (seed-npz: payload.npz)")
     x.add_argument("run_dir")
-    x.add_argument("--format", dest="fmt", default="seed-npz", choices=EXPORT_FORMATS,
-                   help="seed-npz: context_sequences [N,K,D], target_vectors [N,D], truth_keys [N,2], split [N]")
+    x.add_argument(
+        "--format",
+        dest="fmt",
+        default="seed-npz",
+        choices=EXPORT_FORMATS,
+        help="seed-npz: context_sequences [N,K,D], target_vectors [N,D], truth_keys [N,2], split [N]",
+    )
     x.add_argument("--out", default=None, help="output file (default RUN_DIR/payload.npz)")
 
     ca = sub.add_parser("cache", help="see or clear the embedding cache")
@@ -109,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     _env_defaults()
     args = build_parser().parse_args(argv)
     from lvmlib.core.errors import LvmError
+
     try:
         return _dispatch(args)
     except LvmError as exc:  # bad params or run dir (2); bad data, checkpoint, sanity check, divergence (1)
@@ -124,13 +157,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
-        from lvmlib.core.config import parse_notebook_params
         from lvmlib.app.runner import StudyFailed, StudyInterrupted, run_study
+        from lvmlib.core.config import parse_notebook_params
+
         try:
-            run_study(args.params, args.overrides, run_id=args.run_id, runs_root=args.runs_root,
-                      reports_root=args.reports_root, resume=args.resume, only=args.only,
-                      progress=not args.quiet, notebook_params=parse_notebook_params(args.nb_params),
-                      verbose=args.verbose)
+            run_study(
+                args.params,
+                args.overrides,
+                run_id=args.run_id,
+                runs_root=args.runs_root,
+                reports_root=args.reports_root,
+                resume=args.resume,
+                only=args.only,
+                progress=not args.quiet,
+                notebook_params=parse_notebook_params(args.nb_params),
+                verbose=args.verbose,
+            )
         except StudyInterrupted as exc:
             print(f"[lvm-study] INTERRUPTED: {exc}", file=sys.stderr)
             return 128 + exc.signum
@@ -140,19 +182,23 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "lab":
         from lvmlib.app.lab import main as lab_main
+
         lab_main(args.port, args.token)
         return 0
     if args.command == "check":
         from lvmlib.core.config import dump_config, load_config
+
         print(dump_config(load_config(args.params, args.overrides)))
         return 0
     if args.command == "status":
         from lvmlib.train.status import status
+
         print(status(args.run_dir))
         return 0
     if args.command == "eval":
-        from lvmlib.app.studies import evaluate_elsewhere
         from lvmlib.app.runner import StudyFailed
+        from lvmlib.app.studies import evaluate_elsewhere
+
         try:
             out = evaluate_elsewhere(Path(args.run_dir), args.data, out_dir=args.out, reports_root=args.reports_root)
         except StudyFailed as exc:
@@ -162,18 +208,25 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "compare":
         from lvmlib.app.studies import compare_runs
-        out = compare_runs([Path(p) for p in args.run_dirs], compare_id=args.id, reports_root=args.reports_root,
-                           reference=args.reference)
+
+        out = compare_runs(
+            [Path(p) for p in args.run_dirs],
+            compare_id=args.id,
+            reports_root=args.reports_root,
+            reference=args.reference,
+        )
         print(f"[lvm-study] comparison: {out}")
         return 0
     if args.command == "select":
         from lvmlib.analysis.selection import select
+
         print(select(args.run_dirs, force=args.force, progress=True))
         return 0
     if args.command == "scaling":
-        from lvmlib.core.config import ConfigError
         from lvmlib.analysis.scaling import parse_sizes
         from lvmlib.app.studies import scaling_page, scaling_study
+        from lvmlib.core.config import ConfigError
+
         if args.runs:
             if args.params or args.articles:
                 raise ConfigError("scaling --runs RUN_DIR ...: takes no PARAMS or --articles (the runs have them)")
@@ -186,21 +239,32 @@ def _dispatch(args: argparse.Namespace) -> int:
             sizes = parse_sizes(args.articles)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        out = scaling_study(args.params, sizes, corpus=args.corpus, overrides=args.overrides, scaling_id=args.id,
-                            runs_root=args.runs_root, reports_root=args.reports_root, progress=not args.quiet)
+        out = scaling_study(
+            args.params,
+            sizes,
+            corpus=args.corpus,
+            overrides=args.overrides,
+            scaling_id=args.id,
+            runs_root=args.runs_root,
+            reports_root=args.reports_root,
+            progress=not args.quiet,
+        )
         print(f"[lvm-study] scaling page: {out}")
         return 0
     if args.command == "study":
         from lvmlib.app.studies import run_pair_study
+
         out = run_pair_study(args.params, runs_root=args.runs_root, reports_root=args.reports_root)
         print(f"[lvm-study] study comparison: {out}")
         return 0
     if args.command == "export":
         from lvmlib.data.payload import export_run
+
         print(f"[lvm-study] exported {export_run(args.run_dir, args.fmt, args.out)}")
         return 0
     if args.command == "cache":
         from lvmlib.data import encoder
+
         root = encoder.cache_root() if not args.dir else Path(args.dir)
         if args.action == "list":
             recs = encoder.list_cache(root)
@@ -208,8 +272,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             for r in recs:
                 size = f"{r['bytes'] / 1e6:8.1f} MB"
                 if r["kind"] == "embeddings":
-                    print(f"  {size}  {r['vectors']:>9,} vectors  dim {r['dim']}  {r['encoder']} "
-                          f"(max_length {r['max_length']})  [{r['id']}]")
+                    print(
+                        f"  {size}  {r['vectors']:>9,} vectors  dim {r['dim']}  {r['encoder']} "
+                        f"(max_length {r['max_length']})  [{r['id']}]"
+                    )
                 else:
                     print(f"  {size}  chunk list [{r['id']}]")
         else:

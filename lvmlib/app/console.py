@@ -14,6 +14,7 @@ nothing. Levels:
 Under `CI` (any value but "" / "0" / "false"), `TERM=dumb` or when stdout is not a terminal there is
 no live line: plain lines only, each stage's line written when it starts and finished when it ends.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from lvmlib.report.words import _num, _pct, beaten_text, has_interval  # noqa: F401
+from lvmlib.report.words import _num, _pct, beaten_text, has_interval
 
 LEVELS = ("quiet", "normal", "verbose")
 NAME_W = 10
@@ -54,8 +55,10 @@ def summary_lines(head: dict[str, Any], index_html: str) -> list[str]:
     else:
         model = f"R@5 {_pct(head.get('recall_at_5'))}{ci_txt}, cosine {_num(head.get('pred_target_cosine'))}"
         if head.get("best_baseline"):
-            model += (f"  vs best baseline {head['best_baseline']}: R@5 {_pct(head.get('best_baseline_r5'))}, "
-                      f"cosine {_num(head.get('best_baseline_cosine'))} ({beaten_text(head)})")
+            model += (
+                f"  vs best baseline {head['best_baseline']}: R@5 {_pct(head.get('best_baseline_r5'))}, "
+                f"cosine {_num(head.get('best_baseline_cosine'))} ({beaten_text(head)})"
+            )
     return [f"gate     {gate_txt}", f"model    {model}", f"reports  {index_html}"]
 
 
@@ -161,7 +164,7 @@ class Console:
             self.frame = self.pending.strip()  # tqdm writes '\r' + frame, the next return comes later
         self._draw()
 
-    def sink(self) -> "_Sink":
+    def sink(self) -> _Sink:
         """A file-like object for the executor's stdout_file / stderr_file (`execute.execute_notebook`)."""
         return _Sink(self)
 
@@ -185,7 +188,7 @@ def fit(frame: str, width: int) -> str:
     """A tqdm frame in `width` columns: without its bar graphic when too wide, then cut with '…'."""
     if len(frame) > width:
         frame = _BAR.sub(" ", frame, count=1)
-    return frame if len(frame) <= width else frame[:max(0, width - 1)] + "…"
+    return frame if len(frame) <= width else frame[: max(0, width - 1)] + "…"
 
 
 def _split_keep(text: str) -> list[str]:

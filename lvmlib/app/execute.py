@@ -6,6 +6,7 @@ through `execute_notebook`: papermill with the project's `lvm-study` kernel over
 `run_notebook` adds what every caller does next: render the executed notebook (also a failed one:
 papermill's banner marks the cell) and reduce a failure to one line (`failure_line`).
 """
+
 from __future__ import annotations
 
 import os
@@ -28,6 +29,7 @@ INTERRUPT_GRACE_S = 20.0  # after Ctrl-C/SIGTERM, a kernel that has not stopped 
 def ensure_kernel() -> str:
     """Make sure the `lvm-study` kernelspec exists and points at this interpreter."""
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
     try:
         spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
         if Path(spec.argv[0]).resolve() == Path(sys.executable).resolve():
@@ -35,6 +37,7 @@ def ensure_kernel() -> str:
     except NoSuchKernel:
         pass
     from ipykernel.kernelspec import install
+
     install(kernel_name=KERNEL_NAME, display_name="lvm-study", prefix=sys.prefix)
     return KERNEL_NAME
 
@@ -45,6 +48,7 @@ class Stop:
     the first signal interrupts the kernel at once (KeyboardInterrupt inside the running cell, so
     `finally` blocks clean up: the data stage's staging dir, a half-written file), and a kernel that
     has not stopped after INTERRUPT_GRACE_S, or a second signal, is killed."""
+
     signum: int | None = None
     km = None  # the KernelManager of the notebook being executed, if any
     executing = False
@@ -97,8 +101,7 @@ class Signals:
             signal.signal(sig, old)
 
 
-def execute_notebook(src: Path, out: Path, params: dict[str, Any], progress: bool = False,
-                     output=None) -> None:
+def execute_notebook(src: Path, out: Path, params: dict[str, Any], progress: bool = False, output=None) -> None:
     """papermill with the project's kernel over local IPC sockets (not unencrypted TCP ports).
 
     The kernel gets `LVM_RUNNER=1` in its environment: `notebook_config` then knows the runner executes
@@ -111,6 +114,7 @@ def execute_notebook(src: Path, out: Path, params: dict[str, Any], progress: boo
     import papermill as pm
     from jupyter_client.manager import AsyncKernelManager
     from jupyter_core.utils import run_sync
+
     sock_dir = tempfile.mkdtemp(prefix="lvm-kernel-")
     # The async manager (nbclient's own default): its client's reads are awaitable, so nbclient's
     # kernel-alive check runs while a cell waits, and a kernel that dies without its last messages
@@ -121,9 +125,18 @@ def execute_notebook(src: Path, out: Path, params: dict[str, Any], progress: boo
             raise KeyboardInterrupt
         Stop.km, Stop.executing = km, True
         run_sync(km.start_kernel)(env={**os.environ, RUNNER_ENV: "1"}, cwd=str(PROJECT_ROOT))
-        pm.execute_notebook(str(src), str(out), parameters=params, kernel_name=km.kernel_name, km=km,
-                            progress_bar=progress, log_output=progress, cwd=str(PROJECT_ROOT),
-                            stdout_file=output, stderr_file=output)
+        pm.execute_notebook(
+            str(src),
+            str(out),
+            parameters=params,
+            kernel_name=km.kernel_name,
+            km=km,
+            progress_bar=progress,
+            log_output=progress,
+            cwd=str(PROJECT_ROOT),
+            stdout_file=output,
+            stderr_file=output,
+        )
     finally:
         Stop.executing = False
         if km.has_kernel:
@@ -145,21 +158,31 @@ def failure_line(name: str, exc: BaseException) -> str:
 def declared_parameters(notebook: Path) -> set[str]:
     """The names a notebook's `parameters` cell declares."""
     import papermill as pm
+
     return set(pm.inspect_notebook(str(notebook)))
 
 
 @dataclass
 class NotebookFailure:
     """A notebook that failed: the one-line reason and the exception behind it."""
+
     line: str
     exc: BaseException
 
 
-def run_notebook(src: Path, executed: Path, params: dict[str, Any], html_out: Path, name: str,
-                 nav: list[tuple[str, str]] | None = None, progress: bool = False) -> NotebookFailure | None:
+def run_notebook(
+    src: Path,
+    executed: Path,
+    params: dict[str, Any],
+    html_out: Path,
+    name: str,
+    nav: list[tuple[str, str]] | None = None,
+    progress: bool = False,
+) -> NotebookFailure | None:
     """Execute `src` into `executed`, render what ran to `html_out` (+ `.code.html`) and return None, or
     the failure (`name (cell N): Error: first line`) after rendering the failed notebook."""
     from lvmlib.report.pages import render_html
+
     err: BaseException | None = None
     try:
         execute_notebook(src, executed, params, progress)

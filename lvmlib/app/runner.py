@@ -4,6 +4,7 @@ record and index up to date (`lvmlib.report.pages`); mark the run failed or inte
 Each notebook receives only `params_path`, `run_dir` and `overrides` (02_train also `resume`); its
 inputs are files in the run directory, so any notebook can be re-run alone against a run dir.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,15 +17,34 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lvmlib.app.execute import (
+    NOTEBOOK_DIR,
+    NOTEBOOKS,
+    RUNNER_ENV,
+    Signals,
+    Stop,
+    declared_parameters,
+    execute_notebook,
+    failure_line,
+)
 from lvmlib.app.tweaks import record_tweak
-from lvmlib.report import tweaks
 from lvmlib.core.config import Config, dump_config, load_config
 from lvmlib.core.errors import LvmError
-from lvmlib.app.execute import (NOTEBOOK_DIR, NOTEBOOKS, RUNNER_ENV, Signals, Stop, declared_parameters, execute_notebook,
-                      failure_line)
+from lvmlib.core.runs import (
+    PROJECT_ROOT,
+    RunError,
+    RunLock,
+    atomic_write_text,
+    check_run_id,
+    create_run_dir,
+    new_run_id,
+    now_iso,
+    read_json,
+    start_manifest,
+    write_manifest,
+)
+from lvmlib.report import tweaks
 from lvmlib.report.pages import headline, record_run, render_html
-from lvmlib.core.runs import (PROJECT_ROOT, RunError, RunLock, atomic_write_text, check_run_id,
-                   create_run_dir, new_run_id, now_iso, read_json, start_manifest, write_manifest)
 
 RESERVED_PARAMS = ("params_path", "run_dir", "overrides", "resume")  # set by the runner, never by --param
 
@@ -60,8 +80,7 @@ def notebook_config(params_path: str, run_dir: str, overrides: list[str] | None 
 
 
 # --------------------------------------------------------------------------- the study
-def _execute(name: str, run_dir: Path, params_path: str, overrides: list[str], extra: dict[str, Any],
-             output) -> None:
+def _execute(name: str, run_dir: Path, params_path: str, overrides: list[str], extra: dict[str, Any], output) -> None:
     src = NOTEBOOK_DIR / f"{name}.ipynb"
     if not src.is_file():
         raise StudyFailed(f"{src}: notebook missing")
@@ -81,13 +100,17 @@ def check_notebook_params(names: list[str], notebook_params: dict[str, Any]) -> 
     routed: dict[str, dict[str, Any]] = {n: {} for n in names}
     for key, value in notebook_params.items():
         if key in RESERVED_PARAMS:
-            raise RunError(f"--param {key}={value!r}: '{key}' is set by `run` itself, not a user parameter "
-                           "(the run directory is --run-id/--runs-root or --resume; params are PARAMS and --set)")
+            raise RunError(
+                f"--param {key}={value!r}: '{key}' is set by `run` itself, not a user parameter "
+                "(the run directory is --run-id/--runs-root or --resume; params are PARAMS and --set)"
+            )
         takers = [n for n in names if key in declared[n]]
         if not takers:
             known = sorted(set().union(*declared.values()))
-            raise RunError(f"notebook parameter '{key}' (value {value!r}) does not exist in {', '.join(names)}; "
-                           f"declared parameters: {', '.join(known)}")
+            raise RunError(
+                f"notebook parameter '{key}' (value {value!r}) does not exist in {', '.join(names)}; "
+                f"declared parameters: {', '.join(known)}"
+            )
         for n in takers:
             routed[n][key] = value
     return routed
@@ -112,11 +135,16 @@ def _check_resume_overrides(run_dir: Path, cfg: Config) -> None:
         return
     old = load_config(run_dir / "params.yaml").model
     keys = [f.name for f in dataclasses.fields(old) if f.name != "scan"]
-    changed = [f"model.{k} {getattr(old, k)!r} -> {getattr(cfg.model, k)!r}" for k in keys
-               if getattr(old, k) != getattr(cfg.model, k)]
+    changed = [
+        f"model.{k} {getattr(old, k)!r} -> {getattr(cfg.model, k)!r}"
+        for k in keys
+        if getattr(old, k) != getattr(cfg.model, k)
+    ]
     if changed:
-        raise RunError(f"{run_dir}: --resume cannot change the model of a run that has {' and '.join(ckpts)} "
-                       f"({'; '.join(changed)}); start a new run instead")
+        raise RunError(
+            f"{run_dir}: --resume cannot change the model of a run that has {' and '.join(ckpts)} "
+            f"({'; '.join(changed)}); start a new run instead"
+        )
 
 
 def _check_reports_owner(reports_root: Path, run_id: str, run_dir: Path) -> None:
@@ -126,14 +154,19 @@ def _check_reports_owner(reports_root: Path, run_id: str, run_dir: Path) -> None
         other = Path(json.loads((reports_root / run_id / "run.json").read_text()).get("run_dir") or "")
     except (OSError, ValueError, AttributeError):
         return
-    if str(other) and other != run_dir and (other / "manifest.json").is_file() and not (
-            run_dir.exists() and os.path.samefile(other, run_dir)):
-        raise RunError(f"{reports_root / run_id}: holds the reports of another run folder ({other}); "
-                       f"rename {run_dir} or pass another --reports-root")
+    if (
+        str(other)
+        and other != run_dir
+        and (other / "manifest.json").is_file()
+        and not (run_dir.exists() and os.path.samefile(other, run_dir))
+    ):
+        raise RunError(
+            f"{reports_root / run_id}: holds the reports of another run folder ({other}); "
+            f"rename {run_dir} or pass another --reports-root"
+        )
 
 
-def _mark_failed(run_dir: Path, reports_root: Path, stages: dict[str, Any], line: str,
-                 status: str = "failed") -> str:
+def _mark_failed(run_dir: Path, reports_root: Path, stages: dict[str, Any], line: str, status: str = "failed") -> str:
     """Record the failure in the manifest and the index (best effort on a full disk); -> the reason line."""
     try:
         write_manifest(run_dir, status=status, ended_at=now_iso(), stages=stages, failure=line)
@@ -146,16 +179,25 @@ def _mark_failed(run_dir: Path, reports_root: Path, stages: dict[str, Any], line
     return line
 
 
-def run_study(params_path: str | Path, overrides: list[str] | tuple[str, ...] = (), run_id: str | None = None,
-              runs_root: str | Path = "runs", reports_root: str | Path = "reports", resume: str | Path | None = None,
-              only: list[str] | None = None, progress: bool = True,
-              notebook_params: dict[str, Any] | None = None, verbose: bool = False) -> Path:
+def run_study(
+    params_path: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    run_id: str | None = None,
+    runs_root: str | Path = "runs",
+    reports_root: str | Path = "reports",
+    resume: str | Path | None = None,
+    only: list[str] | None = None,
+    progress: bool = True,
+    notebook_params: dict[str, Any] | None = None,
+    verbose: bool = False,
+) -> Path:
     """Execute the notebooks in order; returns the run dir. Raises StudyFailed with a one-line reason
     (StudyInterrupted after Ctrl-C/SIGTERM: the run is marked `interrupted` and can be resumed).
 
     Terminal output (`console.Console`): `progress=False` prints only the closing summary, `verbose`
     adds every line the notebooks print to the per-stage lines and the live progress line."""
     from lvmlib.app.console import Console
+
     con = Console("quiet" if not progress else "verbose" if verbose else "normal")
     reports_root = Path(reports_root).resolve()
     overrides = list(overrides)
@@ -186,8 +228,16 @@ def run_study(params_path: str | Path, overrides: list[str] | tuple[str, ...] = 
             if overrides:  # e.g. --set train.epochs=20 to extend a finished run: keep it in the record
                 atomic_write_text(run_dir / "params.yaml", dump_config(cfg))
             copied = {"copied_from": old.get("run_id")} if old.get("run_id") != run_id else {}
-            write_manifest(run_dir, status="running", resumed_at=now_iso(), pid=os.getpid(), host=platform.node(),
-                           failure=None, run_id=run_id, **copied)
+            write_manifest(
+                run_dir,
+                status="running",
+                resumed_at=now_iso(),
+                pid=os.getpid(),
+                host=platform.node(),
+                failure=None,
+                run_id=run_id,
+                **copied,
+            )
         except BaseException:
             lock.release()
             raise
@@ -214,8 +264,18 @@ def run_study(params_path: str | Path, overrides: list[str] | tuple[str, ...] = 
     return run_dir
 
 
-def _run_stages(run_dir: Path, run_id: str, names: list[str], routed: dict[str, dict[str, Any]], reports_root: Path,
-                params_arg: str, overrides: list[str], resume, only, con) -> None:
+def _run_stages(
+    run_dir: Path,
+    run_id: str,
+    names: list[str],
+    routed: dict[str, dict[str, Any]],
+    reports_root: Path,
+    params_arg: str,
+    overrides: list[str],
+    resume,
+    only,
+    con,
+) -> None:
     stages: dict[str, Any] = read_json(run_dir / "manifest.json").get("stages", {})
     name = names[0]
     try:
@@ -232,7 +292,9 @@ def _run_stages(run_dir: Path, run_id: str, names: list[str], routed: dict[str, 
             extra.update(routed[name])
             # Executing from the run's resolved params keeps re-runs honest; overrides already applied.
             # `--resume RUN --only NN` re-runs the latest tweak of NN made in Jupyter with its parameters.
-            stage_params, stage_overrides = (params_arg, overrides) if not resume else (str(run_dir / "params.yaml"), [])
+            stage_params, stage_overrides = (
+                (params_arg, overrides) if not resume else (str(run_dir / "params.yaml"), [])
+            )
             tweak = tweaks.pending(read_json(run_dir / "manifest.json"), name) if resume and only else None
             if tweak is not None:
                 stage_params = tweak["params_path"] or stage_params
@@ -248,10 +310,14 @@ def _run_stages(run_dir: Path, run_id: str, names: list[str], routed: dict[str, 
             executed = run_dir / "notebooks" / f"{name}.ipynb"
             if executed.is_file():
                 try:
-                    manifest = tweaks.settle(run_dir, name, tweak) if err is None else read_json(
-                        run_dir / "manifest.json")
-                    render_html(executed, reports_root / run_id / f"{name}.html",
-                                tweak_note=tweaks.report_note(manifest, name, run_dir))
+                    manifest = (
+                        tweaks.settle(run_dir, name, tweak) if err is None else read_json(run_dir / "manifest.json")
+                    )
+                    render_html(
+                        executed,
+                        reports_root / run_id / f"{name}.html",
+                        tweak_note=tweaks.report_note(manifest, name, run_dir),
+                    )
                 except OSError as exc:  # a full disk: the stage's report is lost, so the stage failed
                     err = err or exc
             if Stop.signum is not None:

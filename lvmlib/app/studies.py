@@ -30,8 +30,13 @@ SCALING_NOTEBOOK = NOTEBOOK_DIR / "06_scaling.ipynb"
 
 
 # --------------------------------------------------------------------------- comparisons
-def compare_runs(run_dirs: list[Path], compare_id: str | None = None, reports_root: str | Path = "reports",
-                 progress: bool = False, reference: str | Path | None = None) -> Path:
+def compare_runs(
+    run_dirs: list[Path],
+    compare_id: str | None = None,
+    reports_root: str | Path = "reports",
+    progress: bool = False,
+    reference: str | Path | None = None,
+) -> Path:
     """Execute 05_compare for these runs; writes reports/compare_<id>.html (+ .code.html, .json) and
     rebuilds the index. `reference`: a run folder (added first when not among `run_dirs`) that every
     other run is measured against with paired intervals. Returns the HTML path. Raises CompareFailed with
@@ -47,22 +52,41 @@ def compare_runs(run_dirs: list[Path], compare_id: str | None = None, reports_ro
     html_path = reports_root / f"compare_{compare_id}.html"
     started, t0 = now_iso(), time.time()
     pages = {r.run_id: (reports_root / r.run_id / "run.json").is_file() for r in runs}  # runs with reports here
-    failure = run_notebook(COMPARE_NOTEBOOK, out_dir / "05_compare.ipynb",
-                           {"run_dirs": [str(r.run_dir) for r in runs], "compare_id": compare_id, "out_dir": str(out_dir),
-                            "reference": str(runs[reference_index(runs, Path(reference).resolve())].run_dir)
-                            if reference else ""},
-                           html_path, "05_compare", nav=[("all runs", "index.html")] + [
-                               (r.label, f"{r.run_id}/index.html") for r in runs if pages[r.run_id]])
+    failure = run_notebook(
+        COMPARE_NOTEBOOK,
+        out_dir / "05_compare.ipynb",
+        {
+            "run_dirs": [str(r.run_dir) for r in runs],
+            "compare_id": compare_id,
+            "out_dir": str(out_dir),
+            "reference": str(runs[reference_index(runs, Path(reference).resolve())].run_dir) if reference else "",
+        },
+        html_path,
+        "05_compare",
+        nav=[("all runs", "index.html")] + [(r.label, f"{r.run_id}/index.html") for r in runs if pages[r.run_id]],
+    )
     summary = _maybe_json(out_dir / "compare.json") or {}
     err, line = (failure.exc, failure.line) if failure else (None, None)
-    atomic_write_json(reports_root / f"compare_{compare_id}.json", {
-        "kind": "compare", "compare_id": compare_id, "href": html_path.name, "started_at": started,
-        "seconds": round(time.time() - t0, 1), "status": "failed" if err else "succeeded", "failure": line,
-        "verdict": (summary.get("verdict") or {}).get("headline") or (f"comparison failed: {line}" if line else ""),
-        "runs": [{"run_id": r.run_id, "label": r.label, "href": f"{r.run_id}/index.html" if pages[r.run_id] else None}
-                 for r in runs],
-        "summary": summary.get("summary", []), "reference": summary.get("reference"),
-        "vs_reference": summary.get("vs_reference", [])})
+    atomic_write_json(
+        reports_root / f"compare_{compare_id}.json",
+        {
+            "kind": "compare",
+            "compare_id": compare_id,
+            "href": html_path.name,
+            "started_at": started,
+            "seconds": round(time.time() - t0, 1),
+            "status": "failed" if err else "succeeded",
+            "failure": line,
+            "verdict": (summary.get("verdict") or {}).get("headline") or (f"comparison failed: {line}" if line else ""),
+            "runs": [
+                {"run_id": r.run_id, "label": r.label, "href": f"{r.run_id}/index.html" if pages[r.run_id] else None}
+                for r in runs
+            ],
+            "summary": summary.get("summary", []),
+            "reference": summary.get("reference"),
+            "vs_reference": summary.get("vs_reference", []),
+        },
+    )
     for r in runs:  # their pages list the comparisons they appear in; record_run also rebuilds the index
         if pages[r.run_id]:
             record_run(reports_root, r.run_dir)
@@ -72,8 +96,9 @@ def compare_runs(run_dirs: list[Path], compare_id: str | None = None, reports_ro
     return html_path
 
 
-def run_pair_study(params_paths: list[str], runs_root: str | Path = "runs", reports_root: str | Path = "reports",
-                   progress: bool = True) -> Path:
+def run_pair_study(
+    params_paths: list[str], runs_root: str | Path = "runs", reports_root: str | Path = "reports", progress: bool = True
+) -> Path:
     """Run each params file through the whole study (01..04), then compare the runs.
 
     Every params file is validated before anything runs. A failing run does not stop the others;
@@ -84,15 +109,20 @@ def run_pair_study(params_paths: list[str], runs_root: str | Path = "runs", repo
     for p, cfg in zip(params_paths, cfgs):
         run_id = new_run_id(cfg.name)
         try:
-            run_dirs.append(run_study(p, runs_root=runs_root, reports_root=reports_root, run_id=run_id,
-                                      progress=progress))
+            run_dirs.append(
+                run_study(p, runs_root=runs_root, reports_root=reports_root, run_id=run_id, progress=progress)
+            )
         except StudyFailed as exc:
             failures.append(f"{cfg.name}: {exc}")
             if (Path(runs_root) / run_id / "manifest.json").is_file():
                 run_dirs.append((Path(runs_root) / run_id).resolve())
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = compare_runs(run_dirs, compare_id=f"{stamp}-study-{_safe('-vs-'.join(c.name for c in cfgs))}",
-                       reports_root=reports_root, progress=progress)
+    out = compare_runs(
+        run_dirs,
+        compare_id=f"{stamp}-study-{_safe('-vs-'.join(c.name for c in cfgs))}",
+        reports_root=reports_root,
+        progress=progress,
+    )
     minutes = (time.time() - t0) / 60
     print(f"[lvm-study] pair study: {len(run_dirs)} run(s) + comparison in {minutes:.1f} min", flush=True)
     if failures:
@@ -101,9 +131,16 @@ def run_pair_study(params_paths: list[str], runs_root: str | Path = "runs", repo
 
 
 # --------------------------------------------------------------------------- scaling curves
-def scaling_study(params_path: str | Path, sizes: list[int], corpus: str | Path | None = None,
-                  overrides: list[str] | tuple[str, ...] = (), scaling_id: str | None = None,
-                  runs_root: str | Path = "runs", reports_root: str | Path = "reports", progress: bool = True) -> Path:
+def scaling_study(
+    params_path: str | Path,
+    sizes: list[int],
+    corpus: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    scaling_id: str | None = None,
+    runs_root: str | Path = "runs",
+    reports_root: str | Path = "reports",
+    progress: bool = True,
+) -> Path:
     """One full run per size (largest first, so a size the corpus cannot hold fails before hours of
     smaller runs), then the scaling page. Returns reports/scaling_<id>.html."""
     extra = list(overrides)
@@ -122,15 +159,28 @@ def scaling_study(params_path: str | Path, sizes: list[int], corpus: str | Path 
         if progress:
             print(f"[lvm-study] scaling {scaling_id}: {n} training articles -> run {run_id}", flush=True)
         try:
-            run_dirs.append(run_study(params_path, [*extra, f"data.train_articles={n}"], run_id=run_id,
-                                      runs_root=runs_root, reports_root=reports_root, progress=progress))
+            run_dirs.append(
+                run_study(
+                    params_path,
+                    [*extra, f"data.train_articles={n}"],
+                    run_id=run_id,
+                    runs_root=runs_root,
+                    reports_root=reports_root,
+                    progress=progress,
+                )
+            )
         except StudyFailed as exc:
             raise ScalingFailed(f"size {n}: {exc}") from None
     return scaling_page(run_dirs, scaling_id, reports_root, progress, t0)
 
 
-def scaling_page(run_dirs: list[str | Path], scaling_id: str | None = None, reports_root: str | Path = "reports",
-                 progress: bool = True, t0: float | None = None) -> Path:
+def scaling_page(
+    run_dirs: list[str | Path],
+    scaling_id: str | None = None,
+    reports_root: str | Path = "reports",
+    progress: bool = True,
+    t0: float | None = None,
+) -> Path:
     """The scaling page from finished runs (one per training-set size, the same corpus and held-out
     articles: `06_scaling` checks they share their test queries). Returns reports/scaling_<id>.html."""
     run_dirs = [Path(d) for d in run_dirs]
@@ -144,33 +194,60 @@ def scaling_page(run_dirs: list[str | Path], scaling_id: str | None = None, repo
     out_dir.mkdir(parents=True, exist_ok=True)
     html_path = reports_root / f"scaling_{scaling_id}.html"
     started = now_iso()
-    failure = run_notebook(SCALING_NOTEBOOK, out_dir / "06_scaling.ipynb",
-                           {"run_dirs": [str(d) for d in run_dirs], "scaling_id": scaling_id, "out_dir": str(out_dir)},
-                           html_path, "06_scaling", nav=[("all runs", "index.html")])
+    failure = run_notebook(
+        SCALING_NOTEBOOK,
+        out_dir / "06_scaling.ipynb",
+        {"run_dirs": [str(d) for d in run_dirs], "scaling_id": scaling_id, "out_dir": str(out_dir)},
+        html_path,
+        "06_scaling",
+        nav=[("all runs", "index.html")],
+    )
     err, line = (failure.exc, failure.line) if failure else (None, None)
     rec = {}
     if (out_dir / "scaling.json").is_file():
         rec = read_json(out_dir / "scaling.json")
-    runs = [{"run_id": Path(d).name, "label": Path(d).name,
-             "href": f"{Path(d).name}/index.html" if (reports_root / Path(d).name / "run.json").is_file() else None}
-            for d in run_dirs]
-    atomic_write_json(reports_root / f"scaling_{scaling_id}.json", {
-        "kind": "scaling", "compare_id": f"scaling {scaling_id}", "href": html_path.name, "started_at": started,
-        "seconds": round(time.time() - t0, 1), "status": "failed" if err else "succeeded", "failure": line,
-        "verdict": ((rec.get("verdict") or {}).get("headline") or (f"scaling page failed: {line}" if line else "")),
-        "runs": runs})
+    runs = [
+        {
+            "run_id": Path(d).name,
+            "label": Path(d).name,
+            "href": f"{Path(d).name}/index.html" if (reports_root / Path(d).name / "run.json").is_file() else None,
+        }
+        for d in run_dirs
+    ]
+    atomic_write_json(
+        reports_root / f"scaling_{scaling_id}.json",
+        {
+            "kind": "scaling",
+            "compare_id": f"scaling {scaling_id}",
+            "href": html_path.name,
+            "started_at": started,
+            "seconds": round(time.time() - t0, 1),
+            "status": "failed" if err else "succeeded",
+            "failure": line,
+            "verdict": ((rec.get("verdict") or {}).get("headline") or (f"scaling page failed: {line}" if line else "")),
+            "runs": runs,
+        },
+    )
     write_index(reports_root)
     if err is not None:
         raise ScalingFailed(f"{line} — see {html_path}") from err
     if progress:
-        print(f"[lvm-study] scaling {scaling_id}: {len(run_dirs)} run(s) in {(time.time() - t0) / 60:.1f} min -> "
-              f"{html_path}", flush=True)
+        print(
+            f"[lvm-study] scaling {scaling_id}: {len(run_dirs)} run(s) in {(time.time() - t0) / 60:.1f} min -> "
+            f"{html_path}",
+            flush=True,
+        )
     return html_path
 
 
 # --------------------------------------------------------------------------- a run's model on another corpus
-def evaluate_elsewhere(run_dir: str | Path, data: str | Path, out_dir: str | Path | None = None,
-                       reports_root: str | Path = "reports", progress: bool = True) -> Path:
+def evaluate_elsewhere(
+    run_dir: str | Path,
+    data: str | Path,
+    out_dir: str | Path | None = None,
+    reports_root: str | Path = "reports",
+    progress: bool = True,
+) -> Path:
     """`python -m lvmlib eval RUN_DIR --data X`: score the run's best.pt on another corpus and render
     the 04_eval report for it. X: a prepared run dir or data dir, a seed-format payload .npz, or a
     params YAML (its corpus is prepared first, with the run's encoder and K, into OUT/data).
@@ -181,6 +258,7 @@ def evaluate_elsewhere(run_dir: str | Path, data: str | Path, out_dir: str | Pat
     CheckpointError, SanityError, DataError: one line); a failure inside the notebook raises
     runner.StudyFailed with one line, after the failed notebook is rendered."""
     from lvmlib.app.runner import StudyFailed
+
     run_dir = Path(run_dir).resolve()
     data = Path(data).expanduser().resolve()
     if not (run_dir / "params.yaml").is_file():
@@ -208,9 +286,14 @@ def evaluate_elsewhere(run_dir: str | Path, data: str | Path, out_dir: str | Pat
     overrides = [{"eval.data_dir": str(data)}, {"eval.out_dir": str(out)}]
     executed = out / "04_eval.ipynb"
     html_out = Path(reports_root).resolve() / run_dir.name / f"{out.name}.html"
-    failure = run_notebook(NOTEBOOK_DIR / "04_eval.ipynb", executed,
-                           {"params_path": "", "run_dir": str(run_dir), "overrides": overrides}, html_out, "eval",
-                           progress=progress)
+    failure = run_notebook(
+        NOTEBOOK_DIR / "04_eval.ipynb",
+        executed,
+        {"params_path": "", "run_dir": str(run_dir), "overrides": overrides},
+        html_out,
+        "eval",
+        progress=progress,
+    )
     if failure is not None:
         raise StudyFailed(failure.line + f" (report: {html_out})") from failure.exc
     return out

@@ -4,6 +4,7 @@ A params file lists only what it changes; everything else keeps the defaults bel
 wrong types and out-of-range values are rejected with a `ConfigError` naming the file, the key and
 the value, before any work starts. `--set section.key=value` overrides are parsed as YAML scalars.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -177,7 +178,13 @@ BASELINES = ("copy_last", "context_mean", "global_mean", "ridge")  # closed-form
 SEARCH_BACKENDS = ("auto", "faiss", "torch")  # exact search (lvmlib.metrics)
 RESIDUALS = ("none", "last", "context_mix")  # model.residual (lvmlib.model.models.ContextSkip: all but none)
 DROPOUT_POSITIONS = ("last", "first")  # which end of the context article dropout zeroes (lvmlib.train.recipe)
-ENCODER_BACKENDS = ("torch", "openvino", "openvino-f32", "onnx", "onnx-int8")  # data.encoder_backend (lvmlib.data.encoder)
+ENCODER_BACKENDS = (
+    "torch",
+    "openvino",
+    "openvino-f32",
+    "onnx",
+    "onnx-int8",
+)  # data.encoder_backend (lvmlib.data.encoder)
 EXPORT_FORMATS = ("seed-npz",)  # python -m lvmlib export RUN --format ... (lvmlib.data.payload)
 TRACKED_METRICS = ("val_cosine", "val_infonce", "val_recall_at_5", "val_mrr", "train_loss")
 CHOICES = {
@@ -200,28 +207,28 @@ CHOICES = {
 }
 # Lower bounds of integer settings: key -> (minimum, message or None for 'must be >= minimum').
 MINIMUMS = {
-    "data.context_len": (1, 'K must be >= 1'),
+    "data.context_len": (1, "K must be >= 1"),
     "data.min_words": (1, None),
-    "data.max_articles": (0, 'must be >= 0 (0 = all)'),
-    "data.train_articles": (0, 'must be >= 0 (0 = every train article)'),
-    "data.extra_train_articles": (0, 'must be >= 0 (0 = every article of data.extra_train_path)'),
+    "data.max_articles": (0, "must be >= 0 (0 = all)"),
+    "data.train_articles": (0, "must be >= 0 (0 = every train article)"),
+    "data.extra_train_articles": (0, "must be >= 0 (0 = every article of data.extra_train_path)"),
     "data.encode_batch_size": (1, None),
-    "model.dt_rank": (0, 'must be >= 0 (0 = auto)'),
+    "model.dt_rank": (0, "must be >= 0 (0 = auto)"),
     "loss.false_negative_window": (0, None),
     "train.epochs": (1, None),
-    "train.batch_size": (2, 'InfoNCE needs at least 2 samples per batch'),
+    "train.batch_size": (2, "InfoNCE needs at least 2 samples per batch"),
     "train.grad_accum": (1, None),
     "train.weight_decay": (0, None),
     "train.warmup_steps": (0, None),
     "train.patience": (1, None),
     "train.nproc": (1, None),
     "train.threads": (0, None),
-    "train.max_train_windows": (0, 'must be >= 0 (0 = all)'),
-    "train.val_max_queries": (0, 'must be >= 0 (0 = all)'),
+    "train.max_train_windows": (0, "must be >= 0 (0 = all)"),
+    "train.val_max_queries": (0, "must be >= 0 (0 = all)"),
     "gates.epoch": (1, None),
     "gates.extend_epochs": (0, None),
-    "eval.latency_threads": (0, 'must be >= 0 (0 = the library defaults)'),
-    "eval.baseline_fit_windows": (0, 'must be >= 0 (0 = all)'),
+    "eval.latency_threads": (0, "must be >= 0 (0 = the library defaults)"),
+    "eval.baseline_fit_windows": (0, "must be >= 0 (0 = all)"),
     "eval.search_chunk": (1, None),
     "model.d_model": (1, None),
     "model.n_layers": (1, None),
@@ -258,7 +265,8 @@ def _apply(cfg: Config, section: str, key: str, value: Any, where: str) -> None:
     types = _section_types(type(sec_obj))
     if key not in types:
         raise ConfigError(
-            f"{where}: unknown key '{section}.{key}' (value {value!r}); known keys: {', '.join(sorted(types))}")
+            f"{where}: unknown key '{section}.{key}' (value {value!r}); known keys: {', '.join(sorted(types))}"
+        )
     tp = types[key]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -274,6 +282,7 @@ def _apply(cfg: Config, section: str, key: str, value: Any, where: str) -> None:
 
 def validate(cfg: Config, where: str) -> None:
     """Range and consistency checks; the message names the key and the offending value."""
+
     def bad(key: str, msg: str) -> None:
         sec, k = key.split(".")
         raise ConfigError(f"{where}: key '{key}' = {getattr(getattr(cfg, sec), k)!r}: {msg}")
@@ -290,8 +299,10 @@ def validate(cfg: Config, where: str) -> None:
     if d.source in ("jsonl", "mediawiki_dump", "vectors") and not d.path:
         bad("data.path", f"data.source '{d.source}' needs a file path")
     if d.extra_train_path and d.source == "vectors":
-        bad("data.extra_train_path", "needs a text source (chunks are embedded like the main corpus's), "
-                                     "not data.source 'vectors'")
+        bad(
+            "data.extra_train_path",
+            "needs a text source (chunks are embedded like the main corpus's), not data.source 'vectors'",
+        )
     if d.max_words < d.min_words:
         bad("data.max_words", f"must be >= data.min_words ({d.min_words})")
     for k in ("train_frac", "val_frac", "test_frac"):
@@ -299,8 +310,10 @@ def validate(cfg: Config, where: str) -> None:
             bad(f"data.{k}", "must be in [0, 1]")
     total = d.train_frac + d.val_frac + d.test_frac
     if abs(total - 1.0) > 1e-6:
-        raise ConfigError(f"{where}: data.train_frac + data.val_frac + data.test_frac = {d.train_frac:g} + "
-                          f"{d.val_frac:g} + {d.test_frac:g} = {total:.4f}, must sum to 1")
+        raise ConfigError(
+            f"{where}: data.train_frac + data.val_frac + data.test_frac = {d.train_frac:g} + "
+            f"{d.val_frac:g} + {d.test_frac:g} = {total:.4f}, must sum to 1"
+        )
     for k in ("train_frac", "val_frac", "test_frac"):
         if getattr(d, k) <= 0:
             bad(f"data.{k}", "every split needs a positive fraction")
@@ -312,17 +325,26 @@ def validate(cfg: Config, where: str) -> None:
         if getattr(lo, k) < 0:
             bad(f"loss.{k}", "loss weights must be >= 0")
     if lo.lambda_con + lo.lambda_ar <= 0:
-        bad("loss.lambda_con", f"lambda_con + lambda_ar = {lo.lambda_con + lo.lambda_ar}: at least one weight must be > 0")
+        bad(
+            "loss.lambda_con",
+            f"lambda_con + lambda_ar = {lo.lambda_con + lo.lambda_ar}: at least one weight must be > 0",
+        )
     if lo.temperature <= 0:
         bad("loss.temperature", "must be > 0")
     if any(w < 1 for w in lo.proj_head):
         bad("loss.proj_head", "layer widths must be >= 1")
     if lo.negatives == "bank" and lo.proj_head:
-        bad("loss.negatives", "bank negatives score every train chunk in the raw space; they do not combine with "
-                              "loss.proj_head (V1's head would have to re-project the whole bank every step)")
+        bad(
+            "loss.negatives",
+            "bank negatives score every train chunk in the raw space; they do not combine with "
+            "loss.proj_head (V1's head would have to re-project the whole bank every step)",
+        )
     if lo.negatives == "bank" and m.kind == "two_tower":
-        bad("loss.negatives", "bank negatives need predictions in the bank's own space; two_tower's learned space "
-                              "would re-encode the whole bank every step (use mamba or amn)")
+        bad(
+            "loss.negatives",
+            "bank negatives need predictions in the bank's own space; two_tower's learned space "
+            "would re-encode the whole bank every step (use mamba or amn)",
+        )
     if t.lr <= 0:
         bad("train.lr", "must be > 0")
     if not 0.0 <= t.min_lr_ratio <= 1.0:
@@ -358,7 +380,9 @@ def _merge(cfg: Config, raw: Any, where: str) -> None:
             setattr(cfg, section, body)
             continue
         if section not in SECTIONS:
-            raise ConfigError(f"{where}: unknown section '{section}'; sections are name, description, {', '.join(SECTIONS)}")
+            raise ConfigError(
+                f"{where}: unknown section '{section}'; sections are name, description, {', '.join(SECTIONS)}"
+            )
         if body is None:
             continue
         if not isinstance(body, dict):
@@ -373,7 +397,7 @@ def parse_override(text: str | dict[str, Any]) -> tuple[str, str, Any]:
     if isinstance(text, dict):
         if len(text) != 1 or "." not in str(next(iter(text))):
             raise ConfigError(f"override {text!r}: expected one {{section.key: value}} entry")
-        (lhs, value), = text.items()
+        ((lhs, value),) = text.items()
         section, key = str(lhs).split(".", 1)
         return section, key, value
     if "=" not in text or "." not in text.split("=", 1)[0]:

@@ -5,6 +5,7 @@ Every exception class defined in lvmlib subclasses `LvmError`; each also keeps t
 `exit_code` is the CLI's exit status for it: 2 for a bad request found before anything runs (params,
 `--set`, a run directory), 1 for a problem a stage found (data, checkpoint, sanity check, divergence).
 """
+
 from __future__ import annotations
 
 

@@ -4,6 +4,7 @@ Every file a run produces goes through `atomic_write_*` (temp file in the same d
 rename), so a crash leaves either the old file or the new one, never half of one. The run
 directory layout is the contract between notebooks (see README "Run directory").
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,14 +19,15 @@ import secrets
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 from filelock import FileLock
 
 from lvmlib.core.errors import RequestError
-from lvmlib.core.paths import ENGINE, PROJECT_ROOT  # noqa: F401  (PROJECT_ROOT importable from here, as before)
+from lvmlib.core.paths import ENGINE, PROJECT_ROOT
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -108,8 +110,9 @@ def read_json(path: str | Path) -> Any:
 
 
 # --------------------------------------------------------------------------- progress
-def progress_bar(iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it",
-                 enabled: bool = True, **kw):
+def progress_bar(
+    iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it", enabled: bool = True, **kw
+):
     """One progress bar for terminal, executed notebooks and Jupyter: a widget when ipywidgets is installed,
     else the plain bar (its carriage returns are collapsed when reports are rendered)."""
     try:
@@ -138,8 +141,10 @@ def check_run_id(run_id: str, what: str = "--run-id") -> str:
     """A run id names a folder under runs/ and reports/: no path separators, '..', spaces or control
     characters, so it can never point outside them (the tool often runs as root)."""
     if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
-        raise RunError(f"{what} {run_id!r}: a run id is 1-128 characters from A-Z a-z 0-9 . _ - and starts "
-                       "with a letter or digit (no '/', '..', spaces or control characters)")
+        raise RunError(
+            f"{what} {run_id!r}: a run id is 1-128 characters from A-Z a-z 0-9 . _ - and starts "
+            "with a letter or digit (no '/', '..', spaces or control characters)"
+        )
     return run_id
 
 
@@ -171,8 +176,10 @@ def create_run_dir(runs_root: str | Path, run_id: str) -> Path:
 
 def git_info() -> dict[str, Any]:
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+
     try:
         sha = git("rev-parse", "HEAD") or None
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
@@ -185,8 +192,7 @@ def package_versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    for name in ("torch", "numpy", "sentence-transformers", "transformers", ENGINE, "faiss-cpu",
-                 "mamba-ssm", "lvmlib"):
+    for name in ("torch", "numpy", "sentence-transformers", "transformers", ENGINE, "faiss-cpu", "mamba-ssm", "lvmlib"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -198,6 +204,7 @@ def device_info() -> dict[str, Any]:
     info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count()}
     try:
         import torch
+
         info["cuda_available"] = bool(torch.cuda.is_available())
         if info["cuda_available"]:
             info["cuda_device"] = torch.cuda.get_device_name(0)
@@ -208,7 +215,7 @@ def device_info() -> dict[str, Any]:
 
 
 def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).astimezone().isoformat(timespec="seconds")
 
 
 def write_manifest(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
@@ -236,13 +243,28 @@ def update_manifest(run_dir: str | Path, change: Callable[[dict[str, Any]], None
     return manifest
 
 
-def start_manifest(run_dir: Path, run_id: str, params_path: str, overrides: list[str], seed: int,
-                   params_name: str) -> dict[str, Any]:
+def start_manifest(
+    run_dir: Path, run_id: str, params_path: str, overrides: list[str], seed: int, params_name: str
+) -> dict[str, Any]:
     return write_manifest(
-        run_dir, run_id=run_id, params_path=str(params_path), params_name=params_name,
-        overrides=list(overrides), seed=seed, status="running", started_at=now_iso(), ended_at=None,
-        pid=os.getpid(), host=platform.node(), argv=sys.argv, **git_info(),
-        packages=package_versions(), device=device_info(), stages={}, failure=None)
+        run_dir,
+        run_id=run_id,
+        params_path=str(params_path),
+        params_name=params_name,
+        overrides=list(overrides),
+        seed=seed,
+        status="running",
+        started_at=now_iso(),
+        ended_at=None,
+        pid=os.getpid(),
+        host=platform.node(),
+        argv=sys.argv,
+        **git_info(),
+        packages=package_versions(),
+        device=device_info(),
+        stages={},
+        failure=None,
+    )
 
 
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
@@ -290,6 +312,7 @@ def _started_by(rec: dict[str, Any]) -> bool:
     if rec["pid"] == os.getpid():
         return True
     import psutil
+
     try:
         return any(p.pid == rec["pid"] for p in psutil.Process().parents())
     except psutil.Error:
@@ -315,9 +338,11 @@ class RunLock:
             rec = _lock_record(self.path)
             if _started_by(rec):
                 return
-            raise RunError(f"{self.run_dir}: the run is live: {describe_holder(rec)} holds {self.path.name}; "
-                           f"{what} refused. Wait for it to end or stop it first (Ctrl-C, or kill "
-                           f"{rec.get('pid', 'its pid')})") from None
+            raise RunError(
+                f"{self.run_dir}: the run is live: {describe_holder(rec)} holds {self.path.name}; "
+                f"{what} refused. Wait for it to end or stop it first (Ctrl-C, or kill "
+                f"{rec.get('pid', 'its pid')})"
+            ) from None
         self.fd, self.owned = fd, True
         self.taken_over = _lock_record(self.path)  # the record of a holder that is gone, if any
         rec = {"pid": os.getpid(), "host": platform.node(), "since": now_iso(), "what": what}
@@ -332,7 +357,7 @@ class RunLock:
                 os.close(self.fd)  # releases the flock
                 self.fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -5,6 +5,7 @@ copy-last retrieval recall (with the evaluation's exact ranking), and adjacent v
 The closed-form predictors themselves live with the models (`lvmlib.model.models.baseline`); the full
 evaluation of baselines beside the model is `lvmlib.eval.evaluate`.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -24,6 +25,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _baseline(kind: str, d_vec: int):
     from lvmlib.model.models import baseline  # closed-form baselines live with the models
+
     return baseline(kind, d_vec)
 
 
@@ -35,6 +37,7 @@ def trivial_predictors(prep: Prepared, max_windows: int = 20000, seed: int = 0) 
     """Mean cosine to the target per split of copy-last-context, context-mean and the global mean of
     the train targets (fitted on train only) — the bar a model must clear."""
     import torch
+
     ctx_tr, tgt_tr = prep.windows("train")
     sel = _sample(len(tgt_tr), max_windows, seed)
     fit_ctx = torch.from_numpy(prep.contexts(ctx_tr[sel]))
@@ -59,14 +62,16 @@ def trivial_predictors(prep: Prepared, max_windows: int = 20000, seed: int = 0) 
     return out
 
 
-def copy_last_retrieval(prep: Prepared, split: str, max_queries: int = 2000, seed: int = 0,
-                        ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+def copy_last_retrieval(
+    prep: Prepared, split: str, max_queries: int = 2000, seed: int = 0, ks: tuple[int, ...] = (1, 5, 10)
+) -> dict[str, float]:
     """Exact search of the last context vector over the whole bank: recall@k, with the K context
     chunks in the bank and removed from it (the copy's own vector always ranks first otherwise)."""
     ctx, tgt = prep.windows(split)
     sel = _sample(len(tgt), max_queries, seed)
     ctx, tgt = ctx[sel], tgt[sel]
     from lvmlib.metrics import recall_at_k, target_ranks  # the evaluation's own exact ranking, not a second copy
+
     q = prep.targets(ctx[:, -1])  # (n, D) the copy-last prediction
     r = target_ranks(q, prep.bank_vectors, tgt, exclude_rows=ctx)["global"]
     out: dict[str, float] = {"n_queries": int(len(q)), "bank_size": int(len(prep))}
@@ -86,5 +91,7 @@ def pair_cosines(prep: Prepared, n: int = 5000, seed: int = 0) -> dict[str, np.n
     a, b = rng.integers(0, len(k), size=(2, 2 * n))
     diff = k[a, 0] != k[b, 0]
     a, b = a[diff][:n], b[diff][:n]
-    return {"adjacent": _cos(prep.targets(adj), prep.targets(adj + 1)),
-            "random": _cos(prep.targets(a), prep.targets(b))}
+    return {
+        "adjacent": _cos(prep.targets(adj), prep.targets(adj + 1)),
+        "random": _cos(prep.targets(a), prep.targets(b)),
+    }

@@ -11,6 +11,7 @@ categories and the trailing reference sections (See also, References, ...) are d
 so chunks are prose. List items are kept (in Wikipedia they carry content), each as its own paragraph. Chunking splits paragraphs into sentences with pysbd (rule-based, offline) and
 groups consecutive sentences, in article order, until a chunk has >= min_words words.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -21,9 +22,9 @@ import json
 import os
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from lvmlib.core.config import DataConfig
 from lvmlib.core.errors import DataError
@@ -44,15 +45,63 @@ class Article:
 
 
 # --------------------------------------------------------------------------- wikitext -> plain text
-_DROP_TAGS = {"ref", "references", "table", "gallery", "math", "chem", "timeline", "syntaxhighlight",
-              "source", "score", "imagemap", "graph", "mapframe", "templatedata", "nowiki", "pre",
-              "code", "hiero", "poem", "noinclude", "includeonly"}
+_DROP_TAGS = {
+    "ref",
+    "references",
+    "table",
+    "gallery",
+    "math",
+    "chem",
+    "timeline",
+    "syntaxhighlight",
+    "source",
+    "score",
+    "imagemap",
+    "graph",
+    "mapframe",
+    "templatedata",
+    "nowiki",
+    "pre",
+    "code",
+    "hiero",
+    "poem",
+    "noinclude",
+    "includeonly",
+}
 _LIST_TAGS = {"li", "dt", "dd"}
-_DROP_LINK_NS = {"file", "image", "category", "media", "wikipedia", "wp", "template", "help", "portal",
-                 "special", "user", "talk", "draft", "module"}
-_DROP_SECTIONS = {"see also", "references", "external links", "further reading", "notes", "bibliography",
-                  "sources", "citations", "footnotes", "notes and references", "references and notes",
-                  "works cited", "selected bibliography", "primary sources", "secondary sources"}
+_DROP_LINK_NS = {
+    "file",
+    "image",
+    "category",
+    "media",
+    "wikipedia",
+    "wp",
+    "template",
+    "help",
+    "portal",
+    "special",
+    "user",
+    "talk",
+    "draft",
+    "module",
+}
+_DROP_SECTIONS = {
+    "see also",
+    "references",
+    "external links",
+    "further reading",
+    "notes",
+    "bibliography",
+    "sources",
+    "citations",
+    "footnotes",
+    "notes and references",
+    "references and notes",
+    "works cited",
+    "selected bibliography",
+    "primary sources",
+    "secondary sources",
+}
 _LIST_MARK = "\x00"
 _WS = re.compile(r"[ \t\u00a0]+")
 _EMPTY_PARENS = re.compile(r"\(\s*[,;]?\s*\)")
@@ -62,6 +111,7 @@ _SPACE_PUNCT = re.compile(r"\s+([,.;:!?])")
 def _render(nodes, out: list[str]) -> None:
     """Append the prose of mwparserfromhell `nodes` to `out` (recursive, drops non-prose nodes)."""
     import mwparserfromhell.nodes as N
+
     for node in nodes:
         if isinstance(node, N.Text):
             out.append(node.value)
@@ -98,6 +148,7 @@ def wikitext_to_paragraphs(wikitext: str) -> list[str]:
     """Wikitext -> prose paragraphs (headings, tables, refs, templates, reference sections removed)."""
     import mwparserfromhell
     import mwparserfromhell.nodes as N
+
     code = mwparserfromhell.parse(wikitext, skip_style_tags=False)
     out: list[str] = []
     skipping = False
@@ -174,8 +225,10 @@ def iter_jsonl(path: str | Path) -> Iterator[Article]:
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    raise CorpusError(f"{p}:{lineno}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column "
-                                      f"{len(raw[:exc.start].decode('utf-8', 'replace')) + 1})") from None
+                    raise CorpusError(
+                        f"{p}:{lineno}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column "
+                        f"{len(raw[: exc.start].decode('utf-8', 'replace')) + 1})"
+                    ) from None
                 if not line.strip():
                     continue
                 try:
@@ -230,15 +283,18 @@ def iter_hf(name: str, config: str) -> Iterator[Article]:
     try:
         import datasets  # optional extra: pip install 'lvmlib[hf]'
     except ImportError:
-        raise CorpusError("data.source 'hf_dataset' needs the optional 'datasets' package: "
-                          "pip install 'lvmlib[hf]'") from None
+        raise CorpusError(
+            "data.source 'hf_dataset' needs the optional 'datasets' package: pip install 'lvmlib[hf]'"
+        ) from None
     try:
         ds = datasets.load_dataset(name, config, split="train", streaming=True)
         for row in ds:
             yield Article(str(row.get("title", "")), [x for x in re.split(r"\n\s*\n", row["text"]) if x.strip()])
     except (ConnectionError, OSError, ValueError) as exc:
-        raise CorpusError(f"hf_dataset {name!r} config {config!r}: cannot be loaded ({exc}). It needs "
-                          "network access (HF_HUB_OFFLINE must not be 1) or a local datasets cache") from None
+        raise CorpusError(
+            f"hf_dataset {name!r} config {config!r}: cannot be loaded ({exc}). It needs "
+            "network access (HF_HUB_OFFLINE must not be 1) or a local datasets cache"
+        ) from None
 
 
 def iter_articles(cfg: DataConfig) -> Iterator[Article]:
@@ -282,6 +338,7 @@ _BREAK = re.compile(r"[.!?][\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")  # a sentence end
 class ChunkStats:
     """What chunking had to repair, for the data summary; `on_piece(done, total)` reports progress
     through an over-long paragraph."""
+
     long_paragraphs: int = 0  # paragraphs over MAX_PARAGRAPH_CHARS, cut into pieces before splitting
     long_paragraph_chars: int = 0
     on_piece: Callable[[int, int], None] | None = None
@@ -293,7 +350,7 @@ def cut_paragraph(paragraph: str, limit: int = MAX_PARAGRAPH_CHARS) -> list[str]
     space, else hard (a paragraph without spaces)."""
     pieces, start, n, half = [], 0, len(paragraph), limit // 2
     while n - start > limit:
-        window = paragraph[start + half:start + limit]
+        window = paragraph[start + half : start + limit]
         cut = None
         for m in _BREAK.finditer(window):
             cut = m.end()
@@ -323,6 +380,7 @@ def split_sentences(paragraph: str, stats: ChunkStats | None = None) -> list[str
     global _SEGMENTER
     if _SEGMENTER is None:
         import pysbd
+
         _SEGMENTER = pysbd.Segmenter(language="en", clean=False)
     pieces = _pieces(paragraph, stats)
     out = []
@@ -339,6 +397,7 @@ def group_sentences(sentences: list[str], min_words: int, max_words: int, overla
     A too-short tail joins the previous chunk when that stays <= max_words. `overlap` repeats each
     chunk's last sentence at the start of the next (the seed's chunker; makes near-duplicate neighbours).
     """
+
     def words(sents: list[str]) -> int:
         return sum(len(x.split()) for x in sents)
 
@@ -403,6 +462,7 @@ def iter_chunked(cfg: DataConfig, stats: ChunkStats | None = None) -> Iterator[t
         return
     import multiprocessing as mp
     from collections import deque
+
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
 
     def emit(res: tuple[str, list[str], int, int]) -> tuple[str, list[str]]:
@@ -426,6 +486,7 @@ def _ignore_sigint() -> None:
     process group) then raises in the parent alone, whose `with Pool` terminates the workers cleanly; a
     worker dying of KeyboardInterrupt mid-task could leave `Pool.terminate` waiting forever."""
     import signal
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -445,13 +506,22 @@ def _file_identity(path: Path) -> str:
 def chunk_cache_key(cfg: DataConfig) -> str:
     f = source_file(cfg)
     ident = _file_identity(f) if f is not None else f"hf:{cfg.hf_name}:{cfg.hf_config}"
-    parts = [CORPUS_VERSION, cfg.source, ident, cfg.chunking, cfg.min_words, cfg.max_words,
-             cfg.sentence_overlap, cfg.max_articles]
+    parts = [
+        CORPUS_VERSION,
+        cfg.source,
+        ident,
+        cfg.chunking,
+        cfg.min_words,
+        cfg.max_words,
+        cfg.sentence_overlap,
+        cfg.max_articles,
+    ]
     return hashlib.blake2b(json.dumps(parts).encode(), digest_size=12).hexdigest()
 
 
-def iter_chunked_cached(cfg: DataConfig, cache_root: Path | None,
-                        stats: ChunkStats | None = None) -> Iterator[tuple[str, list[str]]]:
+def iter_chunked_cached(
+    cfg: DataConfig, cache_root: Path | None, stats: ChunkStats | None = None
+) -> Iterator[tuple[str, list[str]]]:
     """`iter_chunked`, replayed from `<cache>/chunks/<key>.jsonl` when this exact source + chunking
     was chunked before (sentence splitting is the slow part of a warm re-run). Written atomically,
     only after the whole stream was read, so an interrupted run never leaves a partial entry."""
@@ -470,6 +540,7 @@ def iter_chunked_cached(cfg: DataConfig, cache_root: Path | None,
                 yield title, chunks
         return
     from lvmlib.core.runs import atomic_path
+
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
         n0, c0 = stats.long_paragraphs, stats.long_paragraph_chars
         for title, chunks in iter_chunked(cfg, stats):

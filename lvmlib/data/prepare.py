@@ -13,6 +13,7 @@ half-written):
 6. leakage audit (`lvmlib.data.splits`, with steps 2-5), trivial-predictor cosines (`lvmlib.data.baselines`),
    summary. The seed's payload format is an explicit export (`python -m lvmlib export`, `lvmlib.data.payload`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,23 +29,45 @@ from typing import Any
 import numpy as np
 
 from lvmlib.core.config import SPLITS, Config, DataConfig
-from lvmlib.data.corpus import ChunkStats, CorpusError, DataError, iter_chunked_cached, source_file
-from lvmlib.data.encoder import cache_root, embed_bank, text_digests
 from lvmlib.core.runs import atomic_path, atomic_save_npy, atomic_save_npz, atomic_write_json, pid_alive, progress_bar
 from lvmlib.data.baselines import copy_last_retrieval, pair_cosines, trivial_predictors
-from lvmlib.data.splits import (LeakageError, audit_leakage, build_windows, dedup_across_splits, limit_train_articles,
-                     split_articles)
+from lvmlib.data.corpus import ChunkStats, CorpusError, DataError, iter_chunked_cached, source_file
+from lvmlib.data.encoder import cache_root, embed_bank, text_digests
+from lvmlib.data.splits import (
+    LeakageError,
+    audit_leakage,
+    build_windows,
+    dedup_across_splits,
+    limit_train_articles,
+    split_articles,
+)
 
-__all__ = ["DataError", "CorpusError", "LeakageError", "prepare_data", "load_prepared", "Prepared", "publish_dir",
-           "chunk_word_counts"]
-DATA_FILES = ("bank_vectors.npy", "bank_keys.npy", "bank_split.npy", "bank_texts.jsonl", "articles.json",
-              "windows.npz", "summary.json")
+__all__ = [
+    "DataError",
+    "CorpusError",
+    "LeakageError",
+    "prepare_data",
+    "load_prepared",
+    "Prepared",
+    "publish_dir",
+    "chunk_word_counts",
+]
+DATA_FILES = (
+    "bank_vectors.npy",
+    "bank_keys.npy",
+    "bank_split.npy",
+    "bank_texts.jsonl",
+    "articles.json",
+    "windows.npz",
+    "summary.json",
+)
 
 
 # --------------------------------------------------------------------------- sources -> staged bank
 @dataclass
 class _Staged:
     """What the corpus pass collects: small per-row arrays; texts stay on disk."""
+
     keys: np.ndarray  # (M, 2) int64 article_id, position
     digests: np.ndarray  # (M, 2) uint64 content address (text, or vector bytes for the vectors source)
     titles: list[str]
@@ -67,6 +90,7 @@ def _stage_text(cfg: DataConfig, stage: Path, progress: bool) -> _Staged:
     def on_piece(done: int, total: int) -> None:  # an over-long paragraph: show progress inside it
         bar.set_postfix_str(f"long paragraph: piece {done}/{total}", refresh=False)
         bar.update(0)
+
     stats = ChunkStats(on_piece=on_piece)
     sources = [cfg]
     if cfg.extra_train_path:
@@ -91,18 +115,28 @@ def _stage_text(cfg: DataConfig, stage: Path, progress: bool) -> _Staged:
                 bar.close()
                 where = src.path or src.source
                 key = " (data.extra_train_path)" if i else ""
-                raise DataError(f"{where}{key}: empty corpus — no article produced a chunk "
-                                f"({empty} articles read, data.min_words={cfg.min_words})")
+                raise DataError(
+                    f"{where}{key}: empty corpus — no article produced a chunk "
+                    f"({empty} articles read, data.min_words={cfg.min_words})"
+                )
             if i == 0:
                 n_main = len(titles)
     bar.close()
-    return _Staged(np.concatenate(keys).astype(np.int64), np.concatenate(digests), titles,
-                   np.asarray(n_chunks), texts_path, counts={"articles_read": len(titles) + empty,
-                                                             "articles_empty": empty,
-                                                             "extra_train_articles": len(titles) - n_main,
-                                                             "paragraphs_cut": stats.long_paragraphs,
-                                                             "paragraphs_cut_chars": stats.long_paragraph_chars},
-                   n_extra=len(titles) - n_main)
+    return _Staged(
+        np.concatenate(keys).astype(np.int64),
+        np.concatenate(digests),
+        titles,
+        np.asarray(n_chunks),
+        texts_path,
+        counts={
+            "articles_read": len(titles) + empty,
+            "articles_empty": empty,
+            "extra_train_articles": len(titles) - n_main,
+            "paragraphs_cut": stats.long_paragraphs,
+            "paragraphs_cut_chars": stats.long_paragraph_chars,
+        },
+        n_extra=len(titles) - n_main,
+    )
 
 
 def _stage_vectors(cfg: DataConfig, stage: Path) -> _Staged:
@@ -115,8 +149,10 @@ def _stage_vectors(cfg: DataConfig, stage: Path) -> _Staged:
         raise DataError(f"{path}: not a readable .npz ({type(exc).__name__}: {exc})") from None
     for k in ("vectors", "article_ids", "positions"):
         if k not in arrays:
-            raise DataError(f"{path}: missing key '{k}' (has {sorted(arrays)}); needs vectors [M,D], "
-                            "article_ids [M], positions [M], optional texts [M]")
+            raise DataError(
+                f"{path}: missing key '{k}' (has {sorted(arrays)}); needs vectors [M,D], "
+                "article_ids [M], positions [M], optional texts [M]"
+            )
     vec = arrays["vectors"]
     if vec.ndim != 2 or vec.shape[0] == 0 or vec.shape[1] == 0:
         raise DataError(f"{path}: key 'vectors' must have shape [M, D] with M, D > 0, got {list(vec.shape)}")
@@ -130,10 +166,14 @@ def _stage_vectors(cfg: DataConfig, stage: Path) -> _Staged:
     vec = vec.astype(np.float32)
     bad = ~np.isfinite(vec).all(axis=1)
     if bad.any():
-        raise DataError(f"{path}: key 'vectors' has {int(bad.sum())} rows with NaN/inf (first row {int(np.argmax(bad))})")
+        raise DataError(
+            f"{path}: key 'vectors' has {int(bad.sum())} rows with NaN/inf (first row {int(np.argmax(bad))})"
+        )
     norms = np.linalg.norm(vec, axis=1)
     if (norms == 0).any():
-        raise DataError(f"{path}: key 'vectors' has {int((norms == 0).sum())} all-zero rows (first row {int(np.argmax(norms == 0))})")
+        raise DataError(
+            f"{path}: key 'vectors' has {int((norms == 0).sum())} all-zero rows (first row {int(np.argmax(norms == 0))})"
+        )
     aid, pos = arrays["article_ids"].astype(np.int64), arrays["positions"].astype(np.int64)
     order = np.lexsort((pos, aid))
     aid, pos, vec = aid[order], pos[order], vec[order] / norms[order, None]
@@ -144,7 +184,7 @@ def _stage_vectors(cfg: DataConfig, stage: Path) -> _Staged:
     uniq = np.unique(aid)
     if cfg.max_articles:  # the first N article ids in file order
         ids, first_row = np.unique(arrays["article_ids"].astype(np.int64), return_index=True)
-        keep_ids = ids[np.argsort(first_row)][:cfg.max_articles]
+        keep_ids = ids[np.argsort(first_row)][: cfg.max_articles]
         m = np.isin(aid, keep_ids)
         aid, pos, vec, order = aid[m], pos[m], vec[m], order[m]
         uniq = np.unique(aid)
@@ -153,15 +193,24 @@ def _stage_vectors(cfg: DataConfig, stage: Path) -> _Staged:
     with open(texts_path, "w", encoding="utf-8") as out:
         for t in texts:
             out.write(json.dumps(t, ensure_ascii=False) + "\n")
-    digests = (text_digests(texts) if "texts" in arrays else
-               np.stack([np.frombuffer(hashlib.blake2b(v.tobytes(), digest_size=16).digest(), np.uint64) for v in vec]))
+    digests = (
+        text_digests(texts)
+        if "texts" in arrays
+        else np.stack([np.frombuffer(hashlib.blake2b(v.tobytes(), digest_size=16).digest(), np.uint64) for v in vec])
+    )
     # article ids are renumbered 0..A-1 in sorted order; articles.json keeps the file's id as source_id
     a_index = np.searchsorted(uniq, aid)
     n_chunks = np.bincount(a_index, minlength=len(uniq))
-    return _Staged(np.stack([a_index, pos], axis=1).astype(np.int64), digests,
-                   [f"article {int(u)}" for u in uniq], n_chunks, texts_path, vectors=vec,
-                   counts={"articles_read": len(uniq), "articles_empty": 0}, source_ids=uniq.tolist())
-
+    return _Staged(
+        np.stack([a_index, pos], axis=1).astype(np.int64),
+        digests,
+        [f"article {int(u)}" for u in uniq],
+        n_chunks,
+        texts_path,
+        vectors=vec,
+        counts={"articles_read": len(uniq), "articles_empty": 0},
+        source_ids=uniq.tolist(),
+    )
 
 
 # --------------------------------------------------------------------------- the stage
@@ -176,7 +225,6 @@ class _Steps:
         now = time.time()
         self.seconds[name] = round(now - self._t, 2)
         self._t = now
-
 
 
 def prepare_data(cfg: Config, run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
@@ -205,6 +253,7 @@ _RENAME_EXCHANGE = 2
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
     import ctypes
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         fn = libc.renameat2
@@ -254,8 +303,11 @@ def _prepare(cfg: Config, stage: Path, progress: bool) -> dict[str, Any]:
     row_split = art_split[staged.keys[:, 0]]
     extra_row = staged.keys[:, 0] >= n_main
     # a text the main corpus has (in any split) is dropped from the extra articles, never from val/test
-    keep = (dedup_across_splits(staged.digests, np.where(extra_row, 3, row_split).astype(np.int8)) if d.dedup
-            else np.ones(len(row_split), bool))
+    keep = (
+        dedup_across_splits(staged.digests, np.where(extra_row, 3, row_split).astype(np.int8))
+        if d.dedup
+        else np.ones(len(row_split), bool)
+    )
     keys, digests, split = staged.keys[keep], staged.digests[keep], row_split[keep]
     steps.done("split_dedup")
     n_chunks = np.bincount(keys[:, 0], minlength=len(staged.titles))
@@ -263,20 +315,29 @@ def _prepare(cfg: Config, stage: Path, progress: bool) -> dict[str, Any]:
     ctx, tgt, wsplit = limit_train_articles(ctx, tgt, wsplit, keys, d)
     steps.done("windows")
     if len(tgt) == 0:
-        raise DataError(f"{d.path or d.source}: no article reaches K+1 = {K + 1} chunks (data.context_len={K}; "
-                        f"the longest of {len(n_chunks)} articles has {int(n_chunks.max())})")
+        raise DataError(
+            f"{d.path or d.source}: no article reaches K+1 = {K + 1} chunks (data.context_len={K}; "
+            f"the longest of {len(n_chunks)} articles has {int(n_chunks.max())})"
+        )
     for s, name in enumerate(SPLITS):
         if not (wsplit == s).any():
             dropped = int(((row_split == s) & ~keep).sum())
             if dropped:  # the split's chunks repeat text of an earlier split: a corpus of copies
-                raise DataError(f"{d.path or d.source}: split '{name}' has no window of K+1 = {K + 1} chunks because "
-                                f"{dropped} of its {int((row_split == s).sum())} chunks duplicate text of an earlier "
-                                f"split and were removed (data.dedup; {int((~keep).sum())} duplicates removed in "
-                                "all); the corpus repeats articles — remove the copies or add distinct articles")
-            raise DataError(f"{d.path or d.source}: split '{name}' has no window of K+1 = {K + 1} chunks "
-                            f"({int((n_chunks >= K + 1).sum())} articles are long enough); use more articles")
-    with atomic_path(stage / "bank_texts.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as out, \
-            open(staged.texts_path, encoding="utf-8") as src:
+                raise DataError(
+                    f"{d.path or d.source}: split '{name}' has no window of K+1 = {K + 1} chunks because "
+                    f"{dropped} of its {int((row_split == s).sum())} chunks duplicate text of an earlier "
+                    f"split and were removed (data.dedup; {int((~keep).sum())} duplicates removed in "
+                    "all); the corpus repeats articles — remove the copies or add distinct articles"
+                )
+            raise DataError(
+                f"{d.path or d.source}: split '{name}' has no window of K+1 = {K + 1} chunks "
+                f"({int((n_chunks >= K + 1).sum())} articles are long enough); use more articles"
+            )
+    with (
+        atomic_path(stage / "bank_texts.jsonl") as tmp,
+        open(tmp, "w", encoding="utf-8") as out,
+        open(staged.texts_path, encoding="utf-8") as src,
+    ):
         for line, k in zip(src, keep):
             if k:
                 out.write(line)
@@ -292,9 +353,16 @@ def _prepare(cfg: Config, stage: Path, progress: bool) -> dict[str, Any]:
     atomic_save_npy(stage / "bank_keys.npy", keys)
     atomic_save_npy(stage / "bank_split.npy", split.astype(np.int8))
     per_art_windows = np.bincount(keys[tgt, 0], minlength=len(staged.titles))
-    articles = [{"article_id": a, "title": staged.titles[a], "split": SPLITS[art_split[a]],
-                 "n_chunks": int(n_chunks[a]), "n_windows": int(per_art_windows[a])}
-                for a in range(len(staged.titles))]
+    articles = [
+        {
+            "article_id": a,
+            "title": staged.titles[a],
+            "split": SPLITS[art_split[a]],
+            "n_chunks": int(n_chunks[a]),
+            "n_windows": int(per_art_windows[a]),
+        }
+        for a in range(len(staged.titles))
+    ]
     for rec in articles[n_main:]:
         rec["extra_train"] = True
     if staged.source_ids is not None:
@@ -313,23 +381,49 @@ def _prepare(cfg: Config, stage: Path, progress: bool) -> dict[str, Any]:
     copy_last = {s: copy_last_retrieval(prep, s, seed=d.split_seed) for s in ("val", "test")}
     steps.done("statistics")
     counts = {
-        **staged.counts, "articles": len(staged.titles), "articles_short": int((n_chunks < K + 1).sum()),
-        "chunks": int(len(keys)), "windows": int(len(tgt)),
+        **staged.counts,
+        "articles": len(staged.titles),
+        "articles_short": int((n_chunks < K + 1).sum()),
+        "chunks": int(len(keys)),
+        "windows": int(len(tgt)),
         "train_articles_used": int(len(np.unique(keys[tgt[wsplit == 0], 0]))),
         "duplicates_removed": int((~keep).sum()),
-        "per_split": {name: {"articles": int((art_split == s).sum()), "chunks": int((split == s).sum()),
-                             "windows": int((wsplit == s).sum())} for s, name in enumerate(SPLITS)}}
+        "per_split": {
+            name: {
+                "articles": int((art_split == s).sum()),
+                "chunks": int((split == s).sum()),
+                "windows": int((wsplit == s).sum()),
+            }
+            for s, name in enumerate(SPLITS)
+        },
+    }
     summary = {
-        "source": d.source, "path": d.path, "extra_train_path": d.extra_train_path or None, "encoder": d.encoder, "encoder_max_length": d.encoder_max_length,
+        "source": d.source,
+        "path": d.path,
+        "extra_train_path": d.extra_train_path or None,
+        "encoder": d.encoder,
+        "encoder_max_length": d.encoder_max_length,
         "encoder_backend": embed.get("encoder_backend"),
-        "chunking": d.chunking, "min_words": d.min_words, "max_words": d.max_words, "context_len": K,
-        "d_vec": int(D), "dtype": np.dtype(dtype).name, "counts": counts,
-        "chunk_words": {"mean": float(words.mean()), "median": float(np.median(words)),
-                        "p5": float(np.percentile(words, 5)), "p95": float(np.percentile(words, 95)),
-                        "min": int(words.min()), "max": int(words.max())},
+        "chunking": d.chunking,
+        "min_words": d.min_words,
+        "max_words": d.max_words,
+        "context_len": K,
+        "d_vec": int(D),
+        "dtype": np.dtype(dtype).name,
+        "counts": counts,
+        "chunk_words": {
+            "mean": float(words.mean()),
+            "median": float(np.median(words)),
+            "p5": float(np.percentile(words, 5)),
+            "p95": float(np.percentile(words, 95)),
+            "min": int(words.min()),
+            "max": int(words.max()),
+        },
         "audit": audit,
-        "trivial": trivial, "copy_last_retrieval": copy_last,
-        "adjacent_cosine": float(pairs["adjacent"].mean()), "random_pair_cosine": float(pairs["random"].mean()),
+        "trivial": trivial,
+        "copy_last_retrieval": copy_last,
+        "adjacent_cosine": float(pairs["adjacent"].mean()),
+        "random_pair_cosine": float(pairs["random"].mean()),
         "embedding": embed,
         "seconds": {**steps.seconds, "total": round(time.time() - t0, 2)},
     }
@@ -347,8 +441,10 @@ class Prepared:
             if _staging and name == "summary.json":
                 continue
             if not (self.dir / name).is_file():
-                raise DataError(f"{self.dir / name}: missing — run the data stage first "
-                                f"(notebooks/01_data.ipynb or lvmlib.data.prepare.prepare_data)")
+                raise DataError(
+                    f"{self.dir / name}: missing — run the data stage first "
+                    f"(notebooks/01_data.ipynb or lvmlib.data.prepare.prepare_data)"
+                )
         self.bank_vectors = np.load(self.dir / "bank_vectors.npy", mmap_mode="r")  # (M, D)
         self.bank_keys = np.load(self.dir / "bank_keys.npy")  # (M, 2) article_id, position
         self.bank_split = np.load(self.dir / "bank_split.npy")  # (M,) 0 train 1 val 2 test
@@ -407,5 +503,3 @@ def chunk_word_counts(prep: Prepared) -> np.ndarray:
     """(M,) words per chunk (zeros for a vectors source without texts)."""
     with open(prep.dir / "bank_texts.jsonl", encoding="utf-8") as fh:
         return np.fromiter((len(json.loads(line).split()) for line in fh), dtype=np.int64, count=len(prep))
-
-

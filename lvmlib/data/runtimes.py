@@ -3,6 +3,7 @@ or onnxruntime (`data.encoder_backend`, docs/data.md). `lvmlib.data.encoder.Enco
 batching and the cache; this module owns choosing, exporting and loading a runtime.
 Shapes: b texts in a batch, t tokens, H hidden width.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,6 +29,7 @@ def resolve_backend(backend: str) -> str:
     the fastest backend on this CPU whose vectors pass the quality bar (benchmarks/bench_encode.py)."""
     if backend == "auto":
         import torch
+
         return "torch" if torch.cuda.is_available() else "openvino"
     if backend not in BACKENDS:
         raise DataError(f"data.encoder_backend {backend!r}: expected auto or one of {', '.join(BACKENDS)}")
@@ -41,7 +43,6 @@ def openvino_precision() -> str:
     return "bf16" if "BF16" in caps else "f32"
 
 
-
 def _require(module: str, backend: str):
     if module == "openvino" and "openvino" not in sys.modules:
         # openvino's import counts usage and may send it (openvino_telemetry, opt-out by default): blocked,
@@ -50,8 +51,10 @@ def _require(module: str, backend: str):
     try:
         return __import__(module)
     except ImportError:
-        raise DataError(f"data.encoder_backend {backend!r}: package '{module}' is not installed "
-                        f"(pip install {module}, or data.encoder_backend=torch)") from None
+        raise DataError(
+            f"data.encoder_backend {backend!r}: package '{module}' is not installed "
+            f"(pip install {module}, or data.encoder_backend=torch)"
+        ) from None
 
 
 def _transformer_module(enc: Encoder):
@@ -77,14 +80,21 @@ def _export_onnx(enc: Encoder, out: Path) -> None:
     import warnings
 
     import torch
+
     _require("onnx", enc.backend)
     module, example = _transformer_module(enc)
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
-        torch.onnx.export(module, example, out / "model.onnx", input_names=["input_ids", "attention_mask"],
-                          output_names=["last_hidden_state"], opset_version=17, dynamo=False,
-                          dynamic_axes={n: {0: "batch", 1: "tokens"}
-                                        for n in ("input_ids", "attention_mask", "last_hidden_state")})
+        torch.onnx.export(
+            module,
+            example,
+            out / "model.onnx",
+            input_names=["input_ids", "attention_mask"],
+            output_names=["last_hidden_state"],
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes={n: {0: "batch", 1: "tokens"} for n in ("input_ids", "attention_mask", "last_hidden_state")},
+        )
 
 
 def _quantize_int8(src: Path, out: Path) -> None:
@@ -92,6 +102,7 @@ def _quantize_int8(src: Path, out: Path) -> None:
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
     root = logging.getLogger()
     level, root.level = root.level, logging.ERROR  # its advice to pre-process would land in every report
     try:
@@ -137,19 +148,24 @@ def load_runner(enc: Encoder, d: Path):
     onnxruntime runs one batch at a time."""
     path = _export(enc, d)
     import torch
+
     threads = torch.get_num_threads()
     if enc.backend.startswith("openvino"):
         ov = _require("openvino", enc.backend)
         precision = "f32" if enc.backend == "openvino-f32" else openvino_precision()
         core = ov.Core()
-        compiled = core.compile_model(core.read_model(str(path)), "CPU", {
-            "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_NUM_THREADS": threads})
+        compiled = core.compile_model(
+            core.read_model(str(path)),
+            "CPU",
+            {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_NUM_THREADS": threads},
+        )
         n_requests = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
 
         def run_openvino(batches):
             # Plain infer requests, no Python callback: OpenVINO's threads never need the GIL, so nothing
             # can deadlock against this thread (AsyncInferQueue's callbacks did, intermittently).
             from collections import deque
+
             free = [compiled.create_infer_request() for _ in range(n_requests)]
             busy: deque = deque()  # (key, request) in start order
 
@@ -158,6 +174,7 @@ def load_runner(enc: Encoder, d: Path):
                 req.wait()
                 free.append(req)
                 return key, req.get_output_tensor(0).data.copy()
+
             try:
                 for key, ids, mask in batches:
                     if not free:
@@ -170,6 +187,7 @@ def load_runner(enc: Encoder, d: Path):
             finally:
                 for _, req in busy:  # an abandoned run: let the requests finish before they are freed
                     req.wait()
+
         return run_openvino
     ort = _require("onnxruntime", enc.backend)
     so = ort.SessionOptions()
@@ -180,4 +198,5 @@ def load_runner(enc: Encoder, d: Path):
     def run_onnxruntime(batches):
         for key, ids, mask in batches:
             yield key, sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+
     return run_onnxruntime

@@ -5,6 +5,7 @@ article and the next one (its target); every window lies in one split because wh
 `audit_leakage` re-reads a data dir's files and checks exactly that, plus that no chunk text crosses
 splits and that a payload in the data dir, if any, matches the bank.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -15,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from lvmlib.core.config import SPLITS, DataConfig
-from lvmlib.data.encoder import text_digests
 from lvmlib.core.errors import DataError
+from lvmlib.data.encoder import text_digests
 from lvmlib.data.payload import npz_member, npz_row_blocks
 
 
@@ -36,8 +37,8 @@ def split_articles(n_chunks: np.ndarray, cfg: DataConfig) -> np.ndarray:
         n_test = int(round(cfg.test_frac * len(perm)))
         if len(perm) >= 3:
             n_val, n_test = max(n_val, 1), max(n_test, 1)
-        split[perm[len(perm) - n_val - n_test:len(perm) - n_test]] = 1
-        split[perm[len(perm) - n_test:]] = 2
+        split[perm[len(perm) - n_val - n_test : len(perm) - n_test]] = 1
+        split[perm[len(perm) - n_test :]] = 2
     return split
 
 
@@ -67,8 +68,9 @@ def build_windows(keys: np.ndarray, split: np.ndarray, K: int) -> tuple[np.ndarr
     return context.astype(np.int64), target.astype(np.int64), split[target].astype(np.int8)
 
 
-def limit_train_articles(ctx: np.ndarray, tgt: np.ndarray, wsplit: np.ndarray, keys: np.ndarray,
-                         d: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def limit_train_articles(
+    ctx: np.ndarray, tgt: np.ndarray, wsplit: np.ndarray, keys: np.ndarray, d: DataConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`data.train_articles` = N > 0: keep the train windows of the first N train articles of a seeded
     order (nested: N=100 is inside N=300), every val/test window, and the whole bank. DataError when the
     corpus has fewer train articles with a window than N."""
@@ -76,9 +78,11 @@ def limit_train_articles(ctx: np.ndarray, tgt: np.ndarray, wsplit: np.ndarray, k
         return ctx, tgt, wsplit
     arts = np.unique(keys[tgt[wsplit == 0], 0])  # train articles that have a window
     if d.train_articles > len(arts):
-        raise DataError(f"{d.path or d.source}: data.train_articles = {d.train_articles}, but the corpus has only "
-                        f"{len(arts)} train articles with a window of K+1 = {d.context_len + 1} chunks")
-    chosen = arts[np.random.default_rng([d.split_seed, 1]).permutation(len(arts))[:d.train_articles]]
+        raise DataError(
+            f"{d.path or d.source}: data.train_articles = {d.train_articles}, but the corpus has only "
+            f"{len(arts)} train articles with a window of K+1 = {d.context_len + 1} chunks"
+        )
+    chosen = arts[np.random.default_rng([d.split_seed, 1]).permutation(len(arts))[: d.train_articles]]
     keep = (wsplit != 0) | np.isin(keys[tgt, 0], chosen)
     return ctx[keep], tgt[keep], wsplit[keep]
 
@@ -89,6 +93,7 @@ def _row_keys(data_dir: Path, bank: np.ndarray) -> tuple[np.ndarray, int]:
     (`encoder.text_digests`), or for a bank without texts its exact-duplicate group
     (`metrics.duplicate_groups`: bit-identical vectors share one)."""
     from lvmlib.metrics import duplicate_groups
+
     digs, any_text = [], False
     with open(data_dir / "bank_texts.jsonl", encoding="utf-8") as fh:
         while block := [json.loads(line) for line in itertools.islice(fh, 65536)]:  # streamed: a 1M-row bank
@@ -145,19 +150,24 @@ def audit_leakage(data_dir: str | Path, require_no_shared_text: bool = True) -> 
     return res
 
 
-def _payload_mismatches(payload: Path, bank: np.ndarray, keys: np.ndarray, ctx: np.ndarray, tgt: np.ndarray,
-                        wsplit: np.ndarray) -> int:
+def _payload_mismatches(
+    payload: Path, bank: np.ndarray, keys: np.ndarray, ctx: np.ndarray, tgt: np.ndarray, wsplit: np.ndarray
+) -> int:
     """Windows whose payload context/target vectors, truth key or split differ from the bank's."""
     K, mism = ctx.shape[1], 0
     tk, ps = npz_member(payload, "truth_keys"), npz_member(payload, "split")
     shapes = {k: npz_member(payload, k).shape for k in ("context_sequences", "target_vectors")}
-    if shapes != {"context_sequences": (len(tgt), K, bank.shape[1]), "target_vectors": (len(tgt), bank.shape[1])} \
-            or tk.shape != (len(tgt), 2) or ps.shape != (len(tgt),):
+    if (
+        shapes != {"context_sequences": (len(tgt), K, bank.shape[1]), "target_vectors": (len(tgt), bank.shape[1])}
+        or tk.shape != (len(tgt), 2)
+        or ps.shape != (len(tgt),)
+    ):
         mism += len(tgt)
     else:
         blk = 4096
-        for i, (cs, tv) in enumerate(zip(npz_row_blocks(payload, "context_sequences", blk),
-                                         npz_row_blocks(payload, "target_vectors", blk))):
+        for i, (cs, tv) in enumerate(
+            zip(npz_row_blocks(payload, "context_sequences", blk), npz_row_blocks(payload, "target_vectors", blk))
+        ):
             s, e = i * blk, i * blk + len(cs)
             mism += int((~(cs == bank[ctx[s:e]]).all(axis=(1, 2))).sum())
             mism += int((~(tv == bank[tgt[s:e]]).all(axis=1)).sum())

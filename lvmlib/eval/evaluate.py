@@ -19,6 +19,7 @@ Steps of `evaluate_run` (each logged; any failed check raises `SanityError` and 
    `gates.phase1_decision`, including whether the model beats the best baseline (paired CI).
 Outputs: `eval.json` and `queries.csv` (one row per model x query) in `metrics/` (or `out_dir`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,12 +33,11 @@ import torch
 
 from lvmlib import metrics as mt
 from lvmlib.core.config import SPLITS, Config
-from lvmlib.train.gates import phase1_decision
-from lvmlib.eval.inputs import (EvalData, SanityError, check_alignment, check_bank,  # noqa: F401  (importable from here, as before)
-                        check_windows, load_eval_data)
+from lvmlib.core.runs import atomic_write_json, atomic_write_text
+from lvmlib.eval.inputs import EvalData, SanityError, check_alignment, check_bank, check_windows, load_eval_data  # noqa: F401  (importable from here, as before)
 from lvmlib.eval.latency import measure_latency
 from lvmlib.model.predict import model_bank, predict
-from lvmlib.core.runs import atomic_write_json, atomic_write_text
+from lvmlib.train.gates import phase1_decision
 
 BANK_DESCRIPTIONS = {
     "global": "every chunk of the corpus (all splits)",
@@ -63,13 +63,16 @@ class Entry:
 def _load_models(cfg: Config, run_dir: Path, data: EvalData, checkpoint, extra, fit_rows, device) -> list[Entry]:
     from lvmlib.model.checkpoint import load_checkpoint
     from lvmlib.model.models import BASELINE_KINDS, baseline, build_model
+
     entries: list[Entry] = []
     ckpt_path = Path(checkpoint) if checkpoint else run_dir / "best.pt"
     if ckpt_path.is_file() or checkpoint or cfg.model.kind not in BASELINE_KINDS:
         model, mcfg, _ = load_checkpoint(ckpt_path, d_vec=data.d_vec)
         if data.encoder and mcfg.data.encoder != data.encoder:
-            raise SanityError(f"{ckpt_path}: trained on vectors of encoder {mcfg.data.encoder!r}, but {data.source} "
-                              f"was encoded with {data.encoder!r}")
+            raise SanityError(
+                f"{ckpt_path}: trained on vectors of encoder {mcfg.data.encoder!r}, but {data.source} "
+                f"was encoded with {data.encoder!r}"
+            )
         name = mcfg.model.kind if mcfg.model.kind not in BASELINE_KINDS else f"{mcfg.model.kind}_run"
         entries.append(Entry(name, "primary", model, str(ckpt_path)))
     else:  # a run whose model *is* a closed-form baseline has no checkpoint to load
@@ -98,23 +101,30 @@ def _load_models(cfg: Config, run_dir: Path, data: EvalData, checkpoint, extra, 
 
 
 # --------------------------------------------------------------------------- the evaluation
-def oracle_check(bank: np.ndarray, tgt_rows: np.ndarray, groups: np.ndarray, rank_kw: dict,
-                 min_r1: float) -> dict[str, Any]:
+def oracle_check(
+    bank: np.ndarray, tgt_rows: np.ndarray, groups: np.ndarray, rank_kw: dict, min_r1: float
+) -> dict[str, Any]:
     """Query = the true target vector must rank first in every bank and variant (duplicates of the
     target count as the target); raises SanityError below `min_r1`."""
     ranks = mt.target_ranks(np.asarray(bank[tgt_rows], np.float32), bank, tgt_rows, **rank_kw)
     gsize = np.bincount(groups, minlength=len(groups))
-    out = {"min_recall_at_1": min_r1, "bank_rows_with_a_duplicate": int((gsize[groups] > 1).sum()),
-           "queries_whose_target_has_duplicates": int((gsize[groups[tgt_rows]] > 1).sum()), "recall_at_1": {}}
+    out = {
+        "min_recall_at_1": min_r1,
+        "bank_rows_with_a_duplicate": int((gsize[groups] > 1).sum()),
+        "queries_whose_target_has_duplicates": int((gsize[groups[tgt_rows]] > 1).sum()),
+        "recall_at_1": {},
+    }
     for b, r in ranks.items():
         for variant, rk in (("context_excluded", r.excluded), ("context_included", r.included)):
             r1 = mt.recall_at_k(rk, 1)
             out["recall_at_1"][f"{b}/{variant}"] = r1
             if r1 < min_r1:
                 worst = int(np.argmax(rk))
-                raise SanityError(f"oracle check failed: query = true target reaches R@1 {r1:.4f} < {min_r1} in "
-                                  f"bank {b} ({variant}); e.g. query {worst} ranks {rk[worst]} — near-duplicate "
-                                  "vectors or a broken bank/search")
+                raise SanityError(
+                    f"oracle check failed: query = true target reaches R@1 {r1:.4f} < {min_r1} in "
+                    f"bank {b} ({variant}); e.g. query {worst} ranks {rk[worst]} — near-duplicate "
+                    "vectors or a broken bank/search"
+                )
     return out
 
 
@@ -130,18 +140,30 @@ def _score(ent: Entry, contexts, bank, tgt_rows, rank_kw, articles, cfg: Config,
     if ent.role == "primary":  # only its top-k lists are searched again (cross-check, examples)
         pq["pred"] = mt.l2_normalize(pred)
     res: dict[str, Any] = {
-        "role": ent.role, "kind": type(ent.model).__name__, "source": ent.source,
+        "role": ent.role,
+        "kind": type(ent.model).__name__,
+        "source": ent.source,
         "trainable": bool(getattr(ent.model, "trainable", True)),
         "retrieval_space": getattr(ent.model, "retrieval_space", "bank"),
-        "n_params": int(sum(p.numel() for p in ent.model.parameters())), **mt.cosine_summary(cos), "banks": {}}
+        "n_params": int(sum(p.numel() for p in ent.model.parameters())),
+        **mt.cosine_summary(cos),
+        "banks": {},
+    }
     for b, r in ranks.items():
         res["banks"][b] = {}
-        for variant, rk, size in (("context_excluded", r.excluded, r.size_excluded),
-                                  ("context_included", r.included, r.size_included)):
-            ci = mt.article_bootstrap({"recall_at_5": rk <= 5, "mrr": 1.0 / rk}, articles, cfg.eval.bootstrap,
-                                      cfg.train.seed)
-            res["banks"][b][variant] = {**mt.rank_metrics(rk, cfg.eval.ks), "bank_size_mean": float(size.mean()),
-                                        "recall_at_5_ci": ci["recall_at_5"], "mrr_ci": ci["mrr"]}
+        for variant, rk, size in (
+            ("context_excluded", r.excluded, r.size_excluded),
+            ("context_included", r.included, r.size_included),
+        ):
+            ci = mt.article_bootstrap(
+                {"recall_at_5": rk <= 5, "mrr": 1.0 / rk}, articles, cfg.eval.bootstrap, cfg.train.seed
+            )
+            res["banks"][b][variant] = {
+                **mt.rank_metrics(rk, cfg.eval.ks),
+                "bank_size_mean": float(size.mean()),
+                "recall_at_5_ci": ci["recall_at_5"],
+                "mrr_ci": ci["mrr"],
+            }
     return res, pq, bank_m
 
 
@@ -153,9 +175,15 @@ def _out_dir(cfg: Config, run_dir: Path, data_dir, out_dir) -> Path:
     return run_dir / "metrics"
 
 
-def evaluate_run(cfg: Config, run_dir: str | Path, checkpoint: str | Path | None = None,
-                 data_dir: str | Path | None = None, extra_checkpoints: dict[str, str | Path] | None = None,
-                 progress: bool = True, out_dir: str | Path | None = None) -> dict[str, Any]:
+def evaluate_run(
+    cfg: Config,
+    run_dir: str | Path,
+    checkpoint: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    extra_checkpoints: dict[str, str | Path] | None = None,
+    progress: bool = True,
+    out_dir: str | Path | None = None,
+) -> dict[str, Any]:
     """Phase-1 evaluation of a run -> the eval.json dict (also written, with queries.csv, to `out_dir`).
 
     checkpoint: the primary model (default run_dir/best.pt; a run whose model.kind is a baseline needs none).
@@ -178,8 +206,11 @@ def evaluate_run(cfg: Config, run_dir: str | Path, checkpoint: str | Path | None
     groups = mt.duplicate_groups(data.bank_vectors, e.search_chunk)
     gsize = np.bincount(groups, minlength=M)
     q_art = data.bank_keys[tgt_rows, 0]
-    specs = {"global": None, "test": (data.bank_split.astype(np.int64), np.full(n, split_code)),
-             "same_article": (data.bank_keys[:, 0], q_art)}
+    specs = {
+        "global": None,
+        "test": (data.bank_split.astype(np.int64), np.full(n, split_code)),
+        "same_article": (data.bank_keys[:, 0], q_art),
+    }
     specs = {b: specs[b] for b in e.banks}
     rank_kw = dict(banks=specs, exclude_rows=ctx_rows, groups=groups, chunk=e.search_chunk, device=device)
 
@@ -197,7 +228,8 @@ def evaluate_run(cfg: Config, run_dir: str | Path, checkpoint: str | Path | None
     for ent in entries:
         t0 = time.time()
         results[ent.name], per_query[ent.name], banks_of[ent.name] = _score(
-            ent, contexts, data.bank_vectors, tgt_rows, rank_kw, q_art, cfg, device)
+            ent, contexts, data.bank_vectors, tgt_rows, rank_kw, q_art, cfg, device
+        )
         _log(progress, f"{ent.name}: {time.time() - t0:.1f}s")
 
     primary = entries[0].name
@@ -206,17 +238,32 @@ def evaluate_run(cfg: Config, run_dir: str | Path, checkpoint: str | Path | None
     # long enough to hold the top 50 after skipping every excluded row and the target's duplicates
     kk = min(M, mt.CONTAIN_K + K * int(gsize[groups[ctx_rows]].max()) + int(gsize[groups[tgt_rows]].max()))
     t0 = time.time()
-    top_s, top_i = mt.exact_search(pq["pred"], banks_of[primary], kk, backend=backend, chunk=e.search_chunk,
-                                   device=device)
-    sanity["search_agreement"] = _search_agreement(top_i, tgt_rows, groups, ctx_rows, pq["ranks"]["global"]
-                                                   if "global" in pq["ranks"] else None, backend)
+    top_s, top_i = mt.exact_search(
+        pq["pred"], banks_of[primary], kk, backend=backend, chunk=e.search_chunk, device=device
+    )
+    sanity["search_agreement"] = _search_agreement(
+        top_i, tgt_rows, groups, ctx_rows, pq["ranks"]["global"] if "global" in pq["ranks"] else None, backend
+    )
     _log(progress, f"search cross-check ({backend}, k={kk}): {time.time() - t0:.1f}s")
 
     lat_models = [x for x in entries if x.role != "baseline" or x.name == "copy_last"]
     nl = min(e.latency_queries, n)
-    latency = {x.name: measure_latency(x.model, contexts[:nl], banks_of[x.name], min(M, mt.CONTAIN_K + K),
-                                       backend=backend, device=device, threads=e.latency_threads)
-               for x in lat_models} if nl else {}
+    latency = (
+        {
+            x.name: measure_latency(
+                x.model,
+                contexts[:nl],
+                banks_of[x.name],
+                min(M, mt.CONTAIN_K + K),
+                backend=backend,
+                device=device,
+                threads=e.latency_threads,
+            )
+            for x in lat_models
+        }
+        if nl
+        else {}
+    )
 
     base = [x.name for x in entries if x.role == "baseline"]
     decision = decide(results, per_query, primary, base, pb, pv, q_art, cfg)
@@ -224,52 +271,103 @@ def evaluate_run(cfg: Config, run_dir: str | Path, checkpoint: str | Path | None
 
     def headline(name: str) -> dict[str, Any]:
         m = results[name]["banks"][pb][pv]
-        return {"pred_target_cosine": results[name]["pred_target_cosine"], "recall_at_1": m["recall_at_1"],
-                "recall_at_5": m["recall_at_5"], "recall_at_10": m["recall_at_10"], "n_queries": n, "bank_size": M,
-                "bank_size_mean": m["bank_size_mean"], "mrr": m["mrr"], "recall_at_5_ci": m["recall_at_5_ci"]}
+        return {
+            "pred_target_cosine": results[name]["pred_target_cosine"],
+            "recall_at_1": m["recall_at_1"],
+            "recall_at_5": m["recall_at_5"],
+            "recall_at_10": m["recall_at_10"],
+            "n_queries": n,
+            "bank_size": M,
+            "bank_size_mean": m["bank_size_mean"],
+            "mrr": m["mrr"],
+            "recall_at_5_ci": m["recall_at_5_ci"],
+        }
 
     ev: dict[str, Any] = {
         **headline(primary),
         "baseline_copy_last": headline("copy_last") if "copy_last" in results else None,
-        "decision": decision["decision"], "beats_best_baseline": decision.get("beats_best_baseline"),
-        "best_baseline": best, "primary_model": primary, "primary_bank": pb,
-        "primary_context": pv, "primary_description": f"{pb} bank ({BANK_DESCRIPTIONS[pb]}), " + (
-            "the K context chunks of each query (and their duplicates) removed" if pv == "context_excluded"
-            else "the context chunks kept"),
-        "gates": decision, "split": e.split, "context_len": K, "data_source": data.source,
-        "banks": {b: BANK_DESCRIPTIONS[b] for b in e.banks}, "ks": sorted(set(e.ks)),
-        "models": results, "sanity": sanity, "latency": latency, "search_backend": backend, "device": str(device),
-        "n_articles": int(len(np.unique(q_art))), "bootstrap": e.bootstrap,
-        "examples": _examples(data, ctx_rows, tgt_rows, top_s, top_i, groups, per_query, pb, pv, e.n_examples,
-                              cfg.train.seed),
-        "out_dir": str(out), "queries_file": "queries.csv", "seconds": round(time.time() - t_start, 1)}
+        "decision": decision["decision"],
+        "beats_best_baseline": decision.get("beats_best_baseline"),
+        "best_baseline": best,
+        "primary_model": primary,
+        "primary_bank": pb,
+        "primary_context": pv,
+        "primary_description": f"{pb} bank ({BANK_DESCRIPTIONS[pb]}), "
+        + (
+            "the K context chunks of each query (and their duplicates) removed"
+            if pv == "context_excluded"
+            else "the context chunks kept"
+        ),
+        "gates": decision,
+        "split": e.split,
+        "context_len": K,
+        "data_source": data.source,
+        "banks": {b: BANK_DESCRIPTIONS[b] for b in e.banks},
+        "ks": sorted(set(e.ks)),
+        "models": results,
+        "sanity": sanity,
+        "latency": latency,
+        "search_backend": backend,
+        "device": str(device),
+        "n_articles": int(len(np.unique(q_art))),
+        "bootstrap": e.bootstrap,
+        "examples": _examples(
+            data, ctx_rows, tgt_rows, top_s, top_i, groups, per_query, pb, pv, e.n_examples, cfg.train.seed
+        ),
+        "out_dir": str(out),
+        "queries_file": "queries.csv",
+        "seconds": round(time.time() - t_start, 1),
+    }
     _write(out, ev, per_query, data, tgt_rows)
-    _log(progress, f"wrote {out / 'eval.json'}: {primary} R@5 {ev['recall_at_5']:.1%} ({pb}, {pv}) -> "
-         f"{ev['decision']}; {decision['reason']}")
+    _log(
+        progress,
+        f"wrote {out / 'eval.json'}: {primary} R@5 {ev['recall_at_5']:.1%} ({pb}, {pv}) -> "
+        f"{ev['decision']}; {decision['reason']}",
+    )
     return ev
 
 
-def decide(results: dict, per_query: dict, primary: str, baselines: list[str], bank: str, variant: str,
-           articles: np.ndarray, cfg: Config) -> dict[str, Any]:
+def decide(
+    results: dict,
+    per_query: dict,
+    primary: str,
+    baselines: list[str],
+    bank: str,
+    variant: str,
+    articles: np.ndarray,
+    cfg: Config,
+) -> dict[str, Any]:
     """`gates.phase1_decision` for the primary model on (bank, variant), against the best baseline:
     the highest R@5 and, separately, the highest cosine among the baselines (possibly two different
     ones: the model must beat both numbers), with paired article-bootstrap CIs of the differences."""
-    r5 = lambda m: results[m]["banks"][bank][variant]["recall_at_5"]  # noqa: E731
-    cos = lambda m: results[m]["pred_target_cosine"]  # noqa: E731
+    r5 = lambda m: results[m]["banks"][bank][variant]["recall_at_5"]
+    cos = lambda m: results[m]["pred_target_cosine"]
     best = None
     if baselines:
         b_r5 = max(baselines, key=lambda b: (r5(b), cos(b)))
         b_cos = max(baselines, key=lambda b: (cos(b), r5(b)))
         rk_p = _variant(per_query[primary]["ranks"][bank], variant)
         rk_b = _variant(per_query[b_r5]["ranks"][bank], variant)
-        diff = mt.article_bootstrap({"recall_at_5": (rk_p <= 5).astype(float) - (rk_b <= 5),
-                                     "cosine": per_query[primary]["cosine"] - per_query[b_cos]["cosine"]},
-                                    articles, cfg.eval.bootstrap, cfg.train.seed)
-        best = {"name": b_r5 if b_r5 == b_cos else f"{b_r5} (R@5) / {b_cos} (cosine)",
-                "name_recall_at_5": b_r5, "name_cosine": b_cos, "recall_at_5": r5(b_r5),
-                "pred_target_cosine": cos(b_cos), "diff_recall_at_5": r5(primary) - r5(b_r5),
-                "diff_recall_at_5_ci": diff["recall_at_5"], "diff_cosine": cos(primary) - cos(b_cos),
-                "diff_cosine_ci": diff["cosine"]}
+        diff = mt.article_bootstrap(
+            {
+                "recall_at_5": (rk_p <= 5).astype(float) - (rk_b <= 5),
+                "cosine": per_query[primary]["cosine"] - per_query[b_cos]["cosine"],
+            },
+            articles,
+            cfg.eval.bootstrap,
+            cfg.train.seed,
+        )
+        best = {
+            "name": b_r5 if b_r5 == b_cos else f"{b_r5} (R@5) / {b_cos} (cosine)",
+            "name_recall_at_5": b_r5,
+            "name_cosine": b_cos,
+            "recall_at_5": r5(b_r5),
+            "pred_target_cosine": cos(b_cos),
+            "diff_recall_at_5": r5(primary) - r5(b_r5),
+            "diff_recall_at_5_ci": diff["recall_at_5"],
+            "diff_cosine": cos(primary) - cos(b_cos),
+            "diff_cosine_ci": diff["cosine"],
+        }
     out = phase1_decision(r5(primary), cos(primary), cfg.gates, best)
     if best is not None and best["diff_recall_at_5_ci"] is not None:
         out["beats_best_baseline_r5_ci_excludes_zero"] = bool(best["diff_recall_at_5_ci"][0] > 0)
@@ -292,13 +390,16 @@ def _search_agreement(top_i, tgt_rows, groups, ctx_rows, ranks, backend) -> dict
     frac = float(agree.mean())
     if frac < 0.99:
         i = int(np.flatnonzero(~agree)[0])
-        raise SanityError(f"search ({backend}) and counted ranks disagree on {1 - frac:.1%} of queries (e.g. query "
-                          f"{i}: list rank {lr[i]}, counted rank {cr[i]})")
+        raise SanityError(
+            f"search ({backend}) and counted ranks disagree on {1 - frac:.1%} of queries (e.g. query "
+            f"{i}: list rank {lr[i]}, counted rank {cr[i]})"
+        )
     return {"checked": True, "backend": backend, "agreement": frac, "n_disagree": int((~agree).sum())}
 
 
-def _examples(data, ctx_rows, tgt_rows, top_s, top_i, groups, per_query, bank, variant, n_examples,
-              seed) -> list[dict[str, Any]]:
+def _examples(
+    data, ctx_rows, tgt_rows, top_s, top_i, groups, per_query, bank, variant, n_examples, seed
+) -> list[dict[str, Any]]:
     """A few queries with texts: context, truth, the primary model's top 3 (context rows skipped)."""
     n = len(tgt_rows)
     if not n_examples or data.prepared is None:
@@ -311,24 +412,46 @@ def _examples(data, ctx_rows, tgt_rows, top_s, top_i, groups, per_query, bank, v
         rows = [int(top_i[i, j]) for j in keep]
         texts = data.texts(list(ctx_rows[i]) + [tgt_rows[i]] + rows)
         a, p = (int(x) for x in data.bank_keys[tgt_rows[i]])
-        out.append({
-            "query": int(i), "article_id": a, "title": data.title(a), "target_position": p,
-            "context_texts": texts[:len(ctx_rows[i])], "target_text": texts[len(ctx_rows[i])],
-            "ranks": {m: int(_variant(v["ranks"][bank], variant)[i]) for m, v in per_query.items()},
-            "retrieved": [{"row": r, "score": float(top_s[i, j]), "text": t,
-                           "is_target": bool(groups[r] == groups[tgt_rows[i]]),
-                           "article_id": int(data.bank_keys[r, 0]), "position": int(data.bank_keys[r, 1])}
-                          for r, j, t in zip(rows, keep, texts[len(ctx_rows[i]) + 1:])]})
+        out.append(
+            {
+                "query": int(i),
+                "article_id": a,
+                "title": data.title(a),
+                "target_position": p,
+                "context_texts": texts[: len(ctx_rows[i])],
+                "target_text": texts[len(ctx_rows[i])],
+                "ranks": {m: int(_variant(v["ranks"][bank], variant)[i]) for m, v in per_query.items()},
+                "retrieved": [
+                    {
+                        "row": r,
+                        "score": float(top_s[i, j]),
+                        "text": t,
+                        "is_target": bool(groups[r] == groups[tgt_rows[i]]),
+                        "article_id": int(data.bank_keys[r, 0]),
+                        "position": int(data.bank_keys[r, 1]),
+                    }
+                    for r, j, t in zip(rows, keep, texts[len(ctx_rows[i]) + 1 :])
+                ],
+            }
+        )
     return out
 
 
 def _write(out: Path, ev: dict, per_query: dict, data: EvalData, tgt_rows: np.ndarray) -> None:
     import pandas as pd
+
     frames = []
     for name, v in per_query.items():
-        df = pd.DataFrame({"model": name, "query": np.arange(len(tgt_rows)),
-                           "article_id": data.bank_keys[tgt_rows, 0], "position": data.bank_keys[tgt_rows, 1],
-                           "target_row": tgt_rows, "cosine": v["cosine"]})
+        df = pd.DataFrame(
+            {
+                "model": name,
+                "query": np.arange(len(tgt_rows)),
+                "article_id": data.bank_keys[tgt_rows, 0],
+                "position": data.bank_keys[tgt_rows, 1],
+                "target_row": tgt_rows,
+                "cosine": v["cosine"],
+            }
+        )
         for b, r in v["ranks"].items():
             df[f"rank_{b}"] = r.excluded
             df[f"rank_{b}_incl_context"] = r.included
@@ -342,23 +465,29 @@ def _write(out: Path, ev: dict, per_query: dict, data: EvalData, tgt_rows: np.nd
 def load_queries(ev: dict[str, Any]):
     """The per-query table (pandas DataFrame) written next to eval.json."""
     import pandas as pd
+
     return pd.read_csv(Path(ev["out_dir"]) / ev.get("queries_file", "queries.csv"))
 
 
 def results_table(ev: dict[str, Any], context: str = "both"):
     """One row per model x bank (x context variant): the table a reviewer reads first."""
     import pandas as pd
+
     rows = []
     for name, res in ev["models"].items():
         for b, variants in res["banks"].items():
             for variant, m in variants.items():
                 if context != "both" and variant != context:
                     continue
-                rows.append({"model": name, "role": res["role"], "bank": b,
-                             "context": variant.replace("context_", ""),
-                             "pred_target_cosine": res["pred_target_cosine"],
-                             **{k: v for k, v in m.items() if not k.endswith("_ci")},
-                             "recall_at_5_ci": m["recall_at_5_ci"]})
+                rows.append(
+                    {
+                        "model": name,
+                        "role": res["role"],
+                        "bank": b,
+                        "context": variant.replace("context_", ""),
+                        "pred_target_cosine": res["pred_target_cosine"],
+                        **{k: v for k, v in m.items() if not k.endswith("_ci")},
+                        "recall_at_5_ci": m["recall_at_5_ci"],
+                    }
+                )
     return pd.DataFrame(rows)
-
-

@@ -6,6 +6,7 @@ then rebuilt from the payload's keys). `check_alignment`, `check_windows` and `c
 
 Shapes: n queries, K context length, D vector width, M bank rows.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,6 +27,7 @@ class SanityError(LvmError, RuntimeError):
 @dataclasses.dataclass
 class EvalData:
     """What evaluation reads, from a prepared data dir or from a seed-format payload alone."""
+
     source: str
     bank_vectors: np.ndarray  # (M, D), may be a memmap
     bank_keys: np.ndarray  # (M, 2) article_id, position
@@ -57,6 +59,7 @@ def load_eval_data(path: str | Path) -> EvalData:
     """A run dir (its `data/`), a data dir, or a seed-format payload `.npz` (the bank is rebuilt from
     the payload's keys: every chunk that appears in some window, target vectors first)."""
     from lvmlib.data.prepare import Prepared
+
     p = Path(path)
     if p.suffix == ".npz":
         return _data_from_payload(p)
@@ -68,8 +71,16 @@ def load_eval_data(path: str | Path) -> EvalData:
         encoder = prep.summary.get("encoder")
     except (OSError, ValueError):
         encoder = None
-    return EvalData(str(data_dir), prep.bank_vectors, prep.bank_keys, prep.bank_split, rows, prep,
-                    payload if payload.is_file() else None, encoder)
+    return EvalData(
+        str(data_dir),
+        prep.bank_vectors,
+        prep.bank_keys,
+        prep.bank_split,
+        rows,
+        prep,
+        payload if payload.is_file() else None,
+        encoder,
+    )
 
 
 def _codes(keys: np.ndarray) -> np.ndarray:
@@ -79,14 +90,17 @@ def _codes(keys: np.ndarray) -> np.ndarray:
 
 def _payload_arrays(path: Path) -> dict[str, np.ndarray]:
     import zipfile
+
     from lvmlib.data.payload import npz_member
+
     out = {}
     for name in ("context_sequences", "target_vectors", "truth_keys", "split"):
         try:
             out[name] = npz_member(path, name)
         except KeyError:
-            raise SanityError(f"{path}: payload has no '{name}' array (needs context_sequences, "
-                              "target_vectors, truth_keys, split)") from None
+            raise SanityError(
+                f"{path}: payload has no '{name}' array (needs context_sequences, target_vectors, truth_keys, split)"
+            ) from None
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:  # truncated or not an .npz
             raise SanityError(f"{path}: not a readable payload .npz ({type(exc).__name__}: {exc})") from None
     if out["context_sequences"].ndim != 3:
@@ -123,9 +137,17 @@ def _data_from_payload(path: Path) -> EvalData:
 
 
 # --------------------------------------------------------------------------- sanity checks
-def check_alignment(bank_vectors: np.ndarray, bank_keys: np.ndarray, truth_keys: np.ndarray,
-                    context_vectors: np.ndarray, target_vectors: np.ndarray | None = None, *,
-                    where: str = "windows", atol: float | None = None, block: int = 4096) -> dict[str, Any]:
+def check_alignment(
+    bank_vectors: np.ndarray,
+    bank_keys: np.ndarray,
+    truth_keys: np.ndarray,
+    context_vectors: np.ndarray,
+    target_vectors: np.ndarray | None = None,
+    *,
+    where: str = "windows",
+    atol: float | None = None,
+    block: int = 4096,
+) -> dict[str, Any]:
     """Every truth key (n, 2) and its K context keys (article, p-K..p-1) must be bank keys, and every
     context (n, K, D) / target (n, D) vector must equal the bank vector at its key.
     -> {"context_rows" (n, K), "target_rows" (n,), stats}; raises SanityError naming the first bad window."""
@@ -141,8 +163,10 @@ def check_alignment(bank_vectors: np.ndarray, bank_keys: np.ndarray, truth_keys:
         if not found.all():
             i = np.argwhere(~found)[0]
             key = (int(c[tuple(i)] >> 32), int(c[tuple(i)] & 0xFFFFFFFF))
-            raise SanityError(f"{where}: {what} key (article {key[0]}, position {key[1]}) of window {int(i[0])} "
-                              f"is not in the bank ({int((~found).sum())} missing)")
+            raise SanityError(
+                f"{where}: {what} key (article {key[0]}, position {key[1]}) of window {int(i[0])} "
+                f"is not in the bank ({int((~found).sum())} missing)"
+            )
         return order[pos]
 
     tgt = rows_of(_codes(truth_keys), "truth")
@@ -166,28 +190,47 @@ def check_alignment(bank_vectors: np.ndarray, bank_keys: np.ndarray, truth_keys:
                 raise SanityError(
                     f"{where}: the {what} vector of window {s + i} (target key article {a}, position {p}) differs "
                     f"from the bank vector at its key by up to {diff[i]:.3g} (> {atol:g}); contexts and bank must "
-                    "live in the same space — was the payload encoded with another model?")
+                    "live in the same space — was the payload encoded with another model?"
+                )
             worst[what] = max(worst[what], float(diff.max(initial=0.0)))
-    return {"context_rows": ctx, "target_rows": tgt, "n_windows": int(n), "truth_keys_in_bank": True,
-            "max_abs_diff_context": worst["context"],
-            "max_abs_diff_target": worst["target"] if target_vectors is not None else None}
+    return {
+        "context_rows": ctx,
+        "target_rows": tgt,
+        "n_windows": int(n),
+        "truth_keys_in_bank": True,
+        "max_abs_diff_context": worst["context"],
+        "max_abs_diff_target": worst["target"] if target_vectors is not None else None,
+    }
 
 
 def check_windows(data: EvalData, split: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     ctx_rows, tgt_rows = data.window_rows[split]
     if len(tgt_rows) == 0:
         raise SanityError(f"{data.source}: the '{split}' split has no window to evaluate")
-    rep = check_alignment(data.bank_vectors, data.bank_keys, data.bank_keys[tgt_rows], data.contexts(ctx_rows),
-                          where=f"{data.source} ({split} windows)")
+    rep = check_alignment(
+        data.bank_vectors,
+        data.bank_keys,
+        data.bank_keys[tgt_rows],
+        data.contexts(ctx_rows),
+        where=f"{data.source} ({split} windows)",
+    )
     if not (np.array_equal(rep["context_rows"], ctx_rows) and np.array_equal(rep["target_rows"], tgt_rows)):
-        raise SanityError(f"{data.source}: window rows disagree with the bank keys (a context is not the K chunks "
-                          "right before its target in the same article)")
+        raise SanityError(
+            f"{data.source}: window rows disagree with the bank keys (a context is not the K chunks "
+            "right before its target in the same article)"
+        )
     out = {"windows": {k: v for k, v in rep.items() if not k.endswith("_rows")}}
     if data.payload is not None:
         pl = _payload_arrays(data.payload)
         m = np.asarray(pl["split"]) == SPLITS.index(split)
-        rep = check_alignment(data.bank_vectors, data.bank_keys, pl["truth_keys"][m], pl["context_sequences"][m],
-                              pl["target_vectors"][m], where=f"{data.payload} ({split} windows)")
+        rep = check_alignment(
+            data.bank_vectors,
+            data.bank_keys,
+            pl["truth_keys"][m],
+            pl["context_sequences"][m],
+            pl["target_vectors"][m],
+            where=f"{data.payload} ({split} windows)",
+        )
         if set(_codes(pl["truth_keys"][m]).tolist()) != set(_codes(data.bank_keys[tgt_rows]).tolist()):
             raise SanityError(f"{data.payload}: its {split} windows are not the windows of {data.source}")
         out["payload"] = {k: v for k, v in rep.items() if not k.endswith("_rows")}
@@ -197,13 +240,15 @@ def check_windows(data: EvalData, split: str) -> tuple[np.ndarray, np.ndarray, d
 def check_bank(bank: np.ndarray, chunk: int, where: str = "bank") -> dict[str, Any]:
     lo, hi = np.inf, -np.inf
     for s in range(0, len(bank), chunk):
-        b = np.asarray(bank[s:s + chunk], np.float32)
+        b = np.asarray(bank[s : s + chunk], np.float32)
         if not np.isfinite(b).all():
             bad = s + int(np.flatnonzero(~np.isfinite(b).all(axis=1))[0])
             raise SanityError(f"{where}: bank row {bad} (rows {s}..{s + len(b) - 1}) has NaN/inf values")
         nrm = np.linalg.norm(b, axis=1)
         lo, hi = min(lo, float(nrm.min())), max(hi, float(nrm.max()))
     if lo < 0.99 or hi > 1.01:
-        raise SanityError(f"{where}: bank vectors are not L2-normalised (norms in [{lo:.4f}, {hi:.4f}]); inner-product "
-                          "search would not rank by cosine")
+        raise SanityError(
+            f"{where}: bank vectors are not L2-normalised (norms in [{lo:.4f}, {hi:.4f}]); inner-product "
+            "search would not rank by cosine"
+        )
     return {"finite": True, "norm_min": lo, "norm_max": hi}

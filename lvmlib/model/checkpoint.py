@@ -2,6 +2,7 @@
 and read with `torch.load(weights_only=True)` (no code from a file ever runs); every problem is one
 `CheckpointError` line naming the file. The models themselves (`lvmlib.model.models`) know no files.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,6 +35,7 @@ def read_checkpoint(path, map_location="cpu") -> Any:
     (found by inspecting its globals after the unpickler refused it, not by torch's wording) is
     refused naming them; anything else unreadable is a truncated or corrupted checkpoint."""
     import pickle
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
@@ -47,22 +49,27 @@ def read_checkpoint(path, map_location="cpu") -> Any:
             except Exception:  # not a zip checkpoint at all: corrupted
                 unsafe = []
         if unsafe:  # torch's own text suggests weights_only=False: the one thing not to do with such a file
-            raise CheckpointError(f"{path}: refused: it holds a pickled object ({', '.join(unsafe[:3])}), not just "
-                                  "tensors and plain values; checkpoints are read with torch.load(weights_only=True) "
-                                  "so that no code from a file is ever run") from None
+            raise CheckpointError(
+                f"{path}: refused: it holds a pickled object ({', '.join(unsafe[:3])}), not just "
+                "tensors and plain values; checkpoints are read with torch.load(weights_only=True) "
+                "so that no code from a file is ever run"
+            ) from None
         msg = str(exc)
         detail = re.search(r"WeightsUnpickler error:\s*(.+)", msg)
         first = detail.group(1).strip() if detail else (msg.strip().splitlines() or [""])[0]
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupted?): "
-                              f"{type(exc).__name__}: {first[:200]}") from None
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or corrupted?): {type(exc).__name__}: {first[:200]}"
+        ) from None
 
 
-def load_checkpoint(path, map_location="cpu", *, model_cfg: ModelConfig | None = None,
-                    d_vec: int | None = None, scan: str | None = None):
+def load_checkpoint(
+    path, map_location="cpu", *, model_cfg: ModelConfig | None = None, d_vec: int | None = None, scan: str | None = None
+):
     """-> (model, cfg, ckpt). The model is built from the checkpoint's config and d_vec unless
     `model_cfg`/`d_vec` are given (then a checkpoint of another shape is refused). `scan` overrides
     the stored backend; a stored 'cuda' falls back to 'auto' where mamba_ssm cannot run."""
     from lvmlib.model.models import Ridge, build_model  # the model module knows no files; this one builds from them
+
     path = Path(path)
     ckpt = read_checkpoint(path, map_location)
     if not isinstance(ckpt, dict) or not {"config", "d_vec", "model"} <= set(ckpt):
@@ -74,24 +81,32 @@ def load_checkpoint(path, map_location="cpu", *, model_cfg: ModelConfig | None =
     mcfg = model_cfg if model_cfg is not None else cfg.model
     width = d_vec if d_vec is not None else int(ckpt["d_vec"])
     if d_vec is not None and d_vec != int(ckpt["d_vec"]):
-        raise CheckpointError(f"{path}: checkpoint was trained on vectors of width {ckpt['d_vec']}, "
-                              f"asked for width {d_vec}")
+        raise CheckpointError(
+            f"{path}: checkpoint was trained on vectors of width {ckpt['d_vec']}, asked for width {d_vec}"
+        )
     mcfg = dataclasses.replace(mcfg, scan=scan or mcfg.scan)
     if mcfg.scan == "cuda" and scan is None:
         from lvmlib.model.scan import cuda_available
+
         mcfg.scan = "cuda" if cuda_available() else "auto"
     model = build_model(mcfg, width)
     mine = model.state_dict()
-    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(mine[k].shape)}"
-           for k, v in ckpt["model"].items() if k in mine and mine[k].shape != v.shape
-           and not (isinstance(model, Ridge) and k == "weight")]
+    bad = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(mine[k].shape)}"
+        for k, v in ckpt["model"].items()
+        if k in mine and mine[k].shape != v.shape and not (isinstance(model, Ridge) and k == "weight")
+    ]
     missing = sorted(set(mine) - set(ckpt["model"]))
     unexpected = sorted(set(ckpt["model"]) - set(mine))
     if bad or missing or unexpected:
         raise CheckpointError(
             f"{path}: checkpoint does not fit a {mcfg.kind} model (d_model={mcfg.d_model}, "
             f"n_layers={mcfg.n_layers}, d_state={mcfg.d_state}, d_vec={width}): "
-            + "; ".join(bad[:5] + [f"missing {missing[:5]}"] * bool(missing)
-                        + [f"unexpected {unexpected[:5]}"] * bool(unexpected)))
+            + "; ".join(
+                bad[:5]
+                + [f"missing {missing[:5]}"] * bool(missing)
+                + [f"unexpected {unexpected[:5]}"] * bool(unexpected)
+            )
+        )
     model.load_state_dict(ckpt["model"])
     return model.to(map_location) if isinstance(map_location, (str, torch.device)) else model, cfg, ckpt

@@ -20,6 +20,7 @@ bank vectors) or "learned" (two_tower: the bank must go through `encode_bank` fi
 - amn: attention over the context vectors (query = last one) + a residual MLP; ~1-2M parameters.
 - copy_last, context_mean, global_mean, ridge: closed-form baselines with `fit(ctx, tgt)`.
 """
+
 from __future__ import annotations
 
 import math
@@ -72,8 +73,10 @@ def _skip(cfg: ModelConfig, d_vec: int, d_out: int) -> ContextSkip | None:
     if cfg.residual == "none":
         return None
     if d_out != d_vec:
-        raise ValueError(f"model.residual={cfg.residual!r} adds the context vectors (width {d_vec}) to the "
-                         f"prediction, which has width {d_out}: set model.tower_dim to 0 or {d_vec}")
+        raise ValueError(
+            f"model.residual={cfg.residual!r} adds the context vectors (width {d_vec}) to the "
+            f"prediction, which has width {d_out}: set model.tower_dim to 0 or {d_vec}"
+        )
     return ContextSkip(cfg.residual, cfg.mix_init_last)
 
 
@@ -89,23 +92,32 @@ class Mamba(nn.Module):
     """Selective SSM mixer; mirrors mamba_ssm.modules.mamba_simple.Mamba (same parameter names,
     shapes and initialisation), so state_dicts load both ways. (B, L, d_model) -> (B, L, d_model)."""
 
-    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
-                 dt_rank: int = 0, dt_min: float = 0.001, dt_max: float = 0.1,
-                 dt_init_floor: float = 1e-4, scan: str = "auto"):
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int = 0,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        scan: str = "auto",
+    ):
         super().__init__()
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
         self.d_inner = expand * d_model
         self.dt_rank = dt_rank or math.ceil(d_model / 16)
         self.scan = scan
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
-        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner,
-                                padding=d_conv - 1, bias=True)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1, bias=True)
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
-        nn.init.uniform_(self.dt_proj.weight, -self.dt_rank ** -0.5, self.dt_rank ** -0.5)
+        nn.init.uniform_(self.dt_proj.weight, -(self.dt_rank**-0.5), self.dt_rank**-0.5)
         # Δ bias = softplus⁻¹(dt), dt log-uniform in [dt_min, dt_max] (Gu & Dao, §3.6 / mamba_simple)
-        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min))
-                       + math.log(dt_min)).clamp(min=dt_init_floor)  # (ED)
+        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(
+            min=dt_init_floor
+        )  # (ED)
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # (ED)
         self.dt_proj.bias._no_reinit = True
@@ -125,9 +137,20 @@ class Mamba(nn.Module):
         A = -torch.exp(self.A_log.float())  # (ED, N)
         if backend == "cuda" and _mamba_ssm_ops()[1] is not None:
             out = _mamba_ssm_ops()[1](  # mamba_inner_fn: conv, projections, scan and gate fused
-                self.in_proj(hidden).transpose(1, 2), self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
-                self.dt_proj.weight, self.out_proj.weight, self.out_proj.bias, A, None, None,
-                self.D.float(), delta_bias=self.dt_proj.bias.float(), delta_softplus=True)  # (B, L, d_model)
+                self.in_proj(hidden).transpose(1, 2),
+                self.conv1d.weight,
+                self.conv1d.bias,
+                self.x_proj.weight,
+                self.dt_proj.weight,
+                self.out_proj.weight,
+                self.out_proj.bias,
+                A,
+                None,
+                None,
+                self.D.float(),
+                delta_bias=self.dt_proj.bias.float(),
+                delta_softplus=True,
+            )  # (B, L, d_model)
             return out[:, -1:] if last_only else out
         # Channels-last throughout: the projections read (B, L, .) rows; the scan takes (B, ED, L) views.
         if last_only:
@@ -138,9 +161,18 @@ class Mamba(nn.Module):
         x = F.silu(causal_conv1d(x, self.conv1d.weight, self.conv1d.bias))  # (B, L, ED)
         dt, Bm, Cm = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)  # (B, L, ED); its bias is added inside the scan
-        y = selective_scan(x.transpose(1, 2), dt.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2),
-                           self.D.float(), None if last_only else z.transpose(1, 2), self.dt_proj.bias.float(),
-                           delta_softplus=True, backend=backend)  # (B, ED, L)
+        y = selective_scan(
+            x.transpose(1, 2),
+            dt.transpose(1, 2),
+            A,
+            Bm.transpose(1, 2),
+            Cm.transpose(1, 2),
+            self.D.float(),
+            None if last_only else z.transpose(1, 2),
+            self.dt_proj.bias.float(),
+            delta_softplus=True,
+            backend=backend,
+        )  # (B, ED, L)
         if last_only:
             y = y[:, :, -1:] * F.silu(z.transpose(1, 2))  # (B, ED, 1)
         return self.out_proj(y.transpose(1, 2))  # (B, L or 1, d_model)
@@ -156,7 +188,7 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     w = weight[:, 0, :].t()  # (d_conv, ED)
     y = xp[:, :length] * w[0] if bias is None else torch.addcmul(bias, xp[:, :length], w[0])  # (B, L, ED)
     for i in range(1, k):
-        y = torch.addcmul(y, xp[:, i:i + length], w[i])  # (B, L, ED)
+        y = torch.addcmul(y, xp[:, i : i + length], w[i])  # (B, L, ED)
     return y
 
 
@@ -166,8 +198,17 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.norm = nn.RMSNorm(cfg.d_model, eps=1e-5)
-        self.mixer = Mamba(cfg.d_model, cfg.d_state, cfg.d_conv, cfg.expand, cfg.dt_rank,
-                           cfg.dt_min, cfg.dt_max, cfg.dt_init_floor, cfg.scan)
+        self.mixer = Mamba(
+            cfg.d_model,
+            cfg.d_state,
+            cfg.d_conv,
+            cfg.expand,
+            cfg.dt_rank,
+            cfg.dt_min,
+            cfg.dt_max,
+            cfg.dt_init_floor,
+            cfg.scan,
+        )
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
@@ -178,6 +219,7 @@ class Block(nn.Module):
 
 class MambaLVM(nn.Module):
     """mamba kind: (B, L, D) -> input_proj -> blocks -> norm_f -> head at the last position -> (B, D')."""
+
     trainable = True
     retrieval_space = "bank"
 
@@ -227,6 +269,7 @@ class PassageTower(nn.Module):
 class TwoTower(nn.Module):
     """two_tower kind (seed's Option 4): query = Mamba over the context, passage = MLP over chunks;
     forward gives the query in the learned space, `encode_bank` maps bank rows (and targets) there."""
+
     trainable = True
     retrieval_space = "learned"
 
@@ -248,6 +291,7 @@ class TwoTower(nn.Module):
 class AMN(nn.Module):
     """amn kind (seed's Option 5): softmax attention of the last context vector over all of them
     (with a learned embedding of the distance to the end), mixture + residual MLP -> (B, D)."""
+
     trainable = True
     retrieval_space = "bank"
 
@@ -257,8 +301,9 @@ class AMN(nn.Module):
         self.k = nn.Linear(d_vec, d_att)
         self.pos = nn.Parameter(torch.zeros(AMN_MAX_LEN, d_att))  # (Lmax, d_att), 0 = last position
         self.pos._no_weight_decay = True
-        self.mlp = nn.Sequential(nn.Linear(d_vec, cfg.amn_hidden), nn.GELU(), nn.Dropout(cfg.dropout),
-                                 nn.Linear(cfg.amn_hidden, d_vec))
+        self.mlp = nn.Sequential(
+            nn.Linear(d_vec, cfg.amn_hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.amn_hidden, d_vec)
+        )
         self.skip = _skip(cfg, d_vec, d_vec)
         self.head = None if self.skip is None else _zero_(nn.Linear(d_vec, d_vec))  # step 0 = the skip alone
 
@@ -280,6 +325,7 @@ class AMN(nn.Module):
 # --------------------------------------------------------------------------- closed-form baselines
 class _Baseline(nn.Module):
     """Closed-form predictor: nothing to train (`trainable = False`), `fit` on train windows."""
+
     trainable = False
     retrieval_space = "bank"
 
@@ -287,7 +333,7 @@ class _Baseline(nn.Module):
         super().__init__()
         self.d_vec = d_vec
 
-    def fit(self, ctx: torch.Tensor, tgt: torch.Tensor) -> "_Baseline":
+    def fit(self, ctx: torch.Tensor, tgt: torch.Tensor) -> _Baseline:
         return self
 
     def encode_bank(self, vectors: torch.Tensor) -> torch.Tensor:
@@ -348,9 +394,9 @@ class Ridge(_Baseline):
         xtx = torch.zeros(X.shape[1], X.shape[1], dtype=torch.float64)  # (L*D, L*D)
         xty = torch.zeros(X.shape[1], tgt.shape[1], dtype=torch.float64)  # (L*D, D)
         for s in range(0, n, chunk):
-            xc = X[s:s + chunk].double() - x_mean  # (chunk, L*D)
+            xc = X[s : s + chunk].double() - x_mean  # (chunk, L*D)
             xtx += xc.T @ xc
-            xty += xc.T @ (tgt[s:s + chunk].double() - y_mean)
+            xty += xc.T @ (tgt[s : s + chunk].double() - y_mean)
         xtx.diagonal().add_(self.alpha)
         w = torch.linalg.solve(xtx, xty)  # (L*D, D)
         self.weight = w.float()
@@ -363,8 +409,9 @@ class Ridge(_Baseline):
             raise RuntimeError("ridge baseline is not fitted: call fit(ctx, tgt) on train windows")
         flat = ctx.reshape(ctx.shape[0], -1)  # (B, L*D)
         if flat.shape[1] != self.weight.shape[0]:
-            raise ValueError(f"ridge was fitted on contexts of {self.weight.shape[0] // self.d_vec} vectors, "
-                             f"got {ctx.shape[1]}")
+            raise ValueError(
+                f"ridge was fitted on contexts of {self.weight.shape[0] // self.d_vec} vectors, got {ctx.shape[1]}"
+            )
         return flat @ self.weight.to(flat) + self.bias.to(flat)  # (B, D)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -424,8 +471,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     no_decay_ids = set()
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
-            if (isinstance(module, (*_NORMS, nn.Embedding)) or name in ("bias", "A_log", "D")
-                    or getattr(p, "_no_weight_decay", False) or p.dim() < 2):
+            if (
+                isinstance(module, (*_NORMS, nn.Embedding))
+                or name in ("bias", "A_log", "D")
+                or getattr(p, "_no_weight_decay", False)
+                or p.dim() < 2
+            ):
                 no_decay_ids.add(id(p))
     groups = {True: ([], []), False: ([], [])}
     for name, p in model.named_parameters():
@@ -433,5 +484,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             params, names = groups[id(p) not in no_decay_ids]
             params.append(p)
             names.append(name)
-    return [{"params": params, "param_names": names, "weight_decay": weight_decay if decay else 0.0}
-            for decay, (params, names) in groups.items() if params]
+    return [
+        {"params": params, "param_names": names, "weight_decay": weight_decay if decay else 0.0}
+        for decay, (params, names) in groups.items()
+        if params
+    ]

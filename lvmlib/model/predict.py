@@ -11,8 +11,10 @@ from lvmlib import metrics as mt
 @torch.no_grad()
 def predict(model: torch.nn.Module, contexts: np.ndarray, device: torch.device, batch: int = 512) -> np.ndarray:
     """(n, K, D) -> (n, D') float32 predictions."""
-    out = [model(torch.as_tensor(contexts[s:s + batch], device=device)).float().cpu().numpy()
-           for s in range(0, len(contexts), batch)]
+    out = [
+        model(torch.as_tensor(contexts[s : s + batch], device=device)).float().cpu().numpy()
+        for s in range(0, len(contexts), batch)
+    ]
     return np.concatenate(out) if out else np.zeros((0, contexts.shape[-1]), np.float32)
 
 
@@ -21,5 +23,9 @@ def model_bank(model: torch.nn.Module, bank: np.ndarray, device: torch.device, c
     """The bank in the model's retrieval space: the bank itself, or two_tower's encoded rows, L2-normalised."""
     if getattr(model, "retrieval_space", "bank") == "bank":
         return bank
-    return np.concatenate([mt.l2_normalize(model.encode_bank(mt.to_tensor(bank[s:s + chunk], device))
-                                           .float().cpu().numpy()) for s in range(0, len(bank), chunk)])
+    return np.concatenate(
+        [
+            mt.l2_normalize(model.encode_bank(mt.to_tensor(bank[s : s + chunk], device)).float().cpu().numpy())
+            for s in range(0, len(bank), chunk)
+        ]
+    )

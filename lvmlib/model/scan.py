@@ -21,6 +21,7 @@ Backends (`selective_scan(..., backend=)`):
 - `cuda`: mamba_ssm's `selective_scan_fn` (import guarded: mamba_ssm cannot be imported without CUDA).
 - `auto`: `cuda` when mamba_ssm is importable and the tensors are on a CUDA device, else `cpu`.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -92,8 +93,9 @@ class _CoreTorch(torch.autograd.Function):
         start = 0
         for chunk in _batch_chunks(*saved):
             stop = start + chunk[0].shape[0]
-            leaves = [None if t is None else t.detach().requires_grad_(ctx.needs_input_grad[i])
-                      for i, t in enumerate(chunk)]
+            leaves = [
+                None if t is None else t.detach().requires_grad_(ctx.needs_input_grad[i]) for i, t in enumerate(chunk)
+            ]
             wanted = [i for i, t in enumerate(leaves) if t is not None and t.requires_grad]
             with torch.enable_grad():
                 y = selective_scan_ref(*leaves)  # (b, ED, L)
@@ -102,8 +104,10 @@ class _CoreTorch(torch.autograd.Function):
                 grads[i].append(g)
             start = stop
         # u, dt, B, C are split over the batch (concatenate); A and D are shared (sum)
-        return tuple(None if not gs else torch.cat(gs) if i in (0, 1, 3, 4) else torch.stack(gs).sum(0)
-                     for i, gs in enumerate(grads))
+        return tuple(
+            None if not gs else torch.cat(gs) if i in (0, 1, 3, 4) else torch.stack(gs).sum(0)
+            for i, gs in enumerate(grads)
+        )
 
 
 def _batch_chunks(u, dt, A, B, C, D):
@@ -111,7 +115,7 @@ def _batch_chunks(u, dt, A, B, C, D):
     per_item = u.shape[1] * u.shape[2] * A.shape[1]
     step = max(1, _FALLBACK_CHUNK_ELEMS // max(per_item, 1))
     for s in range(0, u.shape[0], step):
-        yield u[s:s + step], dt[s:s + step], A, B[s:s + step], C[s:s + step], D
+        yield u[s : s + step], dt[s : s + step], A, B[s : s + step], C[s : s + step], D
 
 
 # --------------------------------------------------------------------------- ours: C kernel
@@ -123,20 +127,33 @@ _C_SOURCE = (Path(__file__).parent / "csrc" / "selective_scan.c").read_text()  #
 
 
 class _Args(ctypes.Structure):
-    _fields_ = ([(k, ctypes.c_void_p) for k in "u dt A B C D dy y du ddt dA dD".split()]
-                + [(k, ctypes.c_int64) for k in ("batch", "ed", "len", "n")]
-                + [(k, ctypes.c_int64 * 3) for k in "su sdt sy sdy sdu sddt".split()]
-                + [(k, ctypes.c_int64 * 2) for k in ("sB", "sC")])
+    _fields_ = (
+        [(k, ctypes.c_void_p) for k in "u dt A B C D dy y du ddt dA dD".split()]
+        + [(k, ctypes.c_int64) for k in ("batch", "ed", "len", "n")]
+        + [(k, ctypes.c_int64 * 3) for k in "su sdt sy sdy sdu sddt".split()]
+        + [(k, ctypes.c_int64 * 2) for k in ("sB", "sC")]
+    )
 
 
 # -ffinite-math-only -fno-signed-zeros let the exp2 clamp be vmaxps/vminps (the kernel tests no NaN/inf);
 # -mprefer-vector-width=512: gcc's Intel tuning defaults to 256-bit vectors; with AVX-512 the full width
 # is faster (bench_model.py --modes scan); gcc ignores it without AVX-512, other compilers fall through.
-_FAST = ["-O3", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=fast", "-ffinite-math-only",
-         "-fno-signed-zeros"]
+_FAST = [
+    "-O3",
+    "-fno-trapping-math",
+    "-fno-math-errno",
+    "-ffp-contract=fast",
+    "-ffinite-math-only",
+    "-fno-signed-zeros",
+]
 _NATIVE = ["-march=native", "-mprefer-vector-width=512"]
-_FLAGS = ([*_FAST, *_NATIVE, "-fopenmp"], [*_FAST, *_NATIVE, "-fopenmp-simd"], [*_FAST, "-march=native", "-fopenmp"],
-          [*_FAST, "-fopenmp-simd"], ["-O2"])  # tried in order; the first that builds and loads wins
+_FLAGS = (
+    [*_FAST, *_NATIVE, "-fopenmp"],
+    [*_FAST, *_NATIVE, "-fopenmp-simd"],
+    [*_FAST, "-march=native", "-fopenmp"],
+    [*_FAST, "-fopenmp-simd"],
+    ["-O2"],
+)  # tried in order; the first that builds and loads wins
 
 
 @functools.lru_cache(maxsize=1)
@@ -147,12 +164,17 @@ def _kernel():
         return None
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if not cc:
-        warnings.warn("lvmlib.model.scan: no C compiler found; the cpu scan uses the slower pure-torch path")
+        warnings.warn(
+            "lvmlib.model.scan: no C compiler found; the cpu scan uses the slower pure-torch path", stacklevel=2
+        )
         return None
     cpu = platform.machine() + platform.processor()
     if Path("/proc/cpuinfo").exists():  # -march=native: key the build by the CPU model and flags
-        cpu += "".join(sorted({ln for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                               if ln.startswith(("model name", "flags"))}))
+        cpu += "".join(
+            sorted(
+                {ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith(("model name", "flags"))}
+            )
+        )
     errors = []
     for flags in _FLAGS:
         key = hashlib.sha256("\0".join([_C_SOURCE, cc, *flags, cpu]).encode()).hexdigest()[:16]
@@ -162,8 +184,12 @@ def _kernel():
             src, tmp = lib.with_suffix(f".{os.getpid()}.c"), lib.with_suffix(f".{os.getpid()}.tmp")
             src.write_text(_C_SOURCE)
             try:
-                proc = subprocess.run([cc, *flags, "-fPIC", "-shared", "-o", str(tmp), str(src)],
-                                      capture_output=True, text=True, timeout=300)
+                proc = subprocess.run(
+                    [cc, *flags, "-fPIC", "-shared", "-o", str(tmp), str(src)],
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                )
                 failure = (proc.stderr.strip()[-300:] or f"exit {proc.returncode}") if proc.returncode else ""
             except (OSError, subprocess.SubprocessError) as exc:  # compiler missing or hung
                 failure = f"{type(exc).__name__}: {exc}"
@@ -185,13 +211,17 @@ def _kernel():
         dll.scan_bwd_par.argtypes = [args, ptr, ctypes.c_int]
         dll.openmp = bool(dll.scan_openmp()) and os.environ.get("LVM_SCAN_OPENMP", "1") != "0"
         return dll
-    warnings.warn("lvmlib.model.scan: building the C scan kernel failed; the cpu scan uses the pure-torch path: "
-                  + " | ".join(errors))
+    warnings.warn(
+        "lvmlib.model.scan: building the C scan kernel failed; the cpu scan uses the pure-torch path: "
+        + " | ".join(errors),
+        stacklevel=2,
+    )
     return None
 
 
 def _cache_dir() -> Path:
     from lvmlib.core.paths import cache_root  # the one home of the cache root (data.cache_dir aside)
+
     return cache_root() / "scan_kernel"
 
 
@@ -234,6 +264,7 @@ def _run(kind: str, args: _Args, dBC: torch.Tensor | None = None) -> None:
             if dBC is None:
                 return dll.scan_fwd(ctypes.byref(args), lo, hi)
             return dll.scan_bwd(ctypes.byref(args), extra[0] + i * part, extra[0] + (nthreads + i) * part, lo, hi)
+
         code = max(_POOL.map(job, range(nthreads)))
     if code:
         raise MemoryError("lvmlib.model.scan: the C kernel could not allocate its scratch buffer")
@@ -306,11 +337,15 @@ def cuda_available() -> bool:
 
 def require_cuda_backend() -> None:
     if not torch.cuda.is_available():
-        raise ScanBackendError("model.scan = 'cuda' needs a CUDA device, and torch.cuda.is_available() is "
-                               "False here; use model.scan = 'auto' or 'cpu'")
+        raise ScanBackendError(
+            "model.scan = 'cuda' needs a CUDA device, and torch.cuda.is_available() is "
+            "False here; use model.scan = 'auto' or 'cpu'"
+        )
     if _mamba_ssm_ops() is None:
-        raise ScanBackendError("model.scan = 'cuda' needs mamba_ssm (pip install -e '.[cuda]', see "
-                               "pyproject.toml); it could not be imported; use model.scan = 'auto' or 'cpu'")
+        raise ScanBackendError(
+            "model.scan = 'cuda' needs mamba_ssm (pip install -e '.[cuda]', see "
+            "pyproject.toml); it could not be imported; use model.scan = 'auto' or 'cpu'"
+        )
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -322,14 +357,15 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "cuda":
         require_cuda_backend()
         if device.type != "cuda":
-            raise ScanBackendError(f"scan backend 'cuda' got tensors on {device}; move the model to a "
-                                   "CUDA device or use model.scan = 'cpu'")
+            raise ScanBackendError(
+                f"scan backend 'cuda' got tensors on {device}; move the model to a "
+                "CUDA device or use model.scan = 'cpu'"
+            )
     return backend
 
 
 # --------------------------------------------------------------------------- entry point
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   backend: str = "cpu"):
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend: str = "cpu"):
     """Selective scan with mamba_ssm's `selective_scan_fn` signature plus `backend`.
     u, delta, z: (B, ED, L); A: (ED, N); B, C: (B, N, L); D, delta_bias: (ED) -> (B, ED, L)."""
     backend = resolve_backend(backend, u.device)

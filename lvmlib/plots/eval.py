@@ -6,6 +6,7 @@ DataFrame (or Markdown text for the summary). Metric names are the eval.json key
 `pred_target_cosine`, ...). Intervals are the ones in eval.json (bootstrap over articles), drawn as
 error bars, never recomputed by seaborn.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -51,20 +52,26 @@ def summary_markdown(ev: dict[str, Any]) -> str:
     ]
     cl = ev.get("baseline_copy_last")
     if cl:
-        lines.append(f"- Copy-last baseline on the same queries: R@5 {cl['recall_at_5']:.1%}, cosine "
-                     f"{cl['pred_target_cosine']:.3f}.")
+        lines.append(
+            f"- Copy-last baseline on the same queries: R@5 {cl['recall_at_5']:.1%}, cosine "
+            f"{cl['pred_target_cosine']:.3f}."
+        )
     bb = g.get("best_baseline")
     if bb:
         dci = bb.get("diff_recall_at_5_ci")
         dtxt = f" (95% CI {dci[0]:+.1%} … {dci[1]:+.1%})" if dci else ""
-        lines.append(f"- Best baseline **{bb['name']}**: R@5 {bb['recall_at_5']:.1%}; model − baseline R@5 "
-                     f"{bb['diff_recall_at_5']:+.1%}{dtxt} → the model "
-                     f"**{'beats' if g.get('beats_best_baseline') else 'does not beat'}** the best baseline.")
+        lines.append(
+            f"- Best baseline **{bb['name']}**: R@5 {bb['recall_at_5']:.1%}; model − baseline R@5 "
+            f"{bb['diff_recall_at_5']:+.1%}{dtxt} → the model "
+            f"**{'beats' if g.get('beats_best_baseline') else 'does not beat'}** the best baseline."
+        )
     s = ev["sanity"]
-    lines.append(f"- Sanity checks passed: truth/context keys in the bank, vectors equal at their keys, oracle R@1 "
-                 f"{min(s['oracle']['recall_at_1'].values()):.1%} (min over banks; "
-                 f"{s['oracle']['queries_whose_target_has_duplicates']} targets have duplicate vectors), "
-                 f"search cross-check agreement {s['search_agreement'].get('agreement', float('nan')):.1%}.")
+    lines.append(
+        f"- Sanity checks passed: truth/context keys in the bank, vectors equal at their keys, oracle R@1 "
+        f"{min(s['oracle']['recall_at_1'].values()):.1%} (min over banks; "
+        f"{s['oracle']['queries_whose_target_has_duplicates']} targets have duplicate vectors), "
+        f"search cross-check agreement {s['search_agreement'].get('agreement', float('nan')):.1%}."
+    )
     return "\n".join(lines)
 
 
@@ -75,8 +82,15 @@ def _bars_with_intervals(ax, df: pd.DataFrame, y: str, palette: dict[str, str]) 
         has = df[f"{y}_lo"].notna()
         x = np.arange(len(df))[has.to_numpy()]
         d = df[has]
-        ax.errorbar(x, d[y], yerr=[(d[y] - d[f"{y}_lo"]).clip(lower=0), (d[f"{y}_hi"] - d[y]).clip(lower=0)],
-                    fmt="none", ecolor="#111827", elinewidth=1.2, capsize=3)
+        ax.errorbar(
+            x,
+            d[y],
+            yerr=[(d[y] - d[f"{y}_lo"]).clip(lower=0), (d[f"{y}_hi"] - d[y]).clip(lower=0)],
+            fmt="none",
+            ecolor="#111827",
+            elinewidth=1.2,
+            capsize=3,
+        )
     ax.set_xlabel("")
     ax.tick_params(axis="x", rotation=30)
 
@@ -88,12 +102,20 @@ def decision_summary(ev: dict[str, Any]):
     rows = []
     for n, res in ev["models"].items():
         ci = _primary(ev, n).get("recall_at_5_ci")
-        rows.append({"model": n, "role": res["role"], "recall_at_5": _primary(ev, n)["recall_at_5"],
-                     "recall_at_5_lo": ci[0] if ci else np.nan, "recall_at_5_hi": ci[1] if ci else np.nan,
-                     "pred_target_cosine": res["pred_target_cosine"]})
+        rows.append(
+            {
+                "model": n,
+                "role": res["role"],
+                "recall_at_5": _primary(ev, n)["recall_at_5"],
+                "recall_at_5_lo": ci[0] if ci else np.nan,
+                "recall_at_5_hi": ci[1] if ci else np.nan,
+                "pred_target_cosine": res["pred_target_cosine"],
+            }
+        )
     df = pd.DataFrame(rows)
-    palette = {r.model: PRIMARY if r.role == "primary" else EXTRA if r.role == "extra" else BASE
-               for r in df.itertuples()}
+    palette = {
+        r.model: PRIMARY if r.role == "primary" else EXTRA if r.role == "extra" else BASE for r in df.itertuples()
+    }
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
     _bars_with_intervals(a1, df, "recall_at_5", palette)
     a1.axhline(g["r5_meaningful"], color="#b45309", ls="--", lw=1, label=f"proceed > {g['r5_meaningful']:.0%}")
@@ -122,19 +144,40 @@ def recall_frame(ev: dict[str, Any]) -> pd.DataFrame:
                 m = res["banks"][b][variant]
                 for key in m:
                     if key.startswith("recall_at_") and key.rsplit("_", 1)[1].isdigit():
-                        rows.append({"model": name, "role": res["role"], "bank": b,
-                                     "context": variant.replace("context_", ""),
-                                     "k": int(key.rsplit("_", 1)[1]), "recall": m[key]})
+                        rows.append(
+                            {
+                                "model": name,
+                                "role": res["role"],
+                                "bank": b,
+                                "context": variant.replace("context_", ""),
+                                "k": int(key.rsplit("_", 1)[1]),
+                                "recall": m[key],
+                            }
+                        )
     return pd.DataFrame(rows)
 
 
 def recall_curves(ev: dict[str, Any]):
     """R@k against k for every model, one panel per bank; solid = context excluded, dashed = included."""
     df = recall_frame(ev)
-    g = sns.relplot(data=df, kind="line", x="k", y="recall", hue="model", hue_order=list(ev["models"]),
-                    palette=_colors(ev), style="context", style_order=["excluded", "included"], marker="o",
-                    markersize=4, col="bank", col_order=list(ev["banks"]), height=3.6, aspect=1.15,
-                    facet_kws={"sharey": True})
+    g = sns.relplot(
+        data=df,
+        kind="line",
+        x="k",
+        y="recall",
+        hue="model",
+        hue_order=list(ev["models"]),
+        palette=_colors(ev),
+        style="context",
+        style_order=["excluded", "included"],
+        marker="o",
+        markersize=4,
+        col="bank",
+        col_order=list(ev["banks"]),
+        height=3.6,
+        aspect=1.15,
+        facet_kws={"sharey": True},
+    )
     g.set(xscale="log")
     g.set_axis_labels("k", "R@k")
     g.set_titles("{col_name} bank")
@@ -148,8 +191,18 @@ def rank_histograms(queries: pd.DataFrame, bank: str = "global", context: str = 
     col = f"rank_{bank}" + ("" if context == "excluded" else "_incl_context")
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
     models = list(dict.fromkeys(queries["model"]))
-    sns.histplot(data=queries, x=col, hue="model", hue_order=models, log_scale=True, bins=20, element="step",
-                 fill=False, lw=1.5, ax=a1)
+    sns.histplot(
+        data=queries,
+        x=col,
+        hue="model",
+        hue_order=models,
+        log_scale=True,
+        bins=20,
+        element="step",
+        fill=False,
+        lw=1.5,
+        ax=a1,
+    )
     sns.ecdfplot(data=queries, x=col, hue="model", hue_order=models, log_scale=True, lw=1.5, ax=a2, legend=False)
     for ax in (a1, a2):
         for k in (1, 5, 50):
@@ -170,9 +223,17 @@ def cosine_distributions(queries: pd.DataFrame, model: str, reference: str = "co
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8))
     labels = {reference: f"{reference} (mean {b.cosine.mean():.3f})", model: f"{model} (mean {a.cosine.mean():.3f})"}
     both = pd.concat([b, a])[["model", "cosine"]].assign(predictor=lambda d: d["model"].map(labels))
-    sns.histplot(data=both, x="cosine", hue="predictor", hue_order=list(labels.values()),
-                 bins=np.linspace(min(a.cosine.min(), b.cosine.min()), 1.0, 40), element="step", alpha=0.45,
-                 palette=dict(zip(labels.values(), (BASE, PRIMARY))), ax=a1)
+    sns.histplot(
+        data=both,
+        x="cosine",
+        hue="predictor",
+        hue_order=list(labels.values()),
+        bins=np.linspace(min(a.cosine.min(), b.cosine.min()), 1.0, 40),
+        element="step",
+        alpha=0.45,
+        palette=dict(zip(labels.values(), (BASE, PRIMARY))),
+        ax=a1,
+    )
     sns.move_legend(a1, "upper left", title=None)
     a1.set_xlabel("cosine(prediction, true next chunk)")
     a1.set_ylabel("queries")
@@ -192,8 +253,13 @@ def latency(ev: dict[str, Any]):
     """Per query at batch 1: model forward, search, both together — P50 bars, whiskers up to P95."""
     lat = ev.get("latency") or {}
     parts = {"forward_ms": "model forward", "search_ms": "search", "total_ms": "both"}
-    df = pd.DataFrame([{"model": name, "part": label, "p50": rec[p]["p50"], "p95": rec[p]["p95"]}
-                       for name, rec in lat.items() for p, label in parts.items()])
+    df = pd.DataFrame(
+        [
+            {"model": name, "part": label, "p50": rec[p]["p50"], "p95": rec[p]["p95"]}
+            for name, rec in lat.items()
+            for p, label in parts.items()
+        ]
+    )
     fig, ax = plt.subplots(figsize=(8, 3.6))
     if not df.empty:
         sns.barplot(data=df, x="part", y="p50", hue="model", order=list(parts.values()), ax=ax)
@@ -207,8 +273,11 @@ def latency(ev: dict[str, Any]):
     ax.set_xlabel("")
     ax.set_ylabel("ms per query (batch 1)")
     first = next(iter(lat.values()), {})
-    ax.set_title(f"bank {first.get('bank_size')} rows, {first.get('backend')} on {first.get('device')}, "
-                 f"{first.get('threads', first.get('torch_threads'))} thread(s)", fontsize=10)
+    ax.set_title(
+        f"bank {first.get('bank_size')} rows, {first.get('backend')} on {first.get('device')}, "
+        f"{first.get('threads', first.get('torch_threads'))} thread(s)",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
 
@@ -232,8 +301,16 @@ def models_by_banks(ev: dict[str, Any], metric: str = "recall_at_5") -> pd.DataF
 def latency_table(ev: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for name, rec in (ev.get("latency") or {}).items():
-        rows.append({"model": name, **{f"{p.replace('_ms', '')}_{q}_ms": rec[p][q]
-                                       for p in ("forward_ms", "search_ms", "total_ms") for q in ("p50", "p95")}})
+        rows.append(
+            {
+                "model": name,
+                **{
+                    f"{p.replace('_ms', '')}_{q}_ms": rec[p][q]
+                    for p in ("forward_ms", "search_ms", "total_ms")
+                    for q in ("p50", "p95")
+                },
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -244,14 +321,21 @@ def sanity_table(ev: dict[str, Any]) -> pd.DataFrame:
     for where, rep in s["alignment"].items():
         rows.append((f"{where}: truth and context keys in the bank", f"{rep['n_windows']} windows"))
         tgt = rep.get("max_abs_diff_target")
-        rows.append((f"{where}: vectors equal the bank at their keys",
-                     f"max |Δ| context {rep['max_abs_diff_context']:.2g}"
-                     + ("" if tgt is None else f", target {tgt:.2g}")))
+        rows.append(
+            (
+                f"{where}: vectors equal the bank at their keys",
+                f"max |Δ| context {rep['max_abs_diff_context']:.2g}" + ("" if tgt is None else f", target {tgt:.2g}"),
+            )
+        )
     o = s["oracle"]
     for k, v in o["recall_at_1"].items():
         rows.append((f"oracle R@1, {k}", f"{v:.2%} (min {o['min_recall_at_1']:.0%})"))
-    rows.append(("duplicate vectors in the bank", f"{o['bank_rows_with_a_duplicate']} rows; "
-                                                  f"{o['queries_whose_target_has_duplicates']} targets"))
+    rows.append(
+        (
+            "duplicate vectors in the bank",
+            f"{o['bank_rows_with_a_duplicate']} rows; {o['queries_whose_target_has_duplicates']} targets",
+        )
+    )
     sa = s["search_agreement"]
     if sa.get("checked"):
         rows.append((f"{sa['backend']} top-k lists vs counted ranks", f"{sa['agreement']:.2%} agree"))
@@ -260,14 +344,19 @@ def sanity_table(ev: dict[str, Any]) -> pd.DataFrame:
 
 def examples_table(ev: dict[str, Any], max_chars: int = 160) -> pd.DataFrame:
     """Example queries: the context chunks, the true next chunk, and the primary model's top 3."""
+
     def cut(t: str) -> str:
-        return t if len(t) <= max_chars else t[:max_chars - 1] + "…"
+        return t if len(t) <= max_chars else t[: max_chars - 1] + "…"
+
     rows = []
     for x in ev.get("examples", []):
-        row = {"article": x.get("title") or x["article_id"], "position": x["target_position"],
-               "context (last 2 of K)": " ⏎ ".join(cut(t) for t in x["context_texts"][-2:]),
-               "true next chunk": cut(x["target_text"]),
-               **{f"rank ({m})": r for m, r in x["ranks"].items() if m in (ev["primary_model"], "copy_last")}}
+        row = {
+            "article": x.get("title") or x["article_id"],
+            "position": x["target_position"],
+            "context (last 2 of K)": " ⏎ ".join(cut(t) for t in x["context_texts"][-2:]),
+            "true next chunk": cut(x["target_text"]),
+            **{f"rank ({m})": r for m, r in x["ranks"].items() if m in (ev["primary_model"], "copy_last")},
+        }
         for j, r in enumerate(x["retrieved"], 1):
             row[f"top {j}"] = ("✔ " if r["is_target"] else "") + cut(r["text"]) + f" ({r['score']:.2f})"
         rows.append(row)

@@ -1,5 +1,6 @@
 """Figures for 03_gates: the epoch-2 decision tree with the path taken (matplotlib: a diagram, not data),
 and the gate on the validation curve (seaborn)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,9 +16,17 @@ TAKEN, OTHER = "#15803d", "#9ca3af"
 
 def _box(ax, xy, text, active, width=0.28, height=0.16):
     x, y = xy
-    ax.add_patch(FancyBboxPatch((x - width / 2, y - height / 2), width, height, boxstyle="round,pad=0.02",
-                                fc="#dcfce7" if active else "#f9fafb", ec=TAKEN if active else OTHER,
-                                lw=2.5 if active else 1))
+    ax.add_patch(
+        FancyBboxPatch(
+            (x - width / 2, y - height / 2),
+            width,
+            height,
+            boxstyle="round,pad=0.02",
+            fc="#dcfce7" if active else "#f9fafb",
+            ec=TAKEN if active else OTHER,
+            lw=2.5 if active else 1,
+        )
+    )
     ax.text(x, y, text, ha="center", va="center", fontsize=9, color="#111" if active else "#6b7280", wrap=True)
 
 
@@ -39,8 +48,12 @@ def gate_tree(gate: dict[str, Any]):
     ]
     for key, x, text in leaves:
         active = branch == key
-        ax.annotate("", xy=(x, 0.36), xytext=(0.5, 0.73),
-                    arrowprops=dict(arrowstyle="-|>", color=TAKEN if active else OTHER, lw=2.5 if active else 1))
+        ax.annotate(
+            "",
+            xy=(x, 0.36),
+            xytext=(0.5, 0.73),
+            arrowprops=dict(arrowstyle="-|>", color=TAKEN if active else OTHER, lw=2.5 if active else 1),
+        )
         _box(ax, (x, 0.25), text, active, height=0.2)
     title = "Decision tree — path taken in green" if branch else "Decision tree — gate epoch not reached"
     ax.set_title(title, fontsize=11)
@@ -51,8 +64,15 @@ def gate_tree(gate: dict[str, Any]):
 def gate_curve(history: list[dict[str, Any]], gate: dict[str, Any]):
     """val_cosine per epoch with the threshold and lower bars and the gate epoch marked."""
     fig, ax = plt.subplots(figsize=(7, 3.4))
-    sns.lineplot(data=history_frame(history, ("val_cosine",)), x="epoch", y="value", marker="o", color="#1d4ed8",
-                 label="val cosine", ax=ax)
+    sns.lineplot(
+        data=history_frame(history, ("val_cosine",)),
+        x="epoch",
+        y="value",
+        marker="o",
+        color="#1d4ed8",
+        label="val cosine",
+        ax=ax,
+    )
     ax.axhline(gate["threshold"], color=TAKEN, ls="--", label=f"gate {gate['threshold']:.2f}")
     ax.axhline(gate["lower"], color="#b45309", ls=":", label=f"lower {gate['lower']:.2f}")
     ax.axvline(gate.get("gate_epoch", 2), color="#6b7280", lw=0.8)

@@ -1,5 +1,6 @@
 """Figures of the scaling page (06_scaling): metric against training articles, tidy DataFrame in
 (`scaling.study_table`), seaborn Figure out. Keys on axes are the JSON keys (`recall_at_5`, `cosine`)."""
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -16,16 +17,34 @@ def scaling_curves(table, metrics=(("recall_at_5", "R@5 (primary bank)"), ("cosi
     axis), 95% intervals as bars (R@5: article bootstrap). Bottom row: the model minus the best constant
     baseline, paired per size with its 95% interval, and the fitted a + b log10(N) trend of that gap
     dashed — the line the verdict's crossing is read from (`scaling.gaps_to_best`)."""
-    fig, axes = plt.subplots(2, len(metrics), figsize=(6.2 * len(metrics), 7.2), squeeze=False,
-                             gridspec_kw={"height_ratios": [1.25, 1]})
+    fig, axes = plt.subplots(
+        2, len(metrics), figsize=(6.2 * len(metrics), 7.2), squeeze=False, gridspec_kw={"height_ratios": [1.25, 1]}
+    )
     for col, (metric, label) in enumerate(metrics):
         ax, gx = axes[0][col], axes[1][col]
-        sns.lineplot(data=table, x="n_articles", y=metric, hue="predictor", style="predictor", markers=True,
-                     dashes=False, palette=PALETTE, ax=ax, errorbar=None)
+        sns.lineplot(
+            data=table,
+            x="n_articles",
+            y=metric,
+            hue="predictor",
+            style="predictor",
+            markers=True,
+            dashes=False,
+            palette=PALETTE,
+            ax=ax,
+            errorbar=None,
+        )
         if metric == "recall_at_5":
             for name, g in table.groupby("predictor"):
-                ax.errorbar(g["n_articles"], g[metric], yerr=[g[metric] - g[f"{metric}_lo"], g[f"{metric}_hi"] - g[metric]],
-                            fmt="none", ecolor=PALETTE.get(name, "k"), alpha=0.6, capsize=3)
+                ax.errorbar(
+                    g["n_articles"],
+                    g[metric],
+                    yerr=[g[metric] - g[f"{metric}_lo"], g[f"{metric}_hi"] - g[metric]],
+                    fmt="none",
+                    ecolor=PALETTE.get(name, "k"),
+                    alpha=0.6,
+                    capsize=3,
+                )
         ax.set_title(label)
         ax.set_ylabel(metric)
         ax.legend(fontsize=8)
@@ -33,12 +52,26 @@ def scaling_curves(table, metrics=(("recall_at_5", "R@5 (primary bank)"), ("cosi
         ok = ~np.isnan(g["lo"])
         gx.axhline(0.0, color=PALETTE[g["best"]], lw=1, label=f"{g['best']} (zero gap)")
         gx.plot(g["sizes"], g["gaps"], marker="o", color=PALETTE["model"], label=f"model − {g['best']} (paired)")
-        gx.errorbar(g["sizes"][ok], g["gaps"][ok], yerr=[g["gaps"][ok] - g["lo"][ok], g["hi"][ok] - g["gaps"][ok]],
-                    fmt="none", ecolor=PALETTE["model"], alpha=0.6, capsize=3)
+        gx.errorbar(
+            g["sizes"][ok],
+            g["gaps"][ok],
+            yerr=[g["gaps"][ok] - g["lo"][ok], g["hi"][ok] - g["gaps"][ok]],
+            fmt="none",
+            ecolor=PALETTE["model"],
+            alpha=0.6,
+            capsize=3,
+        )
         if g["fit"] is not None:
             n = np.geomspace(g["sizes"].min(), g["sizes"].max() * 3, 50)
-            gx.plot(n, g["fit"][0] + g["fit"][1] * np.log10(n), ls="--", color=PALETTE["model"], alpha=0.5, lw=1,
-                    label="gap trend (a + b log10 N)")
+            gx.plot(
+                n,
+                g["fit"][0] + g["fit"][1] * np.log10(n),
+                ls="--",
+                color=PALETTE["model"],
+                alpha=0.5,
+                lw=1,
+                label="gap trend (a + b log10 N)",
+            )
         gx.set_ylabel(f"{metric}: model − {g['best']}")
         gx.legend(fontsize=8)
         for a, pct in ((ax, "{:.0%}"), (gx, "{:+.1%}")):
@@ -55,14 +88,18 @@ def format_table(table):
     """The per-size table a reviewer reads: each predictor's R@5 (95% CI) and cosine, and the model's
     paired difference to each baseline."""
     import pandas as pd
+
     rows = []
     for (n, pred), g in table.groupby(["n_articles", "predictor"], sort=True):
         r = g.iloc[0]
-        row = {"training articles": int(n), "train windows": int(r["n_train_windows"]),
-               **({"bank chunks": int(r["bank_chunks"])} if pd.notna(r.get("bank_chunks")) else {}),
-               "predictor": pred,
-               "R@5": f"{r['recall_at_5']:.1%} [{r['recall_at_5_lo']:.1%}–{r['recall_at_5_hi']:.1%}]",
-               "cosine": f"{r['cosine']:.3f}"}
+        row = {
+            "training articles": int(n),
+            "train windows": int(r["n_train_windows"]),
+            **({"bank chunks": int(r["bank_chunks"])} if pd.notna(r.get("bank_chunks")) else {}),
+            "predictor": pred,
+            "R@5": f"{r['recall_at_5']:.1%} [{r['recall_at_5_lo']:.1%}–{r['recall_at_5_hi']:.1%}]",
+            "cosine": f"{r['cosine']:.3f}",
+        }
         if pred != "model":
             lo, hi = r["diff_recall_at_5_ci"]
             clo, chi = r["diff_cosine_ci"]

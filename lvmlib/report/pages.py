@@ -6,6 +6,7 @@ Pages come from Jinja2 templates in `lvmlib/templates/` with autoescaping on: ev
 (`Markup`). `headline(run_dir)` is the one place a run's key numbers are read from its files; the run
 page, the index and the terminal summary (`console.summary_lines`) all show it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,11 +18,11 @@ from typing import Any
 from filelock import FileLock
 from markupsafe import Markup, escape
 
+from lvmlib.core.paths import NOTEBOOKS
+from lvmlib.core.runs import RunError, atomic_write_json, atomic_write_text, read_json
 from lvmlib.report import tweaks
 from lvmlib.report.words import beaten_text, has_interval
-from lvmlib.core.paths import NOTEBOOKS
 from lvmlib.train.gates import upgrade
-from lvmlib.core.runs import RunError, atomic_write_json, atomic_write_text, read_json
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -29,8 +30,14 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 @functools.cache
 def _env():
     from jinja2 import Environment, FileSystemLoader  # installed with nbconvert
-    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=True, trim_blocks=True,
-                      lstrip_blocks=True, keep_trailing_newline=False)
+
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATES)),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+    )
     env.filters.update(fmt=_fmt, secs=_secs, when=_when)
     env.globals.update(status_class=lambda st: _STATUS_CLASS.get(st, ""), r5=_r5, baseline=_baseline)
     return env
@@ -42,18 +49,24 @@ def _template(name: str):
 
 # --------------------------------------------------------------------------- rendered notebooks
 _CR = re.compile(r"[^\n]*\r(?=[^\n])")  # text a later carriage return overwrote (progress bars)
-BANNER_CSS = ("position:sticky;top:0;z-index:10;font:13px system-ui,sans-serif;padding:7px 14px;"
-              "background:#f3f4f6;border-bottom:1px solid #d1d5db")
-REPORT_CSS = ("<style>.lvm-banner a{color:#1d4ed8;text-decoration:none;margin-right:2px}"
-              ".lvm-banner a:hover{text-decoration:underline}.lvm-banner .lvm-note{color:#6b7280;float:right}"
-              ".jp-OutputArea-output img{max-width:100%;height:auto}"
-              ".jp-RenderedHTMLCommon table{font-size:12.5px}"
-              ".jp-OutputArea-output{overflow-x:auto}</style>")
+BANNER_CSS = (
+    "position:sticky;top:0;z-index:10;font:13px system-ui,sans-serif;padding:7px 14px;"
+    "background:#f3f4f6;border-bottom:1px solid #d1d5db"
+)
+REPORT_CSS = (
+    "<style>.lvm-banner a{color:#1d4ed8;text-decoration:none;margin-right:2px}"
+    ".lvm-banner a:hover{text-decoration:underline}.lvm-banner .lvm-note{color:#6b7280;float:right}"
+    ".jp-OutputArea-output img{max-width:100%;height:auto}"
+    ".jp-RenderedHTMLCommon table{font-size:12.5px}"
+    ".jp-OutputArea-output{overflow-x:auto}</style>"
+)
 # nbconvert's lab template minus the require.js and MathJax <script>s it fetches from a CDN: the reports
 # need neither (no widgets, no TeX) and must open offline without errors.
-OFFLINE_TEMPLATE = ("{%- extends 'index.html.j2' -%}"
-                    "{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}"
-                    "{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}")
+OFFLINE_TEMPLATE = (
+    "{%- extends 'index.html.j2' -%}"
+    "{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}"
+    "{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}"
+)
 
 
 def tidy_streams(nb) -> None:
@@ -62,8 +75,12 @@ def tidy_streams(nb) -> None:
     for cell in nb.cells:
         outputs, merged = cell.get("outputs", []), []
         for out in outputs:
-            if (out.output_type == "stream" and merged and merged[-1].output_type == "stream"
-                    and merged[-1].name == out.name):
+            if (
+                out.output_type == "stream"
+                and merged
+                and merged[-1].output_type == "stream"
+                and merged[-1].name == out.name
+            ):
                 merged[-1].text += out.text
             else:
                 merged.append(out)
@@ -79,14 +96,24 @@ def summary_first(nb) -> bool:
     """Reading order: move the `## Summary` section (a markdown cell starting with that heading, or cells
     tagged `summary`, up to the next `## ` heading) right after the title cell. True if anything moved."""
     cells = nb.cells
-    start = next((i for i, c in enumerate(cells) if "summary" in c.metadata.get("tags", []) or
-                  (c.cell_type == "markdown" and c.source.lstrip().lower().startswith("## summary"))), None)
+    start = next(
+        (
+            i
+            for i, c in enumerate(cells)
+            if "summary" in c.metadata.get("tags", [])
+            or (c.cell_type == "markdown" and c.source.lstrip().lower().startswith("## summary"))
+        ),
+        None,
+    )
     first_output = next((i for i, c in enumerate(cells) if c.cell_type == "code" and c.get("outputs")), len(cells))
     if start is None or start < first_output or start == 0:
         return False  # no summary, or nothing with output comes before it
     end = start + 1
-    while end < len(cells) and not (cells[end].cell_type == "markdown" and cells[end].source.lstrip().startswith("## ")) \
-            and "summary" not in cells[end].metadata.get("tags", []):
+    while (
+        end < len(cells)
+        and not (cells[end].cell_type == "markdown" and cells[end].source.lstrip().startswith("## "))
+        and "summary" not in cells[end].metadata.get("tags", [])
+    ):
         end += 1
     while end < len(cells) and "summary" in cells[end].metadata.get("tags", []):
         end += 1
@@ -97,8 +124,9 @@ def summary_first(nb) -> bool:
     return True
 
 
-def render_html(ipynb: Path, out_html: Path, nav: list[tuple[str, str]] | None = None,
-                tweak_note: str = "") -> list[Path]:
+def render_html(
+    ipynb: Path, out_html: Path, nav: list[tuple[str, str]] | None = None, tweak_note: str = ""
+) -> list[Path]:
     """Two renderings: `<name>.html` with code hidden (for reading: the summary section first, progress
     bars collapsed) and `<name>.code.html` with code, in execution order.
 
@@ -108,28 +136,37 @@ def render_html(ipynb: Path, out_html: Path, nav: list[tuple[str, str]] | None =
     import nbformat
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
+
     nav = nav if nav is not None else [("run", "index.html"), ("all runs", "../index.html")]
     written = []
     for exclude_input, path in ((True, out_html), (False, out_html.with_suffix(".code.html"))):
         nb = nbformat.read(str(ipynb), as_version=4)
         tidy_streams(nb)
         moved = summary_first(nb) if exclude_input else False
-        exporter = HTMLExporter(exclude_input=exclude_input, exclude_input_prompt=True, exclude_output_prompt=True,
-                                extra_loaders=[DictLoader({"lvm_report.html.j2": OFFLINE_TEMPLATE})],
-                                template_file="lvm_report.html.j2")
+        exporter = HTMLExporter(
+            exclude_input=exclude_input,
+            exclude_input_prompt=True,
+            exclude_output_prompt=True,
+            extra_loaders=[DictLoader({"lvm_report.html.j2": OFFLINE_TEMPLATE})],
+            template_file="lvm_report.html.j2",
+        )
         body, _ = exporter.from_notebook_node(nb)
         other = path.name.replace(".code.html", ".html") if not exclude_input else path.with_suffix(".code.html").name
         label = "hide code" if not exclude_input else "show code"
-        note = "summary shown first · code hidden" if moved else ("code hidden" if exclude_input else
-                                                                  "code shown, in execution order")
-        banner = _template("banner.html.j2").render(css=Markup(BANNER_CSS), nav=nav, other=other, label=label, note=note)
+        note = (
+            "summary shown first · code hidden"
+            if moved
+            else ("code hidden" if exclude_input else "code shown, in execution order")
+        )
+        banner = _template("banner.html.j2").render(
+            css=Markup(BANNER_CSS), nav=nav, other=other, label=label, note=note
+        )
         body = body.replace("</head>", REPORT_CSS + "</head>", 1)
         idx = body.find(">", body.find("<body")) + 1
         body = body[:idx] + banner + tweak_note + body[idx:]
         atomic_write_text(path, body)
         written.append(path)
     return written
-
 
 
 # --------------------------------------------------------------------------- run record, run page, index
@@ -142,27 +179,51 @@ def headline(run_dir: Path) -> dict[str, Any]:
         except RunError:
             out[name] = None
     g, e = upgrade(out["gates"]) or {}, out["eval"] or {}
-    best = ((e.get("gates") or {}).get("best_baseline") or {})
-    return {"gate_epoch": g.get("gate_epoch"), "gate_val_cosine": g.get("gate_val_cosine"),
-            "gate_decision": g.get("decision"),
-            "gate_reason": g.get("reason"), "epochs_trained": g.get("epochs_trained"),
-            "recall_at_5": e.get("recall_at_5"), "recall_at_5_ci": e.get("recall_at_5_ci"), "mrr": e.get("mrr"),
-            "pred_target_cosine": e.get("pred_target_cosine"), "n_queries": e.get("n_queries"),
-            "phase1_decision": e.get("decision"), "phase1_reason": (e.get("gates") or {}).get("reason"),
-            "primary_description": e.get("primary_description"),
-            "baseline_copy_last_r5": (e.get("baseline_copy_last") or {}).get("recall_at_5"),
-            "best_baseline": best.get("name"), "best_baseline_r5": best.get("recall_at_5"),
-            "best_baseline_cosine": best.get("pred_target_cosine"),
-            "best_baseline_diff_r5": best.get("diff_recall_at_5"), "best_baseline_diff_r5_ci": best.get("diff_recall_at_5_ci"),
-            "best_baseline_diff_cosine": best.get("diff_cosine"), "best_baseline_diff_cosine_ci": best.get("diff_cosine_ci"),
-            "beats_best_baseline": e.get("beats_best_baseline")}
+    best = (e.get("gates") or {}).get("best_baseline") or {}
+    return {
+        "gate_epoch": g.get("gate_epoch"),
+        "gate_val_cosine": g.get("gate_val_cosine"),
+        "gate_decision": g.get("decision"),
+        "gate_reason": g.get("reason"),
+        "epochs_trained": g.get("epochs_trained"),
+        "recall_at_5": e.get("recall_at_5"),
+        "recall_at_5_ci": e.get("recall_at_5_ci"),
+        "mrr": e.get("mrr"),
+        "pred_target_cosine": e.get("pred_target_cosine"),
+        "n_queries": e.get("n_queries"),
+        "phase1_decision": e.get("decision"),
+        "phase1_reason": (e.get("gates") or {}).get("reason"),
+        "primary_description": e.get("primary_description"),
+        "baseline_copy_last_r5": (e.get("baseline_copy_last") or {}).get("recall_at_5"),
+        "best_baseline": best.get("name"),
+        "best_baseline_r5": best.get("recall_at_5"),
+        "best_baseline_cosine": best.get("pred_target_cosine"),
+        "best_baseline_diff_r5": best.get("diff_recall_at_5"),
+        "best_baseline_diff_r5_ci": best.get("diff_recall_at_5_ci"),
+        "best_baseline_diff_cosine": best.get("diff_cosine"),
+        "best_baseline_diff_cosine_ci": best.get("diff_cosine_ci"),
+        "beats_best_baseline": e.get("beats_best_baseline"),
+    }
 
 
 def record_run(reports_root: Path, run_dir: Path) -> None:
     """Write reports/<run_id>/run.json from the run's manifest and metrics, then rebuild the index."""
     manifest = read_json(run_dir / "manifest.json")
-    rec = {k: manifest.get(k) for k in ("run_id", "params_name", "params_path", "overrides", "status",
-                                        "started_at", "ended_at", "failure", "git_sha", "git_dirty")}
+    rec = {
+        k: manifest.get(k)
+        for k in (
+            "run_id",
+            "params_name",
+            "params_path",
+            "overrides",
+            "status",
+            "started_at",
+            "ended_at",
+            "failure",
+            "git_sha",
+            "git_dirty",
+        )
+    }
     rec["run_dir"] = str(run_dir)
     rec["kind"] = "run"
     rec["stages"] = manifest.get("stages", {})
@@ -174,13 +235,15 @@ def record_run(reports_root: Path, run_dir: Path) -> None:
     write_index(reports_root)
 
 
-PAGE_CSS = ("body{font:15px/1.45 system-ui,sans-serif;color:#111;max-width:1200px;margin:1.5em auto;padding:0 1em}"
-            "a{color:#1d4ed8}table{border-collapse:collapse}td,th{border-bottom:1px solid #e5e7eb;"
-            "padding:6px 10px;text-align:left;vertical-align:top}th{background:#f3f4f6;font-weight:600}"
-            "small{color:#4b5563}.ok{color:#15803d}.bad{color:#b91c1c}.run{color:#b45309}"
-            ".card{display:inline-block;border:1px solid #e5e7eb;border-radius:8px;padding:8px 14px;margin:4px 8px 4px 0;"
-            "min-width:120px}.card b{display:block;font-size:20px}.cmp td{background:#eff6ff}"
-            ".summary{background:#f9fafb;border-left:4px solid #1d4ed8;padding:10px 14px;margin:1em 0}")
+PAGE_CSS = (
+    "body{font:15px/1.45 system-ui,sans-serif;color:#111;max-width:1200px;margin:1.5em auto;padding:0 1em}"
+    "a{color:#1d4ed8}table{border-collapse:collapse}td,th{border-bottom:1px solid #e5e7eb;"
+    "padding:6px 10px;text-align:left;vertical-align:top}th{background:#f3f4f6;font-weight:600}"
+    "small{color:#4b5563}.ok{color:#15803d}.bad{color:#b91c1c}.run{color:#b45309}"
+    ".card{display:inline-block;border:1px solid #e5e7eb;border-radius:8px;padding:8px 14px;margin:4px 8px 4px 0;"
+    "min-width:120px}.card b{display:block;font-size:20px}.cmp td{background:#eff6ff}"
+    ".summary{background:#f9fafb;border-left:4px solid #1d4ed8;padding:10px 14px;margin:1em 0}"
+)
 _STATUS_CLASS = {"succeeded": "ok", "failed": "bad", "running": "run", "interrupted": "run"}
 
 
@@ -234,19 +297,33 @@ def _records(reports_root: Path, pattern: str) -> list[dict[str, Any]]:
 
 def write_run_page(reports_root: Path, rec: dict[str, Any]) -> None:
     """reports/<run_id>/index.html: summary numbers first, then the stage reports and comparisons."""
-    cards = [(f"epoch-{rec.get('gate_epoch') or 2} val cosine", _fmt(rec.get("gate_val_cosine")),
-              f"gate: {_fmt(rec.get('gate_decision'))}"),
-             ("R@5", _r5(rec), _baseline(rec)),
-             ("cosine", _fmt(rec.get("pred_target_cosine")), f"{_fmt(rec.get('n_queries'))} queries"),
-             ("Phase 1", _fmt(rec.get("phase1_decision")), f"best baseline: {beaten_text(rec)}")]
-    compared = [c for c in _records(reports_root, "compare_*.json")
-                if any(r.get("run_id") == rec["run_id"] for r in c.get("runs", []))]
+    cards = [
+        (
+            f"epoch-{rec.get('gate_epoch') or 2} val cosine",
+            _fmt(rec.get("gate_val_cosine")),
+            f"gate: {_fmt(rec.get('gate_decision'))}",
+        ),
+        ("R@5", _r5(rec), _baseline(rec)),
+        ("cosine", _fmt(rec.get("pred_target_cosine")), f"{_fmt(rec.get('n_queries'))} queries"),
+        ("Phase 1", _fmt(rec.get("phase1_decision")), f"best baseline: {beaten_text(rec)}"),
+    ]
+    compared = [
+        c
+        for c in _records(reports_root, "compare_*.json")
+        if any(r.get("run_id") == rec["run_id"] for r in c.get("runs", []))
+    ]
     sha = str(rec.get("git_sha") or "")[:10] + (" (dirty)" if rec.get("git_dirty") else "")
     page = _template("run_page.html.j2").render(
-        rec=rec, css=Markup(PAGE_CSS), cards=cards, notebooks=NOTEBOOKS, sha=sha,
+        rec=rec,
+        css=Markup(PAGE_CSS),
+        cards=cards,
+        notebooks=NOTEBOOKS,
+        sha=sha,
         reasons=[rec[k] for k in ("gate_reason", "phase1_reason") if rec.get(k)],
         tweaked={t.get("stage") for t in rec.get("tweaks") or []},
-        tweaks_section=Markup(tweaks.run_page_section(rec)), compared=compared)
+        tweaks_section=Markup(tweaks.run_page_section(rec)),
+        compared=compared,
+    )
     atomic_write_text(reports_root / rec["run_id"] / "index.html", page)
 
 
@@ -255,16 +332,24 @@ def write_index(reports_root: Path) -> Path:
     reports_root = Path(reports_root)
     reports_root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(reports_root / ".index.lock")):
-        recs = (_records(reports_root, "*/run.json") + _records(reports_root, "compare_*.json")
-                + _records(reports_root, "scaling_*.json"))
+        recs = (
+            _records(reports_root, "*/run.json")
+            + _records(reports_root, "compare_*.json")
+            + _records(reports_root, "scaling_*.json")
+        )
         recs.sort(key=lambda r: r.get("started_at") or "", reverse=True)
         n_runs = sum(r.get("kind") not in ("compare", "scaling") for r in recs)
 
         def stage_links(r: dict[str, Any]) -> Markup:
-            return Markup(" ").join(Markup("<a href='{}/{}.html'>{}</a>").format(r["run_id"], n, n[:2])
-                                    for n in NOTEBOOKS if (reports_root / r["run_id"] / f"{n}.html").is_file())
-        page = _template("runs_index.html.j2").render(css=Markup(PAGE_CSS), recs=recs, n_runs=n_runs,
-                                                 n_other=len(recs) - n_runs, stage_links=stage_links)
+            return Markup(" ").join(
+                Markup("<a href='{}/{}.html'>{}</a>").format(r["run_id"], n, n[:2])
+                for n in NOTEBOOKS
+                if (reports_root / r["run_id"] / f"{n}.html").is_file()
+            )
+
+        page = _template("runs_index.html.j2").render(
+            css=Markup(PAGE_CSS), recs=recs, n_runs=n_runs, n_other=len(recs) - n_runs, stage_links=stage_links
+        )
         out = reports_root / "index.html"
         atomic_write_text(out, page)
     return out

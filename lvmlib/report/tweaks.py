@@ -14,6 +14,7 @@ report is then re-rendered with a banner saying it predates the tweak, and the r
 parameters and renders its report, which then names the tweak it shows (`rendered_at` is set); any
 other runner execution of NN replaces open tweaks with the run's own parameters (`superseded_at`).
 """
+
 from __future__ import annotations
 
 import html
@@ -70,6 +71,7 @@ def settle(run_dir: str | Path, stage: str, shown: dict[str, Any] | None) -> dic
                     t["rendered_at"] = stamp
                 elif shown is None:
                     t["superseded_at"] = stamp
+
     return update_manifest(run_dir, change)
 
 
@@ -82,8 +84,10 @@ def describe(t: dict[str, Any]) -> str:
     return f"{who}, {str(t.get('at', ''))[:16].replace('T', ' ')}: {what}{extra}"
 
 
-NOTE_CSS = ("margin:0;padding:8px 14px;font:13px system-ui,sans-serif;background:#fef3c7;"
-            "border-bottom:1px solid #f59e0b;color:#78350f")
+NOTE_CSS = (
+    "margin:0;padding:8px 14px;font:13px system-ui,sans-serif;background:#fef3c7;"
+    "border-bottom:1px solid #f59e0b;color:#78350f"
+)
 
 
 def report_note(manifest: dict[str, Any], stage: str, run_dir: str | Path) -> str:
@@ -98,20 +102,30 @@ def report_note(manifest: dict[str, Any], stage: str, run_dir: str | Path) -> st
     run = html.escape(str(shown))
     items = []
     for t in reversed(mine[-5:]):
-        state = ("shown in this report" if t.get("rendered_at") else
-                 "replaced: the runner re-ran this stage with the run's own parameters afterwards"
-                 if t.get("superseded_at") else
-                 f"<b>not shown here</b>: the run's files now come from it; re-render with "
-                 f"<code>python -m lvmlib run --resume {run} --only {html.escape(stage)}</code>")
+        state = (
+            "shown in this report"
+            if t.get("rendered_at")
+            else "replaced: the runner re-ran this stage with the run's own parameters afterwards"
+            if t.get("superseded_at")
+            else f"<b>not shown here</b>: the run's files now come from it; re-render with "
+            f"<code>python -m lvmlib run --resume {run} --only {html.escape(stage)}</code>"
+        )
         items.append(f"<li>{html.escape(describe(t))} — {state}</li>")
     more = f" ({len(mine) - 5} earlier not listed)" if len(mine) > 5 else ""
-    return (f'<div class="lvm-tweaks" style="{NOTE_CSS}"><b>Tweaked:</b> this stage was re-run outside the '
-            f"runner{more}<ul style='margin:4px 0 0 18px;padding:0'>{''.join(items)}</ul></div>")
+    return (
+        f'<div class="lvm-tweaks" style="{NOTE_CSS}"><b>Tweaked:</b> this stage was re-run outside the '
+        f"runner{more}<ul style='margin:4px 0 0 18px;padding:0'>{''.join(items)}</ul></div>"
+    )
 
 
 def _state(t: dict[str, Any]) -> str:
-    return ("shown in the report" if t.get("rendered_at") else "replaced by a later runner execution"
-            if t.get("superseded_at") else "report predates it")
+    return (
+        "shown in the report"
+        if t.get("rendered_at")
+        else "replaced by a later runner execution"
+        if t.get("superseded_at")
+        else "report predates it"
+    )
 
 
 def run_page_section(manifest: dict[str, Any]) -> str:
@@ -124,8 +138,11 @@ def run_page_section(manifest: dict[str, Any]) -> str:
         f"<td>{html.escape(describe(t))}</td><td>{html.escape(', '.join(t.get('overrides') or []) or '—')}</td>"
         f"<td class='{'run' if _open(t) else 'ok'}'>"
         f"{_state(t)}</td></tr>"
-        for t in reversed(tw))
-    return ("<h2>Tweaked outside the runner</h2><p><small>Stage notebooks re-run against this run in Jupyter or "
-            "by hand; their files in the run directory now come from the latest one.</small></p>"
-            "<table><tr><th>stage</th><th>who, when, what changed</th><th>overrides</th><th>report</th></tr>"
-            f"{rows}</table>")
+        for t in reversed(tw)
+    )
+    return (
+        "<h2>Tweaked outside the runner</h2><p><small>Stage notebooks re-run against this run in Jupyter or "
+        "by hand; their files in the run directory now come from the latest one.</small></p>"
+        "<table><tr><th>stage</th><th>who, when, what changed</th><th>overrides</th><th>report</th></tr>"
+        f"{rows}</table>"
+    )

@@ -28,8 +28,13 @@ def beaten_text(head: dict[str, Any]) -> str:
     if not (has_interval(ci_r5) and has_interval(ci_cos)) or head.get("best_baseline_diff_r5") is None:
         return word
     if beats:
-        word = "beaten, both paired intervals above 0" if min(ci_r5[0], ci_cos[0]) > 0 else \
-            "beaten on point estimates only: a paired interval reaches 0"
+        word = (
+            "beaten, both paired intervals above 0"
+            if min(ci_r5[0], ci_cos[0]) > 0
+            else "beaten on point estimates only: a paired interval reaches 0"
+        )
     d_r5, d_cos = head["best_baseline_diff_r5"], head.get("best_baseline_diff_cosine")
-    return (f"{word}; paired Δ R@5 {d_r5 * 100:+.1f} pts [{ci_r5[0] * 100:+.1f}, {ci_r5[1] * 100:+.1f}], "
-            f"Δ cosine {d_cos:+.4f} [{ci_cos[0]:+.4f}, {ci_cos[1]:+.4f}]")
+    return (
+        f"{word}; paired Δ R@5 {d_r5 * 100:+.1f} pts [{ci_r5[0] * 100:+.1f}, {ci_r5[1] * 100:+.1f}], "
+        f"Δ cosine {d_cos:+.4f} [{ci_cos[0]:+.4f}, {ci_cos[1]:+.4f}]"
+    )

@@ -13,6 +13,7 @@ whether the model beats the best baseline on the same queries, and `gates.agains
 the tree itself on bars relative to the best trivial predictor's val cosine (threshold = that cosine,
 lower = that cosine - (threshold - lower)); `absolute` (the default) is the seed's rule.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,7 +23,6 @@ from typing import Any
 
 from lvmlib.core.config import Config, GatesConfig
 from lvmlib.core.runs import atomic_write_json, read_json
-
 
 # Names written before the gate epoch was configurable; runs on disk keep them, `upgrade` reads them.
 OLD_KEYS = {"epoch2_val_cosine": "gate_val_cosine"}
@@ -55,8 +55,10 @@ def bars(g: GatesConfig, best_baseline: float | None = None) -> tuple[float, flo
     """(threshold, lower, what they are) of the epoch gate under `gates.against`."""
     if g.against == "best_baseline":
         if best_baseline is None:
-            raise ValueError("gates.against = best_baseline needs the best trivial predictor's val cosine "
-                             "(data/summary.json from the data stage)")
+            raise ValueError(
+                "gates.against = best_baseline needs the best trivial predictor's val cosine "
+                "(data/summary.json from the data stage)"
+            )
         return best_baseline, best_baseline - (g.threshold - g.lower), "relative to the best baseline"
     return g.threshold, g.lower, "absolute"
 
@@ -67,23 +69,48 @@ def epoch_gate(history: list[dict[str, Any]], g: GatesConfig, best_baseline: flo
     v = _val(history, g.epoch)
     threshold, lower, against = bars(g, best_baseline)
     g = dataclasses.replace(g, threshold=threshold, lower=lower)
-    out: dict[str, Any] = {"gate_epoch": g.epoch, "gate_val_cosine": v, "threshold": g.threshold,
-                           "lower": g.lower, "extend_epochs": g.extend_epochs, "against": against}
+    out: dict[str, Any] = {
+        "gate_epoch": g.epoch,
+        "gate_val_cosine": v,
+        "threshold": g.threshold,
+        "lower": g.lower,
+        "extend_epochs": g.extend_epochs,
+        "against": against,
+    }
     if v is None:
-        out.update(passed=None, decision=None, branch=None,
-                   reason=f"epoch {g.epoch} not reached (history has {len(history)} epoch(s))")
+        out.update(
+            passed=None,
+            decision=None,
+            branch=None,
+            reason=f"epoch {g.epoch} not reached (history has {len(history)} epoch(s))",
+        )
         return out
     if v >= g.threshold:
-        out.update(passed=True, decision="continue", branch="pass",
-                   reason=f"val_cosine {v:.4f} >= {g.threshold:.2f} at epoch {g.epoch}: continue training")
+        out.update(
+            passed=True,
+            decision="continue",
+            branch="pass",
+            reason=f"val_cosine {v:.4f} >= {g.threshold:.2f} at epoch {g.epoch}: continue training",
+        )
     elif v >= g.lower:
-        out.update(passed=False, decision="extend", branch="borderline",
-                   reason=(f"val_cosine {v:.4f} in [{g.lower:.2f}, {g.threshold:.2f}) at epoch {g.epoch}: "
-                           f"continue, but stop unless it improves within {g.extend_epochs} more epochs"))
+        out.update(
+            passed=False,
+            decision="extend",
+            branch="borderline",
+            reason=(
+                f"val_cosine {v:.4f} in [{g.lower:.2f}, {g.threshold:.2f}) at epoch {g.epoch}: "
+                f"continue, but stop unless it improves within {g.extend_epochs} more epochs"
+            ),
+        )
     else:
-        out.update(passed=False, decision="stop_option_4", branch="fail",
-                   reason=(f"val_cosine {v:.4f} < {g.lower:.2f} at epoch {g.epoch}: stop and try the "
-                           "two-tower model (Option 4)"))
+        out.update(
+            passed=False,
+            decision="stop_option_4",
+            branch="fail",
+            reason=(
+                f"val_cosine {v:.4f} < {g.lower:.2f} at epoch {g.epoch}: stop and try the two-tower model (Option 4)"
+            ),
+        )
     return out
 
 
@@ -104,16 +131,25 @@ def in_loop_action(history: list[dict[str, Any]], g: GatesConfig, best_baseline:
         later = [r["val_cosine"] for r in history if g.epoch < r["epoch"] <= g.epoch + g.extend_epochs]
         improved = any(x is not None and x > v_gate for x in later)
         if last >= g.epoch + g.extend_epochs and not improved:
-            return {"stop": True, "decision": "extend",
-                    "reason": (f"val_cosine did not improve on epoch {g.epoch}'s {v_gate:.4f} within "
-                               f"{g.extend_epochs} more epochs: stop")}
-        return {"stop": False, "decision": "extend",
-                "reason": gate["reason"] + (" — improved, keep going" if improved else "")}
+            return {
+                "stop": True,
+                "decision": "extend",
+                "reason": (
+                    f"val_cosine did not improve on epoch {g.epoch}'s {v_gate:.4f} within "
+                    f"{g.extend_epochs} more epochs: stop"
+                ),
+            }
+        return {
+            "stop": False,
+            "decision": "extend",
+            "reason": gate["reason"] + (" — improved, keep going" if improved else ""),
+        }
     return {"stop": False, "decision": "continue", "reason": gate["reason"]}
 
 
-def phase1_decision(recall_at_5: float, cosine: float, g: GatesConfig,
-                    best_baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+def phase1_decision(
+    recall_at_5: float, cosine: float, g: GatesConfig, best_baseline: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The seed's Phase-1 rules, plus the comparison a reviewer asks for first.
 
     `best_baseline`: {"name", "recall_at_5", "pred_target_cosine"} of the strongest trivial
@@ -126,14 +162,22 @@ def phase1_decision(recall_at_5: float, cosine: float, g: GatesConfig,
     else:
         decision, verdict = "option_4_or_5", "none"
     out: dict[str, Any] = {
-        "decision": decision, "r5_verdict": verdict, "recall_at_5": recall_at_5,
-        "r5_min": g.r5_min, "r5_meaningful": g.r5_meaningful, "r5_strong": g.r5_strong,
-        "pred_target_cosine": cosine, "cosine_min": g.cosine_min, "cosine_passed": cosine >= g.cosine_min,
+        "decision": decision,
+        "r5_verdict": verdict,
+        "recall_at_5": recall_at_5,
+        "r5_min": g.r5_min,
+        "r5_meaningful": g.r5_meaningful,
+        "r5_strong": g.r5_strong,
+        "pred_target_cosine": cosine,
+        "cosine_min": g.cosine_min,
+        "cosine_passed": cosine >= g.cosine_min,
         "v1_cosine": g.v1_cosine,
     }
-    reason = (f"R@5 {recall_at_5:.1%} ({verdict}; >{g.r5_meaningful:.0%} proceeds to Phase 2) and "
-              f"cosine {cosine:.3f} ({'>=' if cosine >= g.cosine_min else '<'} {g.cosine_min}; V1 reached "
-              f"{g.v1_cosine})")
+    reason = (
+        f"R@5 {recall_at_5:.1%} ({verdict}; >{g.r5_meaningful:.0%} proceeds to Phase 2) and "
+        f"cosine {cosine:.3f} ({'>=' if cosine >= g.cosine_min else '<'} {g.cosine_min}; V1 reached "
+        f"{g.v1_cosine})"
+    )
     if best_baseline is not None:
         beats_r5 = recall_at_5 > best_baseline["recall_at_5"]
         beats_cos = cosine > best_baseline["pred_target_cosine"]
@@ -141,9 +185,11 @@ def phase1_decision(recall_at_5: float, cosine: float, g: GatesConfig,
         out["beats_best_baseline"] = bool(beats_r5 and beats_cos)
         out["beats_best_baseline_r5"] = bool(beats_r5)
         out["beats_best_baseline_cosine"] = bool(beats_cos)
-        reason += (f"; best baseline ({best_baseline['name']}) R@5 {best_baseline['recall_at_5']:.1%}, "
-                   f"cosine {best_baseline['pred_target_cosine']:.3f} -> the model "
-                   f"{'beats' if beats_r5 and beats_cos else 'does NOT beat'} it")
+        reason += (
+            f"; best baseline ({best_baseline['name']}) R@5 {best_baseline['recall_at_5']:.1%}, "
+            f"cosine {best_baseline['pred_target_cosine']:.3f} -> the model "
+            f"{'beats' if beats_r5 and beats_cos else 'does NOT beat'} it"
+        )
     out["reason"] = reason
     return out
 
@@ -170,15 +216,19 @@ def write_gates(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
     stops = [r for r in history if r.get("decision_stop")]
     gate["epochs_trained"] = len(history)
     gate["stopped_by_tree"] = bool(stops)
-    gate["tree_log"] = [{"epoch": r["epoch"], "decision": r.get("decision"), "reason": r.get("decision_reason")}
-                        for r in history if r.get("decision")]
+    gate["tree_log"] = [
+        {"epoch": r["epoch"], "decision": r.get("decision"), "reason": r.get("decision_reason")}
+        for r in history
+        if r.get("decision")
+    ]
     if stops and stops[0].get("decision_reason") not in gate["reason"]:
         gate["reason"] += f"; training stopped after epoch {stops[0]['epoch']}: {stops[0].get('decision_reason')}"
     elif stops:
         gate["reason"] += f" (training stopped after epoch {stops[0]['epoch']})"
     if gate["decision"] is None:
-        gate["reason"] = (f"training ended after {len(history)} epoch(s), before the epoch-{cfg.gates.epoch} gate; "
-                          "no decision")
+        gate["reason"] = (
+            f"training ended after {len(history)} epoch(s), before the epoch-{cfg.gates.epoch} gate; no decision"
+        )
     gate["baselines_val_cosine"] = base
     if base:
         name = max(base, key=base.get)
@@ -193,15 +243,19 @@ def summary_markdown(gate: dict[str, Any]) -> str:
     """The gates report's opening lines: verdict, decision and the comparison with the baselines."""
     verdict = {True: "PASSED", False: "NOT passed", None: "not reached"}[gate["passed"]]
     v = gate["gate_val_cosine"]
-    lines = [f"**Epoch-{gate['gate_epoch']} gate {verdict}** — val cosine {'—' if v is None else f'{v:.3f}'} "
-             f"against the bar {gate['threshold']:.2f}.",
-             f"**Decision: `{gate['decision']}`** — {gate['reason']}.",
-             f"Epochs trained: {gate['epochs_trained']}; stopped by the tree: {'yes' if gate['stopped_by_tree'] else 'no'}."]
+    lines = [
+        f"**Epoch-{gate['gate_epoch']} gate {verdict}** — val cosine {'—' if v is None else f'{v:.3f}'} "
+        f"against the bar {gate['threshold']:.2f}.",
+        f"**Decision: `{gate['decision']}`** — {gate['reason']}.",
+        f"Epochs trained: {gate['epochs_trained']}; stopped by the tree: {'yes' if gate['stopped_by_tree'] else 'no'}.",
+    ]
     best = gate.get("best_baseline")
     if best:
         beats = gate.get("beats_best_baseline")
         word = {True: "beats", False: "does NOT beat", None: "cannot yet be compared with"}[beats]
         others = ", ".join(f"{k} {x:.3f}" for k, x in gate["baselines_val_cosine"].items())
-        lines.append(f"**Against the baselines** (same val windows; {others}): the model {word} the best, "
-                     f"{best['name']} at {best['val_cosine']:.3f}.")
+        lines.append(
+            f"**Against the baselines** (same val windows; {others}): the model {word} the best, "
+            f"{best['name']} at {best['val_cosine']:.3f}."
+        )
     return "  \n".join(lines)

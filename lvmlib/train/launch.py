@@ -3,6 +3,7 @@
 `python -m lvmlib.train RUN_DIR --params YAML [--resume]` (documented in docs/training.md, `lvmlib/train/__main__.py`)
 is what torchrun starts on every rank.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -11,8 +12,8 @@ from pathlib import Path
 
 from lvmlib.core.config import Config, dump_config
 from lvmlib.core.errors import TrainingDiverged
-from lvmlib.train.status import read_json_or_none
 from lvmlib.core.runs import atomic_write_text, read_json
+from lvmlib.train.status import read_json_or_none
 
 
 def launch_torchrun(cfg: Config, run_dir: Path, resume: bool, progress: bool) -> list[dict]:
@@ -20,8 +21,18 @@ def launch_torchrun(cfg: Config, run_dir: Path, resume: bool, progress: bool) ->
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir / ".train_launch.yaml"  # the exact config (overrides included) for the workers
     atomic_write_text(cfg_path, dump_config(cfg))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.train.nproc}",
-           "-m", "lvmlib.train", str(run_dir), "--params", str(cfg_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={cfg.train.nproc}",
+        "-m",
+        "lvmlib.train",
+        str(run_dir),
+        "--params",
+        str(cfg_path),
+    ]
     cmd += ["--resume"] * resume + ["--no-progress"] * (not progress)
     print("launching:", " ".join(cmd), flush=True)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -34,8 +45,8 @@ def launch_torchrun(cfg: Config, run_dir: Path, resume: bool, progress: bool) ->
         prog = read_json_or_none(run_dir / "train_progress.json") or {}
         if prog.get("state") == "diverged":
             raise TrainingDiverged(prog.get("error"))
-        raise RuntimeError(f"torchrun exited with status {rc}: {prog.get('error') or 'see the output above'}"
-                           f" (log: {run_dir / 'train.log'})")
+        raise RuntimeError(
+            f"torchrun exited with status {rc}: {prog.get('error') or 'see the output above'}"
+            f" (log: {run_dir / 'train.log'})"
+        )
     return read_json(run_dir / "history.json")
-
-

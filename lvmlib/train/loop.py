@@ -11,6 +11,7 @@ best.pt / last.pt (`lvmlib.model.checkpoint.save_checkpoint`; last.pt also carri
 states, early-stop counters and the history, so `resume=True` continues exactly), train.log (human
 log, appended line by line through `logging`), train_progress.json (pid, epoch, step: what `status` reads while training runs).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,7 +20,6 @@ import logging
 import math
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,16 +32,20 @@ from torch.utils.data import DistributedSampler
 
 from lvmlib.core.config import Config
 from lvmlib.core.errors import LvmError, TrainingDiverged  # noqa: F401  (importable from here, as before)
+from lvmlib.core.runs import RunError, RunLock, atomic_write_json, now_iso, progress_bar
+from lvmlib.metrics import duplicate_groups
 from lvmlib.train.gates import in_loop_action
 from lvmlib.train.losses import BankNegatives, LVMLoss, MicroBatch, cached_step, direct_step
-from lvmlib.metrics import duplicate_groups
-from lvmlib.train.recipe import rng_state, set_rng_state, augment, lr_factor
+from lvmlib.train.recipe import augment, lr_factor, rng_state, set_rng_state
 from lvmlib.train.validation import val_queries, validate
-from lvmlib.core.runs import (RunError, RunLock, atomic_write_json, now_iso,
-                   progress_bar)
 
-HIGHER_IS_BETTER = {"val_cosine": True, "val_recall_at_5": True, "val_mrr": True, "val_infonce": False,
-                    "train_loss": False}
+HIGHER_IS_BETTER = {
+    "val_cosine": True,
+    "val_recall_at_5": True,
+    "val_mrr": True,
+    "val_infonce": False,
+    "train_loss": False,
+}
 TIMING_KEYS = ("seconds", "train_seconds", "val_seconds", "seq_per_s")  # differ between identical runs
 PROGRESS_EVERY_S = 10.0
 
@@ -115,6 +119,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     with RunLock(run_dir, "training"):  # one trainer per run (shared with the runner that started us)
         if cfg.train.nproc > 1 and "LOCAL_RANK" not in os.environ:
             from lvmlib.train.launch import launch_torchrun
+
             return launch_torchrun(cfg, run_dir, resume, progress)
         return _Trainer(cfg, run_dir, resume, progress).run()
 
@@ -123,6 +128,7 @@ class _Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool, progress: bool):
         from lvmlib.data.prepare import load_prepared
         from lvmlib.model.models import build_model, count_parameters
+
         self.cfg, self.run_dir, self.resume, t = cfg, run_dir, resume, cfg.train
         self.ddp = "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
         cuda = t.device == "cuda" or (t.device == "auto" and torch.cuda.is_available())
@@ -161,17 +167,21 @@ class _Trainer:
         d_out = (cfg.model.tower_dim or self.d_vec) if self.key_tower else self.d_vec  # D'
         self.loss_fn = LVMLoss(cfg.loss, d_out).to(self.device)
         self.val = val_queries(self.prep, cfg)
-        from lvmlib.train.gates import baseline_val_cosines, bars
+        from lvmlib.train.gates import bars, baseline_val_cosines
+
         base = baseline_val_cosines(run_dir)
         self.best_baseline_cosine = max(base.values()) if base else None
         bars(cfg.gates, self.best_baseline_cosine)  # gates.against = best_baseline without baselines: fail now
         if cfg.loss.negatives == "bank":
             c_all, t_all = self.prep.windows("train")  # every chunk of the articles trained on (all windows)
-            self.loss_fn.bank = BankNegatives(self.prep.bank_vectors, np.union1d(c_all.ravel(), t_all),
-                                              self.groups, self.device)
+            self.loss_fn.bank = BankNegatives(
+                self.prep.bank_vectors, np.union1d(c_all.ravel(), t_all), self.groups, self.device
+            )
         if len(self.val["tgt_idx"]) == 0:
-            raise RunError(f"{run_dir}/data: no validation windows (val articles shorter than K+1 chunks?); "
-                           "validation metrics and the epoch-2 gate need at least one")
+            raise RunError(
+                f"{run_dir}/data: no validation windows (val articles shorter than K+1 chunks?); "
+                "validation metrics and the epoch-2 gate need at least one"
+            )
         self.per_step = t.batch_size * t.grad_accum  # samples per optimizer step on this rank
         n_local = math.ceil(len(tgt_idx) / self.world)
         self.steps_per_epoch = max(1, n_local // self.per_step)
@@ -188,8 +198,16 @@ class _Trainer:
 
     def _save(self, name: str, **extra) -> None:
         from lvmlib.model.checkpoint import save_checkpoint
-        save_checkpoint(self.run_dir / name, self.model, self.cfg, self.d_vec, n_params=self.n_params,
-                        loss_state=self.loss_fn.state_dict(), **extra)
+
+        save_checkpoint(
+            self.run_dir / name,
+            self.model,
+            self.cfg,
+            self.d_vec,
+            n_params=self.n_params,
+            loss_state=self.loss_fn.state_dict(),
+            **extra,
+        )
 
     # ----------------------------------------------------------------------- closed form
     def _closed_form(self) -> list[dict]:
@@ -197,21 +215,51 @@ class _Trainer:
         vecs = self.prep.bank_vectors
         self.model.fit(torch.from_numpy(_rows(vecs, self.ctx_idx)), torch.from_numpy(_rows(vecs, self.tgt_idx)))
         self.model.to(self.device)
-        tr = validate(self.model, self.loss_fn, self.prep, {"ctx_idx": self.ctx_idx, "tgt_idx": self.tgt_idx},
-                      self.cfg, self.device, self.per_step, False, recall=False)
-        va = validate(self.model, self.loss_fn, self.prep, self.val, self.cfg, self.device, self.per_step, False,
-                      groups=self.groups)
+        tr = validate(
+            self.model,
+            self.loss_fn,
+            self.prep,
+            {"ctx_idx": self.ctx_idx, "tgt_idx": self.tgt_idx},
+            self.cfg,
+            self.device,
+            self.per_step,
+            False,
+            recall=False,
+        )
+        va = validate(
+            self.model,
+            self.loss_fn,
+            self.prep,
+            self.val,
+            self.cfg,
+            self.device,
+            self.per_step,
+            False,
+            groups=self.groups,
+        )
         lc, la = self.cfg.loss.lambda_con, self.cfg.loss.lambda_ar
-        rec = {"epoch": 1, "train_loss": lc * tr["val_infonce"] + la * (1 - tr["val_cosine"]),
-               "train_infonce": tr["val_infonce"], "train_ar_cosine": 1 - tr["val_cosine"], **va,
-               "lr": 0.0, "closed_form": True, "decision": None, "decision_reason": "closed-form baseline: no training",
-               "decision_stop": False, "stop_reason": "closed_form", "seconds": time.time() - t0}
+        rec = {
+            "epoch": 1,
+            "train_loss": lc * tr["val_infonce"] + la * (1 - tr["val_cosine"]),
+            "train_infonce": tr["val_infonce"],
+            "train_ar_cosine": 1 - tr["val_cosine"],
+            **va,
+            "lr": 0.0,
+            "closed_form": True,
+            "decision": None,
+            "decision_reason": "closed-form baseline: no training",
+            "decision_stop": False,
+            "stop_reason": "closed_form",
+            "seconds": time.time() - t0,
+        }
         history = [rec]
         self._save("best.pt", epoch=1, metric=self.cfg.train.best_metric, value=rec.get(self.cfg.train.best_metric))
         self._save("last.pt", epoch=1, history=history, stop_reason="closed_form")
         atomic_write_json(self.run_dir / "history.json", history)
-        _log(f"closed-form {self.cfg.model.kind}: fitted on {len(self.tgt_idx)} windows; "
-                           f"val_cosine {va['val_cosine']:.4f} val_recall_at_5 {va['val_recall_at_5']:.4f}")
+        _log(
+            f"closed-form {self.cfg.model.kind}: fitted on {len(self.tgt_idx)} windows; "
+            f"val_cosine {va['val_cosine']:.4f} val_recall_at_5 {va['val_recall_at_5']:.4f}"
+        )
         self._progress_file(state="finished", epoch=1, epochs=1)
         return history
 
@@ -223,9 +271,17 @@ class _Trainer:
     def _run(self) -> list[dict]:
         try:
             if self.main:
-                self._progress_file(pid=os.getpid(), host=platform.node(), state="running", started_at=time.time(),
-                                    epochs=self.cfg.train.epochs, steps_per_epoch=self.steps_per_epoch, error=None,
-                                    n_params=self.n_params, world=self.world)
+                self._progress_file(
+                    pid=os.getpid(),
+                    host=platform.node(),
+                    state="running",
+                    started_at=time.time(),
+                    epochs=self.cfg.train.epochs,
+                    steps_per_epoch=self.steps_per_epoch,
+                    error=None,
+                    n_params=self.n_params,
+                    world=self.world,
+                )
             if not getattr(self.model, "trainable", True):
                 return self._closed_form() if self.main else []
             return self._loop()
@@ -268,6 +324,7 @@ class _Trainer:
     def _optimizer(self):
         """AdamW over the model's and the loss's parameter groups, warmup + cosine schedule per step."""
         from lvmlib.model.models import param_groups
+
         t = self.cfg.train
         groups = param_groups(self.model, t.weight_decay) + self.loss_fn.param_groups(t.weight_decay)
         opt = torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
@@ -282,14 +339,17 @@ class _Trainer:
         last = self.run_dir / "last.pt"
         if self.resume and last.is_file():
             from lvmlib.model.checkpoint import load_checkpoint
+
             _, _, ck = load_checkpoint(last, model_cfg=self.cfg.model, d_vec=self.d_vec)
             self.model.load_state_dict(ck["model"])
             self.loss_fn.load_state_dict(ck["loss_state"])
             opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["scheduler"])
             if len(ck["rng"]) != self.world:
-                raise RunError(f"{last}: saved by {len(ck['rng'])} process(es), resumed with {self.world}; "
-                               f"resume with train.nproc={len(ck['rng'])}")
+                raise RunError(
+                    f"{last}: saved by {len(ck['rng'])} process(es), resumed with {self.world}; "
+                    f"resume with train.nproc={len(ck['rng'])}"
+                )
             set_rng_state(ck["rng"][self.rank], self.aug_rng)
             history, state = list(ck["history"]), dict(ck["train_state"])
             if self.main:
@@ -307,22 +367,30 @@ class _Trainer:
         self.net, self.sync = self.enc, None
         if self.ddp:
             net = self.net = nn.parallel.DistributedDataParallel(
-                self.enc, device_ids=[dev] if dev.type == "cuda" else None, broadcast_buffers=False)
-            self.sync = lambda last_mb: contextlib.nullcontext() if last_mb else net.no_sync()  # noqa: E731
+                self.enc, device_ids=[dev] if dev.type == "cuda" else None, broadcast_buffers=False
+            )
+            self.sync = lambda last_mb: contextlib.nullcontext() if last_mb else net.no_sync()
         self.bank_neg = self.loss_fn.bank is not None  # per-sample negatives: plain accumulation is exact
-        self.cached = (t.negatives == "effective_batch" and (t.grad_accum > 1 or self.world > 1)
-                       and not self.bank_neg)
-        self.sampler = DistributedSampler(range(len(self.tgt_idx)), num_replicas=self.world, rank=self.rank,
-                                          shuffle=True, seed=t.seed)
+        self.cached = t.negatives == "effective_batch" and (t.grad_accum > 1 or self.world > 1) and not self.bank_neg
+        self.sampler = DistributedSampler(
+            range(len(self.tgt_idx)), num_replicas=self.world, rank=self.rank, shuffle=True, seed=t.seed
+        )
         self.n_neg = self.per_step * self.world if self.cached or self.bank_neg else t.batch_size
 
     def _start_line(self) -> str:
-        kind = (f"bank negatives: {len(self.loss_fn.bank):,} train chunks per query" if self.bank_neg else
-                "InfoNCE over all of it" if self.cached else "InfoNCE per micro-batch")
-        return (f"start pid {os.getpid()} on {platform.node()} device {self.device} x{self.world}; "
-                f"{self.cfg.model.kind} {self.n_params:,} params; {len(self.tgt_idx)} train windows, "
-                f"{self.steps_per_epoch} steps/epoch, effective batch {self.per_step * self.world} ({kind}); "
-                f"val ranks {len(self.val['tgt_idx'])} queries against all {len(self.groups):,} chunks")
+        kind = (
+            f"bank negatives: {len(self.loss_fn.bank):,} train chunks per query"
+            if self.bank_neg
+            else "InfoNCE over all of it"
+            if self.cached
+            else "InfoNCE per micro-batch"
+        )
+        return (
+            f"start pid {os.getpid()} on {platform.node()} device {self.device} x{self.world}; "
+            f"{self.cfg.model.kind} {self.n_params:,} params; {len(self.tgt_idx)} train windows, "
+            f"{self.steps_per_epoch} steps/epoch, effective batch {self.per_step * self.world} ({kind}); "
+            f"val ranks {len(self.val['tgt_idx'])} queries against all {len(self.groups):,} chunks"
+        )
 
     def _epoch(self, epoch: int, opt, sched, params: list) -> tuple[dict[str, float], int, float]:
         """One pass over this rank's windows -> (summed step losses and grad norms, windows seen, lr)."""
@@ -335,7 +403,7 @@ class _Trainer:
         last_write, lr_used = time.time(), opt.param_groups[0]["lr"]
         self.model.train()
         for step in range(self.steps_per_epoch):
-            sel = order[step * self.per_step:(step + 1) * self.per_step] if len(order) >= self.per_step else order
+            sel = order[step * self.per_step : (step + 1) * self.per_step] if len(order) >= self.per_step else order
             opt.zero_grad(set_to_none=True)
             out = self._step(self._micro_batches(sel))
             if not math.isfinite(out["loss"]):
@@ -365,14 +433,23 @@ class _Trainer:
         keys = np.asarray(self.prep.bank_keys)
         micro = []
         for s in range(0, len(sel), t.batch_size):
-            w = sel[s:s + t.batch_size]
-            ctx, _ = augment(_rows(vecs, self.ctx_idx[w]), self.aug_rng, t.article_dropout, t.span_corruption,
-                             t.article_dropout_positions)  # (b, K, D)
-            micro.append(MicroBatch(torch.from_numpy(ctx).to(dev),
-                                    torch.from_numpy(_rows(vecs, self.tgt_idx[w])).to(dev),  # (b, D)
-                                    torch.from_numpy(keys[self.tgt_idx[w]]).to(dev),  # (b, 2)
-                                    torch.from_numpy(self.dup[w]).to(dev),  # (b)
-                                    rows=(self.ctx_idx[w], self.tgt_idx[w]) if self.bank_neg else None))
+            w = sel[s : s + t.batch_size]
+            ctx, _ = augment(
+                _rows(vecs, self.ctx_idx[w]),
+                self.aug_rng,
+                t.article_dropout,
+                t.span_corruption,
+                t.article_dropout_positions,
+            )  # (b, K, D)
+            micro.append(
+                MicroBatch(
+                    torch.from_numpy(ctx).to(dev),
+                    torch.from_numpy(_rows(vecs, self.tgt_idx[w])).to(dev),  # (b, D)
+                    torch.from_numpy(keys[self.tgt_idx[w]]).to(dev),  # (b, 2)
+                    torch.from_numpy(self.dup[w]).to(dev),  # (b)
+                    rows=(self.ctx_idx[w], self.tgt_idx[w]) if self.bank_neg else None,
+                )
+            )
         return micro
 
     def _step(self, micro: list[MicroBatch]) -> dict[str, float]:
@@ -391,23 +468,54 @@ class _Trainer:
                     p.grad /= self.world
         return out
 
-    def _end_epoch(self, epoch: int, t0: float, sums: dict[str, float], n_seen: int, lr_used: float,
-                   history: list, state: dict, opt, sched) -> bool:
+    def _end_epoch(
+        self,
+        epoch: int,
+        t0: float,
+        sums: dict[str, float],
+        n_seen: int,
+        lr_used: float,
+        history: list,
+        state: dict,
+        opt,
+        sched,
+    ) -> bool:
         """The epoch's record (rank 0 validates and saves), then every rank learns whether to stop."""
         train_s, n = time.time() - t0, self.steps_per_epoch
-        rec: dict[str, Any] = {"epoch": epoch, "train_loss": sums["loss"] / n, "train_infonce": sums["infonce"] / n,
-                               "train_ar_cosine": sums["ar_cosine"] / n}
+        rec: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": sums["loss"] / n,
+            "train_infonce": sums["infonce"] / n,
+            "train_ar_cosine": sums["ar_cosine"] / n,
+        }
         stop, rngs = False, [rng_state(self.aug_rng)]
         if self.ddp:  # every rank's RNG streams go into last.pt, so a resume replays them all
             rngs = [None] * self.world
             dist.all_gather_object(rngs, rng_state(self.aug_rng))
         if self.main:
             t1 = time.time()
-            rec.update(validate(self.model, self.loss_fn, self.prep, self.val, self.cfg, self.device, self.n_neg,
-                                self.key_tower, groups=self.groups))
-            rec.update(lr=lr_used, temperature=self.loss_fn.temperature, grad_norm=sums["grad_norm"] / n,
-                       steps=epoch * n, train_seconds=train_s, val_seconds=time.time() - t1,
-                       seq_per_s=min(n_seen, n * self.per_step) * self.world / train_s)
+            rec.update(
+                validate(
+                    self.model,
+                    self.loss_fn,
+                    self.prep,
+                    self.val,
+                    self.cfg,
+                    self.device,
+                    self.n_neg,
+                    self.key_tower,
+                    groups=self.groups,
+                )
+            )
+            rec.update(
+                lr=lr_used,
+                temperature=self.loss_fn.temperature,
+                grad_norm=sums["grad_norm"] / n,
+                steps=epoch * n,
+                train_seconds=train_s,
+                val_seconds=time.time() - t1,
+                seq_per_s=min(n_seen, n * self.per_step) * self.world / train_s,
+            )
             stop = self._after_epoch(rec, history, state, opt, sched, rngs)
             rec["seconds"] = time.time() - t0
             atomic_write_json(self.run_dir / "history.json", history)
@@ -425,8 +533,10 @@ class _Trainer:
             history[-1]["stop_reason"] = state["stop_reason"]
             atomic_write_json(self.run_dir / "history.json", history)
         best = history[state["best_epoch"] - 1] if state["best_epoch"] else {}
-        _log(f"done: {len(history)} epoch(s), stop reason {state['stop_reason']}; best "
-             f"{t.best_metric} {best.get(t.best_metric, float('nan')):.4f} at epoch {state['best_epoch']}")
+        _log(
+            f"done: {len(history)} epoch(s), stop reason {state['stop_reason']}; best "
+            f"{t.best_metric} {best.get(t.best_metric, float('nan')):.4f} at epoch {state['best_epoch']}"
+        )
         self._progress_file(state="finished")
 
     def _after_epoch(self, rec: dict, history: list, state: dict, opt, sched, rngs: list) -> bool:
@@ -448,30 +558,46 @@ class _Trainer:
             if act["stop"]:
                 stop, state["stop_reason"] = True, "decision_tree"
         else:
-            rec.update(decision=None, decision_reason="decision tree off (train.decision_tree: false)",
-                       decision_stop=False)
+            rec.update(
+                decision=None, decision_reason="decision tree off (train.decision_tree: false)", decision_stop=False
+            )
         if not stop and state["bad_epochs"] >= t.patience:
             stop, state["stop_reason"] = True, "early_stopping"
         if stop:
             rec["stop_reason"] = state["stop_reason"]
         if rec["is_best"]:
             self._save("best.pt", epoch=rec["epoch"], metric=t.best_metric, value=rec[t.best_metric])
-        self._save("last.pt", epoch=rec["epoch"], optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                   rng=rngs, history=history, train_state=dict(state))
-        line = " ".join(f"{k} {rec[k]:.4f}" for k in ("train_loss", "val_cosine", "val_infonce", "val_recall_at_5",
-                                                          "val_mrr"))
-        _log(f"epoch {rec['epoch']}: {line} lr {rec['lr']:.2e} {rec['seq_per_s']:.0f} seq/s"
-                           f"{' *best*' if rec['is_best'] else ''}; {rec['decision_reason']}"
-                           + (f"; STOP ({state['stop_reason']})" if stop else ""), echo=self.progress)
+        self._save(
+            "last.pt",
+            epoch=rec["epoch"],
+            optimizer=opt.state_dict(),
+            scheduler=sched.state_dict(),
+            rng=rngs,
+            history=history,
+            train_state=dict(state),
+        )
+        line = " ".join(
+            f"{k} {rec[k]:.4f}" for k in ("train_loss", "val_cosine", "val_infonce", "val_recall_at_5", "val_mrr")
+        )
+        _log(
+            f"epoch {rec['epoch']}: {line} lr {rec['lr']:.2e} {rec['seq_per_s']:.0f} seq/s"
+            f"{' *best*' if rec['is_best'] else ''}; {rec['decision_reason']}"
+            + (f"; STOP ({state['stop_reason']})" if stop else ""),
+            echo=self.progress,
+        )
         return stop
 
     def _diverged(self, epoch: int, step: int, loss: float, what: str = "") -> None:
         last = self.run_dir / "last.pt"
-        kept = f"last good checkpoint kept: {last} (epoch {epoch - 1})" if epoch > 1 and last.is_file() else \
-            "no checkpoint was written yet (it diverged in epoch 1)"
-        msg = (f"training diverged: {what or f'loss is {loss}'} at epoch {epoch}, optimizer step {step + 1}; {kept}. "
-               "Try a lower train.lr, a smaller train.grad_clip or check the data for NaN/inf vectors.")
+        kept = (
+            f"last good checkpoint kept: {last} (epoch {epoch - 1})"
+            if epoch > 1 and last.is_file()
+            else "no checkpoint was written yet (it diverged in epoch 1)"
+        )
+        msg = (
+            f"training diverged: {what or f'loss is {loss}'} at epoch {epoch}, optimizer step {step + 1}; {kept}. "
+            "Try a lower train.lr, a smaller train.grad_clip or check the data for NaN/inf vectors."
+        )
         if self.main:
             _log("ERROR " + msg)
         raise TrainingDiverged(msg)
-

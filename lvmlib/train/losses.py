@@ -24,12 +24,13 @@ loss and its gradient w.r.t. them, (3) re-run each micro-batch with a graph and 
 cached embedding gradient. Parameter gradients equal those of one batch of A*b*W; activation memory
 stays that of one micro-batch. Dropout is replayed by restoring each micro-batch's RNG state.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -43,8 +44,13 @@ MAX_LOGIT_SCALE = 100.0  # CLIP's clamp of exp(logit_scale) = 1/tau
 
 
 # --------------------------------------------------------------------------- the pieces
-def info_nce(q: torch.Tensor, k: torch.Tensor, scale: float | torch.Tensor, mask: torch.Tensor | None = None,
-             symmetric: bool = False) -> torch.Tensor:
+def info_nce(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float | torch.Tensor,
+    mask: torch.Tensor | None = None,
+    symmetric: bool = False,
+) -> torch.Tensor:
     """Mean InfoNCE of queries q (B, .) against keys k (B, .); the positive of row i is key i.
 
     Both sides are L2-normalised; logits = scale * q @ k.T (scale = 1/tau). `mask` (B, B) bool, True =
@@ -90,8 +96,13 @@ def false_negative_mask(keys: torch.Tensor, window: int = 1, dup_ids: torch.Tens
 TINY = 1e-30  # bank entries below this are zeroed (subnormal products; see BankNegatives)
 
 
-def bank_info_nce(q: torch.Tensor, target: torch.Tensor, bank: torch.Tensor, scale: float | torch.Tensor,
-                  exclude: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+def bank_info_nce(
+    q: torch.Tensor,
+    target: torch.Tensor,
+    bank: torch.Tensor,
+    scale: float | torch.Tensor,
+    exclude: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Mean InfoNCE of queries q (B, D) whose positive is `target` (B, D) against every row of `bank`
     (M, D), L2-normalised rows, stop-grad. logits = scale * [q.t, q @ bank.T]; `exclude` = (query index,
     bank column) pairs dropped from that query's negatives (its target's own row and duplicates, its
@@ -147,8 +158,10 @@ class BankNegatives:
         cols = self.col_of_row[members]
         keep = cols >= 0
         code = np.unique(qi[keep] * (len(self) + 1) + cols[keep])  # each pair once
-        return (torch.from_numpy(code // (len(self) + 1)).to(self.device),
-                torch.from_numpy(code % (len(self) + 1)).to(self.device))
+        return (
+            torch.from_numpy(code // (len(self) + 1)).to(self.device),
+            torch.from_numpy(code % (len(self) + 1)).to(self.device),
+        )
 
 
 def projection_head(d_in: int, widths: list[int]) -> nn.Module:
@@ -198,8 +211,13 @@ class LVMLoss(nn.Module):
             pred, key = self.head(pred.float()), self.head(key.float())  # (B, E) each
         return info_nce(pred, key, self.scale(), mask, self.cfg.symmetric)
 
-    def forward(self, pred: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None = None,
-                rows: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    def forward(
+        self,
+        pred: torch.Tensor,
+        key: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        rows: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> dict:
         """rows = (ctx_rows (B, K), tgt_rows (B,)) bank rows of the samples: needed by bank negatives."""
         if self.bank is not None:
             if rows is None:
@@ -218,8 +236,13 @@ class LVMLoss(nn.Module):
         for decay in (True, False):
             chosen = [(n, p) for n, p in named if (p.dim() >= 2) == decay]
             if chosen:  # named like lvmlib.model.models.param_groups (torch wants all groups named or none)
-                groups.append({"params": [p for _, p in chosen], "param_names": [n for n, _ in chosen],
-                               "weight_decay": weight_decay if decay else 0.0})
+                groups.append(
+                    {
+                        "params": [p for _, p in chosen],
+                        "param_names": [n for n, _ in chosen],
+                        "weight_decay": weight_decay if decay else 0.0,
+                    }
+                )
         return groups
 
 
@@ -275,9 +298,14 @@ def _stats(out: dict) -> dict[str, float]:
     return {k: float(v.detach()) for k, v in out.items()}
 
 
-def cached_step(encode: Encode, loss_fn: LVMLoss, micro: list[MicroBatch], key_tower: bool = False,
-                sync: Callable[[bool], contextlib.AbstractContextManager] | None = None,
-                embed: Encode | None = None) -> dict[str, float]:
+def cached_step(
+    encode: Encode,
+    loss_fn: LVMLoss,
+    micro: list[MicroBatch],
+    key_tower: bool = False,
+    sync: Callable[[bool], contextlib.AbstractContextManager] | None = None,
+    embed: Encode | None = None,
+) -> dict[str, float]:
     """Gradient-cache step: InfoNCE over every sample of `micro` (and of every DDP rank).
 
     `encode(ctx, tgt) -> (pred, key)`; `key` is `tgt` itself unless the model has a passage tower
@@ -311,24 +339,29 @@ def cached_step(encode: Encode, loss_fn: LVMLoss, micro: list[MicroBatch], key_t
     out["loss"].backward()  # grads of P, K and of the loss's own parameters (head, logit scale)
     n_local = sum(mb.ctx.shape[0] for mb in micro)
     lo = rank * n_local
-    gP = P.grad[lo:lo + n_local] * world  # (A*b, D')
-    gK = K.grad[lo:lo + n_local] * world if key_grad else None  # (A*b, D')
+    gP = P.grad[lo : lo + n_local] * world  # (A*b, D')
+    gK = K.grad[lo : lo + n_local] * world if key_grad else None  # (A*b, D')
     start = 0
     for i, mb in enumerate(micro):  # pass 2: re-run with a graph, push the cached gradient through
         n = mb.ctx.shape[0]
         ctx_mgr = sync(i == len(micro) - 1) if sync is not None else contextlib.nullcontext()
         with ctx_mgr, _rng_replay(states[i]):
             p, k = encode(mb.ctx, mb.tgt)
-            surrogate = (p.float() * gP[start:start + n]).sum()
+            surrogate = (p.float() * gP[start : start + n]).sum()
             if gK is not None:
-                surrogate = surrogate + (k.float() * gK[start:start + n]).sum()
+                surrogate = surrogate + (k.float() * gK[start : start + n]).sum()
             surrogate.backward()
         start += n
     return _stats(out)
 
 
-def direct_step(encode: Encode, loss_fn: LVMLoss, micro: list[MicroBatch], key_tower: bool = False,
-                sync: Callable[[bool], contextlib.AbstractContextManager] | None = None) -> dict[str, float]:
+def direct_step(
+    encode: Encode,
+    loss_fn: LVMLoss,
+    micro: list[MicroBatch],
+    key_tower: bool = False,
+    sync: Callable[[bool], contextlib.AbstractContextManager] | None = None,
+) -> dict[str, float]:
     """Plain accumulation: each micro-batch is its own InfoNCE batch (b-1 negatives, this rank only);
     gradients of the mean over micro-batches. `negatives: micro_batch`, or a single micro-batch, or bank
     negatives (then every sample already sees the whole train bank)."""
@@ -338,8 +371,11 @@ def direct_step(encode: Encode, loss_fn: LVMLoss, micro: list[MicroBatch], key_t
         ctx_mgr = sync(i == len(micro) - 1) if sync is not None else contextlib.nullcontext()
         with ctx_mgr:
             p, k = encode(mb.ctx, mb.tgt)
-            mask = None if loss_fn.bank is not None else loss_fn.mask(
-                mb.keys.to(p.device), mb.dup.to(p.device) if mb.dup is not None else None)
+            mask = (
+                None
+                if loss_fn.bank is not None
+                else loss_fn.mask(mb.keys.to(p.device), mb.dup.to(p.device) if mb.dup is not None else None)
+            )
             out = loss_fn(p.float(), k.float(), mask, mb.rows)
             outs.append(_stats(out))
             if not math.isfinite(outs[-1]["loss"]):
@@ -348,4 +384,3 @@ def direct_step(encode: Encode, loss_fn: LVMLoss, micro: list[MicroBatch], key_t
     for key in outs[0]:
         totals[key] = sum(o[key] for o in outs) / len(outs)
     return totals
-

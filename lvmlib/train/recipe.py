@@ -3,6 +3,7 @@
 
 Shapes: b windows, L context length (K), D vector width.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> flo
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def augment(ctx: np.ndarray, rng: np.random.Generator, article_dropout: float, span_corruption: float,
-            positions: str = "last"):
+def augment(
+    ctx: np.ndarray, rng: np.random.Generator, article_dropout: float, span_corruption: float, positions: str = "last"
+):
     """Training-batch augmentation of contexts (b, L, D) -> new array (the input is not modified).
 
     Span corruption (p each sample): one position j ~ U{0..L-1} takes position j of another sample.
@@ -55,10 +57,13 @@ def augment(ctx: np.ndarray, rng: np.random.Generator, article_dropout: float, s
 
 def rng_state(aug: np.random.Generator) -> dict:
     st = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
-            "numpy": json.dumps([st[0], st[1].tolist(), *st[2:]]), "python": json.dumps(random.getstate()),
-            "aug": json.dumps(aug.bit_generator.state)}
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "numpy": json.dumps([st[0], st[1].tolist(), *st[2:]]),
+        "python": json.dumps(random.getstate()),
+        "aug": json.dumps(aug.bit_generator.state),
+    }
 
 
 def set_rng_state(s: dict, aug: np.random.Generator) -> None:

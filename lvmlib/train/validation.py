@@ -1,6 +1,7 @@
 """Validation during training: the val windows and the numbers every epoch records (val_cosine,
 val_infonce, val_recall_at_k, val_mrr), computed with the evaluation's own code so the two agree.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,8 +25,18 @@ def val_queries(prep, cfg: Config) -> dict[str, np.ndarray]:
 
 
 @torch.no_grad()
-def validate(model: nn.Module, loss_fn: LVMLoss, prep, queries: dict, cfg: Config, device, n_neg: int,
-             key_tower: bool, recall: bool = True, groups: np.ndarray | None = None) -> dict[str, float]:
+def validate(
+    model: nn.Module,
+    loss_fn: LVMLoss,
+    prep,
+    queries: dict,
+    cfg: Config,
+    device,
+    n_neg: int,
+    key_tower: bool,
+    recall: bool = True,
+    groups: np.ndarray | None = None,
+) -> dict[str, float]:
     """Validation with evaluation's own code, so the two cannot disagree.
 
     val_cosine: mean cosine(prediction, true next vector). val_infonce: in-batch InfoNCE over shuffled
@@ -35,6 +46,7 @@ def validate(model: nn.Module, loss_fn: LVMLoss, prep, queries: dict, cfg: Confi
     `groups`: `metrics.duplicate_groups` of the bank (computed here when not given)."""
     from lvmlib import metrics as mt
     from lvmlib.model.predict import model_bank, predict
+
     model.eval()
     vecs = prep.bank_vectors
     ctx_idx, tgt_idx = queries["ctx_idx"], queries["tgt_idx"]
@@ -46,7 +58,7 @@ def validate(model: nn.Module, loss_fn: LVMLoss, prep, queries: dict, cfg: Confi
     perm = torch.from_numpy(np.random.default_rng(cfg.train.seed).permutation(len(P))).to(device)  # fixed shuffle
     nce, seen = 0.0, 0
     for s in range(0, len(P), n_neg):
-        sel = perm[s:s + n_neg]
+        sel = perm[s : s + n_neg]
         if len(sel) < 2:
             break
         nce += float(loss_fn.contrastive(P[sel], K[sel], loss_fn.mask(meta[sel]))) * len(sel)
@@ -55,8 +67,9 @@ def validate(model: nn.Module, loss_fn: LVMLoss, prep, queries: dict, cfg: Confi
     if recall:
         groups = mt.duplicate_groups(vecs) if groups is None else groups
         bank = model_bank(model, vecs, device)  # (M, D')
-        ranks = mt.target_ranks(mt.l2_normalize(P.cpu().numpy()), bank, tgt_idx, exclude_rows=ctx_idx,
-                                groups=groups, device=device)["global"].excluded  # (n)
+        ranks = mt.target_ranks(
+            mt.l2_normalize(P.cpu().numpy()), bank, tgt_idx, exclude_rows=ctx_idx, groups=groups, device=device
+        )["global"].excluded  # (n)
         out.update({f"val_recall_at_{k}": mt.recall_at_k(ranks, k) for k in VAL_KS})
         out.update(val_mrr=float(np.mean(1.0 / ranks)), n_val_queries=len(ranks), val_bank_size=len(bank))
     model.train()
