@@ -16,12 +16,13 @@ LAB_PORT ?= 8888
 CORPUS  ?= ../shared/corpora/wiki_dev_1000.jsonl.gz
 SIZES   ?= 100,300,800
 
-.PHONY: setup run lab test test-fast study scaling bench clean-runs help
+.PHONY: setup run lab test test-fast lint format study scaling bench clean-runs help
 
 help:
 	@echo "make run [PARAMS=params/x.yaml] [ARGS='--set train.epochs=3']   run the study"
 	@echo "make lab [LAB_PORT=8888]                                       JupyterLab on 127.0.0.1 (token printed)"
-	@echo "make test                                                      run the test suite"
+	@echo "make test                                                      lint, then the test suite"
+	@echo "make format                                                    ruff: fix what it can, format"
 	@echo "make study                                                     V1 vs V2 comparison (<= 30 min)"
 	@echo "make scaling [CORPUS=x.jsonl.gz] [SIZES=100,300,800]          scaling curve (hours on a CPU)"
 	@echo "make bench                                                     benchmarks/ (prints tables)"
@@ -43,8 +44,18 @@ run: $(STAMP)
 lab: $(STAMP)
 	$(PY) -m lvmlib lab --port $(LAB_PORT)
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest -q tests $(ARGS)
+
+# The house rules: lint and format (ruff), the layers and no import cycles (import-linter, pyproject.toml).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check lvmlib tests benchmarks tools
+	$(VENV)/bin/ruff format --check lvmlib tests benchmarks tools
+	$(VENV)/bin/lint-imports
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix lvmlib tests benchmarks tools
+	$(VENV)/bin/ruff format lvmlib tests benchmarks tools
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests $(ARGS)
