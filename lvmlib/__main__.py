@@ -1,4 +1,4 @@
-"""`python -m lvmlib ...` — see lvmlib/cli.py."""
+"""`python -m lvmlib ...`: the command line, `lvmlib.app.cli`."""
 
 import sys
 

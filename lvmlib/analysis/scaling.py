@@ -1,4 +1,6 @@
-"""The scaling study: one run per training-set size, the same held-out val and test articles at every
+"""The scaling study: whether the model's gap to the trivial predictors closes as the training set grows.
+
+The scaling study: one run per training-set size, the same held-out val and test articles at every
 size, and a page that says whether the model's gap to the trivial predictors closes with data.
 
 `scaling_study` runs the whole study (`runner.run_study`, notebooks 01..04) once per size with

@@ -1,4 +1,6 @@
-"""The comparison page's opening paragraph, generated from the numbers: which variant is better on the
+"""The comparison page's opening paragraph, written from the numbers: which variant is better, and how surely.
+
+The comparison page's opening paragraph, generated from the numbers: which variant is better on the
 primary bank's R@5, by how much, whether the difference exceeds the 95% intervals (the paired
 bootstrap over test articles when both runs scored the same queries, else non-overlap of the
 per-run intervals), and whether each variant beats the best trivial baseline on the same queries.

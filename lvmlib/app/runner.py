@@ -1,4 +1,6 @@
-"""Run the study: execute the stage notebooks in order (`lvmlib.app.execute`), render them and keep the run
+"""Run the study: the stage notebooks in order, their pages and the run record, a failed run marked in one line.
+
+Run the study: execute the stage notebooks in order (`lvmlib.app.execute`), render them and keep the run
 record and index up to date (`lvmlib.report.pages`); mark the run failed or interrupted with one line.
 
 Each notebook receives only `params_path`, `run_dir` and `overrides` (02_train also `resume`); its

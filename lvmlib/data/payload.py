@@ -1,4 +1,6 @@
-"""The seed's payload format: one uncompressed .npz (`context_sequences [N,K,D]`, `target_vectors [N,D]`,
+"""The seed's `payload.npz` format: a streaming writer and a member-by-member reader.
+
+The seed's payload format: one uncompressed .npz (`context_sequences [N,K,D]`, `target_vectors [N,D]`,
 `truth_keys [N,2]`, `split [N]`), written in row blocks and read member by member without loading it
 whole (np.load would read an npz member into RAM).
 """

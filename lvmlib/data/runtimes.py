@@ -1,4 +1,6 @@
-"""Encoder backends other than torch: the model's transformer exported once to ONNX and run by OpenVINO
+"""Encoder runtimes other than torch: ONNX export, OpenVINO and onnxruntime sessions, the `auto` choice.
+
+Encoder backends other than torch: the model's transformer exported once to ONNX and run by OpenVINO
 or onnxruntime (`data.encoder_backend`, docs/data.md). `lvmlib.data.encoder.Encoder` owns pooling,
 batching and the cache; this module owns choosing, exporting and loading a runtime.
 Shapes: b texts in a batch, t tokens, H hidden width.

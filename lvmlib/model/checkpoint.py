@@ -1,4 +1,6 @@
-"""Checkpoint files: `best.pt` / `last.pt` carry their own config and vector width, are written atomically
+"""Checkpoint files `best.pt` / `last.pt`: atomic save, a `weights_only` read, shape checks.
+
+Checkpoint files: `best.pt` / `last.pt` carry their own config and vector width, are written atomically
 and read with `torch.load(weights_only=True)` (no code from a file ever runs); every problem is one
 `CheckpointError` line naming the file. The models themselves (`lvmlib.model.models`) know no files.
 """

@@ -1,4 +1,6 @@
-"""Figures and tables for 05_compare: overlaid training curves with the gate, R@5 with its
+"""Figures and tables for 05_compare: training curves, R@5 intervals per bank, R@k bars, summary tables.
+
+Figures and tables for 05_compare: overlaid training curves with the gate, R@5 with its
 intervals per bank, R@k bars, and the summary / Phase-1 tables formatted for reading.
 
 Figure functions return a matplotlib Figure (curves and bars through seaborn on tidy DataFrames; the

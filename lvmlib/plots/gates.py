@@ -1,4 +1,6 @@
-"""Figures for 03_gates: the epoch-2 decision tree with the path taken (matplotlib: a diagram, not data),
+"""Figures for 03_gates: the epoch-2 decision tree with the path taken, and the gate on the validation curve.
+
+Figures for 03_gates: the epoch-2 decision tree with the path taken (matplotlib: a diagram, not data),
 and the gate on the validation curve (seaborn)."""
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Figures of the scaling page (06_scaling): metric against training articles, tidy DataFrame in
+"""Figures of the scaling page (06_scaling): each metric against the number of training articles.
+
+Figures of the scaling page (06_scaling): metric against training articles, tidy DataFrame in
 (`scaling.study_table`), seaborn Figure out. Keys on axes are the JSON keys (`recall_at_5`, `cosine`)."""
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""The HTML the kit writes: rendered notebooks (nbconvert, with a top bar), each run's page and run record
+"""The HTML the kit writes: rendered notebooks, each run's page and run record, and the index.
+
+The HTML the kit writes: rendered notebooks (nbconvert, with a top bar), each run's page and run record
 (`reports/<run_id>/run.json`, built from `headline`), and `reports/index.html`.
 
 Pages come from Jinja2 templates in `lvmlib/templates/` with autoescaping on: every value from a run

@@ -1,4 +1,6 @@
-"""The training loop: AdamW + warmup/cosine, gradient-cache InfoNCE, per-epoch validation, early stopping,
+"""The training loop: optimizer, restore, epochs and steps, checkpoints, the gate, resume and DDP.
+
+The training loop: AdamW + warmup/cosine, gradient-cache InfoNCE, per-epoch validation, early stopping,
 best/last checkpoints, the gate's decision tree in the loop, resume, DDP. Its pieces live beside it:
 `recipe` (lr schedule, augmentation, RNG state), `validation` (the per-epoch numbers), `launch`
 (torchrun for train.nproc > 1), `run_status` (`python -m lvmlib status`, the training summary).

@@ -1,4 +1,6 @@
-"""Training losses: InfoNCE over in-batch negatives, the autoregressive cosine loss, the V1 projection
+"""Training losses: InfoNCE, the autoregressive cosine, the V1 head, the false-negative mask, the gradient cache.
+
+Training losses: InfoNCE over in-batch negatives, the autoregressive cosine loss, the V1 projection
 head, the false-negative mask, and the gradient cache that spans the whole effective batch.
 
 Shapes: B queries (predictions), N keys (targets; N = B here, positives on the diagonal),

@@ -1,4 +1,6 @@
-"""Pieces of the training recipe, each tested alone: the learning-rate schedule, the context augmentation
+"""Pieces of the training recipe: the lr schedule, context augmentation, and the RNG state for exact resume.
+
+Pieces of the training recipe, each tested alone: the learning-rate schedule, the context augmentation
 (article dropout, span corruption) and the RNG state that makes a resumed training continue exactly.
 
 Shapes: b windows, L context length (K), D vector width.

@@ -1,4 +1,6 @@
-"""How a run's training is doing, from its files alone (safe while it trains): `python -m lvmlib status
+"""A training run's progress read from its files alone (safe while it trains), and the training summary.
+
+How a run's training is doing, from its files alone (safe while it trains): `python -m lvmlib status
 RUN_DIR` (`status`) and the headline of a finished training step (`training_summary`, 02_train's
 record cell). Reads history.json, train_progress.json, the run lock and params.yaml; writes nothing.
 """

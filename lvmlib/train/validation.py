@@ -1,4 +1,6 @@
-"""Validation during training: the val windows and the numbers every epoch records (val_cosine,
+"""Validation during training: the numbers every epoch records, computed with the evaluation's own code.
+
+Validation during training: the val windows and the numbers every epoch records (val_cosine,
 val_infonce, val_recall_at_k, val_mrr), computed with the evaluation's own code so the two agree.
 """
 
