@@ -8,7 +8,7 @@ export is cached under <cache root>/models/), one warm-up batch, then the timed 
 length-sorted texts. torch runs first and last; its mean is the baseline of every ratio. Quality: mean
 and min cosine of each backend's vectors to torch's, and for the fastest backend whose mean cosine passes
 (>= 0.99) the copy_last R@5 (primary bank: every chunk, the query's context removed) on the test split
-of the default corpus prepared with that backend vs with torch (`lvmlib.data.prepare.copy_last_retrieval`).
+of the default corpus prepared with that backend vs with torch (`lvmlib.data.baselines.copy_last_retrieval`).
 The last line names the best backend: the fastest one that passes both bars (cosine >= 0.99, R@5 within
 0.5 points of torch's).
 """

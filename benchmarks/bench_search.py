@@ -6,7 +6,7 @@
 Columns: `batch` = `metrics.exact_search` over all queries at once (bank scanned in `--chunk`-row
 blocks, the evaluation's shape); `ranks` = `metrics.target_ranks` (the exact counting pass that gives
 the metrics: one matmul pass, every bank at once); `batch-1` = one query at a time against a whole-bank
-index built beforehand (the latency shape of `evaluate.measure_latency`, 1 thread). Ratios are
+index built beforehand (the latency shape of `eval.latency.measure_latency`, 1 thread). Ratios are
 torch / faiss time (> 1: faiss faster). Memory: the bank (M x D float32; 1.5 GB at 1M x 384) plus,
 for batch-1 only, one whole-bank index (faiss) or tensor (torch) beside it.
 """

@@ -24,7 +24,8 @@ from lvmlib import metrics as mt
 from lvmlib.core.config import load_config
 from lvmlib.data.prepare import load_prepared
 from lvmlib.model.models import baseline
-from lvmlib.train.loop import train, val_queries
+from lvmlib.train.loop import train
+from lvmlib.train.validation import val_queries
 
 BASE = ["train.val_max_queries=2000", "train.decision_tree=false"]
 KEYS = ["epoch", "val_cosine", "val_infonce", "val_recall_at_1", "val_recall_at_5", "val_recall_at_10", "val_mrr"]

@@ -21,8 +21,8 @@ import torch
 
 from lvmlib import metrics as mt
 from lvmlib.data.prepare import load_prepared
-from lvmlib.eval.evaluate import predict
 from lvmlib.model.checkpoint import load_checkpoint
+from lvmlib.model.predict import predict
 from lvmlib.train.losses import bank_info_nce
 
 
