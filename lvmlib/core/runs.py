@@ -2,7 +2,7 @@
 
 Every file a run produces goes through `atomic_write_*` (temp file in the same directory, fsync,
 rename), so a crash leaves either the old file or the new one, never half of one. The run
-directory layout is the contract between notebooks (see README "Run directory").
+directory layout is the contract between notebooks (docs/DESIGN.md, "Run directory").
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The training loop: AdamW + warmup/cosine, gradient-cache InfoNCE, per-epoch validation, early stopping,
 best/last checkpoints, the gate's decision tree in the loop, resume, DDP. Its pieces live beside it:
 `recipe` (lr schedule, augmentation, RNG state), `validation` (the per-epoch numbers), `launch`
-(torchrun for train.nproc > 1), `run_status` (`python -m lvmlib status`, the training summary).
+(torchrun for train.nproc > 1), `lvmlib.train.status` (`python -m lvmlib status`, the training summary).
 
 Shapes: B micro-batch, A grad-accum, W DDP ranks, L context length (K), D vector width, D' retrieval
 width (two_tower), M bank rows.
