@@ -70,7 +70,7 @@ def _yaml_float(value: Any) -> Any:
     # bools, so that the strict check rejects them. YAML reads .nan / .inf, and no range check would
     # catch them (nan < 0 is false), so finiteness is checked here, before any bound.
     if isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        value = float(value) if abs(value) < 2**1023 else math.inf  # float(10**400) raises OverflowError
     if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
         value = float(value)
     if isinstance(value, float) and not math.isfinite(value):
@@ -455,10 +455,10 @@ def _say(err: dict[str, Any], raw: Any) -> str:
         value = value.get(name) if isinstance(value, dict) else None
     if _is_input_error(err) and kind != "finite_number":
         return f"key '{key}' expects {_type_name(info.annotation)}, got {value!r} ({type(value).__name__})"
-    if info.annotation is float and isinstance(value, int):
-        value = float(value)  # as it is stored: train.lr = 0.0
     if kind == "finite_number":
         return f"key '{key}' = {value!r}: must be a finite number"
+    if info.annotation is float and isinstance(value, int):
+        value = float(value)  # as it is stored: train.lr = 0.0
     says = next((m for m in info.metadata if isinstance(m, Says)), None)
     if says:
         return f"key '{key}' = {value!r}: {says}"
