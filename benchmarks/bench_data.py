@@ -48,14 +48,13 @@ def table(title: str, header: list[str], rows: list[list]) -> None:
 def bench_chunking() -> None:
     """Cold chunking of the default corpus (read + clean + sentence split + group, no cache) with
     `data.chunk_workers` = one per core vs 1, same process, same chunks."""
-    import dataclasses
 
     from lvmlib.core.config import DataConfig
     from lvmlib.data import corpus
 
     rows, out = [], {}
     for w in (corpus.chunk_workers(DataConfig()), 1):
-        cfg = dataclasses.replace(DataConfig(), chunk_workers=w)
+        cfg = DataConfig(chunk_workers=w)
         t0 = time.perf_counter()
         out[w] = list(corpus.iter_chunked(cfg))
         rows.append([w, sum(len(c) for _, c in out[w]), f"{time.perf_counter() - t0:.1f}"])

@@ -1,4 +1,7 @@
-"""The command line: check, cache list/clear, clear errors for wrong paths."""
+"""The command line: check, schema, cache list/clear, clear errors for wrong paths."""
+
+import json
+from pathlib import Path
 
 import numpy as np
 
@@ -15,6 +18,17 @@ def test_check_prints_the_resolved_config(capsys):
 def test_check_names_a_bad_key(capsys):
     assert main(["check", "params/smoke.yaml", "--set", "train.epohcs=4"]) == 2
     assert "train.epohcs" in capsys.readouterr().err
+
+
+def test_committed_schema_is_what_the_schema_command_prints(capsys, tmp_path):
+    committed = Path(__file__).resolve().parent.parent / "params" / "params.schema.json"
+    assert main(["schema"]) == 0
+    printed = capsys.readouterr().out
+    assert printed == committed.read_text(), "params/params.schema.json is stale: python -m lvmlib schema --out it"
+    assert main(["schema", "--out", str(tmp_path / "s.json")]) == 0
+    assert (tmp_path / "s.json").read_text() == printed and "s.json" in capsys.readouterr().out
+    schema = json.loads(printed)
+    assert schema["$defs"]["TrainConfig"]["properties"]["epochs"]["minimum"] == 1
 
 
 def test_cache_list_and_clear(tmp_path, capsys):

@@ -1,12 +1,26 @@
-"""Params: every shipped file loads; bad keys, types and ranges fail naming file, key and value."""
+"""Params: every shipped file loads and fits the JSON Schema; bad keys, types and ranges fail naming file, key and value."""
 
+import json
 from pathlib import Path
 
+import jsonschema  # a dependency of nbformat
 import pytest
+import yaml
 
-from lvmlib.core.config import ConfigError, config_from_dict, dump_config, load_config, parse_override
+from lvmlib.core.config import (
+    MODEL_KINDS,
+    SECTIONS,
+    ConfigError,
+    config_from_dict,
+    dump_config,
+    load_config,
+    load_run_config,
+    params_schema,
+    parse_override,
+)
 
 PARAMS = sorted(Path(__file__).resolve().parent.parent.joinpath("params").glob("*.yaml"))
+SCHEMA_FILE = PARAMS[0].parent / "params.schema.json"
 
 
 @pytest.mark.parametrize("path", PARAMS, ids=[p.name for p in PARAMS])
@@ -101,3 +115,211 @@ def test_name_defaults_to_file_stem(tmp_path):
     p = tmp_path / "my_experiment.yaml"
     p.write_text("train:\n  epochs: 2\n")
     assert load_config(p).name == "my_experiment"
+
+
+# --------------------------------------------------------------------------- the schema
+@pytest.mark.parametrize("path", PARAMS, ids=[p.name for p in PARAMS])
+def test_every_params_file_points_at_and_fits_the_committed_schema(path):
+    text = path.read_text()
+    assert text.splitlines()[0] == "# yaml-language-server: $schema=params.schema.json"  # what editors read
+    jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text())).validate(yaml.safe_load(text) or {})
+    load_config(path)
+
+
+def test_schema_says_what_is_allowed():
+    schema = params_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert schema["additionalProperties"] is False and set(SECTIONS) <= set(schema["properties"])
+    defs = schema["$defs"]
+    assert all(defs[d]["additionalProperties"] is False for d in defs)  # unknown keys are refused
+    model, train, data, ev = defs["ModelConfig"], defs["TrainConfig"], defs["DataConfig"], defs["EvalConfig"]
+    assert model["properties"]["kind"]["enum"] == list(MODEL_KINDS)
+    assert train["properties"]["batch_size"] == {
+        "default": 256,
+        "description": "micro-batch",
+        "minimum": 2,
+        "title": "Batch Size",
+        "type": "integer",
+    }
+    assert train["properties"]["lr"]["exclusiveMinimum"] == 0 and train["properties"]["lr"]["type"] == "number"
+    assert data["properties"]["context_len"]["description"] == "K: chunks in a context window"
+    assert (data["properties"]["val_frac"]["minimum"], data["properties"]["val_frac"]["maximum"]) == (0, 1)
+    assert ev["properties"]["ks"]["items"] == {"minimum": 1, "type": "integer"}
+    assert ev["properties"]["ks"]["contains"] == {"const": 5}
+    assert train["properties"]["bf16"]["type"] == "boolean"
+
+
+# Values the schema alone refuses: the editor (jsonschema) and load_config agree, and the error names file and key.
+SCHEMA_REFUSES = [
+    ({"train": {"epoch": 3}}, "train.epoch"),
+    ({"trian": {"epochs": 3}}, "trian"),
+    ({"train": {"epochs": "three"}}, "train.epochs"),
+    ({"train": {"epochs": 2.5}}, "train.epochs"),
+    ({"train": {"bf16": 1}}, "train.bf16"),
+    ({"train": {"batch_size": 1}}, "train.batch_size"),
+    ({"model": {"dropout": 1.0}}, "model.dropout"),
+    ({"model": {"kind": "transformer"}}, "model.kind"),
+    ({"loss": {"proj_head": [512, 0]}}, "loss.proj_head"),
+    ({"eval": {"banks": ["global", "nope"]}}, "eval.banks"),
+    ({"eval": {"ks": [1, 10]}}, "eval.ks"),
+    ({"eval": {"banks": []}}, "eval.banks"),
+]
+
+
+@pytest.mark.parametrize("doc, key", SCHEMA_REFUSES, ids=[k for _, k in SCHEMA_REFUSES])
+def test_schema_and_loader_refuse_the_same_values(tmp_path, doc, key):
+    validator = jsonschema.Draft202012Validator(params_schema())
+    assert not validator.is_valid(doc)
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, yaml.safe_dump(doc)))
+    assert str(info.value).startswith(f"{tmp_path / 'bad.yaml'}: ") and f"'{key}'" in str(info.value)
+
+
+# --------------------------------------------------------------------------- one-line errors, word for word
+KNOWN_TRAIN = (
+    "article_dropout, article_dropout_positions, batch_size, best_metric, bf16, decision_tree, device, "
+    "early_stop_metric, epochs, grad_accum, grad_clip, lr, max_train_windows, min_lr_ratio, negatives, nproc, "
+    "patience, seed, span_corruption, threads, val_max_queries, warmup_steps, weight_decay"
+)
+MESSAGES = [
+    # unknown keys and sections
+    ("train:\n  epoch: 3\n", f"unknown key 'train.epoch' (value 3); known keys: {KNOWN_TRAIN}"),
+    ("trian:\n  epochs: 3\n", "unknown section 'trian'; sections are name, description, " + ", ".join(SECTIONS)),
+    ("train:\n  1: 3\n", f"unknown key 'train.1' (value 3); known keys: {KNOWN_TRAIN}"),
+    # wrong types: ints refuse bools and 3.0, floats refuse bools, lists are typed
+    ("train:\n  epochs: 3.0\n", "key 'train.epochs' expects int, got 3.0 (float)"),
+    ("train:\n  grad_clip: true\n", "key 'train.grad_clip' expects float, got True (bool)"),
+    ("data:\n  dedup: 'yes'\n", "key 'data.dedup' expects bool, got 'yes' (str)"),
+    ("data:\n  path: 3\n", "key 'data.path' expects str, got 3 (int)"),
+    ("model:\n  kind: 3\n", "key 'model.kind' expects str, got 3 (int)"),
+    ("loss:\n  proj_head: [4, 2.5]\n", "key 'loss.proj_head' expects list[int], got [4, 2.5] (list)"),
+    ("eval:\n  ks: 5\n", "key 'eval.ks' expects list[int], got 5 (int)"),
+    ("train: 3\n", "section 'train' must be a mapping, got 3"),
+    ("name: [a]\n", "key 'name' expects str, got ['a'] (list)"),
+    ("train:\n  lr: .inf\n", "key 'train.lr' = inf: must be a finite number"),
+    # out of range, with what the bound means
+    (
+        "train:\n  batch_size: 1\n",
+        "key 'train.batch_size' = 1: must be >= 2 (InfoNCE needs at least 2 samples per batch)",
+    ),
+    ("data:\n  context_len: 0\n", "key 'data.context_len' = 0: K must be >= 1"),
+    ("train:\n  max_train_windows: -1\n", "key 'train.max_train_windows' = -1: must be >= 0 (0 = all)"),
+    ("model:\n  dropout: 1\n", "key 'model.dropout' = 1.0: must be in [0, 1)"),
+    ("train:\n  lr: 0\n", "key 'train.lr' = 0.0: must be > 0"),
+    ("train:\n  span_corruption: -0.5\n", "key 'train.span_corruption' = -0.5: is a probability, must be in [0, 1]"),
+    ("loss:\n  proj_head: [8, 0]\n", "key 'loss.proj_head' = [8, 0]: layer widths must be >= 1"),
+    # choices
+    (
+        "model:\n  kind: transformer\n",
+        "key 'model.kind' = 'transformer': must be one of "
+        "['amn', 'context_mean', 'copy_last', 'global_mean', 'mamba', 'ridge', 'two_tower']",
+    ),
+    ("eval:\n  split: train\n", "key 'eval.split' = 'train': must be one of ['test', 'val']"),
+    (
+        "eval:\n  baselines: [ridge, mlp]\n",
+        "key 'eval.baselines' = ['ridge', 'mlp']: each baseline must be one of "
+        "['context_mean', 'copy_last', 'global_mean', 'ridge']",
+    ),
+    # rules that tie keys together
+    ("data:\n  source: vectors\n", "key 'data.path' = '': data.source 'vectors' needs a file path"),
+    ("data:\n  min_words: 20\n  max_words: 10\n", "key 'data.max_words' = 10: must be >= data.min_words (20)"),
+    ("gates:\n  lower: 0.6\n", "key 'gates.lower' = 0.6: must be <= gates.threshold (0.5)"),
+    ("model:\n  dt_min: 0.5\n", "key 'model.dt_min' = 0.5: need 0 < dt_min <= dt_max (0.1)"),
+    (
+        "eval:\n  banks: [global]\n  primary_bank: test\n",
+        "key 'eval.primary_bank' = 'test': must be one of eval.banks ['global']",
+    ),
+    (
+        "eval:\n  ks: [1, 10]\n",
+        "key 'eval.ks' = [1, 10]: k values must be >= 1 and include 5 (R@5 drives the decision)",
+    ),
+    (
+        "data:\n  train_frac: 0.5\n",
+        "data.train_frac + data.val_frac + data.test_frac = 0.5 + 0.1 + 0.1 = 0.7000, must sum to 1",
+    ),
+    ("loss:\n  negatives: bank\nmodel:\n  kind: two_tower\n", "key 'loss.negatives' = 'bank': bank negatives need"),
+]
+
+
+@pytest.mark.parametrize("text, message", MESSAGES, ids=[m.split(":")[0][:40] for _, m in MESSAGES])
+def test_bad_values_give_one_line_naming_file_and_key(tmp_path, text, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, text))
+    assert "\n" not in str(info.value)
+    assert str(info.value).startswith(f"{tmp_path / 'bad.yaml'}: {message}")
+
+
+def _bounded_keys():
+    """(section, key, value just past the bound, the bound) for every bounded scalar key of the schema."""
+    defs = params_schema()["$defs"]
+    for section in SECTIONS:
+        for key, prop in defs[f"{section.capitalize()}Config"]["properties"].items():
+            kind = int if prop.get("type") == "integer" else float  # a float key reports 0 as 0.0
+            step = 1 if kind is int else 0.5
+            if "minimum" in prop:
+                yield section, key, kind(prop["minimum"] - step), prop["minimum"]
+            if "exclusiveMinimum" in prop:
+                yield section, key, kind(prop["exclusiveMinimum"]), prop["exclusiveMinimum"]
+            if "maximum" in prop:
+                yield section, key, kind(prop["maximum"] + step), prop["maximum"]
+            if "exclusiveMaximum" in prop:
+                yield section, key, kind(prop["exclusiveMaximum"]), prop["exclusiveMaximum"]
+
+
+BOUNDED = list(_bounded_keys())
+
+
+@pytest.mark.parametrize("section, key, value, bound", BOUNDED, ids=[f"{s}.{k}={v}" for s, k, v, _ in BOUNDED])
+def test_every_bound_is_enforced_and_named(tmp_path, section, key, value, bound):
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, f"{section}:\n  {key}: {value}\n"))
+    msg = str(info.value)
+    assert msg.startswith(f"{tmp_path / 'bad.yaml'}: key '{section}.{key}' = {value!r}: ")
+    assert "must be" in msg and f"{bound:g}" in msg.split(": ", 2)[2]  # says the bound it broke
+    assert len(BOUNDED) > 30  # the schema carries the bounds (today's MINIMUMS and ranges)
+
+
+def test_floats_accept_ints_and_yaml_1_1_exponents(tmp_path):
+    cfg = load_config(_write(tmp_path, "train:\n  lr: 1e-4\n  grad_clip: 2\nloss:\n  temperature: 1\n"))
+    assert cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)
+    assert type(cfg.train.grad_clip) is float and type(cfg.loss.temperature) is float
+    assert "grad_clip: 2.0" in dump_config(cfg)  # stored, and saved, as the float it stands for
+
+
+def test_empty_sections_and_files_keep_the_defaults(tmp_path):
+    assert load_config(_write(tmp_path, "train:\ndata:\n")).to_dict() == {**load_config(None).to_dict(), "name": "bad"}
+    assert load_config(_write(tmp_path, "")).train.epochs == 10
+
+
+def test_a_type_error_names_where_the_value_came_from(tmp_path):
+    bad = _write(tmp_path, "train:\n  epochs: three\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: key 'train\.epochs' expects int"):
+        load_config(bad, ["train.epochs=3"])  # an override does not hide a wrong file
+    with pytest.raises(ConfigError) as info:
+        load_config(PARAMS[0].parent / "smoke.yaml", ["train.lr=fast"])
+    assert str(info.value).startswith("--set train.lr=fast: key 'train.lr' expects float, got 'fast' (str)")
+
+
+def test_old_run_params_without_newer_keys_still_load(tmp_path):
+    old = load_config(PARAMS[0].parent / "smoke.yaml").to_dict()
+    old["name"] = "default"  # a run's saved name is kept as written
+    for section, key in (("data", "extra_train_path"), ("model", "residual"), ("eval", "out_dir")):
+        del old[section][key]
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(old, sort_keys=False))
+    cfg = load_run_config(p)
+    assert (cfg.name, cfg.data.extra_train_path, cfg.model.residual, cfg.eval.out_dir) == ("default", "", "none", "")
+    assert cfg.train.epochs == old["train"]["epochs"]
+    old["train"]["epohcs"] = 3
+    p.write_text(yaml.safe_dump(old, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"params\.yaml: unknown key 'train\.epohcs' \(value 3\)"):
+        load_run_config(p)
+
+
+def test_assignment_is_free_and_copies_are_plain():
+    cfg = load_config(None)
+    cfg.name = "x"
+    cfg.train.epochs = 3  # callers set attributes; only what is loaded is validated
+    moved = cfg.model.model_copy(update={"n_layers": 3})
+    assert (cfg.name, cfg.train.epochs, moved.n_layers, cfg.model.n_layers) == ("x", 3, 3, 8)
+    assert config_from_dict(cfg.to_dict()) == cfg

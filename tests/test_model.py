@@ -3,7 +3,6 @@ names), causality, shapes, parameter counts, weight-decay groups, baselines and 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -353,7 +352,7 @@ def test_checkpoint_of_another_shape_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"best\.pt.*width 16, asked for width 384"):
         load_checkpoint(path, d_vec=384)
     cfg = full_cfg()
-    cfg.model = dataclasses.replace(cfg.model, n_layers=3)  # stored config disagrees with the weights
+    cfg.model = cfg.model.model_copy(update={"n_layers": 3})  # stored config disagrees with the weights
     save_checkpoint(path, build_model(small_cfg(), 16), cfg, 16)
     with pytest.raises(CheckpointError, match=r"best\.pt.*missing.*layers\.2"):
         load_checkpoint(path)

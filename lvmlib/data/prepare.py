@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 import zipfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +94,8 @@ def _stage_text(cfg: DataConfig, stage: Path, progress: bool) -> _Staged:
     stats = ChunkStats(on_piece=on_piece)
     sources = [cfg]
     if cfg.extra_train_path:
-        sources.append(replace(cfg, source="jsonl", path=cfg.extra_train_path, max_articles=cfg.extra_train_articles))
+        extra = {"source": "jsonl", "path": cfg.extra_train_path, "max_articles": cfg.extra_train_articles}
+        sources.append(cfg.model_copy(update=extra))
     n_main = 0
     with open(texts_path, "w", encoding="utf-8") as out:
         for i, src in enumerate(sources):

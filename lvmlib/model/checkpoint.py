@@ -7,7 +7,6 @@ and read with `torch.load(weights_only=True)` (no code from a file ever runs); e
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -86,7 +85,7 @@ def load_checkpoint(
         raise CheckpointError(
             f"{path}: checkpoint was trained on vectors of width {ckpt['d_vec']}, asked for width {d_vec}"
         )
-    mcfg = dataclasses.replace(mcfg, scan=scan or mcfg.scan)
+    mcfg = mcfg.model_copy(update={"scan": scan or mcfg.scan})
     if mcfg.scan == "cuda" and scan is None:
         from lvmlib.model.scan import cuda_available
 

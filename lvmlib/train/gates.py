@@ -16,7 +16,6 @@ lower = that cosine - (threshold - lower)); `absolute` (the default) is the seed
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -68,7 +67,7 @@ def epoch_gate(history: list[dict[str, Any]], g: GatesConfig, best_baseline: flo
     `best_baseline`: the best trivial predictor's val cosine (used when gates.against = best_baseline)."""
     v = _val(history, g.epoch)
     threshold, lower, against = bars(g, best_baseline)
-    g = dataclasses.replace(g, threshold=threshold, lower=lower)
+    g = g.model_copy(update={"threshold": threshold, "lower": lower})
     out: dict[str, Any] = {
         "gate_epoch": g.epoch,
         "gate_val_cosine": v,
