@@ -28,19 +28,35 @@ from typing import Any
 import numpy as np
 import torch
 
-from lvmlib.core.config import SEARCH_BACKENDS
+from lvmlib.core.backends import resolve_backend
+from lvmlib.core.config import CHOICES, SEARCH_BACKENDS
+from lvmlib.core.errors import MetricsError
 
 CONTAIN_K = 50  # Contain@50: the target is among the first 50 candidates
 EFF_K = 5  # Eff@5 = R@5 / Contain@50: how much of what the candidates contain reaches the top 5
+DEVICES = tuple(sorted(CHOICES["train.device"]))  # auto, cpu, cuda: the params schema's choices
 BLOCK_ELEMS = 1 << 25  # scores held at once: query block x bank chunk <= 32M floats (128 MB)
 
 
 # --------------------------------------------------------------------------- devices and backends
+def _no_cuda() -> str | None:
+    return None if torch.cuda.is_available() else "torch sees no CUDA device"
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """'auto'/None -> cuda when available, else cpu."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """train.device (also the evaluation's device) -> a torch device, through the kit's one resolver
+    (BackendError): 'auto'/None -> cuda when available, else cpu; 'cuda' without a GPU is refused.
+    A torch.device or an indexed 'cuda:1' is taken as given."""
+    if isinstance(device, torch.device) or (isinstance(device, str) and ":" in device):
+        return torch.device(device)
+    name = resolve_backend(
+        "train.device",
+        "auto" if device is None else str(device),
+        DEVICES,
+        auto=lambda: "cuda" if torch.cuda.is_available() else "cpu",
+        unavailable={"cuda": _no_cuda},
+    )
+    return torch.device(name)
 
 
 def faiss_available() -> bool:
@@ -51,17 +67,16 @@ def faiss_available() -> bool:
     return True
 
 
-def resolve_backend(backend: str = "auto", device: str | torch.device | None = None) -> str:
-    """'auto' -> torch on a CUDA device (search on the GPU), else faiss when importable, else torch."""
-    if backend not in SEARCH_BACKENDS:
-        raise ValueError(f"search backend {backend!r}: choose auto, faiss or torch")
-    if backend == "faiss" and not faiss_available():
-        raise ImportError("search backend 'faiss' asked for, but faiss is not importable (pip install faiss-cpu)")
-    if backend == "auto":
-        if resolve_device(device).type == "cuda" or not faiss_available():
-            return "torch"
-        return "faiss"
-    return backend
+def search_backend(requested: str = "auto", device: str | torch.device | None = None) -> str:
+    """eval.search_backend -> the backend that runs, through the kit's one resolver (BackendError):
+    'auto' -> torch on a CUDA device (search on the GPU), else faiss when importable, else torch."""
+    return resolve_backend(
+        "eval.search_backend",
+        requested,
+        SEARCH_BACKENDS,
+        auto=lambda: "torch" if resolve_device(device).type == "cuda" or not faiss_available() else "faiss",
+        unavailable={"faiss": lambda: None if faiss_available() else "faiss is not importable (pip install faiss-cpu)"},
+    )
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -95,7 +110,7 @@ def exact_search(
     merged. Rows tied at the k-th place may differ between backends and chunk sizes."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     k = min(k, len(bank))
-    if resolve_backend(backend, device) == "faiss":
+    if search_backend(backend, device) == "faiss":
         s, i = _search_faiss(queries, bank, k, chunk)
     else:
         s, i = _search_torch(queries, bank, k, chunk, resolve_device(device))
@@ -206,10 +221,10 @@ def _prepare_banks(banks, target_rows, M):
             continue
         row_label, query_label = (np.asarray(x) for x in spec)
         if len(row_label) != M or len(query_label) != len(target_rows):
-            raise ValueError(f"bank {name!r}: row_label needs {M} entries and query_label {len(target_rows)}")
+            raise MetricsError(f"bank {name!r}: row_label needs {M} entries and query_label {len(target_rows)}")
         bad = np.flatnonzero(row_label[target_rows] != query_label)
         if len(bad):
-            raise ValueError(
+            raise MetricsError(
                 f"bank {name!r}: the target of query {bad[0]} (row {target_rows[bad[0]]}) "
                 f"is not in its bank ({len(bad)} queries)"
             )
@@ -270,9 +285,9 @@ def target_ranks(
     n, M = len(queries), len(bank)
     if not np.isfinite(queries).all():
         bad = np.flatnonzero(~np.isfinite(queries).all(axis=1))
-        raise ValueError(f"{len(bad)} queries are not finite (first: query {bad[0]}); NaN would rank first")
+        raise MetricsError(f"{len(bad)} queries are not finite (first: query {bad[0]}); NaN would rank first")
     if len(target_rows) != n or (n and (target_rows.min() < 0 or target_rows.max() >= M)):
-        raise ValueError(f"target_rows must hold {n} bank rows in [0, {M})")
+        raise MetricsError(f"target_rows must hold {n} bank rows in [0, {M})")
     dev = resolve_device(device)
     groups = np.arange(M, dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
     gt = groups[target_rows]
@@ -354,7 +369,8 @@ def target_ranks_ref(queries, bank, target_rows, *, banks=None, exclude_rows=Non
         ranks = {"excluded": [], "included": [], "size_excluded": [], "size_included": []}
         for i, (q, t) in enumerate(zip(queries, target_rows)):
             in_bank = np.ones(M, bool) if spec is None else np.asarray(spec[0]) == np.asarray(spec[1])[i]
-            assert in_bank[t], f"target of query {i} not in bank {name}"
+            if not in_bank[t]:
+                raise MetricsError(f"bank {name!r}: the target of query {i} (row {t}) is not in its bank")
             scores = bank @ q
             rivals = in_bank & (groups != groups[t])
             removed = np.zeros(M, bool)

@@ -33,12 +33,9 @@ import pytest
 from tiny_runs import ROOT, SMOKE, CliFailed, D, cli, cli_subprocess, copy_run, snapshot, vectors_npz
 
 from lvmlib.core.config import load_config
+from lvmlib.core.errors import CheckpointError, CorpusError, DataError, SanityError
 from lvmlib.core.runs import create_run_dir
-from lvmlib.data.corpus import CorpusError
 from lvmlib.data.payload import export_run
-from lvmlib.data.prepare import DataError
-from lvmlib.eval.evaluate import SanityError
-from lvmlib.model.checkpoint import CheckpointError
 
 
 # --------------------------------------------------------------------------- the table

@@ -3,7 +3,12 @@
 import json
 from pathlib import Path
 
+import subprocess
+import sys
+
 import numpy as np
+import pytest
+from tiny_runs import ROOT
 
 from lvmlib.app.cli import main
 from lvmlib.data.encoder import EmbeddingCache, list_cache, text_digests
@@ -44,3 +49,82 @@ def test_cache_list_and_clear(tmp_path, capsys):
     assert main(["cache", "clear", "--dir", str(tmp_path)]) == 0
     assert "removed 1 cache entry" in capsys.readouterr().out
     assert list_cache(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- bad inputs: one line, no traceback
+# (command args, words the line must hold); "{tmp}" is a fresh directory, "{notrun}" a directory that is not a run.
+BAD_COMMANDS = [
+    ("run-params-missing", ["run", "{tmp}/nope.yaml"], ["nope.yaml", "params file not found"]),
+    ("run-bad-run-id", ["run", "params/smoke.yaml", "--run-id", "../../x"], ["--run-id"]),
+    ("run-resume-not-a-run", ["run", "--resume", "{notrun}"], ["notrun", "not a run directory"]),
+    ("run-bad-backend", ["run", "params/smoke.yaml", "--set", "model.scan=fast"], ["model.scan", "'fast'", "cpu"]),
+    ("check-params-missing", ["check", "{tmp}/nope.yaml"], ["nope.yaml", "params file not found"]),
+    (
+        "check-bad-search-backend",
+        ["check", "params/smoke.yaml", "--set", "eval.search_backend=annoy"],
+        ["eval.search_backend", "'annoy'", "faiss"],
+    ),
+    (
+        "check-bad-encoder-backend",
+        ["check", "params/smoke.yaml", "--set", "data.encoder_backend=tensorrt"],
+        ["data.encoder_backend", "'tensorrt'", "openvino"],
+    ),
+    ("check-bad-device", ["check", "params/smoke.yaml", "--set", "train.device=tpu"], ["train.device", "'tpu'"]),
+    ("status-missing", ["status", "{tmp}/nope"], ["nope", "no such run directory"]),
+    ("status-not-a-run", ["status", "{notrun}"], ["notrun", "not a run directory"]),
+    ("eval-missing", ["eval", "{tmp}/nope", "--data", "{tmp}/payload.npz"], ["nope", "not a run directory"]),
+    ("eval-not-a-run", ["eval", "{notrun}", "--data", "{tmp}/payload.npz"], ["notrun", "not a run directory"]),
+    ("compare-missing", ["compare", "{tmp}/nope", "{notrun}"], ["nope", "not a run directory"]),
+    ("compare-not-a-run", ["compare", "{notrun}", "{notrun}"], ["notrun", "not a run directory"]),
+    ("select-missing", ["select", "{tmp}/nope"], ["nope", "no best.pt"]),
+    ("select-not-a-run", ["select", "{notrun}"], ["notrun", "no best.pt"]),
+    ("export-missing", ["export", "{tmp}/nope"], ["nope", "no prepared data"]),
+    ("export-not-a-run", ["export", "{notrun}"], ["notrun", "no prepared data"]),
+    ("scaling-bad-sizes", ["scaling", "params/smoke.yaml", "--articles", "100,x"], ["--articles", "'x'"]),
+]
+_ROOTS = ["--runs-root", "{tmp}/runs", "--reports-root", "{tmp}/reports"]
+
+
+def _bad_args(args: list[str], tmp_path) -> list[str]:
+    notrun = tmp_path / "notrun"
+    notrun.mkdir(exist_ok=True)
+    (notrun / "notes.txt").write_text("not a run")
+    roots = (
+        _ROOTS
+        if args[0] in ("run", "scaling")
+        else ["--reports-root", "{tmp}/reports"] * (args[0] in ("eval", "compare"))
+    )
+    return [a.format(tmp=tmp_path, notrun=notrun) for a in [*args, *roots]]
+
+
+def _assert_one_error_line(code: int, err: str, words: list[str]) -> None:
+    assert code in (1, 2), (code, err)
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+@pytest.mark.parametrize("args, words", [pytest.param(a, w, id=i) for i, a, w in BAD_COMMANDS])
+def test_bad_input_to_a_command_is_one_error_line(args, words, tmp_path, capsys):
+    argv = _bad_args(args, tmp_path)
+    code = main(argv)
+    captured = capsys.readouterr()
+    _assert_one_error_line(code, captured.err, words)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "reports").exists()  # nothing created
+
+
+@pytest.mark.slow
+def test_bad_input_as_a_user_types_it_is_one_error_line(tmp_path):
+    """The same through `python -m lvmlib` in a fresh interpreter: the exit status and stderr a user sees."""
+    for name in ("status-not-a-run", "eval-missing", "run-bad-backend", "export-not-a-run"):
+        _, args, words = next(row for row in BAD_COMMANDS if row[0] == name)
+        r = subprocess.run(
+            [sys.executable, "-m", "lvmlib", *_bad_args(args, tmp_path)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        _assert_one_error_line(r.returncode, r.stderr, words)

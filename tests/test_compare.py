@@ -11,7 +11,7 @@ import yaml
 from lvmlib.analysis import compare
 from lvmlib.app import studies
 from lvmlib.core.config import dump_config, load_config
-from lvmlib.core.runs import RunError
+from lvmlib.core.errors import CompareFailed, RunError, StudyFailed
 from lvmlib.metrics import article_bootstrap, rank_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -282,7 +282,7 @@ def test_versus_reference_pairs_every_run_with_the_reference(pair, tmp_path):
         assert rows[run.label]["diff_recall_at_5_ci"] == p["ci"]
         assert rows[run.label]["diff_cosine"] == pytest.approx(0.0)  # the fixture's per-query cosines are equal
     assert rows[runs[0].label]["diff_recall_at_5_ci"][0] > 0  # v2 clearly above v1
-    with pytest.raises(compare.CompareFailed, match="not one of the compared runs"):
+    with pytest.raises(CompareFailed, match="not one of the compared runs"):
         compare.comparison(runs, reference="no-such-run")
 
 
@@ -415,7 +415,7 @@ def test_a_failing_comparison_is_recorded_and_named(pair, tmp_path, monkeypatch)
     nbformat.write(nb, str(tmp_path / "broken.ipynb"))
     monkeypatch.setattr(studies, "COMPARE_NOTEBOOK", tmp_path / "broken.ipynb")
     reports = tmp_path / "reports"
-    with pytest.raises(compare.CompareFailed, match="05_compare.*ValueError: boom in the comparison"):
+    with pytest.raises(CompareFailed, match="05_compare.*ValueError: boom in the comparison"):
         studies.compare_runs(list(pair), compare_id="t3", reports_root=reports)
     rec = json.loads((reports / "compare_t3.json").read_text())
     assert rec["status"] == "failed" and "boom" in rec["failure"] and "comparison failed" in rec["verdict"]
@@ -424,7 +424,6 @@ def test_a_failing_comparison_is_recorded_and_named(pair, tmp_path, monkeypatch)
 
 
 def test_pair_study_compares_what_ran_and_names_the_failure(tmp_path, monkeypatch):
-    from lvmlib.app import runner
 
     def fake_run_study(params, runs_root, reports_root, run_id, progress):  # stands in for 01..04
         v1 = "study_v1" in str(params)
@@ -440,11 +439,11 @@ def test_pair_study_compares_what_ran_and_names_the_failure(tmp_path, monkeypatc
         )
         if v1:
             (run / "metrics" / "eval.json").unlink()
-            raise runner.StudyFailed("02_train (cell 5): RuntimeError: out of memory")
+            raise StudyFailed("02_train (cell 5): RuntimeError: out of memory")
         return run
 
     monkeypatch.setattr(studies, "run_study", fake_run_study)
-    with pytest.raises(compare.CompareFailed, match="study_v1: 02_train .*out of memory.*comparison of what ran"):
+    with pytest.raises(CompareFailed, match="study_v1: 02_train .*out of memory.*comparison of what ran"):
         studies.run_pair_study(
             ["params/study_v1.yaml", "params/study_v2.yaml"],
             runs_root=tmp_path / "runs",

@@ -42,15 +42,16 @@ from tiny_runs import (  # noqa: F401
 )
 
 from lvmlib.app import execute, runner
-from lvmlib.app.runner import StudyFailed, run_study
+from lvmlib.app.runner import run_study
 from lvmlib.core import runs
 from lvmlib.core.config import load_config
+from lvmlib.core.errors import CheckpointError, RunError, StudyFailed, TrainingDiverged
 from lvmlib.data import encoder
 from lvmlib.data import prepare as data
 from lvmlib.data.payload import export_run
-from lvmlib.model.checkpoint import CheckpointError, load_checkpoint
+from lvmlib.model.checkpoint import load_checkpoint
 from lvmlib.model.models import build_model
-from lvmlib.train.loop import TrainingDiverged, train
+from lvmlib.train.loop import train
 from lvmlib.train.status import training_summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -351,7 +352,7 @@ def _create_same_run_dir(args):
     try:
         runs.create_run_dir(root, "same")
         return "created"
-    except runs.RunError as exc:
+    except RunError as exc:
         return str(exc)
 
 
@@ -597,7 +598,7 @@ def test_a_live_run_refuses_a_second_trainer_and_a_dead_holders_lock_is_taken_ov
         assert f"the run is live: pid {holder.pid} on host {platform.node()} (training)" in line, line
         assert "run --resume refused" in line, line
         assert snapshot(run) == before and not (tmp_path / "reports").exists()
-        with pytest.raises(runs.RunError, match=f"the run is live: pid {holder.pid}"):
+        with pytest.raises(RunError, match=f"the run is live: pid {holder.pid}"):
             train(load_config(run / "params.yaml"), run, resume=True, progress=False)
         assert f"live: pid {holder.pid} on host" in _status(run)
     finally:

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from lvmlib.core.config import load_config
+from lvmlib.core.errors import CorpusError, DataError, LeakageError
 from lvmlib.data import encoder, payload, splits
 from lvmlib.data import prepare as data
-from lvmlib.data.prepare import DataError, LeakageError
 
 D_FAKE = 16
 SHARED = "This exact sentence appears in two different articles on purpose."
@@ -433,9 +433,9 @@ def test_trivial_predictors_on_hand_built_vectors(tmp_path):
 def test_bad_inputs_fail_cleanly(tmp_path, fake_encoder):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"title": "a", "text": "fine."}\n{"title": \n')
-    with pytest.raises(data.CorpusError, match=r"bad\.jsonl:2: malformed JSON"):
+    with pytest.raises(CorpusError, match=r"bad\.jsonl:2: malformed JSON"):
         data.prepare_data(cfg_for(tmp_path, bad), tmp_path / "r1", progress=False)
-    with pytest.raises(data.CorpusError, match=r"missing\.jsonl: corpus file not found"):
+    with pytest.raises(CorpusError, match=r"missing\.jsonl: corpus file not found"):
         data.prepare_data(cfg_for(tmp_path, tmp_path / "missing.jsonl"), tmp_path / "r2", progress=False)
     empty = tmp_path / "empty.jsonl"
     empty.write_text('{"title": "a", "paragraphs": []}\n')
@@ -489,7 +489,6 @@ def test_default_corpus_through_minilm(tmp_path):
 
 def test_train_articles_keeps_val_test_and_nests():
     from lvmlib.core.config import DataConfig
-    from lvmlib.data.corpus import DataError
     from lvmlib.data.splits import build_windows, limit_train_articles
 
     n_art, per = 40, 9
@@ -556,7 +555,7 @@ def test_extra_train_articles_grow_train_only_and_keep_val_test(tmp_path, fake_e
     assert summ["counts"]["duplicates_removed"] == base["counts"]["duplicates_removed"] + 1
     with pytest.raises(ConfigError, match="data.extra_train_path.*vectors"):
         load_config(None, ["data.source=vectors", "data.path=x.npz", "data.extra_train_path=e.jsonl"])
-    with pytest.raises(data.CorpusError, match=r"nope\.jsonl: corpus file not found"):
+    with pytest.raises(CorpusError, match=r"nope\.jsonl: corpus file not found"):
         data.prepare_data(
             cfg_for(tmp_path, main, extra_train_path=str(tmp_path / "nope.jsonl")), tmp_path / "r5", progress=False
         )

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from lvmlib.core.config import ConfigError, load_config
+from lvmlib.core.errors import BackendError, DataError
 from lvmlib.data import encoder
 from lvmlib.data import runtimes as backends
-from lvmlib.data.corpus import DataError
 
 TEXTS = [
     "The cat sat on the mat.",
@@ -76,11 +76,26 @@ def test_auto_resolves_by_device(monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert encoder.resolve_backend("auto") == "openvino"
+    assert encoder.encoder_backend("auto") == "openvino"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert encoder.resolve_backend("auto") == "torch"
-    with pytest.raises(DataError, match="data.encoder_backend 'tensorrt'"):
-        encoder.resolve_backend("tensorrt")
+    assert encoder.encoder_backend("auto") == "torch"
+    assert encoder.encoder_backend("onnx-int8") == "onnx-int8"
+    with pytest.raises(
+        BackendError, match="data.encoder_backend = 'tensorrt': not a backend; choose one of auto, torch"
+    ):
+        encoder.encoder_backend("tensorrt")
+
+
+def test_backend_without_its_runtime_is_refused_before_any_export(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    with pytest.raises(
+        BackendError, match="data.encoder_backend = 'onnx' cannot run here: package 'onnxruntime' is not"
+    ):
+        encoder.Encoder(encoder.BUNDLED_ENCODER, 256, backend="onnx")
+    assert encoder.encoder_backend("openvino") == "openvino"  # its runtime is another package
 
 
 def test_bad_backend_in_params_is_one_line(tmp_path):

@@ -11,11 +11,12 @@ import torch
 
 from lvmlib.app import studies
 from lvmlib.core.config import Config, dump_config, load_config
+from lvmlib.core.errors import SanityError
 from lvmlib.core.runs import atomic_save_npz
 from lvmlib.data.payload import save_npz_streaming
 from lvmlib.data.splits import build_windows
 from lvmlib.eval import evaluate as ev_mod
-from lvmlib.eval.evaluate import SanityError, evaluate_run
+from lvmlib.eval.evaluate import evaluate_run
 from lvmlib.eval.inputs import check_alignment
 from lvmlib.model.checkpoint import save_checkpoint
 from lvmlib.model.models import build_model
@@ -321,7 +322,7 @@ def test_a_float16_bank_evaluates_like_float32(fake, tmp_path):
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
-    from lvmlib.model.checkpoint import CheckpointError
+    from lvmlib.core.errors import CheckpointError
 
     cfg = make_fake_run(tmp_path / "r", checkpoint=False)
     with pytest.raises(CheckpointError, match="best.pt: checkpoint file not found"):

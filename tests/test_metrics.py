@@ -3,8 +3,10 @@ against torch search, chunking, duplicates, and the article-level bootstrap."""
 
 import numpy as np
 import pytest
+import torch
 
 from lvmlib import metrics as mt
+from lvmlib.core.errors import BackendError
 
 needs_faiss = pytest.mark.skipif(not mt.faiss_available(), reason="faiss not installed")
 
@@ -232,8 +234,29 @@ def test_bootstrap_paired_difference_and_determinism():
     assert one["a"][0] <= a.mean() <= one["a"][1]
 
 
-def test_backend_resolution():
-    assert mt.resolve_backend("torch") == "torch"
-    assert mt.resolve_backend("auto", "cpu") == ("faiss" if mt.faiss_available() else "torch")
-    with pytest.raises(ValueError, match="search backend"):
-        mt.resolve_backend("annoy")
+def test_backend_resolution(monkeypatch):
+    assert mt.search_backend("torch") == "torch"
+    assert mt.search_backend("auto", "cpu") == ("faiss" if mt.faiss_available() else "torch")
+    with pytest.raises(
+        BackendError, match="eval.search_backend = 'annoy': not a backend; choose one of auto, faiss, torch"
+    ):
+        mt.search_backend("annoy")
+    monkeypatch.setattr(mt, "faiss_available", lambda: True)
+    assert mt.search_backend("auto", torch.device("cuda")) == "torch"  # search on the GPU
+    assert mt.search_backend("auto", torch.device("cpu")) == "faiss"
+    monkeypatch.setattr(mt, "faiss_available", lambda: False)
+    assert mt.search_backend("auto", torch.device("cpu")) == "torch"
+    with pytest.raises(BackendError, match="eval.search_backend = 'faiss' cannot run here: faiss is not importable"):
+        mt.search_backend("faiss")
+
+
+def test_device_resolution(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert mt.resolve_device("auto") == mt.resolve_device(None) == torch.device("cpu")
+    assert mt.resolve_device(torch.device("cuda")) == torch.device("cuda")  # a torch.device is taken as given
+    with pytest.raises(BackendError, match="train.device = 'cuda' cannot run here: torch sees no CUDA device"):
+        mt.resolve_device("cuda")
+    with pytest.raises(BackendError, match="train.device = 'tpu': not a backend; choose one of auto, cpu, cuda"):
+        mt.resolve_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert mt.resolve_device("auto") == mt.resolve_device("cuda") == torch.device("cuda")

@@ -12,8 +12,9 @@ from mambapy.mamba import MambaBlock as PyMambaBlock
 from mambapy.mamba import MambaConfig as PyMambaConfig
 
 from lvmlib.core.config import Config, ModelConfig
+from lvmlib.core.errors import BackendError, CheckpointError
 from lvmlib.model import scan
-from lvmlib.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lvmlib.model.checkpoint import load_checkpoint, save_checkpoint
 from lvmlib.model.models import (
     PRESETS,
     Mamba,
@@ -395,7 +396,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA; the error path is for machines without")
 def test_cuda_scan_without_gpu_is_refused_at_build():
-    with pytest.raises(scan.ScanBackendError, match="needs a CUDA device"):
+    with pytest.raises(BackendError, match="needs a CUDA device"):
         build_model(small_cfg(scan="cuda"), 16)
 
 

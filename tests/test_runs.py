@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lvmlib.core import runs
+from lvmlib.core.errors import RunError
 from lvmlib.report.pages import record_run, write_index
 
 
@@ -52,15 +53,15 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
 
 def test_run_dirs_are_exclusive(tmp_path):
     runs.create_run_dir(tmp_path, "r1")
-    with pytest.raises(runs.RunError, match="already exists"):
+    with pytest.raises(RunError, match="already exists"):
         runs.create_run_dir(tmp_path, "r1")
 
 
 def test_read_json_names_missing_and_corrupt_files(tmp_path):
-    with pytest.raises(runs.RunError, match="gates.json: missing"):
+    with pytest.raises(RunError, match="gates.json: missing"):
         runs.read_json(tmp_path / "gates.json")
     (tmp_path / "bad.json").write_text("{oops")
-    with pytest.raises(runs.RunError, match="bad.json: not valid JSON"):
+    with pytest.raises(RunError, match="bad.json: not valid JSON"):
         runs.read_json(tmp_path / "bad.json")
 
 

@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from lvmlib.core.errors import BackendError
 from lvmlib.model import scan
 
 LENGTHS = (1, 5, 16, 64)
@@ -184,18 +185,34 @@ def test_low_precision_inputs_return_their_dtype():
 
 def test_unknown_backend_is_refused():
     args, kw = make_inputs(2)
-    with pytest.raises(scan.ScanBackendError, match="unknown scan backend 'fast'"):
+    with pytest.raises(BackendError, match="model.scan = 'fast': not a backend; choose one of auto, ref, cpu, cuda"):
         scan.selective_scan(**args, **kw, backend="fast")
 
 
 def test_auto_resolves_to_cpu_on_cpu_tensors():
-    assert scan.resolve_backend("auto", torch.device("cpu")) == "cpu"
+    assert scan.scan_backend("auto", torch.device("cpu")) == "cpu"
+    assert scan.scan_backend("ref", torch.device("cpu")) == "ref"
+
+
+def test_auto_resolves_to_cuda_only_with_mamba_ssm_and_cuda_tensors(monkeypatch):
+    monkeypatch.setattr(scan, "cuda_available", lambda: True)
+    assert scan.scan_backend("auto", torch.device("cuda")) == "cuda"
+    assert scan.scan_backend("auto", torch.device("cpu")) == "cpu"
+    monkeypatch.setattr(scan, "cuda_available", lambda: False)
+    assert scan.scan_backend("auto", torch.device("cuda")) == "cpu"
+
+
+def test_cuda_backend_on_cpu_tensors_names_the_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(scan, "_mamba_ssm_ops", lambda: (None, None))
+    with pytest.raises(BackendError, match="model.scan = 'cuda' cannot run here: got tensors on cpu"):
+        scan.scan_backend("cuda", torch.device("cpu"))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA; the error path is for machines without")
 def test_cuda_backend_without_gpu_gives_clear_error():
     args, kw = make_inputs(2)
-    with pytest.raises(scan.ScanBackendError, match="needs a CUDA device"):
+    with pytest.raises(BackendError, match="model.scan = 'cuda' cannot run here: needs a CUDA device"):
         scan.selective_scan(**args, **kw, backend="cuda")
 
 

@@ -22,14 +22,11 @@ from typing import Any
 
 from lvmlib.analysis.verdict import beats_baseline, verdict
 from lvmlib.core.config import load_run_config
-from lvmlib.core.runs import RunError, atomic_write_json, read_json
+from lvmlib.core.errors import CompareFailed, RunError
+from lvmlib.core.runs import atomic_write_json, read_json
 from lvmlib.train.gates import upgrade
 
 MODEL = "model"  # the trained model's key in our tables; every other key is a baseline
-
-
-class CompareFailed(RunError):
-    """The comparison (or a run of the pair study) failed; the message is the one-line reason."""
 
 
 # --------------------------------------------------------------------------- one run

@@ -24,23 +24,21 @@ from typing import Any
 
 import numpy as np
 
-from lvmlib.core.runs import RunError, atomic_write_json, read_json
+from lvmlib.core.config import ConfigError
+from lvmlib.core.errors import ScalingFailed
+from lvmlib.core.runs import atomic_write_json, read_json
 
 BASELINES = ("copy_last", "context_mean", "ridge")
 CONSTANT = ("copy_last", "context_mean")  # predictors that do not learn from the train articles
 
 
-class ScalingFailed(RunError):
-    """A size's run or the scaling page failed; the message is the one-line reason."""
-
-
 def parse_sizes(text: str) -> list[int]:
-    """'100,300,1000' -> [100, 300, 1000] (sorted, unique, each >= 1); ValueError naming the bad item."""
+    """'100,300,1000' -> [100, 300, 1000] (sorted, unique, each >= 1); ConfigError (a ValueError) naming the bad item."""
     sizes = []
     for item in str(text).split(","):
         item = item.strip()
         if not item.isdigit() or int(item) < 1:
-            raise ValueError(f"--articles {text!r}: {item!r} is not a positive whole number of training articles")
+            raise ConfigError(f"--articles {text!r}: {item!r} is not a positive whole number of training articles")
         sizes.append(int(item))
     return sorted(set(sizes))
 

@@ -161,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
-        from lvmlib.app.runner import StudyFailed, StudyInterrupted, run_study
+        from lvmlib.app.runner import run_study
         from lvmlib.core.config import parse_notebook_params
+        from lvmlib.core.errors import StudyFailed, StudyInterrupted
 
         try:
             run_study(
@@ -212,8 +213,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(status(args.run_dir))
         return 0
     if args.command == "eval":
-        from lvmlib.app.runner import StudyFailed
         from lvmlib.app.studies import evaluate_elsewhere
+        from lvmlib.core.errors import StudyFailed
 
         try:
             out = evaluate_elsewhere(Path(args.run_dir), args.data, out_dir=args.out, reports_root=args.reports_root)
@@ -251,10 +252,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 0
         if not args.params or not args.articles:
             raise ConfigError("scaling: give PARAMS and --articles N,N,... (or --runs RUN_DIR ...)")
-        try:
-            sizes = parse_sizes(args.articles)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        sizes = parse_sizes(args.articles)  # ConfigError naming the bad item
         out = scaling_study(
             args.params,
             sizes,

@@ -51,7 +51,7 @@ def main(port: int = 8888, token: str | None = None) -> None:
     try:
         import jupyterlab  # noqa: F401
     except ImportError:
-        from lvmlib.core.runs import RunError
+        from lvmlib.core.errors import RunError
 
         raise RunError(
             "JupyterLab is not installed in this environment: run `make setup` "

@@ -30,7 +30,7 @@ from lvmlib.app.execute import (
 )
 from lvmlib.app.tweaks import record_tweak
 from lvmlib.core.config import Config, dump_config, load_config
-from lvmlib.core.errors import LvmError
+from lvmlib.core.errors import StudyFailed, StudyInterrupted
 from lvmlib.core.runs import (
     PROJECT_ROOT,
     RunError,
@@ -48,18 +48,6 @@ from lvmlib.report import tweaks
 from lvmlib.report.pages import headline, record_run, render_html
 
 RESERVED_PARAMS = ("params_path", "run_dir", "overrides", "resume")  # set by the runner, never by --param
-
-
-class StudyFailed(LvmError, RuntimeError):
-    """A stage failed; the message is the one-line reason shown to the user."""
-
-
-class StudyInterrupted(StudyFailed):
-    """Ctrl-C or SIGTERM stopped the run; `signum` gives the exit status 128 + signum."""
-
-    def __init__(self, line: str, signum: int):
-        super().__init__(line)
-        self.signum = signum
 
 
 def notebook_config(params_path: str, run_dir: str, overrides: list[str] | None = None, stage: str = "") -> Config:

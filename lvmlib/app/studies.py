@@ -11,14 +11,14 @@ import re
 import time
 from pathlib import Path
 
-from lvmlib.analysis.compare import CompareFailed, _maybe_json, _safe, load_runs, new_compare_id, reference_index
-from lvmlib.analysis.scaling import ScalingFailed
+from lvmlib.analysis.compare import _maybe_json, _safe, load_runs, new_compare_id, reference_index
 from lvmlib.analysis.scaling import _safe as scaling_safe
 from lvmlib.app.execute import run_notebook
-from lvmlib.app.runner import StudyFailed, run_study
+from lvmlib.app.runner import run_study
 from lvmlib.core.config import load_config
+from lvmlib.core.errors import CompareFailed, RunError, ScalingFailed, StudyFailed
 from lvmlib.core.paths import NOTEBOOK_DIR
-from lvmlib.core.runs import RunError, atomic_write_json, new_run_id, now_iso, read_json
+from lvmlib.core.runs import atomic_write_json, new_run_id, now_iso, read_json
 from lvmlib.data.prepare import prepare_data
 from lvmlib.eval.inputs import load_eval_data
 from lvmlib.model.checkpoint import load_checkpoint
@@ -257,7 +257,6 @@ def evaluate_elsewhere(
     Every input is checked before anything is written or a kernel starts (RunError, ConfigError,
     CheckpointError, SanityError, DataError: one line); a failure inside the notebook raises
     runner.StudyFailed with one line, after the failed notebook is rendered."""
-    from lvmlib.app.runner import StudyFailed
 
     run_dir = Path(run_dir).resolve()
     data = Path(data).expanduser().resolve()

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
-from lvmlib.core.errors import RequestError
+from lvmlib.core.errors import RunError
 from lvmlib.core.paths import ENGINE, PROJECT_ROOT
 
 _UMASK = os.umask(0)
@@ -34,10 +34,6 @@ os.umask(_UMASK)
 STATUSES = ("running", "succeeded", "failed", "interrupted")
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 LOCK_NAME = ".run.lock"  # held (flock) by the process that runs or trains the run; records its pid and host
-
-
-class RunError(RequestError, RuntimeError):
-    """Something about a run directory is wrong (missing input file, bad status...)."""
 
 
 # --------------------------------------------------------------------------- atomic writes

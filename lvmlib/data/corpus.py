@@ -27,15 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lvmlib.core.config import DataConfig
-from lvmlib.core.errors import DataError
+from lvmlib.core.errors import CorpusError
 
 # Bump when cleaning or chunking changes: it is part of the chunk-cache key in lvmlib.data.prepare.
 CORPUS_VERSION = "2"  # 2: over-long paragraphs are cut before sentence splitting
 GENSIM_SAMPLE = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
-
-
-class CorpusError(DataError):
-    """A corpus file is missing or malformed; the message names the file and the line or key."""
 
 
 @dataclass

@@ -24,12 +24,11 @@ from lvmlib.core.config import DataConfig
 from lvmlib.core.errors import DataError
 from lvmlib.core.paths import cache_root
 from lvmlib.core.runs import atomic_path, atomic_save_npy, atomic_write_json, pid_alive, progress_bar
-from lvmlib.data.runtimes import BACKENDS, load_runner, openvino_precision, resolve_backend
+from lvmlib.data.runtimes import BACKENDS, encoder_backend, load_runner, openvino_precision
 
 __all__ = [
     "BUNDLED_ENCODER",
     "BACKENDS",
-    "resolve_backend",
     "Encoder",
     "EmbeddingCache",
     "cache_root",
@@ -72,7 +71,7 @@ class Encoder:
         cache_dir: str | Path | None = None,
     ):
         self.name, self.max_length, self.batch_size = name, max_length, batch_size
-        self.backend = resolve_backend(backend)
+        self.backend = encoder_backend(backend)
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
         self._model = None
         self._run = None  # exported backends: batches (key, input_ids, attention_mask) -> (key, (b, t, H) float32)

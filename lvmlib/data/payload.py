@@ -57,7 +57,7 @@ def export_run(run_dir: str | Path, fmt: str = "seed-npz", out: str | Path | Non
     """`python -m lvmlib export RUN --format seed-npz [--out PATH]`: a prepared run's windows in the seed's
     payload format (default RUN/payload.npz), copied from `data/` in row blocks. -> the file written."""
     from lvmlib.core.config import EXPORT_FORMATS
-    from lvmlib.core.runs import RunError
+    from lvmlib.core.errors import RunError
 
     if fmt not in EXPORT_FORMATS:
         raise RunError(f"export --format {fmt!r}: formats are {', '.join(EXPORT_FORMATS)}")

@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 
 from lvmlib.core.config import SPLITS, Config, DataConfig
+from lvmlib.core.errors import DataError
 from lvmlib.core.runs import atomic_path, atomic_save_npy, atomic_save_npz, atomic_write_json, pid_alive, progress_bar
 from lvmlib.data.baselines import copy_last_retrieval, pair_cosines, trivial_predictors
-from lvmlib.data.corpus import ChunkStats, CorpusError, DataError, iter_chunked_cached, source_file
+from lvmlib.data.corpus import ChunkStats, iter_chunked_cached, source_file
 from lvmlib.data.encoder import cache_root, embed_bank, text_digests
 from lvmlib.data.splits import (
-    LeakageError,
     audit_leakage,
     build_windows,
     dedup_across_splits,
@@ -43,9 +43,6 @@ from lvmlib.data.splits import (
 )
 
 __all__ = [
-    "DataError",
-    "CorpusError",
-    "LeakageError",
     "prepare_data",
     "load_prepared",
     "Prepared",

@@ -8,12 +8,14 @@ Shapes: b texts in a batch, t tokens, H hidden width.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lvmlib.core.backends import resolve_backend
 from lvmlib.core.config import ENCODER_BACKENDS
 from lvmlib.core.errors import DataError
 from lvmlib.core.runs import atomic_write_json
@@ -21,21 +23,38 @@ from lvmlib.core.runs import atomic_write_json
 if TYPE_CHECKING:
     from lvmlib.data.encoder import Encoder
 
-__all__ = ["BACKENDS", "resolve_backend", "openvino_precision", "load_runner"]
+__all__ = ["BACKENDS", "encoder_backend", "openvino_precision", "load_runner"]
 
 BACKENDS = ENCODER_BACKENDS
 
 
-def resolve_backend(backend: str) -> str:
+def _encoder_auto() -> str:
     """`auto` -> torch where CUDA is available (the GPU is faster than any CPU runtime), else openvino:
     the fastest backend on this CPU whose vectors pass the quality bar (benchmarks/bench_encode.py)."""
-    if backend == "auto":
-        import torch
+    import torch
 
-        return "torch" if torch.cuda.is_available() else "openvino"
-    if backend not in BACKENDS:
-        raise DataError(f"data.encoder_backend {backend!r}: expected auto or one of {', '.join(BACKENDS)}")
-    return backend
+    return "torch" if torch.cuda.is_available() else "openvino"
+
+
+def _runtime_missing(module: str):
+    """Why a backend whose runtime is `module` cannot run here (None if it can); found without importing it."""
+    return lambda: (
+        None if importlib.util.find_spec(module) else f"package '{module}' is not installed (pip install {module})"
+    )
+
+
+# the runtime package each exported backend needs (exporting also needs onnx, checked when an export runs)
+_UNAVAILABLE = {
+    "openvino": _runtime_missing("openvino"),
+    "openvino-f32": _runtime_missing("openvino"),
+    "onnx": _runtime_missing("onnxruntime"),
+    "onnx-int8": _runtime_missing("onnxruntime"),
+}
+
+
+def encoder_backend(requested: str) -> str:
+    """data.encoder_backend -> the backend that runs, through the kit's one resolver (BackendError)."""
+    return resolve_backend("data.encoder_backend", requested, BACKENDS, _encoder_auto, _UNAVAILABLE)
 
 
 def openvino_precision() -> str:

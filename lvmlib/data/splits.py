@@ -16,13 +16,9 @@ from typing import Any
 import numpy as np
 
 from lvmlib.core.config import SPLITS, DataConfig
-from lvmlib.core.errors import DataError
+from lvmlib.core.errors import DataError, LeakageError
 from lvmlib.data.encoder import text_digests
 from lvmlib.data.payload import npz_member, npz_row_blocks
-
-
-class LeakageError(DataError):
-    """The leakage audit found evaluation data that also appears in training (or mismatched vectors)."""
 
 
 # --------------------------------------------------------------------------- splits and windows

@@ -32,9 +32,10 @@ import numpy as np
 import torch
 
 from lvmlib import metrics as mt
-from lvmlib.core.config import SPLITS, Config
+from lvmlib.core.config import SPLITS, Config, ConfigError
+from lvmlib.core.errors import SanityError
 from lvmlib.core.runs import atomic_write_json, atomic_write_text
-from lvmlib.eval.inputs import EvalData, SanityError, check_alignment, check_bank, check_windows, load_eval_data  # noqa: F401  (importable from here, as before)
+from lvmlib.eval.inputs import EvalData, check_bank, check_windows, load_eval_data
 from lvmlib.eval.latency import measure_latency
 from lvmlib.model.predict import model_bank, predict
 from lvmlib.train.gates import phase1_decision
@@ -84,7 +85,10 @@ def _load_models(cfg: Config, run_dir: Path, data: EvalData, checkpoint, extra, 
         entries.append(Entry(kind, "baseline", baseline(kind, data.d_vec, cfg.model.ridge_alpha), "fit at eval"))
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
-        raise ValueError(f"model names must be unique, got {names}")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(
+            f"evaluate_run: model names must be unique, {dupes} repeat (rename extra_checkpoints); got {names}"
+        )
     need_fit = [e for e in entries if not getattr(e.model, "trainable", True) and e.source == "fit at eval"]
     if need_fit:
         ctx_tr, tgt_tr = fit_rows
@@ -196,7 +200,7 @@ def evaluate_run(
     data_dir = data_dir or e.data_dir or None
     out = _out_dir(cfg, run_dir, data_dir, out_dir)
     device = mt.resolve_device(cfg.train.device)
-    backend = mt.resolve_backend(e.search_backend, device)
+    backend = mt.search_backend(e.search_backend, device)
     _log(progress, f"data from {data_dir or run_dir}; device {device}, search backend {backend}")
     data = load_eval_data(data_dir or run_dir)
     split_code = SPLITS.index(e.split)

@@ -16,11 +16,7 @@ from typing import Any
 import numpy as np
 
 from lvmlib.core.config import SPLITS
-from lvmlib.core.errors import LvmError
-
-
-class SanityError(LvmError, RuntimeError):
-    """An evaluation sanity check failed: the numbers would be meaningless, so the evaluation stops."""
+from lvmlib.core.errors import SanityError
 
 
 # --------------------------------------------------------------------------- data

@@ -15,12 +15,8 @@ import torch
 import torch.nn as nn
 
 from lvmlib.core.config import Config, ConfigError, ModelConfig, config_from_dict
-from lvmlib.core.errors import LvmError
+from lvmlib.core.errors import CheckpointError
 from lvmlib.core.runs import atomic_path
-
-
-class CheckpointError(LvmError, ValueError):
-    """A checkpoint file is missing, truncated, corrupted or does not fit the model; names the file."""
 
 
 def save_checkpoint(path, model: nn.Module, cfg: Config, d_vec: int, **extra) -> None:

@@ -30,7 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lvmlib.core.config import BASELINES, ModelConfig
-from lvmlib.model.scan import _mamba_ssm_ops, resolve_backend, selective_scan
+from lvmlib.core.errors import ModelError
+from lvmlib.model.scan import _mamba_ssm_ops, scan_backend, selective_scan
 
 PRESETS = {"mamba_s": dict(d_model=768, n_layers=8, d_state=128, d_conv=4, expand=2)}
 BASELINE_KINDS = BASELINES  # the closed-form baselines (config.BASELINES: the one list)
@@ -60,7 +61,10 @@ class ContextSkip(nn.Module):
     def weights(self, length: int) -> torch.Tensor:
         """(L) mixture weights in context order (the last entry weighs the last position)."""
         if length > AMN_MAX_LEN:
-            raise ValueError(f"context_mix supports contexts up to {AMN_MAX_LEN} vectors, got L={length}")
+            raise ModelError(
+                f"model.residual = context_mix supports contexts up to {AMN_MAX_LEN} vectors, got L={length} "
+                "(data.context_len)"
+            )
         return torch.softmax(self.mix_logits[:length].flip(0), dim=0)  # (L)
 
     def forward(self, ctx: torch.Tensor) -> torch.Tensor:
@@ -73,7 +77,7 @@ def _skip(cfg: ModelConfig, d_vec: int, d_out: int) -> ContextSkip | None:
     if cfg.residual == "none":
         return None
     if d_out != d_vec:
-        raise ValueError(
+        raise ModelError(
             f"model.residual={cfg.residual!r} adds the context vectors (width {d_vec}) to the "
             f"prediction, which has width {d_out}: set model.tower_dim to 0 or {d_vec}"
         )
@@ -133,7 +137,7 @@ class Mamba(nn.Module):
         """(B, L, d_model) -> (B, L, d_model), or (B, 1, d_model) with `last_only`: only the last
         position's output, which skips the gate branch z, the gating and out_proj at the other L-1
         positions (the scan still runs over all of them). Same values as `forward(hidden)[:, -1:]`."""
-        backend = resolve_backend(self.scan, hidden.device)
+        backend = scan_backend(self.scan, hidden.device)
         A = -torch.exp(self.A_log.float())  # (ED, N)
         if backend == "cuda" and _mamba_ssm_ops()[1] is not None:
             out = _mamba_ssm_ops()[1](  # mamba_inner_fn: conv, projections, scan and gate fused
@@ -310,7 +314,9 @@ class AMN(nn.Module):
     def forward(self, ctx: torch.Tensor) -> torch.Tensor:
         length = ctx.shape[1]
         if length > AMN_MAX_LEN:
-            raise ValueError(f"amn supports contexts up to {AMN_MAX_LEN} vectors, got L={length}")
+            raise ModelError(
+                f"model.kind = amn supports contexts up to {AMN_MAX_LEN} vectors, got L={length} (data.context_len)"
+            )
         keys = self.k(ctx) + self.pos[:length].flip(0)  # (B, L, d_att)
         query = self.q(ctx[:, -1])  # (B, d_att)
         att = torch.softmax(torch.einsum("bla,ba->bl", keys, query) / keys.shape[-1] ** 0.5, dim=1)  # (B, L)
@@ -341,7 +347,7 @@ class _Baseline(nn.Module):
 
     def _check(self, ctx: torch.Tensor) -> None:
         if ctx.dim() != 3 or ctx.shape[-1] != self.d_vec:
-            raise ValueError(f"{type(self).__name__}: expected context (B, L, {self.d_vec}), got {tuple(ctx.shape)}")
+            raise ModelError(f"{type(self).__name__}: expected context (B, L, {self.d_vec}), got {tuple(ctx.shape)}")
 
 
 class CopyLast(_Baseline):
@@ -409,7 +415,7 @@ class Ridge(_Baseline):
             raise RuntimeError("ridge baseline is not fitted: call fit(ctx, tgt) on train windows")
         flat = ctx.reshape(ctx.shape[0], -1)  # (B, L*D)
         if flat.shape[1] != self.weight.shape[0]:
-            raise ValueError(
+            raise ModelError(
                 f"ridge was fitted on contexts of {self.weight.shape[0] // self.d_vec} vectors, got {ctx.shape[1]}"
             )
         return flat @ self.weight.to(flat) + self.bias.to(flat)  # (B, D)
@@ -429,7 +435,7 @@ def build_model(model_cfg: ModelConfig, d_vec: int) -> nn.Module:
     """The `model.kind` model for vectors of width d_vec: forward (B, L, D) -> (B, D')."""
     kind = model_cfg.kind
     if model_cfg.scan == "cuda":
-        resolve_backend("cuda", torch.device("cuda"))  # fail now, with the reason, not at the first step
+        scan_backend("cuda", torch.device("cuda"))  # fail now, with the reason, not at the first step
     if kind == "mamba":
         return MambaLVM(model_cfg, d_vec)
     if kind == "two_tower":
@@ -440,13 +446,13 @@ def build_model(model_cfg: ModelConfig, d_vec: int) -> nn.Module:
         return Ridge(d_vec, model_cfg.ridge_alpha)
     if kind in _BASELINES:
         return _BASELINES[kind](d_vec)
-    raise ValueError(f"unknown model.kind {kind!r}")
+    raise ModelError(f"model.kind {kind!r}: not a model; choose one of mamba, two_tower, amn, {', '.join(BASELINES)}")
 
 
 def baseline(kind: str, d_vec: int, ridge_alpha: float = 1.0) -> nn.Module:
     """A closed-form baseline by name (copy_last | context_mean | global_mean | ridge)."""
     if kind not in _BASELINES:
-        raise ValueError(f"unknown baseline {kind!r}; choose one of {BASELINE_KINDS}")
+        raise ModelError(f"eval.baselines: unknown baseline {kind!r}; choose one of {BASELINE_KINDS}")
     return Ridge(d_vec, ridge_alpha) if kind == "ridge" else _BASELINES[kind](d_vec)
 
 

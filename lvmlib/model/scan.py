@@ -39,15 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from lvmlib.core.errors import LvmError
+from lvmlib.core.backends import resolve_backend
 
 BACKENDS = ("auto", "ref", "cpu", "cuda")
 # Elements of one (b, ED, L, N) chunk the pure-torch fallback materialises at a time (64 MB fp32).
 _FALLBACK_CHUNK_ELEMS = 1 << 24
-
-
-class ScanBackendError(LvmError, RuntimeError):
-    """The requested scan backend cannot run here (e.g. `cuda` without mamba_ssm or a GPU)."""
 
 
 # --------------------------------------------------------------------------- reference
@@ -335,40 +331,34 @@ def cuda_available() -> bool:
     return _mamba_ssm_ops() is not None
 
 
-def require_cuda_backend() -> None:
+def _cuda_missing(device: torch.device) -> str | None:
+    """Why `model.scan = 'cuda'` cannot run for tensors on `device` (None when it can)."""
     if not torch.cuda.is_available():
-        raise ScanBackendError(
-            "model.scan = 'cuda' needs a CUDA device, and torch.cuda.is_available() is "
-            "False here; use model.scan = 'auto' or 'cpu'"
-        )
+        return "needs a CUDA device, and torch.cuda.is_available() is False here"
     if _mamba_ssm_ops() is None:
-        raise ScanBackendError(
-            "model.scan = 'cuda' needs mamba_ssm (pip install -e '.[cuda]', see "
-            "pyproject.toml); it could not be imported; use model.scan = 'auto' or 'cpu'"
-        )
+        return "needs mamba_ssm (pip install -e '.[cuda]', see pyproject.toml); it could not be imported"
+    if device.type != "cuda":
+        return f"got tensors on {device}; move the model to a CUDA device"
+    return None
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """Map `auto` to a concrete backend for tensors on `device`; validate the others."""
-    if backend not in BACKENDS:
-        raise ScanBackendError(f"unknown scan backend {backend!r}; choose one of {BACKENDS}")
-    if backend == "auto":
-        return "cuda" if device.type == "cuda" and cuda_available() else "cpu"
-    if backend == "cuda":
-        require_cuda_backend()
-        if device.type != "cuda":
-            raise ScanBackendError(
-                f"scan backend 'cuda' got tensors on {device}; move the model to a "
-                "CUDA device or use model.scan = 'cpu'"
-            )
-    return backend
+def scan_backend(requested: str, device: torch.device) -> str:
+    """model.scan -> the backend for tensors on `device`, through the kit's one resolver (BackendError):
+    `auto` -> cuda when mamba_ssm is usable and the tensors are on a CUDA device, else cpu."""
+    return resolve_backend(
+        "model.scan",
+        requested,
+        BACKENDS,
+        auto=lambda: "cuda" if device.type == "cuda" and cuda_available() else "cpu",
+        unavailable={"cuda": lambda: _cuda_missing(device)},
+    )
 
 
 # --------------------------------------------------------------------------- entry point
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend: str = "cpu"):
     """Selective scan with mamba_ssm's `selective_scan_fn` signature plus `backend`.
     u, delta, z: (B, ED, L); A: (ED, N); B, C: (B, N, L); D, delta_bias: (ED) -> (B, ED, L)."""
-    backend = resolve_backend(backend, u.device)
+    backend = scan_backend(backend, u.device)
     if backend == "ref":
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if backend == "cuda":

@@ -20,8 +20,9 @@ from typing import Any
 from filelock import FileLock
 from markupsafe import Markup, escape
 
+from lvmlib.core.errors import RunError
 from lvmlib.core.paths import NOTEBOOKS
-from lvmlib.core.runs import RunError, atomic_write_json, atomic_write_text, read_json
+from lvmlib.core.runs import atomic_write_json, atomic_write_text, read_json
 from lvmlib.report import tweaks
 from lvmlib.report.words import beaten_text, has_interval
 from lvmlib.train.gates import upgrade

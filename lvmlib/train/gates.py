@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lvmlib.core.config import Config, GatesConfig
+from lvmlib.core.errors import DataError
 from lvmlib.core.runs import atomic_write_json, read_json
 
 # Names written before the gate epoch was configurable; runs on disk keep them, `upgrade` reads them.
@@ -54,7 +55,7 @@ def bars(g: GatesConfig, best_baseline: float | None = None) -> tuple[float, flo
     """(threshold, lower, what they are) of the epoch gate under `gates.against`."""
     if g.against == "best_baseline":
         if best_baseline is None:
-            raise ValueError(
+            raise DataError(
                 "gates.against = best_baseline needs the best trivial predictor's val cosine "
                 "(data/summary.json from the data stage)"
             )

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from lvmlib.core.config import Config, dump_config
-from lvmlib.core.errors import TrainingDiverged
+from lvmlib.core.errors import TrainingDiverged, TrainingFailed
 from lvmlib.core.runs import atomic_write_text, read_json
 from lvmlib.train.status import read_json_or_none
 
@@ -45,7 +45,7 @@ def launch_torchrun(cfg: Config, run_dir: Path, resume: bool, progress: bool) ->
         prog = read_json_or_none(run_dir / "train_progress.json") or {}
         if prog.get("state") == "diverged":
             raise TrainingDiverged(prog.get("error"))
-        raise RuntimeError(
+        raise TrainingFailed(
             f"torchrun exited with status {rc}: {prog.get('error') or 'see the output above'}"
             f" (log: {run_dir / 'train.log'})"
         )

@@ -33,9 +33,9 @@ import torch.nn as nn
 from torch.utils.data import DistributedSampler
 
 from lvmlib.core.config import Config
-from lvmlib.core.errors import LvmError, TrainingDiverged  # noqa: F401  (importable from here, as before)
-from lvmlib.core.runs import RunError, RunLock, atomic_write_json, now_iso, progress_bar
-from lvmlib.metrics import duplicate_groups
+from lvmlib.core.errors import RunError, TrainingDiverged
+from lvmlib.core.runs import RunLock, atomic_write_json, now_iso, progress_bar
+from lvmlib.metrics import duplicate_groups, resolve_device
 from lvmlib.train.gates import in_loop_action
 from lvmlib.train.losses import BankNegatives, LVMLoss, MicroBatch, cached_step, direct_step
 from lvmlib.train.recipe import augment, lr_factor, rng_state, set_rng_state
@@ -133,9 +133,7 @@ class _Trainer:
 
         self.cfg, self.run_dir, self.resume, t = cfg, run_dir, resume, cfg.train
         self.ddp = "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
-        cuda = t.device == "cuda" or (t.device == "auto" and torch.cuda.is_available())
-        if t.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("train.device is 'cuda' but torch sees no CUDA device; use train.device=cpu")
+        cuda = resolve_device(t.device).type == "cuda"  # BackendError for train.device=cuda without a GPU
         self.rank, self.world, local = 0, 1, int(os.environ.get("LOCAL_RANK", "0"))
         if self.ddp:
             dist.init_process_group("nccl" if cuda else "gloo")

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from lvmlib.core.config import Config, load_config
-from lvmlib.core.runs import RunError, describe_holder, lock_state, pid_alive, read_json
+from lvmlib.core.errors import RunError
+from lvmlib.core.runs import describe_holder, lock_state, pid_alive, read_json
 
 
 def read_json_or_none(path: Path) -> Any:
@@ -49,6 +50,9 @@ def status(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: no such run directory")
+    run_files = ("manifest.json", "params.yaml", "history.json", "train_progress.json")
+    if not any((run_dir / f).exists() for f in run_files):
+        raise RunError(f"{run_dir}: not a run directory (none of {', '.join(run_files)})")
     history = read_json_or_none(run_dir / "history.json")
     if history is None and (run_dir / "history.json").exists():
         raise RunError(
