@@ -1,10 +1,9 @@
 """The command line: check, schema, cache list/clear, clear errors for wrong paths."""
 
 import json
-from pathlib import Path
-
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest

@@ -35,7 +35,7 @@ SECTIONS = ("data", "model", "loss", "train", "gates", "eval")
 
 
 class ConfigError(RequestError, ValueError):
-    """A params file or override is wrong; the message names file, key and value."""
+    """A params file or override is wrong; the message names file, key and value. Exit status 2, nothing written."""
 
 
 # Allowed values, one home: the modules that act on them import these names.
