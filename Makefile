@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 
 LAB_PORT ?= 8888
 # `make scaling`: one run per training-set size on the same held-out articles of a JSONL corpus.
-CORPUS  ?= ../shared/corpora/wiki_dev_1000.jsonl.gz
+CORPUS  ?= corpora/wiki_dev_1000.jsonl.gz
 SIZES   ?= 100,300,800
 
 .PHONY: setup run lab test test-fast lint format study scaling bench clean-runs help

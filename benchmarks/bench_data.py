@@ -14,7 +14,7 @@ Prints one table per part, each with a baseline measured in the same run:
   every chunk encoded) then warm (the same cache) in fresh processes: seconds of each step
   (summary.json `seconds`: corpus read + sentence split + chunk, split + dedup, windows, embedding,
   audit, statistics), peak RSS and peak anonymous memory;
-- memory: peak RSS of prepare_data on the dev corpus (../shared/corpora/wiki_dev_1000.jsonl.gz) at
+- memory: peak RSS of prepare_data on the dev corpus (corpora/wiki_dev_1000.jsonl.gz) at
   growing sizes, float32 vs float16 store, each in a fresh process. The encoder there is a hash-based
   stand-in (384-D), so the numbers are the pipeline's own memory; the model adds a constant (see table).
 """
@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEV = ROOT.parent / "shared" / "corpora" / "wiki_dev_1000.jsonl.gz"
+DEV = ROOT / "corpora" / "wiki_dev_1000.jsonl.gz"
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

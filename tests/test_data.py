@@ -465,10 +465,9 @@ def test_npz_member_is_memory_mapped(prepared):
 
 
 # --------------------------------------------------------------------------- larger corpora
-DEV = Path(__file__).resolve().parent.parent.parent / "shared" / "corpora" / "wiki_dev_1000.jsonl.gz"
+DEV = Path(__file__).resolve().parent.parent / "corpora" / "wiki_dev_1000.jsonl.gz"
 
 
-@pytest.mark.skipif(not DEV.is_file(), reason=f"dev corpus not present at {DEV} (CI/developers only)")
 def test_dev_corpus_ingests(tmp_path, fake_encoder):
     s = data.prepare_data(
         cfg_for(tmp_path, DEV, max_articles=40, context_len=5, min_words=10), tmp_path / "run", progress=False
