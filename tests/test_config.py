@@ -244,7 +244,7 @@ MESSAGES = [
         "loss:\n  temperature: 50\n",
         "key 'loss.temperature' = 50.0: must be <= 10 (cosines / tau above 10 are all ~0: InfoNCE learns nothing)",
     ),
-    ("data:\n  chunk_workers: -1\n", "key 'data.chunk_workers' = -1: must be in [0, 1024]"),
+    ("data:\n  chunk_workers: -1\n", "key 'data.chunk_workers' = -1: must be >= 0"),
     # choices
     (
         "model:\n  kind: transformer\n",

@@ -89,6 +89,11 @@ def test_status_of_a_run_whose_kernel_died_gives_the_runners_reason(tmp_path, ti
     code, out, _ = _status(capsys, run)
     assert code == 0 and f"run status: failed — {line}" in out, out
     assert "training: stopped (its process is gone: killed or crashed)" in out, out
+    prog.update(host="another-host")  # whether its pid lives cannot be known: the manifest still decides
+    (run / "train_progress.json").write_text(json.dumps(prog))
+    (run / ".run.lock").unlink(missing_ok=True)
+    code, out, _ = _status(capsys, run)
+    assert code == 0 and f"run status: failed — {line}" in out and "no process holds" not in out, out
 
 
 def test_a_cap_on_the_command_line_is_one_line_naming_key_and_bound(capsys):

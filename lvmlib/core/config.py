@@ -463,12 +463,13 @@ def _num(v: float) -> str:
     return str(v) if isinstance(v, int) else f"{v:g}"  # 65536, not 6.5536e+04
 
 
-def _bounds(info: FieldInfo) -> str:
-    """'must be >= 1', 'must be in [0, 1)' ... from the Field's ge / gt / le / lt."""
+def _bounds(info: FieldInfo, upper: bool = True) -> str:
+    """'must be >= 1', 'must be in [0, 1)' ... from the Field's ge / gt / le / lt (upper=False: ge / gt only)."""
     lo = next(((_num(m.ge), "[", ">=") for m in info.metadata if isinstance(m, Ge)), None)
     lo = lo or next(((_num(m.gt), "(", ">") for m in info.metadata if isinstance(m, Gt)), None)
     hi = next(((_num(m.le), "]", "<=") for m in info.metadata if isinstance(m, Le)), None)
     hi = hi or next(((_num(m.lt), ")", "<") for m in info.metadata if isinstance(m, Lt)), None)
+    hi = hi if upper else None
     if lo and hi:
         return f"must be in {lo[1]}{lo[0]}, {hi[0]}{hi[1]}"
     low_or_high = lo or hi
@@ -511,7 +512,7 @@ def _say(err: dict[str, Any], raw: Any) -> str:
     if kind == "literal_error":
         return f"key '{key}' = {value!r}: must be one of {sorted(typing.get_args(info.annotation))}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        return f"key '{key}' = {value!r}: {_bounds(info)}"
+        return f"key '{key}' = {value!r}: {_bounds(info, upper=not why)}"  # a capped key below: its floor alone
     return f"key '{key}' = {value!r}: {err['msg'].lower()}"
 
 
