@@ -136,13 +136,17 @@ def test_schema_says_what_is_allowed():
     assert model["properties"]["kind"]["enum"] == list(MODEL_KINDS)
     assert train["properties"]["batch_size"] == {
         "default": 256,
-        "description": "micro-batch",
+        "description": "micro-batch; at most 65536: a bigger micro-batch fits no accelerator's memory; also at most "
+        "the run's train windows",
         "minimum": 2,
+        "maximum": 65536,
         "title": "Batch Size",
         "type": "integer",
     }
     assert train["properties"]["lr"]["exclusiveMinimum"] == 0 and train["properties"]["lr"]["type"] == "number"
-    assert data["properties"]["context_len"]["description"] == "K: chunks in a context window"
+    assert data["properties"]["context_len"]["description"] == (
+        "K: chunks in a context window; at most 128: amn and model.residual=context_mix cover at most 128 positions"
+    )
     assert (data["properties"]["val_frac"]["minimum"], data["properties"]["val_frac"]["maximum"]) == (0, 1)
     assert ev["properties"]["ks"]["items"] == {"minimum": 1, "type": "integer"}
     assert ev["properties"]["ks"]["contains"] == {"const": 5}
@@ -163,6 +167,9 @@ SCHEMA_REFUSES = [
     ({"eval": {"banks": ["global", "nope"]}}, "eval.banks"),
     ({"eval": {"ks": [1, 10]}}, "eval.ks"),
     ({"eval": {"banks": []}}, "eval.banks"),
+    ({"train": {"batch_size": 100_000_000}}, "train.batch_size"),
+    ({"data": {"context_len": 129}}, "data.context_len"),
+    ({"eval": {"bootstrap": 10**9}}, "eval.bootstrap"),
 ]
 
 
@@ -208,6 +215,36 @@ MESSAGES = [
     ("train:\n  lr: 0\n", "key 'train.lr' = 0.0: must be > 0"),
     ("train:\n  span_corruption: -0.5\n", "key 'train.span_corruption' = -0.5: is a probability, must be in [0, 1]"),
     ("loss:\n  proj_head: [8, 0]\n", "key 'loss.proj_head' = [8, 0]: layer widths must be >= 1"),
+    # above a cap, with why the cap is there
+    (
+        "train:\n  batch_size: 100000000\n",
+        "key 'train.batch_size' = 100000000: must be <= 65536 (a bigger micro-batch fits no accelerator's memory; "
+        "also at most the run's train windows)",
+    ),
+    (
+        "train:\n  grad_accum: 5000\n",
+        "key 'train.grad_accum' = 5000: must be <= 1024 (an effective batch of 1,024 micro-batches is more than "
+        "any recipe uses)",
+    ),
+    (
+        "eval:\n  bootstrap: 1000000\n",
+        "key 'eval.bootstrap' = 1000000: must be <= 100000 (10,000 resamples already fix a 95% interval to its "
+        "third decimal)",
+    ),
+    (
+        "model:\n  d_model: 100000\n",
+        "key 'model.d_model' = 100000: must be <= 16384 (as wide as the largest language models' hidden size; "
+        "a vector model needs less)",
+    ),
+    (
+        "data:\n  context_len: 200\n",
+        "key 'data.context_len' = 200: must be <= 128 (amn and model.residual=context_mix cover at most 128 positions)",
+    ),
+    (
+        "loss:\n  temperature: 50\n",
+        "key 'loss.temperature' = 50.0: must be <= 10 (cosines / tau above 10 are all ~0: InfoNCE learns nothing)",
+    ),
+    ("data:\n  chunk_workers: -1\n", "key 'data.chunk_workers' = -1: must be >= 0"),
     # choices
     (
         "model:\n  kind: transformer\n",
@@ -275,7 +312,8 @@ def test_every_bound_is_enforced_and_named(tmp_path, section, key, value, bound)
         load_config(_write(tmp_path, f"{section}:\n  {key}: {value}\n"))
     msg = str(info.value)
     assert msg.startswith(f"{tmp_path / 'bad.yaml'}: key '{section}.{key}' = {value!r}: ")
-    assert "must be" in msg and f"{bound:g}" in msg.split(": ", 2)[2]  # says the bound it broke
+    said = str(bound) if isinstance(bound, int) else f"{bound:g}"  # 65536, not 6.5536e+04
+    assert "must be" in msg and said in msg.split(": ", 2)[2]  # says the bound it broke
     assert len(BOUNDED) > 30  # the schema carries the bounds (today's MINIMUMS and ranges)
 
 
@@ -323,3 +361,24 @@ def test_assignment_is_free_and_copies_are_plain():
     moved = cfg.model.model_copy(update={"n_layers": 3})
     assert (cfg.name, cfg.train.epochs, moved.n_layers, cfg.model.n_layers) == ("x", 3, 3, 8)
     assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_every_cap_says_why_and_the_models_share_the_context_cap():
+    """An upper bound (Field le=) comes with its reason (`Why`), and a `Why` with a bound; the amn and
+    context_mix tables are as long as data.context_len may be."""
+    from annotated_types import Le
+
+    from lvmlib.core.config import MAX_CONTEXT_LEN, Config, Why
+    from lvmlib.model.models import AMN_MAX_LEN
+
+    capped = 0
+    for section in SECTIONS:
+        for name, info in Config.model_fields[section].annotation.model_fields.items():
+            le = [m for m in info.metadata if isinstance(m, Le)]
+            why = [m for m in info.metadata if isinstance(m, Why)]
+            if info.annotation is float and not why:
+                continue  # fractions and probabilities: [0, 1] is their meaning, not a cap
+            assert bool(le) == bool(why), f"{section}.{name}: a cap needs its Why and a Why its cap"
+            capped += bool(le)
+    assert capped >= 20
+    assert AMN_MAX_LEN == MAX_CONTEXT_LEN == 128

@@ -1,7 +1,7 @@
 """Command line: `python -m lvmlib <command> ...` (also installed as `lvm`).
 
 run PARAMS [--set section.key=value ...] [--run-id ID] [--resume RUN_DIR]   the whole study
-status RUN_DIR                                                             training progress
+status RUN                                                                 training progress (RUN: a run id or a path)
 eval RUN_DIR --data PAYLOAD_OR_PARAMS                                      score a checkpoint elsewhere
 compare RUN_DIR [RUN_DIR ...] [--reference RUN_DIR]                        runs side by side (paired vs a reference)
 select RUN_DIR [RUN_DIR ...] [--force]                                     pick a recipe on val articles only
@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     s = sub.add_parser("status", help="training progress of a run (works while it trains)")
-    s.add_argument("run_dir")
+    s.add_argument("run_dir", metavar="RUN", help="a run id (a folder under --runs-root) or a run directory's path")
+    s.add_argument("--runs-root", default=os.environ.get("LVM_RUNS_DIR", "runs"))
 
     e = sub.add_parser("eval", help="score a run's checkpoint on another prepared corpus")
     e.add_argument("run_dir")
@@ -210,7 +211,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "status":
         from lvmlib.train.status import status
 
-        print(status(args.run_dir))
+        print(status(args.run_dir, runs_root=args.runs_root))
         return 0
     if args.command == "eval":
         from lvmlib.app.studies import evaluate_elsewhere

@@ -4,7 +4,8 @@ Every notebook the kit executes (the study's stages, `eval` elsewhere, compariso
 through `execute_notebook`: papermill with the project's `lvm-study` kernel over local IPC sockets,
 `LVM_RUNNER=1` in the kernel's environment, Ctrl-C/SIGTERM routed to the running cell (`Signals`).
 `run_notebook` adds what every caller does next: render the executed notebook (also a failed one:
-papermill's banner marks the cell) and reduce a failure to one line (`failure_line`).
+papermill's banner marks the cell) and reduce a failure to one line (`failure_line`). A kernel that dies
+under a cell (the out-of-memory killer's SIGKILL) is `KernelDied`, saying how it ended and in which cell.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lvmlib.core.errors import KernelDied
 from lvmlib.core.paths import ENGINE, KERNEL_NAME, NOTEBOOK_DIR, NOTEBOOKS, PROJECT_ROOT  # noqa: F401
 
 RUNNER_ENV = "LVM_RUNNER"  # set in the kernels the kit starts: notebook_config then records no tweak
 INTERRUPT_GRACE_S = 20.0  # after Ctrl-C/SIGTERM, a kernel that has not stopped by then is killed
+LIKELY_CAUSE = {signal.SIGKILL: "likely out of memory"}  # the kernel's OOM killer sends SIGKILL
 
 
 def ensure_kernel() -> str:
@@ -114,17 +117,20 @@ def execute_notebook(src: Path, out: Path, params: dict[str, Any], progress: boo
     import papermill as pm
     from jupyter_client.manager import AsyncKernelManager
     from jupyter_core.utils import run_sync
+    from nbclient.exceptions import DeadKernelError
 
     sock_dir = tempfile.mkdtemp(prefix="lvm-kernel-")
     # The async manager (nbclient's own default): its client's reads are awaitable, so nbclient's
     # kernel-alive check runs while a cell waits, and a kernel that dies without its last messages
     # raises DeadKernelError instead of leaving a blocking poll with no timeout waiting forever.
     km = AsyncKernelManager(kernel_name=ensure_kernel(), transport="ipc", ip=os.path.join(sock_dir, "k"))
+    proc = None  # the kernel's Popen, kept: the provisioner drops it once the kernel is reaped
     try:
         if Stop.signum is not None:
             raise KeyboardInterrupt
         Stop.km, Stop.executing = km, True
         run_sync(km.start_kernel)(env={**os.environ, RUNNER_ENV: "1"}, cwd=str(PROJECT_ROOT))
+        proc = getattr(km.provisioner, "process", None)
         pm.execute_notebook(
             str(src),
             str(out),
@@ -137,6 +143,8 @@ def execute_notebook(src: Path, out: Path, params: dict[str, Any], progress: boo
             stdout_file=output,
             stderr_file=output,
         )
+    except DeadKernelError as exc:
+        raise KernelDied(kernel_end(proc), _running_cell(out)) from exc
     finally:
         Stop.executing = False
         if km.has_kernel:
@@ -145,8 +153,44 @@ def execute_notebook(src: Path, out: Path, params: dict[str, Any], progress: boo
         shutil.rmtree(sock_dir, ignore_errors=True)
 
 
+def kernel_end(proc) -> str:
+    """How a dead kernel ended, in words, from its process's exit status (a Popen's returncode: -N = signal N)."""
+    import subprocess
+
+    try:
+        code = proc.wait(timeout=10) if proc is not None else None  # nbclient saw it dead: reaped or reapable
+    except subprocess.TimeoutExpired:
+        code = None
+    if code is None:
+        return "the kernel died (its exit status is unknown)"
+    if code >= 0:
+        return f"the kernel exited with status {code}"
+    try:
+        sig = signal.Signals(-code)
+    except ValueError:
+        return f"the kernel was killed by signal {-code}"
+    cause = f" — {LIKELY_CAUSE[sig]}" if sig in LIKELY_CAUSE else ""
+    return f"the kernel was killed by {sig.name} (signal {sig.value}){cause}"
+
+
+def _running_cell(executed: Path) -> int | None:
+    """The execution count of the cell a dead kernel was running: the last cell papermill started."""
+    import nbformat
+
+    try:
+        nb = nbformat.read(str(executed), as_version=4)
+    except (OSError, ValueError):
+        return None
+    started = [c for c in nb.cells if c.cell_type == "code" and c.metadata.get("papermill", {}).get("start_time")]
+    return started[-1].get("execution_count") if started else None
+
+
 def failure_line(name: str, exc: BaseException) -> str:
-    """'NAME (cell N): ErrorName: first line of the message' — the one line a failed notebook is reported by."""
+    """'NAME (cell N): ErrorName: first line of the message' — the one line a failed notebook is reported by
+    ('NAME (cell N): the kernel was killed by ...' for a dead kernel)."""
+    if isinstance(exc, KernelDied):
+        cell = f" (cell {exc.exec_count})" if exc.exec_count is not None else ""
+        return f"{name}{cell}: {exc}"
     ename = getattr(exc, "ename", type(exc).__name__)
     evalue = getattr(exc, "evalue", str(exc))
     first = str(evalue).strip().splitlines()[0] if str(evalue).strip() else ""

@@ -30,7 +30,7 @@ from lvmlib.app.execute import (
 )
 from lvmlib.app.tweaks import record_tweak
 from lvmlib.core.config import Config, dump_config, load_config
-from lvmlib.core.errors import StudyFailed, StudyInterrupted
+from lvmlib.core.errors import KernelDied, StudyFailed, StudyInterrupted
 from lvmlib.core.runs import (
     PROJECT_ROOT,
     RunError,
@@ -317,7 +317,10 @@ def _run_stages(
                 stages[name]["tweak"] = tweak["at"]
             con.stage_end(name, stages[name]["status"], secs)
             if err is not None:
-                raise StudyFailed(_mark_failed(run_dir, reports_root, stages, failure_line(name, err))) from err
+                line = failure_line(name, err)
+                if isinstance(err, KernelDied):  # nothing in the kernel could record it: say how to go on
+                    line += f"; resume with: {resume_command(run_dir)}"
+                raise StudyFailed(_mark_failed(run_dir, reports_root, stages, line)) from err
             write_manifest(run_dir, stages=stages)
         write_manifest(run_dir, status="succeeded", ended_at=now_iso(), stages=stages)
         record_run(reports_root, run_dir)
@@ -332,8 +335,13 @@ def _interrupted(run_dir: Path, reports_root: Path, stages: dict[str, Any], name
     signum = Stop.signum or signal.SIGINT
     how = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
     kept = "last.pt holds the last completed epoch" if name == "02_train" else "files of completed stages are kept"
-    line = f"{name}: interrupted by {how}; {kept}; continue with: python -m lvmlib run --resume {run_dir}"
+    line = f"{name}: interrupted by {how}; {kept}; continue with: {resume_command(run_dir)}"
     return StudyInterrupted(_mark_failed(run_dir, reports_root, stages, line, status="interrupted"), signum)
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues a stopped run, as the user would type it from here."""
+    return f"python -m lvmlib run --resume {_display_path(run_dir)}"
 
 
 def _display_path(path: Path) -> str:

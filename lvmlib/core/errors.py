@@ -104,6 +104,15 @@ class StudyFailed(LvmError, RuntimeError):
     Exit status 1."""
 
 
+class KernelDied(StudyFailed):
+    """A notebook's kernel died while it ran a cell (killed by a signal — SIGKILL is what the out-of-memory
+    killer sends — or exited); the message says how, `exec_count` is the cell it ran. Exit status 1."""
+
+    def __init__(self, line: str, exec_count: int | None = None):
+        super().__init__(line)
+        self.exec_count = exec_count
+
+
 class StudyInterrupted(StudyFailed):
     """Ctrl-C or SIGTERM stopped the run; `signum` gives the exit status 128 + signum."""
 

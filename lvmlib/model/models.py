@@ -29,13 +29,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lvmlib.core.config import BASELINES, ModelConfig
+from lvmlib.core.config import BASELINES, MAX_CONTEXT_LEN, ModelConfig
 from lvmlib.core.errors import ModelError
 from lvmlib.model.scan import _mamba_ssm_ops, scan_backend, selective_scan
 
 PRESETS = {"mamba_s": dict(d_model=768, n_layers=8, d_state=128, d_conv=4, expand=2)}
 BASELINE_KINDS = BASELINES  # the closed-form baselines (config.BASELINES: the one list)
-AMN_MAX_LEN = 128  # amn: longest context its relative-position embedding covers
+AMN_MAX_LEN = MAX_CONTEXT_LEN  # amn: longest context its relative-position embedding covers (data.context_len's cap)
 _BANK_CHUNK = 65536  # rows per passage-tower call in encode_bank
 
 

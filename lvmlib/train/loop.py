@@ -32,7 +32,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DistributedSampler
 
-from lvmlib.core.config import Config
+from lvmlib.core.config import Config, ConfigError
 from lvmlib.core.errors import RunError, TrainingDiverged
 from lvmlib.core.runs import RunLock, atomic_write_json, now_iso, progress_bar
 from lvmlib.metrics import duplicate_groups, resolve_device
@@ -163,6 +163,11 @@ class _Trainer:
         torch.manual_seed(t.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
         self.model = build_model(cfg.model, self.d_vec).to(self.device)
         self.n_params = count_parameters(self.model)
+        if getattr(self.model, "trainable", True) and t.batch_size > len(tgt_idx):  # a closed form has no batches
+            raise ConfigError(
+                f"{run_dir / 'params.yaml'}: key 'train.batch_size' = {t.batch_size}: more than the run's "
+                f"{len(tgt_idx)} train windows; use train.batch_size <= {len(tgt_idx)} (or more training data)"
+            )
         self.key_tower = getattr(self.model, "retrieval_space", "bank") == "learned"
         d_out = (cfg.model.tower_dim or self.d_vec) if self.key_tower else self.d_vec  # D'
         self.loss_fn = LVMLoss(cfg.loss, d_out).to(self.device)

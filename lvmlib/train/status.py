@@ -1,7 +1,7 @@
 """A training run's progress read from its files alone (safe while it trains), and the training summary.
 
 How a run's training is doing, from its files alone (safe while it trains): `python -m lvmlib status
-RUN_DIR` (`status`) and the headline of a finished training step (`training_summary`, 02_train's
+RUN` (`status`; RUN is a run id under --runs-root or a path) and the headline of a finished training step (`training_summary`, 02_train's
 record cell). Reads history.json, train_progress.json, the run lock and params.yaml; writes nothing.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from lvmlib.core.config import Config, load_config
 from lvmlib.core.errors import RunError
-from lvmlib.core.runs import describe_holder, lock_state, pid_alive, read_json
+from lvmlib.core.runs import RUN_ID, describe_holder, lock_state, pid_alive, read_json
 
 
 def read_json_or_none(path: Path) -> Any:
@@ -42,12 +42,24 @@ def _hms(sec: float) -> str:
     return f"{sec // 3600:d}:{sec // 60 % 60:02d}:{sec % 60:02d}"
 
 
-def status(run_dir: str | Path) -> str:
+def find_run(run: str | Path, runs_root: str | Path = "runs") -> Path:
+    """The run folder `run` names: a path that exists, else a run id under `runs_root` (as `run --run-id`
+    names it). RunError when it is neither."""
+    path = Path(run)
+    if path.exists():
+        return path
+    if RUN_ID.fullmatch(str(run)) and (Path(runs_root) / str(run)).exists():
+        return Path(runs_root) / str(run)
+    raise RunError(f"{run}: no such run directory (neither a path nor a run id under {runs_root})")
+
+
+def status(run_dir: str | Path, runs_root: str | Path = "runs") -> str:
     """A text report of a run's training, safe to call while it trains (files are written atomically):
-    current epoch, epoch-2 verdict, history table, sequences/s, ETA, whether the training pid is alive."""
+    current epoch, epoch-2 verdict, history table, sequences/s, ETA, whether the training pid is alive.
+    `run_dir`: a path or a run id under `runs_root`."""
     from lvmlib.train.gates import epoch_gate
 
-    run_dir = Path(run_dir)
+    run_dir = find_run(run_dir, runs_root)
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: no such run directory")
     run_files = ("manifest.json", "params.yaml", "history.json", "train_progress.json")
@@ -69,6 +81,8 @@ def status(run_dir: str | Path) -> str:
     live, holder = lock_state(run_dir)  # the run's lock says whether any process still runs it
     alive = False if live is False else _alive(prog)
     state = prog.get("state", "not started" if not history else "unknown")
+    if state == "running" and alive is False:  # its process is gone without a word: SIGKILL, a dead kernel
+        state = "stopped (its process is gone: killed or crashed)"
     proc = {
         True: f"alive (pid {prog.get('pid')})",
         False: f"not running (pid {prog.get('pid')})",
@@ -78,6 +92,10 @@ def status(run_dir: str | Path) -> str:
     manifest = read_json_or_none(run_dir / "manifest.json") or {}
     if live:
         lines.insert(1, f"run status: {manifest.get('status', '?')}; live: {describe_holder(holder)}")
+    elif manifest.get("status") in ("failed", "interrupted"):  # the runner's own words, resume command included
+        lines.insert(
+            1, f"run status: {manifest['status']}" + (f" — {manifest['failure']}" * bool(manifest.get("failure")))
+        )
     elif manifest.get("status") == "running" or state == "running":
         lines.insert(
             1,
@@ -89,7 +107,9 @@ def status(run_dir: str | Path) -> str:
         lines.insert(
             1, f"run status: {manifest['status']}" + (f" — {manifest['failure']}" if manifest.get("failure") else "")
         )
-    if prog.get("error"):
+    if prog.get("error") and prog.get("state") == "interrupted":  # a signal, not an error: no exception name
+        lines.append(f"training was interrupted; continue with: python -m lvmlib run --resume {run_dir}")
+    elif prog.get("error"):
         lines.append(f"error: {prog['error']}")
     done = len(history)
     if alive:
