@@ -1,5 +1,7 @@
-"""The one backend resolver: every backend setting (data.encoder_backend, model.scan, eval.search_backend,
-train.device) goes from what the user asked for to what runs here through `resolve_backend`.
+"""The one backend resolver: every backend setting goes from what the user asked for to what runs here.
+
+Every backend setting (data.encoder_backend, model.scan, eval.search_backend, train.device) goes
+through `resolve_backend`.
 
 Each family keeps its own rules beside its code and hands them over as data: the concrete names it
 offers, its `auto` rule (a callable that picks one that can run here) and, per name that can be
