@@ -9,6 +9,7 @@ papermill's banner marks the cell) and reduce a failure to one line (`failure_li
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lvmlib.core.paths import ENGINE, KERNEL_NAME, NOTEBOOK_DIR, NOTEBOOKS, PROJECT_ROOT  # noqa: F401
+from lvmlib.core.runs import record_file
 
 RUNNER_ENV = "LVM_RUNNER"  # set in the kernels the kit starts: notebook_config then records no tweak
 INTERRUPT_GRACE_S = 20.0  # after Ctrl-C/SIGTERM, a kernel that has not stopped by then is killed
@@ -143,6 +145,8 @@ def execute_notebook(src: Path, out: Path, params: dict[str, Any], progress: boo
             run_sync(km.shutdown_kernel)(now=True)
         Stop.km = None
         shutil.rmtree(sock_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # never hides the cell's error; a digest lost only goes unchecked
+            record_file(out)  # papermill wrote it in place: its digest goes in the run's manifest (none outside a run)
 
 
 def failure_line(name: str, exc: BaseException) -> str:
