@@ -488,8 +488,16 @@ def _hostile_checkpoint(path: Path, marker: Path, cfg) -> None:
     )
 
 
+def _forget_digests(run: Path) -> None:
+    """Make `run` a run made before content digests (no `files` in its manifest)."""
+    m = json.loads((run / "manifest.json").read_text())
+    m.pop("files", None)
+    (run / "manifest.json").write_text(json.dumps(m))
+
+
 def test_a_checkpoint_with_a_pickled_object_is_refused_and_never_run(tmp_path, tiny_run):
     run = copy_run(tiny_run, tmp_path)
+    _forget_digests(run)  # else the changed files are refused by their digest (IntegrityError) before any read
     cfg = load_config(run / "params.yaml")
     marker = tmp_path / "code_ran"
     _hostile_checkpoint(tmp_path / "probe.pt", marker, cfg)
@@ -541,6 +549,7 @@ def test_a_checkpoint_is_refused_by_what_it_holds_not_by_torchs_wording(tmp_path
     import pickle
 
     run = copy_run(tiny_run, tmp_path)
+    _forget_digests(run)  # a run made before digests: the refusal comes from what the file holds
     cfg = load_config(run / "params.yaml")
     marker = tmp_path / "code_ran"
     _hostile_checkpoint(run / "best.pt", marker, cfg)

@@ -23,7 +23,7 @@ from typing import Any
 from lvmlib.analysis.verdict import beats_baseline, verdict
 from lvmlib.core.config import load_run_config
 from lvmlib.core.errors import CompareFailed, RunError
-from lvmlib.core.runs import atomic_write_json, read_json
+from lvmlib.core.runs import atomic_write_json, check_files, read_json
 from lvmlib.train.gates import upgrade
 
 MODEL = "model"  # the trained model's key in our tables; every other key is a baseline
@@ -262,6 +262,7 @@ def _primary_ranks(run: RunView, bank: str | None):
     if not path.is_file():
         return None
     col = primary_rank_column(ev, bank)
+    check_files([path])  # the ranks the evaluation wrote, byte for byte
     q = pd.read_csv(path)
     if col not in q.columns or not {"model", "article_id", "position"} <= set(q.columns):
         return None

@@ -2,6 +2,7 @@
 
 run PARAMS [--set section.key=value ...] [--run-id ID] [--resume RUN_DIR]   the whole study
 status RUN                                                                 training progress (RUN: a run id or a path)
+verify RUN                                                                 every recorded file against its sha256
 eval RUN_DIR --data PAYLOAD_OR_PARAMS                                      score a checkpoint elsewhere
 compare RUN_DIR [RUN_DIR ...] [--reference RUN_DIR]                        runs side by side (paired vs a reference)
 select RUN_DIR [RUN_DIR ...] [--force]                                     pick a recipe on val articles only
@@ -67,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="training progress of a run (works while it trains)")
     s.add_argument("run_dir", metavar="RUN", help="a run id (a folder under --runs-root) or a run directory's path")
     s.add_argument("--runs-root", default=os.environ.get("LVM_RUNS_DIR", "runs"))
+
+    v = sub.add_parser("verify", help="check every file of a run against the sha256 recorded when it was written")
+    v.add_argument("run", help="a run directory, or a run id under --runs-root")
+    v.add_argument("--runs-root", default=os.environ.get("LVM_RUNS_DIR", "runs"))
 
     e = sub.add_parser("eval", help="score a run's checkpoint on another prepared corpus")
     e.add_argument("run_dir")
@@ -213,6 +218,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print(status(args.run_dir, runs_root=args.runs_root))
         return 0
+    if args.command == "verify":
+        return _verify(args.run, args.runs_root)
     if args.command == "eval":
         from lvmlib.app.studies import evaluate_elsewhere
         from lvmlib.core.errors import StudyFailed
@@ -298,3 +305,23 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"removed {n} cache entr{'y' if n == 1 else 'ies'} from {root}")
         return 0
     raise AssertionError(args.command)
+
+
+def _verify(run: str, runs_root: str) -> int:
+    """`verify RUN`: a line per missing or changed file and exit 1; else one summary line and exit 0."""
+    from lvmlib.core.digests import human_size
+    from lvmlib.core.runs import verify_run
+
+    run_dir = Path(run) if Path(run).is_dir() or os.sep in run else Path(runs_root) / run
+    report = verify_run(run_dir)  # RunError (exit 2) when it is not a run
+    if report is None:
+        print(f"{run_dir}: no digests recorded (run made before digests)")
+        return 0
+    for rel, why in report["bad"].items():
+        print(f"{rel}: {why}")
+    n, size = len(report["intact"]), human_size(sum(report["intact"].values()))
+    if report["bad"]:
+        print(f"{run_dir}: {len(report['bad'])} file(s) missing or changed, {n} intact ({size})")
+        return 1
+    print(f"{run_dir}: {n} file{'s' * (n != 1)} intact ({size})")
+    return 0

@@ -10,6 +10,7 @@ under a cell (the out-of-memory killer's SIGKILL) is `KernelDied`, saying how it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ from typing import Any
 
 from lvmlib.core.errors import KernelDied
 from lvmlib.core.paths import ENGINE, KERNEL_NAME, NOTEBOOK_DIR, NOTEBOOKS, PROJECT_ROOT  # noqa: F401
+from lvmlib.core.runs import record_file
 
 RUNNER_ENV = "LVM_RUNNER"  # set in the kernels the kit starts: notebook_config then records no tweak
 INTERRUPT_GRACE_S = 20.0  # after Ctrl-C/SIGTERM, a kernel that has not stopped by then is killed
@@ -151,6 +153,8 @@ def execute_notebook(src: Path, out: Path, params: dict[str, Any], progress: boo
             run_sync(km.shutdown_kernel)(now=True)
         Stop.km = None
         shutil.rmtree(sock_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # never hides the cell's error; a digest lost only goes unchecked
+            record_file(out)  # papermill wrote it in place: its digest goes in the run's manifest (none outside a run)
 
 
 def kernel_end(proc) -> str:

@@ -69,6 +69,12 @@ class LeakageError(DataError):
     Exit status 1."""
 
 
+class IntegrityError(DataError):
+    """A run's file differs from the sha256 and size recorded in its manifest when it was written (changed on
+    disk since: a flipped byte, a copy gone wrong, an edit); raised by `lvmlib.core.runs.check_digests` before
+    any stage uses the file. The message names the file and the stage to re-run. Exit status 1."""
+
+
 class CheckpointError(LvmError, ValueError):
     """A checkpoint file is missing, truncated, corrupted or does not fit the model; names the file.
     Exit status 1."""

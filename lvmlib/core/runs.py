@@ -3,6 +3,10 @@
 Every file a run produces goes through `atomic_write_*` (temp file in the same directory, fsync,
 rename), so a crash leaves either the old file or the new one, never half of one. The run
 directory layout is the contract between notebooks (docs/DESIGN.md, "Run directory").
+
+A file written inside a run dir gets its sha256 and size recorded in `manifest.json` ("files") under the
+manifest's lock, in the same critical section as its rename (`publish_recorded`); readers call
+`check_files` before using a file, `verify_run` checks them all (`python -m lvmlib verify`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
-from lvmlib.core.errors import RunError
+from lvmlib.core import digests
+from lvmlib.core.errors import IntegrityError, RunError
 from lvmlib.core.paths import ENGINE, PROJECT_ROOT
 
 _UMASK = os.umask(0)
@@ -50,7 +55,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
+        publish_recorded({path: tmp_path}, lambda: os.replace(tmp_path, path))
     except OSError as exc:
         if exc.filename is None:  # fsync/write errors (a full disk) carry no path: name the file we wrote
             exc.filename = str(path)
@@ -96,9 +101,11 @@ def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
 
 
 def read_json(path: str | Path) -> Any:
+    """A JSON file of the kit; inside a run dir its recorded digest is checked first (IntegrityError)."""
     path = Path(path)
     if not path.is_file():
         raise RunError(f"{path}: missing (did the stage that writes it run?)")
+    check_files([path])
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -358,3 +365,121 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+# --------------------------------------------------------------------------- content digests
+def _manifest_lock(run_dir: Path) -> FileLock:
+    return FileLock(str(run_dir / ".manifest.lock"))
+
+
+def _recorded(run_dir: Path) -> dict[str, Any] | None:
+    """The manifest's "files" (None: no readable run manifest, or a run made before digests)."""
+    try:
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    return files if isinstance(files, dict) else None
+
+
+def publish_recorded(files: dict[Path, Path], publish: Callable[[], None], drop_prefix: str | None = None) -> None:
+    """`publish()` makes `files` (final path -> the path holding its bytes now) visible; when they lie in a
+    run dir, their digests (hashed before, streamed) are recorded in its manifest under the manifest lock,
+    with the publish, so a reader never sees a new file beside an old record for long. `drop_prefix`
+    forgets recorded files under it that `files` does not hold (a republished `data/`)."""
+    where = {final: digests.find_run(final) for final in files}
+    runs = {w[0] for w in where.values() if w is not None}
+    if not runs:
+        publish()
+        return
+    (run_dir,) = runs  # one publish never spans two runs
+    entries = {}
+    for final, w in where.items():
+        if w is not None:
+            entries[w[1]] = {**digests.file_digest(files[final]), "at": now_iso()}
+    with _manifest_lock(run_dir):
+        publish()
+        path = run_dir / "manifest.json"
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError):  # an unreadable manifest: the run's own reader names it
+            return
+        if not isinstance(manifest, dict) or "run_id" not in manifest:  # a manifest.json of something else
+            return
+        rec = manifest.setdefault("files", {})
+        if drop_prefix:
+            for rel in [r for r in rec if r.startswith(drop_prefix) and r not in entries]:
+                del rec[rel]
+        rec.update(entries)
+        atomic_write_json(path, manifest)
+    for final, w in where.items():
+        if w is not None:
+            digests.remember(final, entries[w[1]]["sha256"])
+
+
+def record_file(path: str | Path) -> None:
+    """Record the digest of a file written in place by another tool (papermill's executed notebook)."""
+    path = Path(path)
+    if path.is_file():
+        publish_recorded({path: path}, lambda: None)
+
+
+def _judge_all(run_dir: Path, rels: list[str]) -> dict[str, str]:
+    files = _recorded(run_dir) or {}
+    return {rel: why for rel in rels if rel in files and (why := digests.judge(run_dir / rel, files[rel])) is not None}
+
+
+def check_digests(run_dir: str | Path, relpaths: list[str]) -> None:
+    """IntegrityError naming the first of `relpaths` (inside `run_dir`) whose content differs from its
+    recorded digest, and what to do. Files with no record (a run made before digests) and missing files
+    (their reader names them) pass. A mismatch is judged again under the manifest lock, since a writer
+    may be between its rename and its record."""
+    run_dir = Path(run_dir)
+    rels = [r for r in relpaths if (run_dir / r).is_file()]
+    if not rels or _recorded(run_dir) is None:
+        return
+    bad = _judge_all(run_dir, rels)
+    if bad:
+        try:
+            with _manifest_lock(run_dir):
+                bad = _judge_all(run_dir, list(bad))
+        except OSError:  # a read-only run dir: no lock to take, and no writer either
+            bad = _judge_all(run_dir, list(bad))
+    if bad:
+        rel, why = next(iter(bad.items()))
+        more = f" (and {len(bad) - 1} more changed file(s): python -m lvmlib verify {run_dir})" if len(bad) > 1 else ""
+        raise IntegrityError(f"{run_dir / rel}: {why} since the run wrote it; {digests.hint(rel, run_dir)}{more}")
+
+
+def check_files(paths: list[str | Path]) -> None:
+    """`check_digests` for files given by path: those inside a run dir are checked against its record."""
+    by_run: dict[Path, list[str]] = {}
+    for p in paths:
+        w = digests.find_run(p)
+        if w is not None:
+            by_run.setdefault(w[0], []).append(w[1])
+    for run_dir, rels in by_run.items():
+        check_digests(run_dir, rels)
+
+
+def verify_run(run_dir: str | Path) -> dict[str, Any] | None:
+    """Every recorded file of a run judged: {"intact": {rel: size}, "bad": {rel: why}}; None for a run made
+    before digests. RunError when `run_dir` is not a run directory."""
+    run_dir = Path(run_dir)
+    path = run_dir / "manifest.json"
+    if not path.is_file():
+        raise RunError(f"{run_dir}: not a run directory (no manifest.json)")
+    manifest = read_json(path)
+    if not isinstance(manifest, dict) or "run_id" not in manifest:
+        raise RunError(f"{path}: not a run manifest (a JSON object with run_id)")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        return None
+    out: dict[str, Any] = {"intact": {}, "bad": {}}
+    for rel, rec in sorted(files.items()):
+        why = digests.judge(run_dir / rel, rec)
+        if why is None:
+            out["intact"][rel] = int(rec.get("size", 0))
+        else:
+            out["bad"][rel] = why
+    return out

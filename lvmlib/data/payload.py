@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lvmlib.core.runs import atomic_path
+from lvmlib.core.runs import atomic_path, check_files
 
 
 # --------------------------------------------------------------------------- writing
@@ -67,6 +67,7 @@ def export_run(run_dir: str | Path, fmt: str = "seed-npz", out: str | Path | Non
     if missing:
         raise RunError(f"{data_dir}: no prepared data to export (missing {', '.join(missing)}; did 01_data run?)")
     out = Path(out) if out else run_dir / "payload.npz"
+    check_files([data_dir / n for n in ("bank_vectors.npy", "bank_keys.npy", "windows.npz")])
     with np.load(data_dir / "windows.npz") as w:
         ctx, tgt, wsplit = w["context_idx"], w["target_idx"], w["split"]  # (N, K), (N), (N)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,12 +16,15 @@ half-written):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import time
 import zipfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,16 @@ import numpy as np
 
 from lvmlib.core.config import SPLITS, Config, DataConfig
 from lvmlib.core.errors import DataError
-from lvmlib.core.runs import atomic_path, atomic_save_npy, atomic_save_npz, atomic_write_json, pid_alive, progress_bar
+from lvmlib.core.runs import (
+    atomic_path,
+    atomic_save_npy,
+    atomic_save_npz,
+    atomic_write_json,
+    check_files,
+    pid_alive,
+    progress_bar,
+    publish_recorded,
+)
 from lvmlib.data.baselines import copy_last_retrieval, pair_cosines, trivial_predictors
 from lvmlib.data.corpus import ChunkStats, iter_chunked_cached, source_file
 from lvmlib.data.encoder import cache_root, embed_bank, text_digests
@@ -275,6 +287,12 @@ def publish_dir(stage: Path, out: Path) -> None:
     for p in stage.iterdir():  # the staging dir holds exactly the published files
         if p.name not in DATA_FILES:
             p.unlink() if p.is_file() else shutil.rmtree(p)
+    # in a run dir, the files' digests are recorded (and data/'s older records dropped) with the swap
+    files = {out / p.name: p for p in stage.iterdir()}
+    publish_recorded(files, lambda: _swap(stage, out), drop_prefix=f"{out.name}/")
+
+
+def _swap(stage: Path, out: Path) -> None:
     try:
         os.replace(stage, out)  # atomic; works when out is missing or an empty directory
         return
@@ -443,15 +461,35 @@ class Prepared:
                     f"{self.dir / name}: missing — run the data stage first "
                     f"(notebooks/01_data.ipynb or lvmlib.data.prepare.prepare_data)"
                 )
-        self.bank_vectors = np.load(self.dir / "bank_vectors.npy", mmap_mode="r")  # (M, D)
-        self.bank_keys = np.load(self.dir / "bank_keys.npy")  # (M, 2) article_id, position
-        self.bank_split = np.load(self.dir / "bank_split.npy")  # (M,) 0 train 1 val 2 test
-        self.articles: list[dict[str, Any]] = json.loads((self.dir / "articles.json").read_text())
-        with np.load(self.dir / "windows.npz") as w:
+        if not _staging:  # inside a run: each file as the data stage wrote it (IntegrityError names one that is not)
+            check_files([self.dir / name for name in DATA_FILES])
+        with self._reading("bank_vectors.npy"):
+            self.bank_vectors = np.load(self.dir / "bank_vectors.npy", mmap_mode="r")  # (M, D)
+        with self._reading("bank_keys.npy"):
+            self.bank_keys = np.load(self.dir / "bank_keys.npy")  # (M, 2) article_id, position
+        with self._reading("bank_split.npy"):
+            self.bank_split = np.load(self.dir / "bank_split.npy")  # (M,) 0 train 1 val 2 test
+        with self._reading("articles.json"):
+            self.articles: list[dict[str, Any]] = json.loads((self.dir / "articles.json").read_text())
+        with self._reading("windows.npz"), np.load(self.dir / "windows.npz") as w:
             self._ctx, self._tgt, self._wsplit = w["context_idx"], w["target_idx"], w["split"]
         self.d_vec = int(self.bank_vectors.shape[1])
         self.context_len = int(self._ctx.shape[1])
         self._offsets: np.ndarray | None = None
+
+    @contextlib.contextmanager
+    def _reading(self, name: str) -> Iterator[None]:
+        """A file that cannot be parsed (a run made before digests, or none recorded): one DataError line naming
+        it, not numpy's or json's own message."""
+        try:
+            yield
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+            if isinstance(exc, DataError):
+                raise
+            raise DataError(
+                f"{self.dir / name}: unreadable (corrupted, truncated or overwritten: {type(exc).__name__}); "
+                f"re-run the data stage: python -m lvmlib run --resume {self.dir.parent} --only 01_data"
+            ) from None
 
     @property
     def summary(self) -> dict[str, Any]:

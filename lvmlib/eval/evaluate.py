@@ -34,7 +34,7 @@ import torch
 from lvmlib import metrics as mt
 from lvmlib.core.config import SPLITS, Config, ConfigError
 from lvmlib.core.errors import SanityError
-from lvmlib.core.runs import atomic_write_json, atomic_write_text
+from lvmlib.core.runs import atomic_write_json, atomic_write_text, check_files
 from lvmlib.eval.inputs import EvalData, check_bank, check_windows, load_eval_data
 from lvmlib.eval.latency import measure_latency
 from lvmlib.model.predict import model_bank, predict
@@ -470,7 +470,9 @@ def load_queries(ev: dict[str, Any]):
     """The per-query table (pandas DataFrame) written next to eval.json."""
     import pandas as pd
 
-    return pd.read_csv(Path(ev["out_dir"]) / ev.get("queries_file", "queries.csv"))
+    path = Path(ev["out_dir"]) / ev.get("queries_file", "queries.csv")
+    check_files([path])  # in a run dir: as the evaluation wrote it
+    return pd.read_csv(path)
 
 
 def results_table(ev: dict[str, Any], context: str = "both"):

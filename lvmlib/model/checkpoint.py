@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from lvmlib.core.config import Config, ConfigError, ModelConfig, config_from_dict
 from lvmlib.core.errors import CheckpointError
-from lvmlib.core.runs import atomic_path
+from lvmlib.core.runs import atomic_path, check_files
 
 
 def save_checkpoint(path, model: nn.Module, cfg: Config, d_vec: int, **extra) -> None:
@@ -36,6 +36,7 @@ def read_checkpoint(path, map_location="cpu") -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    check_files([path])  # in a run dir: the bytes training wrote (IntegrityError names a changed file)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, bad pickle, foreign object...

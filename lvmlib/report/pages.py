@@ -20,9 +20,10 @@ from typing import Any
 from filelock import FileLock
 from markupsafe import Markup, escape
 
-from lvmlib.core.errors import RunError
+from lvmlib.core.digests import human_size
+from lvmlib.core.errors import IntegrityError, RunError
 from lvmlib.core.paths import NOTEBOOKS
-from lvmlib.core.runs import atomic_write_json, atomic_write_text, read_json
+from lvmlib.core.runs import atomic_write_json, atomic_write_text, read_json, verify_run
 from lvmlib.report import tweaks
 from lvmlib.report.words import beaten_text, has_interval
 from lvmlib.train.gates import upgrade
@@ -179,7 +180,7 @@ def headline(run_dir: Path) -> dict[str, Any]:
     for name, path in (("gates", run_dir / "gates.json"), ("eval", run_dir / "metrics" / "eval.json")):
         try:
             out[name] = read_json(path)
-        except RunError:
+        except (RunError, IntegrityError):  # missing, or changed since written (the run page names it)
             out[name] = None
     g, e = upgrade(out["gates"]) or {}, out["eval"] or {}
     best = (e.get("gates") or {}).get("best_baseline") or {}
@@ -209,6 +210,19 @@ def headline(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def integrity(run_dir: Path) -> dict[str, Any] | None:
+    """The run's files against their recorded digests, now: {"text", "bad"} for the run page; None for a
+    run made before digests."""
+    report = verify_run(run_dir)
+    if report is None:
+        return None
+    n, size = len(report["intact"]), human_size(sum(report["intact"].values()))
+    if not report["bad"]:
+        return {"text": f"{n} file{'s' * (n != 1)} verified ({size})", "bad": []}
+    bad = [f"{rel}: {why}" for rel, why in report["bad"].items()]
+    return {"text": f"{len(bad)} file(s) changed or missing since written, {n} verified", "bad": bad}
+
+
 def record_run(reports_root: Path, run_dir: Path) -> None:
     """Write reports/<run_id>/run.json from the run's manifest and metrics, then rebuild the index."""
     manifest = read_json(run_dir / "manifest.json")
@@ -233,6 +247,7 @@ def record_run(reports_root: Path, run_dir: Path) -> None:
     rec["tweaks"] = manifest.get("tweaks", [])
     rec.update(headline(run_dir))
     rec["run_id"] = run_dir.name  # reports are keyed by the run folder (a copied run is a new run)
+    rec["integrity"] = integrity(run_dir)
     atomic_write_json(reports_root / rec["run_id"] / "run.json", rec)
     write_run_page(reports_root, rec)
     write_index(reports_root)
