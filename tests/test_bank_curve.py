@@ -269,7 +269,8 @@ def test_smoke_run_with_distractors_has_the_curve_and_its_figure(tmp_path):
     c = ev["bank_curve"]
     S = c["distractor_chunks"]
     assert S > 100 and [x["size"] for x in c["sizes"]] == [0, 100, S]
-    assert {r["vs"] for r in paired_curve(ev)} == {"copy_last", "ridge", "context_mean"}
+    assert {r["vs"] for r in c["paired"]} == {"copy_last", "ridge", "context_mean"}
+    assert [r["size"] for r in paired_curve(ev, "ridge")] == [0, 100, S]
     html = (tmp_path / "reports" / "curve" / "04_eval.html").read_text()
     tail = html[html.index("Bank-size curve") :]
     assert "<img" in tail[: tail.index("Latency")]  # the figure, in its section

@@ -84,6 +84,8 @@ def stage_distractors(
         "chunks_read": chunks_read,
         "dropped_in_bank": dropped,
         "chunks": len(keys),
+        "encoder": d.encoder,
+        "encoder_backend": embed["encoder_backend"],
         "encoded": embed["encoded"],
         "cache_hits": embed["cache_hits"],
         "encode_seconds": embed["encode_seconds"],
