@@ -163,6 +163,27 @@ def test_larger_banks_only_add_rivals(fake_curve):
         assert all(a["mean_rank"] <= b["mean_rank"] and a["mrr"] >= b["mrr"] for a, b in zip(rows, rows[1:])), name
 
 
+@pytest.mark.parametrize("chunk", [7, 64, 1000])
+def test_nested_prefix_banks_count_like_the_reference(chunk):
+    """metrics.target_ranks counts prefix banks (the curve's nested sizes) from segment sums; across chunk
+    borders, with duplicates, context exclusion and other bank kinds beside them, it equals the per-query loop."""
+    rng = np.random.default_rng(1)
+    M, n, D = 300, 25, 8
+    bank = mt.l2_normalize(rng.normal(size=(M, D)))
+    bank[250] = bank[3]  # a duplicate of a held-out row among the distractors
+    tgt, ctx = rng.choice(60, n, replace=False), rng.choice(60, (n, 3))
+    q = mt.l2_normalize(bank[tgt] + rng.normal(size=(n, D)))
+    banks = curve_banks(distractor_order(M - 60, 2), [0, 5, 64, 240], n_held=60, n_queries=n)
+    banks["every_other"] = ((np.arange(M) % 2) | (np.arange(M) < 60), np.ones(n, np.int64))  # columns
+    banks["article"] = (np.arange(M) // 30, tgt // 30)  # pairs
+    groups = mt.duplicate_groups(bank)
+    fast = mt.target_ranks(q, bank, tgt, banks=banks, exclude_rows=ctx, groups=groups, chunk=chunk, device="cpu")
+    ref = mt.target_ranks_ref(q, bank, tgt, banks=banks, exclude_rows=ctx, groups=groups)
+    for b in banks:
+        for f in ("excluded", "included", "size_excluded", "size_included"):
+            assert (getattr(fast[b], f) == getattr(ref[b], f)).all(), (b, f)
+
+
 def test_subsets_are_nested_and_seeded():
     o = distractor_order(50, 0)
     assert (o == distractor_order(50, 0)).all() and not (o == distractor_order(50, 1)).all()

@@ -8,8 +8,8 @@ is one specific chunk vector (its rivals appear slowly), a model's is a point be
 ranks each query's target among the H held-out chunks of the eval split (the `test` bank, context
 excluded, duplicates as `metrics.duplicate_groups` says) plus the first s distractors of a seeded
 permutation (`eval.curve_seed`), for every s of `eval.bank_sizes`: nested subsets, so a larger bank only
-adds rivals. Every size comes out of one `metrics.target_ranks` pass over the largest bank (one
-`columns` bank per size), the bootstrap is `metrics.article_bootstrap` with the evaluation's own draws
+adds rivals. Every size comes out of one `metrics.target_ranks` pass over the largest bank: held-out rows
+first, distractors in join order, so each size is a prefix of it (counted at the cost of one bank); the bootstrap is `metrics.article_bootstrap` with the evaluation's own draws
 (`train.seed`), so the paired differences model − baseline are paired exactly as the headline's are.
 The predictions are the evaluation's own (`evaluate._score`), nothing is predicted twice.
 """
