@@ -228,7 +228,9 @@ def _prepare_banks(banks, target_rows, M):
                 f"is not in its bank ({len(bad)} queries)"
             )
         if len(query_label) and (query_label == query_label[0]).all():
-            out[name] = ("columns", row_label == query_label[0])  # one row set shared by every query
+            mask = row_label == query_label[0]  # one row set shared by every query
+            k = int(mask.sum())
+            out[name] = ("prefix", k) if mask[:k].all() else ("columns", mask)  # prefix: rows [0, k)
         else:
             out[name] = ("pairs", (row_label, query_label, *_members(row_label, query_label)))
     return out
@@ -239,6 +241,8 @@ def _in_bank(kind, data, qi, rows):
         return np.ones(len(rows), bool)
     if kind == "columns":
         return data[rows]
+    if kind == "prefix":
+        return rows < data
     row_label, query_label = data[0], data[1]
     return row_label[rows] == query_label[qi]
 
@@ -301,6 +305,9 @@ def target_ranks(
     st_all = np.einsum("nd,nd->n", queries, np.asarray(bank[target_rows], dtype=np.float32))  # (n,)
     cnt = {b: np.zeros(n, np.int64) for b in specs}
     cnt_ex = {b: np.zeros(n, np.int64) for b in specs}
+    # prefix banks (rows [0, k), e.g. nested bank sizes): counted from segment sums between their ends
+    prefix = {b: k for b, (kind, k) in specs.items() if kind == "prefix"}
+    ends = sorted(set(prefix.values()))
     qb = _query_block(min(chunk, M))
     for a in range(0, n, qb):
         z = min(n, a + qb)
@@ -319,12 +326,22 @@ def target_ranks(
                 ti = torch.as_tensor(tq[t_sl][m] - a, device=dev)
                 s[ti, torch.as_tensor(trow[t_sl][m] - r0, device=dev)] = -torch.inf
             ge = s >= st[:, None]  # (nb, c)
+            if prefix:
+                run, prev, upto = torch.zeros(z - a, dtype=torch.long, device=dev), 0, {}
+                for k in ends:
+                    cut = min(max(k - r0, 0), r1 - r0)  # the bank's end, as a column of this chunk
+                    if cut > prev:
+                        run = run + ge[:, prev:cut].sum(1)
+                        prev = cut
+                    upto[k] = run
+                for name, k in prefix.items():
+                    c_blk[name] += upto[k]
             for name, (kind, data) in specs.items():
                 if kind == "all":
                     c_blk[name] += ge.sum(1)
                 elif kind == "columns":
                     c_blk[name] += (ge & torch.as_tensor(data[r0:r1], device=dev)[None, :]).sum(1)
-                else:
+                elif kind == "pairs":
                     pq, pr = data[2][p_sl[name]], data[3][p_sl[name]]
                     pm = (pr >= r0) & (pr < r1)
                     qi_t = torch.as_tensor(pq[pm] - a, device=dev)
@@ -346,6 +363,8 @@ def target_ranks(
             size = np.full(n, M, np.int64)
         elif kind == "columns":
             size = np.full(n, int(data.sum()), np.int64)
+        elif kind == "prefix":
+            size = np.full(n, data, np.int64)
         else:
             size = np.bincount(data[2], minlength=n).astype(np.int64)
         removed = np.bincount(eq[e_in[name]], minlength=n).astype(np.int64)

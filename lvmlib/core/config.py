@@ -157,6 +157,15 @@ class DataConfig(_Section):
     extra_train_articles: Annotated[Int, Says("must be >= 0 (0 = every article of data.extra_train_path)")] = Field(
         0, ge=0, description="0 = every article of extra_train_path; else its first N"
     )
+    distractor_path: Str = Field(
+        "",
+        description="A JSONL corpus whose chunks only join evaluation banks (the bank-size curve, eval.bank_sizes): "
+        "never trained, selected or tuned on; chunked and embedded like the main corpus, chunks whose exact text "
+        'is in the run\'s bank dropped. "" = none (no curve).',
+    )
+    distractor_articles: Annotated[Int, Says("must be >= 0 (0 = every article of data.distractor_path)")] = Field(
+        0, ge=0, description="0 = every article of distractor_path; else its first N"
+    )
 
 
 class ModelConfig(_Section):
@@ -329,6 +338,15 @@ class EvalConfig(_Section):
     out_dir: Str = Field(
         "", description='where eval.json + queries.csv go; "" = run_dir/metrics (run_dir/eval_<name> with data_dir)'
     )
+    bank_sizes: Annotated[
+        list[Annotated[Int, Ge(-1)]], Strict(), Says("bank sizes must be >= 0, or -1 (= every distractor chunk)")
+    ] = Field(
+        default_factory=lambda: [0, 10000, 30000, 100000, -1],
+        description="the bank-size curve (needs data.distractor_path): distractor chunks added to the held-out "
+        "chunks of the eval split, nested subsets; -1 = all; distinct, increasing, -1 last; a size above what "
+        "exists is clipped (eval.json says so)",
+    )
+    curve_seed: Int = Field(0, description="seed of the permutation that orders the distractor chunks (nested subsets)")
 
 
 class Config(BaseModel):
@@ -378,6 +396,11 @@ class Config(BaseModel):
                 "data.extra_train_path",
                 "needs a text source (chunks are embedded like the main corpus's), not data.source 'vectors'",
             )
+        if d.distractor_path and d.source == "vectors":
+            raise broken(
+                "data.distractor_path",
+                "needs a text source (distractor chunks are embedded like the main corpus's), not data.source 'vectors'",
+            )
         if d.max_words < d.min_words:
             raise broken("data.max_words", f"must be >= data.min_words ({d.min_words})")
         total = d.train_frac + d.val_frac + d.test_frac
@@ -413,6 +436,9 @@ class Config(BaseModel):
             raise broken("gates.lower", f"must be <= gates.threshold ({g.threshold})")
         if e.primary_bank not in e.banks:
             raise broken("eval.primary_bank", f"must be one of eval.banks {e.banks}")
+        sizes = [x for x in e.bank_sizes if x != -1]
+        if sizes != sorted(set(sizes)) or e.bank_sizes.count(-1) > 1 or -1 in e.bank_sizes[:-1]:
+            raise broken("eval.bank_sizes", "must be distinct and increasing, -1 (= all) only last")
         if 5 not in e.ks:
             raise broken("eval.ks", "k values must be >= 1 and include 5 (R@5 drives the decision)")
         return self

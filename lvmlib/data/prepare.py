@@ -45,6 +45,7 @@ from lvmlib.core.runs import (
 )
 from lvmlib.data.baselines import copy_last_retrieval, pair_cosines, trivial_predictors
 from lvmlib.data.corpus import ChunkStats, iter_chunked_cached, source_file
+from lvmlib.data.distractors import DISTRACTOR_FILES, stage_distractors
 from lvmlib.data.encoder import cache_root, embed_bank, text_digests
 from lvmlib.data.splits import (
     audit_leakage,
@@ -285,7 +286,7 @@ def publish_dir(stage: Path, out: Path) -> None:
     the caller). Where exchange is unsupported, the old data/ is first moved aside: a reader in that
     instant finds no data/ (refused as missing), still never a mix."""
     for p in stage.iterdir():  # the staging dir holds exactly the published files
-        if p.name not in DATA_FILES:
+        if p.name not in DATA_FILES + DISTRACTOR_FILES:
             p.unlink() if p.is_file() else shutil.rmtree(p)
     # in a run dir, the files' digests are recorded (and data/'s older records dropped) with the swap
     files = {out / p.name: p for p in stage.iterdir()}
@@ -388,6 +389,9 @@ def _prepare(cfg: Config, stage: Path, progress: bool) -> dict[str, Any]:
     atomic_save_npz(stage / "windows.npz", context_idx=ctx, target_idx=tgt, split=wsplit)
     D = int(np.load(stage / "bank_vectors.npy", mmap_mode="r").shape[1])
     steps.done("write_arrays")
+    distract = stage_distractors(d, stage, digests, D, dtype, progress) if d.distractor_path else None
+    if distract:  # bank-only chunks for the bank-size curve (lvmlib.data.distractors)
+        steps.done("distractors")
     audit = audit_leakage(stage, require_no_shared_text=d.dedup)
     steps.done("audit")
     prep = Prepared(stage, _staging=True)
@@ -441,6 +445,7 @@ def _prepare(cfg: Config, stage: Path, progress: bool) -> dict[str, Any]:
         "adjacent_cosine": float(pairs["adjacent"].mean()),
         "random_pair_cosine": float(pairs["random"].mean()),
         "embedding": embed,
+        **({"distractors": distract} if distract else {}),
         "seconds": {**steps.seconds, "total": round(time.time() - t0, 2)},
     }
     atomic_write_json(stage / "summary.json", summary)

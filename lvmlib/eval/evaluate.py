@@ -35,6 +35,7 @@ from lvmlib import metrics as mt
 from lvmlib.core.config import SPLITS, Config, ConfigError
 from lvmlib.core.errors import SanityError
 from lvmlib.core.runs import atomic_write_json, atomic_write_text, check_files
+from lvmlib.eval.curve import bank_curve
 from lvmlib.eval.inputs import EvalData, check_bank, check_windows, load_eval_data
 from lvmlib.eval.latency import measure_latency
 from lvmlib.model.predict import model_bank, predict
@@ -140,9 +141,7 @@ def _score(ent: Entry, contexts, bank, tgt_rows, rank_kw, articles, cfg: Config,
     bank_m = model_bank(ent.model, bank, device, cfg.eval.search_chunk)  # (M, D')
     cos = mt.cosines(pred, np.asarray(bank_m[tgt_rows], np.float32))  # (n,)
     ranks = mt.target_ranks(mt.l2_normalize(pred), bank_m, tgt_rows, **rank_kw)
-    pq = {"cosine": cos, "ranks": ranks}
-    if ent.role == "primary":  # only its top-k lists are searched again (cross-check, examples)
-        pq["pred"] = mt.l2_normalize(pred)
+    pq = {"cosine": cos, "ranks": ranks, "pred": mt.l2_normalize(pred)}  # pred: searched again (primary), curve
     res: dict[str, Any] = {
         "role": ent.role,
         "kind": type(ent.model).__name__,
@@ -236,6 +235,18 @@ def evaluate_run(
         )
         _log(progress, f"{ent.name}: {time.time() - t0:.1f}s")
 
+    curve = bank_curve(
+        cfg,
+        data,
+        ctx_rows,
+        tgt_rows,
+        [(x.name, x.role, x.model) for x in entries],
+        per_query,
+        device,
+        own_data=not data_dir,
+        log=lambda m: _log(progress, m),
+    )
+
     primary = entries[0].name
     pb, pv = e.primary_bank, ("context_excluded" if e.exclude_context else "context_included")
     pq = per_query[primary]
@@ -318,6 +329,7 @@ def evaluate_run(
         "examples": _examples(
             data, ctx_rows, tgt_rows, top_s, top_i, groups, per_query, pb, pv, e.n_examples, cfg.train.seed
         ),
+        **({"bank_curve": curve} if curve else {}),
         "out_dir": str(out),
         "queries_file": "queries.csv",
         "seconds": round(time.time() - t_start, 1),

@@ -361,3 +361,76 @@ def examples_table(ev: dict[str, Any], max_chars: int = 160) -> pd.DataFrame:
             row[f"top {j}"] = ("✔ " if r["is_target"] else "") + cut(r["text"]) + f" ({r['score']:.2f})"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- the bank-size curve
+def _size_label(s: int) -> str:
+    return f"{s / 1000:.0f}K" if s >= 10000 else f"{s / 1000:.1f}K" if s >= 1000 else str(s)
+
+
+def bank_curve_frame(ev: dict[str, Any]) -> pd.DataFrame:
+    """Tidy paired differences of eval.json's `bank_curve`: one row per model, baseline and bank size,
+    `diff_recall_at_5` / `diff_mrr` with their interval ends (`_lo`, `_hi`). Empty without a curve."""
+    rows = []
+    for r in (ev.get("bank_curve") or {}).get("paired", []):
+        rec = {k: r[k] for k in ("size", "n_bank", "model", "vs", "diff_recall_at_5", "diff_mrr")}
+        for m in ("diff_recall_at_5", "diff_mrr"):
+            ci = r.get(f"{m}_ci") or [np.nan, np.nan]
+            rec[f"{m}_lo"], rec[f"{m}_hi"] = ci
+        rows.append(rec)
+    return pd.DataFrame(rows)
+
+
+def bank_curve(ev: dict[str, Any]):
+    """The primary model's paired Δ R@5 and Δ MRR against each baseline as distractor chunks join the
+    held-out bank (log x; no distractors at the left edge, labelled 0), 95% article-bootstrap bands from
+    eval.json, a zero line. None when the run has no curve (no data.distractor_path)."""
+    df = bank_curve_frame(ev)
+    if df.empty:
+        return None
+    c = ev["bank_curve"]
+    df = df[df["model"] == ev["primary_model"]].copy()
+    sizes = sorted(df["size"].unique())
+    pos = [s for s in sizes if s > 0]
+    zero_x = (pos[0] / 4) if pos else 1.0  # size 0 cannot sit on a log axis: drawn at the left edge
+    df["x"] = df["size"].where(df["size"] > 0, zero_x)
+    palette = dict(zip(df["vs"].unique(), sns.color_palette("deep")))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
+    for ax, m, label in ((axes[0], "diff_recall_at_5", "Δ R@5"), (axes[1], "diff_mrr", "Δ MRR")):
+        sns.lineplot(data=df, x="x", y=m, hue="vs", palette=palette, marker="o", errorbar=None, ax=ax)
+        for vs, g in df.groupby("vs", sort=False):
+            ax.fill_between(g["x"], g[f"{m}_lo"], g[f"{m}_hi"], color=palette[vs], alpha=0.18, lw=0)
+        ax.axhline(0, color="#111827", lw=1)
+        ax.set_xscale("log")
+        ax.set_xticks([zero_x, *pos], [_size_label(s) for s in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel(f"distractor chunks added to the {c['held_out_chunks']:,} held-out chunks")
+        ax.set_ylabel(f"{label}, {ev['primary_model']} − baseline (95% CI)")
+        ax.legend(title="baseline", frameon=False)
+    fig.suptitle(
+        f"Bank-size curve: {c['split']} queries, nested distractor subsets (seed {c['seed']}, "
+        f"{c['distractor_chunks']:,} distractors in all)",
+        fontweight="bold",
+    )
+    fig.tight_layout()
+    return fig
+
+
+def bank_curve_table(ev: dict[str, Any]) -> pd.DataFrame:
+    """Per bank size: rows in the bank, every predictor's R@5, and the primary model's paired Δ R@5
+    against each baseline with its 95% interval (percentage points). Empty without a curve."""
+    c = ev.get("bank_curve")
+    if not c:
+        return pd.DataFrame()
+    out = {}
+    for r in c["rows"]:
+        rec = out.setdefault(r["size"], {"distractors": r["size"], "n_bank": r["n_bank"]})
+        rec[f"recall_at_5 {r['predictor']}"] = round(100 * r["recall_at_5"], 1)
+    for r in c["paired"]:
+        if r["model"] != ev["primary_model"]:
+            continue
+        lo, hi = r["diff_recall_at_5_ci"] or (np.nan, np.nan)
+        out[r["size"]][f"diff_recall_at_5 vs {r['vs']}"] = (
+            f"{100 * r['diff_recall_at_5']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+        )
+    return pd.DataFrame(list(out.values())).set_index("distractors")
