@@ -7,9 +7,9 @@ import shutil
 import pytest
 from tiny_runs import CliFailed, cli
 
-from lvmlib.analysis.selection import pick, select, table, val_card, with_z, z_score
+from lvmlib.analysis.selection import pick, select, table, val_card, with_curve, with_z, z_score
 from lvmlib.core.errors import RequestError
-from lvmlib.core.runs import read_json
+from lvmlib.core.runs import atomic_write_json, read_json
 from lvmlib.data.prepare import load_prepared
 
 
@@ -50,7 +50,7 @@ def test_pick_maximises_the_weaker_half_and_needs_both_above_zero():
 def test_select_scores_every_val_window_and_reuses_it(tiny_run, tmp_path):
     run = tmp_path / "r1"
     shutil.copytree(tiny_run, run)
-    out = select([run])
+    out = select([run], rule="bank")
     ev = read_json(run / "metrics_val" / "eval.json")
     assert ev["split"] == "val"
     assert ev["n_queries"] == len(load_prepared(run).windows("val")[1]) > 0  # every val window, not a sample
@@ -59,9 +59,9 @@ def test_select_scores_every_val_window_and_reuses_it(tiny_run, tmp_path):
     assert f"| r1 | {card['epoch']} | {ev['mrr']:.4f} |" in out
     assert out.splitlines()[-1].startswith("pick: ")
     mtime = (run / "metrics_val" / "eval.json").stat().st_mtime_ns
-    select([run])  # reused
+    select([run], rule="bank")  # reused
     assert (run / "metrics_val" / "eval.json").stat().st_mtime_ns == mtime
-    cli("select", run, "--force")  # re-evaluated, through the CLI
+    cli("select", run, "--force", "--rule", "bank")  # re-evaluated, through the CLI
     assert (run / "metrics_val" / "eval.json").stat().st_mtime_ns != mtime
 
 
@@ -75,4 +75,59 @@ def test_select_refuses_an_untrained_run_and_a_test_evaluation_in_place_of_val(t
     (run / "metrics_val").mkdir()
     (run / "metrics_val" / "eval.json").write_text('{"split": "test"}')
     with pytest.raises(RequestError, match="metrics_val/eval.json: split 'test', expected 'val'"):
-        select([run])
+        select([run], rule="bank")
+
+
+def _curve_ev(paired: list[tuple[int, float, list[float]]]) -> dict:
+    """An eval.json holding only a bank-size curve of the primary model against copy_last."""
+    return {
+        "primary_model": "mamba",
+        "bank_curve": {
+            "paired": [
+                {
+                    "size": size,
+                    "n_bank": 100 + size,
+                    "model": "mamba",
+                    "vs": "copy_last",
+                    "diff_recall_at_5": d,
+                    "diff_recall_at_5_ci": ci,
+                }
+                for size, d, ci in paired
+            ]
+        },
+    }
+
+
+def test_the_curve_rule_reads_the_largest_bank_and_disqualifies_a_significant_loss_anywhere():
+    base = {"z_cos": 5.0}
+    good = with_curve(dict(base), _curve_ev([(0, -0.01, [-0.03, 0.01]), (1000, 0.02, [0.0098, 0.0302])]), "x")
+    assert good["curve_size"] == 1000 and good["worse_at"] == []
+    assert good["z_big"] == pytest.approx(0.02 / (0.0204 / 3.92)) and good["min_z"] == pytest.approx(good["z_big"])
+    # the same edge in the largest bank, but significantly below copy_last in the smallest: out
+    lost = with_curve(dict(base), _curve_ev([(1000, 0.02, [0.0098, 0.0302]), (0, -0.03, [-0.05, -0.01])]), "x")
+    assert lost["worse_at"] == [0] and lost["min_z"] == -math.inf
+    assert pick([dict(lost, run="lost"), dict(good, run="good")])["run"] == "good"
+    assert pick([dict(lost, run="lost")]) is None
+    # the cosine half still bounds the score
+    weak_cos = with_curve({"z_cos": 0.5}, _curve_ev([(0, 0.05, [0.04, 0.06])]), "x")
+    assert weak_cos["min_z"] == 0.5
+
+
+def test_the_curve_rule_refuses_a_run_without_a_curve_naming_the_fix():
+    with pytest.raises(RequestError, match="no bank-size curve.*data.distractor_path.*--rule bank"):
+        with_curve({"z_cos": 1.0}, {"primary_model": "mamba"}, "runs/x/metrics_val/eval.json")
+
+
+def test_select_by_the_curve_prints_its_table_and_pick(tiny_run, tmp_path):
+    run = tmp_path / "r3"
+    shutil.copytree(tiny_run, run)
+    with pytest.raises(CliFailed, match="no bank-size curve"):
+        cli("select", run)  # the default rule needs a curve; the tiny run was prepared without distractors
+    ev = read_json(run / "metrics_val" / "eval.json")  # written by the val evaluation above
+    ev.update(_curve_ev([(0, 0.01, [0.001, 0.019]), (500, 0.03, [0.01, 0.05])]))
+    atomic_write_json(run / "metrics_val" / "eval.json", ev)  # as the evaluation writes it (digest recorded)
+    out = select([run])
+    assert "largest bank (distractors / rows)" in out and "| 500 / 600 | +3.00 [+1.00, +5.00] |" in out
+    assert "| no size |" in out
+    with pytest.raises(RequestError, match="select --rule 'nope'"):
+        select([run], rule="nope")

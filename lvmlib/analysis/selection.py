@@ -9,7 +9,14 @@ interval width / 3.92). The pick maximises min(z_R@5, z_cosine): the recipe whos
 strongest; a run whose weaker z is not above 0 clears no val bar and is never picked. Runs with extra
 training articles (`data.extra_train_path`) rank among a bigger bank: their R@5 levels are not comparable
 with other runs', their paired differences to the baselines of their own bank are. Nothing here reads
-test articles. (This is the rule of issue 11's rounds 4-5, `docs/training.md`.)
+test articles. (This is the rule of issue 11's rounds 4-5, `docs/training.md`: `--rule bank`.)
+
+`--rule curve` (the default; issue 30, written down in docs/evaluation.md before any run it judges) reads
+the val evaluation's bank-size curve instead (`eval.json["bank_curve"]`: val targets ranked among the val
+chunks plus 0 .. all bank-only distractor chunks). Its R@5 half is the paired R@5 difference to copy_last
+in the **largest** distractor bank; a run whose paired interval to copy_last lies wholly below 0 at **any**
+bank size is disqualified; the cosine half is as above. A run prepared without `data.distractor_path` has
+no curve and is refused with the fix.
 """
 
 from __future__ import annotations
@@ -21,10 +28,12 @@ from typing import Any
 from lvmlib.core.config import load_run_config
 from lvmlib.core.errors import RequestError
 from lvmlib.core.runs import read_json
+from lvmlib.eval.curve import paired_curve
 from lvmlib.eval.evaluate import evaluate_run
 from lvmlib.train.status import training_summary
 
 VAL_DIR = "metrics_val"
+RULES = ("curve", "bank")  # select --rule: the val bank-size curve (default), or the primary bank alone
 
 
 def z_score(diff: float, ci: list[float]) -> float:
@@ -35,9 +44,9 @@ def z_score(diff: float, ci: list[float]) -> float:
     return math.copysign(math.inf, diff) if diff else 0.0
 
 
-def val_card(run: str | Path, force: bool = False, progress: bool = False) -> dict[str, Any]:
+def val_card(run: str | Path, force: bool = False, progress: bool = False, rule: str = "bank") -> dict[str, Any]:
     """One run's val numbers against the best val baselines (evaluates it first unless RUN/metrics_val/
-    already holds a val evaluation and `force` is off)."""
+    already holds a val evaluation and `force` is off); `rule="curve"` adds the bank-size curve's half."""
     run = Path(run)
     if not (run / "best.pt").is_file():
         raise RequestError(
@@ -66,7 +75,28 @@ def val_card(run: str | Path, force: bool = False, progress: bool = False) -> di
         "d_cos": bb["diff_cosine"],
         "ci_cos": bb["diff_cosine_ci"],
     }
-    return with_z(card)
+    card = with_z(card)
+    return with_curve(card, ev, out / "eval.json") if rule == "curve" else card
+
+
+def with_curve(card: dict[str, Any], ev: dict[str, Any], where: Path | str) -> dict[str, Any]:
+    """Add the curve rule's numbers: R@5 minus copy_last in the largest distractor bank (d_big, ci_big,
+    z_big), the bank sizes where the model is significantly worse than copy_last (worse_at), and the score
+    min(z_big, z_cos), -inf when `worse_at` is not empty."""
+    rows = paired_curve(ev, "copy_last")
+    if not rows:
+        raise RequestError(
+            f"{where}: no bank-size curve in this val evaluation; prepare the run's data with "
+            "data.distractor_path (e.g. corpora/wiki_distract_2000.jsonl.gz) and re-run select with --force, "
+            "or judge on the primary bank alone with --rule bank"
+        )
+    big = rows[-1]
+    card["curve_size"], card["curve_rows"] = big["size"], big["n_bank"]
+    card["d_big"], card["ci_big"] = big["diff_recall_at_5"], big["diff_recall_at_5_ci"]
+    card["z_big"] = z_score(card["d_big"], card["ci_big"])
+    card["worse_at"] = [r["size"] for r in rows if r["diff_recall_at_5_ci"][1] < 0]
+    card["min_z"] = -math.inf if card["worse_at"] else min(card["z_big"], card["z_cos"])
+    return card
 
 
 def with_z(card: dict[str, Any]) -> dict[str, Any]:
@@ -99,13 +129,36 @@ def table(cards: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def select(runs: list[str | Path], force: bool = False, progress: bool = False) -> str:
+def curve_table(cards: list[dict[str, Any]]) -> str:
+    """The markdown table of the curve rule: the largest distractor bank's R@5 edge over copy_last, the
+    sizes where the model loses significantly, the cosine half."""
+    lines = [
+        f"{cards[0]['n']} val queries per run; R@5 − copy_last in the largest distractor bank (paired 95%); "
+        "a run significantly below copy_last at any bank size is out",
+        "| run | best epoch | largest bank (distractors / rows) | R@5 − copy_last | z | significantly worse at "
+        "| cosine − best (paired 95%) | z | score |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in cards:
+        worse = ", ".join(f"{s:,}" for s in c["worse_at"]) or "no size"
+        lines.append(
+            f"| {c['run']} | {c['epoch']} | {c['curve_size']:,} / {c['curve_rows']:,} | {c['d_big'] * 100:+.2f} "
+            f"[{c['ci_big'][0] * 100:+.2f}, {c['ci_big'][1] * 100:+.2f}] | {c['z_big']:+.2f} | {worse} | "
+            f"{c['d_cos']:+.4f} [{c['ci_cos'][0]:+.4f}, {c['ci_cos'][1]:+.4f}] vs {c['b_cos_name']} | "
+            f"{c['z_cos']:+.2f} | {c['min_z']:+.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def select(runs: list[str | Path], force: bool = False, progress: bool = False, rule: str = "curve") -> str:
     """The table and the pick line for these runs, as `python -m lvmlib select` prints them."""
     if not runs:
         raise RequestError("select: give one or more trained run directories")
-    cards = [val_card(r, force, progress) for r in runs]
+    if rule not in RULES:
+        raise RequestError(f"select --rule {rule!r}: choose one of {', '.join(RULES)}")
+    cards = [val_card(r, force, progress, rule) for r in runs]
     best = pick(cards)
     verdict = (
         f"pick: {best['run']} (min z {best['min_z']:+.2f})" if best else "pick: none (no run clears both val baselines)"
     )
-    return table(cards) + "\n" + verdict
+    return (curve_table(cards) if rule == "curve" else table(cards)) + "\n" + verdict

@@ -93,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     se = sub.add_parser("select", help="pick one recipe among trained runs on val articles only (every val window)")
     se.add_argument("run_dirs", nargs="+")
     se.add_argument("--force", action="store_true", help="re-evaluate even if RUN/metrics_val/eval.json exists")
+    se.add_argument(
+        "--rule",
+        choices=("curve", "bank"),
+        default="curve",
+        help="curve: the val bank-size curve (largest distractor bank, never significantly below copy_last); "
+        "bank: the primary bank alone (issue 11's rule)",
+    )
 
     sc = sub.add_parser("scaling", help="one run per training-set size on fixed held-out articles, and the page")
     sc.add_argument("params", nargs="?", help="params file (not with --runs)")
@@ -245,7 +252,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "select":
         from lvmlib.analysis.selection import select
 
-        print(select(args.run_dirs, force=args.force, progress=True))
+        print(select(args.run_dirs, force=args.force, progress=True, rule=args.rule))
         return 0
     if args.command == "scaling":
         from lvmlib.analysis.scaling import parse_sizes
