@@ -29,12 +29,11 @@ import numpy as np
 import torch
 
 from lvmlib.core.backends import resolve_backend
-from lvmlib.core.config import CHOICES, SEARCH_BACKENDS
+from lvmlib.core.config import DEVICES, SEARCH_BACKENDS
 from lvmlib.core.errors import MetricsError
 
 CONTAIN_K = 50  # Contain@50: the target is among the first 50 candidates
 EFF_K = 5  # Eff@5 = R@5 / Contain@50: how much of what the candidates contain reaches the top 5
-DEVICES = tuple(sorted(CHOICES["train.device"]))  # auto, cpu, cuda: the params schema's choices
 BLOCK_ELEMS = 1 << 25  # scores held at once: query block x bank chunk <= 32M floats (128 MB)
 
 
