@@ -280,7 +280,7 @@ def test_resume_falls_back_on_the_first_checkpoint_that_reads(tmp_path, broken, 
             ck.resume_checkpoint(tmp_path)
         line = str(err.value)
         assert "\n" not in line and "no checkpoint to resume from" in line
-        assert "last.pt: not a readable checkpoint (truncated or corrupted?)" in line
+        assert "last.pt: unreadable (truncated or corrupted?); last.prev.pt: " in line
         assert "best.pt: lacks the resume state (optimizer" in line and "remove" in line and "new run" in line
         return
     src, passed = ck.resume_checkpoint(tmp_path)
@@ -360,7 +360,8 @@ def faults_smoke(tmp_path_factory):
 def test_two_runs_on_one_fresh_cache_at_once_both_succeed(faults_smoke):
     tmp, cache, outs = faults_smoke
     assert [rc for rc, _ in outs] == [0, 0], "\n".join(o[-2000:] for _, o in outs)
-    a, b = (np.load(tmp / "runs" / r / "data" / "vectors.npy") for r in ("a", "b"))
+    assert not [o for _, o in outs if "warning" in o], "a run found a shard the other was writing bad"
+    a, b = (np.load(tmp / "runs" / r / "data" / "bank_vectors.npy") for r in ("a", "b"))
     np.testing.assert_array_equal(a, b)
     assert _cli(["cache", "verify"], cache).returncode == 0
 
@@ -384,7 +385,8 @@ def test_a_truncated_cache_shard_is_moved_aside_and_the_next_run_heals_the_cache
     assert (bad.parent / "quarantine" / bad.name).is_file()
     assert _snapshot(tmp / "runs" / "a") == before, "another run's files changed"
     np.testing.assert_array_equal(
-        np.load(tmp / "runs" / "healed" / "data" / "vectors.npy"), np.load(tmp / "runs" / "a" / "data" / "vectors.npy")
+        np.load(tmp / "runs" / "healed" / "data" / "bank_vectors.npy"),
+        np.load(tmp / "runs" / "a" / "data" / "bank_vectors.npy"),
     )
 
 
