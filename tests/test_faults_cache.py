@@ -62,11 +62,12 @@ def _untimed(history: list[dict]) -> list[dict]:
 
 
 def _snapshot(d: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
-    """relative path -> sha256 of every file under d (except those whose first part is in `skip`)."""
+    """relative path -> sha256 of every file under d (except those whose path or first part is in `skip`)."""
+    rel = {p: p.relative_to(d) for p in sorted(d.rglob("*")) if p.is_file()}
     return {
-        str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(d.rglob("*"))
-        if p.is_file() and p.relative_to(d).parts[0] not in skip
+        str(r): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p, r in rel.items()
+        if r.parts[0] not in skip and str(r) not in skip
     }
 
 
@@ -280,7 +281,7 @@ def test_resume_falls_back_on_the_first_checkpoint_that_reads(tmp_path, broken, 
             ck.resume_checkpoint(tmp_path)
         line = str(err.value)
         assert "\n" not in line and "no checkpoint to resume from" in line
-        assert "last.pt: unreadable (truncated or corrupted?); last.prev.pt: " in line
+        assert "last.pt: not a readable checkpoint (truncated or corrupted?); last.prev.pt: " in line
         assert "best.pt: lacks the resume state (optimizer" in line and "remove" in line and "new run" in line
         return
     src, passed = ck.resume_checkpoint(tmp_path)
@@ -400,7 +401,7 @@ def test_a_truncated_last_pt_resumes_from_last_prev_and_the_manifest_records_it(
     _truncate(run / "last.pt", 4096)
     # what the resume rewrites: training's files, the run's records and the re-rendered 02_train notebook
     rewritten = ("last.pt", "last.prev.pt", "best.pt", "history.json", "train.log", "train_progress.json")
-    rewritten += ("manifest.json", "notebooks", ".run.lock", ".manifest.lock")
+    rewritten += ("metrics/train.json", "manifest.json", "notebooks", ".run.lock", ".manifest.lock")
     before = _snapshot(run, skip=rewritten)
     r = _cli(["run", "--resume", str(run), "--reports-root", str(tmp / "reports"), "--quiet"], cache)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

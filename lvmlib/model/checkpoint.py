@@ -155,7 +155,9 @@ def resume_checkpoint(run_dir) -> tuple[Path | None, list[str]]:
             ck = read_checkpoint(p)
         except CheckpointError as exc:  # torch's long words stay out of the one line; reading the file shows them
             why = str(exc).removeprefix(f"{p}: ")
-            skipped.append(f"{p.name}: {'unreadable (truncated or corrupted?)' if 'not a readable' in why else why}")
+            skipped.append(
+                f"{p.name}: {'not a readable checkpoint (truncated or corrupted?)' if 'not a readable' in why else why}"
+            )
             continue
         lacks = [k for k in RESUME_KEYS if not isinstance(ck, dict) or k not in ck]
         if lacks:
