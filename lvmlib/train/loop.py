@@ -357,7 +357,7 @@ class _Trainer:
             history, state = list(ck["history"]), dict(ck["train_state"])
             if self.main:
                 atomic_write_json(self.run_dir / "history.json", history)
-                if self.passed_over:  # e.g. "last.pt: not a readable checkpoint (truncated or corrupted?): ..."
+                if self.passed_over:  # e.g. "last.pt: not a readable checkpoint (truncated or corrupted?)"
                     why = self.passed_over[0].split(": ", 1)[-1]
                     what = "missing" if why == "not found" else "unreadable (truncated?)"
                     _log(f"[lvm-study] warning: last.pt {what}: resuming from {last.name} (epoch {ck['epoch']})")
