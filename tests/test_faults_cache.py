@@ -202,6 +202,22 @@ def test_quarantining_a_shard_twice_is_harmless(tmp_path):
     assert encoder.quarantine_shard(keys[0]) is False
 
 
+@pytest.mark.parametrize("level", ["quiet", "normal", "verbose"])
+def test_a_warning_from_a_notebook_reaches_the_terminal_at_every_level(level):
+    import io
+
+    from lvmlib.app.console import Console
+
+    out = io.StringIO()
+    con = Console(level, stream=out, live=False)
+    con.stage_start("01_data")
+    con.feed("chunking...\n[lvm-study] warning: embedding cache shard shard-x.keys.npy is bad (…)\nembedded\n")
+    con.stage_end("01_data", "succeeded", 1.0)
+    lines = out.getvalue().splitlines()
+    assert lines.count("[lvm-study] warning: embedding cache shard shard-x.keys.npy is bad (…)") == 1
+    assert ("embedded" in lines) == (level == "verbose")  # other kernel lines only in verbose
+
+
 # --------------------------------------------------------------------------- cache verify / list
 def test_cache_verify_reports_each_bad_shard_and_fix_moves_them_aside(tmp_path, capsys):
     _, keys = _filled(tmp_path)
