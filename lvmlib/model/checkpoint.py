@@ -3,11 +3,15 @@
 Checkpoint files: `best.pt` / `last.pt` carry their own config and vector width, are written atomically
 and read with `torch.load(weights_only=True)` (no code from a file ever runs); every problem is one
 `CheckpointError` line naming the file. The models themselves (`lvmlib.model.models`) know no files.
+`save_checkpoint(..., keep_previous=True)` keeps the file it replaces as `<name>.prev.pt` (a hard link, no
+copy), and `resume_checkpoint` picks what a resume continues from: last.pt, else last.prev.pt, else best.pt.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +19,39 @@ import torch
 import torch.nn as nn
 
 from lvmlib.core.config import Config, ConfigError, ModelConfig, config_from_dict
-from lvmlib.core.errors import CheckpointError
+from lvmlib.core.errors import CheckpointError, IntegrityError
 from lvmlib.core.runs import atomic_path, check_files
 
+RESUME_KEYS = ("epoch", "optimizer", "scheduler", "rng", "history", "train_state")  # what a resume needs
 
-def save_checkpoint(path, model: nn.Module, cfg: Config, d_vec: int, **extra) -> None:
+
+def previous_path(path) -> Path:
+    """last.pt -> last.prev.pt: where `save_checkpoint(keep_previous=True)` keeps the file it replaces."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_checkpoint(path, model: nn.Module, cfg: Config, d_vec: int, *, keep_previous: bool = False, **extra) -> None:
     """Atomic `{"config", "d_vec", "model": state_dict, **extra}`; extra holds tensors/primitives only
-    (the file is read back with `torch.load(weights_only=True)`)."""
+    (the file is read back with `torch.load(weights_only=True)`). `keep_previous`: the file being replaced
+    becomes `previous_path(path)` (a hard link renamed into place once the new file is complete, so at every
+    instant both names hold a whole checkpoint; a copy only where the filesystem has no hard links)."""
+    path = Path(path)
     obj = {"config": cfg.to_dict(), "d_vec": int(d_vec), "model": model.state_dict(), **extra}
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+        if keep_previous and path.is_file():
+            _keep_previous(path)
+
+
+def _keep_previous(path: Path) -> None:
+    prev = previous_path(path)
+    with atomic_path(prev) as tmp:
+        tmp.unlink()
+        try:
+            os.link(path, tmp)  # the same bytes under a second name: no copy
+        except OSError:  # no hard links here (some network or FUSE filesystems)
+            shutil.copyfile(path, tmp)
 
 
 def read_checkpoint(path, map_location="cpu") -> Any:
@@ -108,3 +135,40 @@ def load_checkpoint(
         )
     model.load_state_dict(ckpt["model"])
     return model.to(map_location) if isinstance(map_location, (str, torch.device)) else model, cfg, ckpt
+
+
+def resume_checkpoint(run_dir) -> tuple[Path | None, list[str]]:
+    """Which checkpoint `train(resume=True)` continues from: last.pt when it reads, else last.prev.pt, else
+    best.pt if it carries the resume state (`RESUME_KEYS`). -> (path or None when the run has no last.pt
+    and no last.prev.pt yet, i.e. a fresh start; the unreadable files passed over, one "name: why" each).
+    Raises CheckpointError naming the files and the fix when there are checkpoints but none to resume from."""
+    run_dir = Path(run_dir)
+    last = run_dir / "last.pt"
+    candidates = [last, previous_path(last), run_dir / "best.pt"]
+    if not any(p.is_file() for p in candidates[:2]):
+        return None, []
+    skipped: list[str] = []
+    for p in candidates:
+        if not p.is_file():
+            skipped.append(f"{p.name}: not found")
+            continue
+        try:
+            ck = read_checkpoint(p)
+        except IntegrityError:  # its bytes are not those training wrote (a truncated copy, a flipped bit)
+            skipped.append(f"{p.name}: changed since training wrote it (python -m lvmlib verify names how)")
+            continue
+        except CheckpointError as exc:  # torch's long words stay out of the one line; reading the file shows them
+            why = str(exc).removeprefix(f"{p}: ")
+            skipped.append(
+                f"{p.name}: {'not a readable checkpoint (truncated or corrupted?)' if 'not a readable' in why else why}"
+            )
+            continue
+        lacks = [k for k in RESUME_KEYS if not isinstance(ck, dict) or k not in ck]
+        if lacks:
+            skipped.append(f"{p.name}: lacks the resume state ({', '.join(lacks)})")
+            continue
+        return p, skipped
+    raise CheckpointError(
+        f"{run_dir}: no checkpoint to resume from ({'; '.join(skipped)}); remove "
+        f"{last} and {previous_path(last)} to train again from epoch 1, or start a new run"
+    )

@@ -10,7 +10,8 @@ width (two_tower), M bank rows.
 
 Files (rank 0 only, all atomic): history.json (one record per epoch, rewritten every epoch),
 best.pt / last.pt (`lvmlib.model.checkpoint.save_checkpoint`; last.pt also carries optimizer, scheduler, RNG
-states, early-stop counters and the history, so `resume=True` continues exactly), train.log (human
+states, early-stop counters and the history, so `resume=True` continues exactly; the last.pt it replaces
+is kept as last.prev.pt, which a resume falls back on when last.pt is unreadable), train.log (human
 log, appended line by line through `logging`), train_progress.json (pid, epoch, step: what `status` reads while training runs).
 """
 
@@ -342,9 +343,11 @@ class _Trainer:
         history: list[dict] = []
         state = {"best_value": None, "best_epoch": 0, "es_value": None, "bad_epochs": 0, "stop_reason": None}
         last = self.run_dir / "last.pt"
-        if self.resume and last.is_file():
+        src = self._resume_source() if self.resume else None
+        if src is not None:
             from lvmlib.model.checkpoint import load_checkpoint
 
+            last = src
             _, _, ck = load_checkpoint(last, model_cfg=self.cfg.model, d_vec=self.d_vec)
             self.model.load_state_dict(ck["model"])
             self.loss_fn.load_state_dict(ck["loss_state"])
@@ -359,11 +362,40 @@ class _Trainer:
             history, state = list(ck["history"]), dict(ck["train_state"])
             if self.main:
                 atomic_write_json(self.run_dir / "history.json", history)
+                if self.passed_over:  # e.g. "last.pt: not a readable checkpoint (truncated or corrupted?)"
+                    why = self.passed_over[0].split(": ", 1)[-1]
+                    what = "missing" if why == "not found" else "unreadable (truncated?)"
+                    _log(f"[lvm-study] warning: last.pt {what}: resuming from {last.name} (epoch {ck['epoch']})")
                 _log(f"resume from {last} after epoch {ck['epoch']}")
+                self._record_resume(last, int(ck["epoch"]))
             return history, state, int(ck["epoch"]) + 1
         if self.resume and self.main:
             _log(f"resume requested but {last} does not exist: starting at epoch 1")
         return history, state, 1
+
+    def _resume_source(self) -> Path | None:
+        """The checkpoint to resume from (None: nothing saved yet); an unreadable last.pt falls back on
+        last.prev.pt, then best.pt (`checkpoint.resume_checkpoint`); `_restore` says so in one line."""
+        from lvmlib.model.checkpoint import resume_checkpoint
+
+        src, self.passed_over = resume_checkpoint(self.run_dir)
+        return src
+
+    def _record_resume(self, src: Path, epoch: int) -> None:
+        """manifest.json (when the run has one): `resumed_from` = this resume's checkpoint; a fallback is
+        also appended to `events`, so a later resume does not hide it."""
+        from lvmlib.core.runs import update_manifest
+
+        if not (self.run_dir / "manifest.json").is_file():
+            return
+        rec = {"checkpoint": src.name, "epoch": epoch, "at": now_iso(), "passed_over": list(self.passed_over)}
+
+        def change(m: dict) -> None:
+            m["resumed_from"] = rec
+            if rec["passed_over"]:
+                m.setdefault("events", []).append({"event": "checkpoint_fallback", **rec})
+
+        update_manifest(self.run_dir, change)
 
     def _prepare_steps(self) -> None:
         """The module each step runs (DDP-wrapped on several ranks), how negatives are gathered, the sampler."""
@@ -574,6 +606,7 @@ class _Trainer:
             self._save("best.pt", epoch=rec["epoch"], metric=t.best_metric, value=rec[t.best_metric])
         self._save(
             "last.pt",
+            keep_previous=True,
             epoch=rec["epoch"],
             optimizer=opt.state_dict(),
             scheduler=sched.state_dict(),
