@@ -127,3 +127,14 @@ def test_bad_input_as_a_user_types_it_is_one_error_line(tmp_path):
             timeout=300,
         )
         _assert_one_error_line(r.returncode, r.stderr, words)
+
+
+def test_a_reader_that_leaves_early_is_not_an_error():
+    """`python -m lvmlib schema | head -1`: the reader closes the pipe early; no 'error: BrokenPipeError'."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "lvmlib", "schema"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the command prints its ~20 kB
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 0 and err == "", err

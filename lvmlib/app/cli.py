@@ -165,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     except LvmError as exc:  # bad params or run dir (2); bad data, checkpoint, sanity check, divergence (1)
         print(exc.cli_line(), file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # `status RUN | head`: the reader left; stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+        return 0
     except OSError as exc:  # a full disk, a read-only place: one line naming the file, not a traceback
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
