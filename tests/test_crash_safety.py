@@ -74,7 +74,9 @@ def test_nan_loss_stops_training_keeps_the_last_good_checkpoint_and_renders_the_
     run = copy_run(tiny_run, tmp_path)
     bank = np.load(run / "data" / "bank_vectors.npy")
     bank[np.load(run / "data" / "bank_split.npy") == 0] = np.nan
-    np.save(run / "data" / "bank_vectors.npy", bank)
+    # written as the data stage writes (its digest recorded): a plain np.save would be refused as a changed file
+    # before training starts (tests/test_faults_digests.py), and this test is about a loss that turns NaN
+    runs.atomic_save_npy(run / "data" / "bank_vectors.npy", bank)
     kept = {n: (run / n).read_bytes() for n in ("last.pt", "best.pt")}
     history = json.loads((run / "history.json").read_text())
     with pytest.raises(CliFailed) as info:
