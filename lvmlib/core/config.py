@@ -53,7 +53,14 @@ ENCODER_BACKENDS = (
     "onnx-int8",
 )  # data.encoder_backend (lvmlib.data.encoder)
 EXPORT_FORMATS = ("seed-npz",)  # python -m lvmlib export RUN --format ... (lvmlib.data.payload)
-TRACKED_METRICS = ("val_cosine", "val_infonce", "val_recall_at_5", "val_mrr", "train_loss")
+TRACKED_METRICS = (  # train.best_metric / early_stop_metric (lvmlib.train.loop); val_curve_*: needs distractors
+    "val_cosine",
+    "val_infonce",
+    "val_recall_at_5",
+    "val_mrr",
+    "train_loss",
+    "val_curve_recall_at_5",
+)
 SOURCES = ("gensim_enwiki_sample", "jsonl", "mediawiki_dump", "hf_dataset", "vectors")  # lvmlib.data.corpus
 FILE_SOURCES = ("jsonl", "mediawiki_dump", "vectors")  # the sources that read data.path
 MODEL_KINDS = ("mamba", "two_tower", "amn", *BASELINES)  # lvmlib.model.models.build_model
@@ -401,6 +408,12 @@ class Config(BaseModel):
                 "data.distractor_path",
                 "needs a text source (distractor chunks are embedded like the main corpus's), not data.source 'vectors'",
             )
+        for key in ("best_metric", "early_stop_metric"):
+            if getattr(self.train, key) == "val_curve_recall_at_5" and not d.distractor_path:
+                raise broken(
+                    f"train.{key}",
+                    "needs data.distractor_path (R@5 among every val chunk plus every distractor chunk)",
+                )
         if d.max_words < d.min_words:
             raise broken("data.max_words", f"must be >= data.min_words ({d.min_words})")
         total = d.train_frac + d.val_frac + d.test_frac

@@ -12,6 +12,10 @@ published with the other `data/` files in one rename (`data.prepare.publish_dir`
 - `distractor_vectors.npy` (S, D) float32 (float16 with `data.store_float16`), L2-normalised;
 - `distractor_keys.npy` (S, 2) int64: (article index in the distractor corpus, chunk position there);
 - `distractor_texts.jsonl`: one JSON string per line, row-aligned.
+
+`curve_bank` builds the bank the curve ranks in (held-out rows of a split, then distractors in join order);
+evaluation's curve (`lvmlib.eval.curve`) and training's `val_curve_recall_at_5`
+(`lvmlib.train.validation`) both take it from here, so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from lvmlib.core.config import DataConfig
-from lvmlib.core.errors import DataError
+from lvmlib.core.errors import DataError, SanityError
 from lvmlib.core.runs import atomic_path, atomic_save_npy, progress_bar
 from lvmlib.data.corpus import ChunkStats, iter_chunked_cached
 from lvmlib.data.encoder import cache_root, embed_bank, text_digests
@@ -96,3 +100,28 @@ def load_distractors(data_dir: str | Path) -> np.ndarray | None:
     """(S, D) memmap of `data_dir/distractor_vectors.npy`, or None when the data stage wrote none."""
     path = Path(data_dir) / "distractor_vectors.npy"
     return np.load(path, mmap_mode="r") if path.is_file() else None
+
+
+def distractor_order(n_rows: int, seed: int) -> np.ndarray:
+    """(S,) the order distractors join the bank: size s takes the first s rows of it (nested subsets)."""
+    return np.random.default_rng(seed).permutation(n_rows)
+
+
+def curve_bank(bank_vectors: np.ndarray, held: np.ndarray, dist: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """(H + S', D) float32: the held-out rows `held` (H,) of the run's bank, then the distractors `order` (S',)
+    in the order they join, so a bank of s distractors is a prefix of it."""
+    srt = np.sort(order)  # memmap rows read in file order, then put in join order
+    return np.concatenate(
+        [
+            np.asarray(bank_vectors[held], np.float32),
+            np.asarray(dist[srt], np.float32)[np.searchsorted(srt, order)],
+        ]
+    )  # (H + S', D)
+
+
+def held_rows(held: np.ndarray, rows: np.ndarray, what: str) -> np.ndarray:
+    """Run-bank rows (any shape) -> their positions in `held` (sorted); SanityError when one is not held out."""
+    idx = np.searchsorted(held, rows)
+    if (idx >= len(held)).any() or (held[np.minimum(idx, len(held) - 1)] != rows).any():
+        raise SanityError(f"bank curve: a query's {what} row is not a chunk of the eval split")
+    return idx

@@ -8,7 +8,7 @@ is one specific chunk vector (its rivals appear slowly), a model's is a point be
 ranks each query's target among the H held-out chunks of the eval split (the `test` bank, context
 excluded, duplicates as `metrics.duplicate_groups` says) plus the first s distractors of a seeded
 permutation (`eval.curve_seed`), for every s of `eval.bank_sizes`: nested subsets, so a larger bank only
-adds rivals. Every size comes out of one `metrics.target_ranks` pass over the largest bank: held-out rows
+adds rivals (the bank: `data.distractors.curve_bank`, shared with training's `val_curve_recall_at_5`). Every size comes out of one `metrics.target_ranks` pass over the largest bank: held-out rows
 first, distractors in join order, so each size is a prefix of it (counted at the cost of one bank); the bootstrap is `metrics.article_bootstrap` with the evaluation's own draws
 (`train.seed`), so the paired differences model − baseline are paired exactly as the headline's are.
 The predictions are the evaluation's own (`evaluate._score`), nothing is predicted twice.
@@ -25,16 +25,11 @@ import numpy as np
 from lvmlib import metrics as mt
 from lvmlib.core.config import SPLITS, Config
 from lvmlib.core.errors import DataError, SanityError
-from lvmlib.data.distractors import load_distractors
+from lvmlib.data.distractors import curve_bank, distractor_order, held_rows, load_distractors
 from lvmlib.eval.inputs import EvalData, check_bank
 from lvmlib.model.predict import model_bank
 
 VERSUS = ("copy_last", "ridge", "context_mean")  # the baselines each trained model is paired with
-
-
-def distractor_order(n_rows: int, seed: int) -> np.ndarray:
-    """(S,) the order distractors join the bank: size s takes the first s rows of it (nested subsets)."""
-    return np.random.default_rng(seed).permutation(n_rows)
 
 
 def resolve_sizes(requested: list[int], available: int) -> list[dict[str, Any]]:
@@ -55,13 +50,6 @@ def curve_banks(order: np.ndarray, sizes: list[int], n_held: int, n_queries: int
     pos = np.r_[np.full(n_held, -1), np.arange(len(order))]  # (H + S',) join position, -1 = always in
     ones = np.ones(n_queries, np.int64)
     return {str(s): ((pos < s).astype(np.int64), ones) for s in sizes}
-
-
-def _local_rows(held: np.ndarray, rows: np.ndarray, what: str) -> np.ndarray:
-    idx = np.searchsorted(held, rows)
-    if (idx >= len(held)).any() or (held[np.minimum(idx, len(held) - 1)] != rows).any():
-        raise SanityError(f"bank curve: a query's {what} row is not a chunk of the eval split")
-    return idx
 
 
 def bank_curve(
@@ -101,14 +89,8 @@ def bank_curve(
     uniq = sorted({x["size"] for x in sizes})
     order = distractor_order(S, e.curve_seed)[: uniq[-1]]
     held = np.flatnonzero(data.bank_split == SPLITS.index(e.split))  # (H,) every chunk of the eval split
-    tgt, ctx = _local_rows(held, tgt_rows, "target"), _local_rows(held, ctx_rows, "context")
-    srt = np.sort(order)  # memmap rows read in file order, then put in join order
-    bank = np.concatenate(
-        [
-            np.asarray(data.bank_vectors[held], np.float32),
-            np.asarray(dist[srt], np.float32)[np.searchsorted(srt, order)],
-        ]
-    )  # (H + S', D): held-out rows, then distractors in the order they join
+    tgt, ctx = held_rows(held, tgt_rows, "target"), held_rows(held, ctx_rows, "context")
+    bank = curve_bank(data.bank_vectors, held, dist, order)  # (H + S', D): held-out rows, then distractors
     groups = mt.duplicate_groups(bank, e.search_chunk)
     banks = curve_banks(order, uniq, len(held), len(tgt))
     q_art = data.bank_keys[tgt_rows, 0]

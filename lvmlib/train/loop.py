@@ -40,12 +40,13 @@ from lvmlib.metrics import duplicate_groups, resolve_device
 from lvmlib.train.gates import in_loop_action
 from lvmlib.train.losses import BankNegatives, LVMLoss, MicroBatch, cached_step, direct_step
 from lvmlib.train.recipe import augment, lr_factor, rng_state, set_rng_state
-from lvmlib.train.validation import val_queries, validate
+from lvmlib.train.validation import val_curve, val_queries, validate
 
 HIGHER_IS_BETTER = {
     "val_cosine": True,
     "val_recall_at_5": True,
     "val_mrr": True,
+    "val_curve_recall_at_5": True,
     "val_infonce": False,
     "train_loss": False,
 }
@@ -173,6 +174,7 @@ class _Trainer:
         d_out = (cfg.model.tower_dim or self.d_vec) if self.key_tower else self.d_vec  # D'
         self.loss_fn = LVMLoss(cfg.loss, d_out).to(self.device)
         self.val = val_queries(self.prep, cfg)
+        self.curve = val_curve(self.prep, cfg, self.val)  # None without distractors: no val_curve_recall_at_5
         from lvmlib.train.gates import bars, baseline_val_cosines
 
         base = baseline_val_cosines(run_dir)
@@ -242,6 +244,7 @@ class _Trainer:
             self.per_step,
             False,
             groups=self.groups,
+            curve=self.curve,
         )
         lc, la = self.cfg.loss.lambda_con, self.cfg.loss.lambda_ar
         rec = {
@@ -427,6 +430,7 @@ class _Trainer:
             f"{self.cfg.model.kind} {self.n_params:,} params; {len(self.tgt_idx)} train windows, "
             f"{self.steps_per_epoch} steps/epoch, effective batch {self.per_step * self.world} ({kind}); "
             f"val ranks {len(self.val['tgt_idx'])} queries against all {len(self.groups):,} chunks"
+            + (f" and the val curve bank of {len(self.curve['bank']):,}" if self.curve else "")
         )
 
     def _epoch(self, epoch: int, opt, sched, params: list) -> tuple[dict[str, float], int, float]:
@@ -542,6 +546,7 @@ class _Trainer:
                     self.n_neg,
                     self.key_tower,
                     groups=self.groups,
+                    curve=self.curve,
                 )
             )
             rec.update(

@@ -1,7 +1,9 @@
-"""Validation during training: the numbers every epoch records, computed with the evaluation's own code.
+"""Validation during training: the val windows and the numbers every epoch records, computed with the evaluation's own code.
 
-Validation during training: the val windows and the numbers every epoch records (val_cosine,
-val_infonce, val_recall_at_k, val_mrr), computed with the evaluation's own code so the two agree.
+val_cosine, val_infonce, val_recall_at_k and val_mrr every epoch; val_curve_recall_at_5 too when the run's
+data/ holds distractors: R@5 in the largest bank of evaluation's bank-size curve on val (every val chunk
+plus every distractor chunk), built by the same `data.distractors.curve_bank` and ranked by the same
+`metrics.target_ranks`, so it equals eval.json's curve at that size with `eval.split: val`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from lvmlib.core.config import Config
+from lvmlib.core.config import SPLITS, Config
+from lvmlib.core.errors import DataError
+from lvmlib.data.distractors import curve_bank, distractor_order, held_rows, load_distractors
 from lvmlib.train.losses import LVMLoss
 
 VAL_KS = (1, 5, 10)
@@ -26,6 +30,34 @@ def val_queries(prep, cfg: Config) -> dict[str, np.ndarray]:
     return {"ctx_idx": ctx_idx, "tgt_idx": tgt_idx}
 
 
+def val_curve(prep, cfg: Config, queries: dict) -> dict | None:
+    """The largest curve bank on val for `queries`, built once per run, or None when data/ holds no distractors.
+
+    -> {bank (H + S, D) float32: every val chunk, then every distractor in `eval.curve_seed` join order;
+    groups (H + S,) `metrics.duplicate_groups` of it; tgt (n,), ctx (n, K) the queries' rows in it}.
+    DataError when `data.distractor_path` is set but the data stage wrote no distractors (as evaluation)."""
+    from lvmlib import metrics as mt
+
+    dist = load_distractors(prep.dir)
+    if dist is None:
+        if cfg.data.distractor_path:
+            raise DataError(
+                f"{prep.dir}: no distractor_vectors.npy although data.distractor_path is set "
+                "— run the data stage (01_data) again"
+            )
+        return None
+    if dist.shape[1] != prep.d_vec:
+        raise DataError(f"{prep.dir}: distractor vectors have width {dist.shape[1]}, the bank {prep.d_vec}")
+    held = np.flatnonzero(np.asarray(prep.bank_split) == SPLITS.index("val"))  # (H,) every val chunk
+    bank = curve_bank(prep.bank_vectors, held, dist, distractor_order(len(dist), cfg.eval.curve_seed))
+    return {
+        "bank": bank,
+        "groups": mt.duplicate_groups(bank, cfg.eval.search_chunk),
+        "tgt": held_rows(held, np.asarray(queries["tgt_idx"]), "target"),
+        "ctx": held_rows(held, np.asarray(queries["ctx_idx"]), "context"),
+    }
+
+
 @torch.no_grad()
 def validate(
     model: nn.Module,
@@ -38,6 +70,7 @@ def validate(
     key_tower: bool,
     recall: bool = True,
     groups: np.ndarray | None = None,
+    curve: dict | None = None,
 ) -> dict[str, float]:
     """Validation with evaluation's own code, so the two cannot disagree.
 
@@ -45,7 +78,8 @@ def validate(
     batches of n_neg windows (the training batch), the same permutation every epoch. val_recall_at_k /
     val_mrr: `evaluate.predict` + `metrics.target_ranks` on evaluation's primary bank — every chunk of
     the corpus, each query's context chunks and their duplicates removed, ties counted against the model.
-    `groups`: `metrics.duplicate_groups` of the bank (computed here when not given)."""
+    `groups`: `metrics.duplicate_groups` of the bank (computed here when not given). `curve` (`val_curve`):
+    also val_curve_recall_at_5, R@5 among every val chunk and every distractor, context excluded."""
     from lvmlib import metrics as mt
     from lvmlib.model.predict import model_bank, predict
 
@@ -74,5 +108,18 @@ def validate(
         )["global"].excluded  # (n)
         out.update({f"val_recall_at_{k}": mt.recall_at_k(ranks, k) for k in VAL_KS})
         out.update(val_mrr=float(np.mean(1.0 / ranks)), n_val_queries=len(ranks), val_bank_size=len(bank))
+    if recall and curve is not None:
+        chunk = cfg.eval.search_chunk
+        bank_c = model_bank(model, curve["bank"], device, chunk)  # (H + S, D')
+        ranks_c = mt.target_ranks(
+            mt.l2_normalize(P.cpu().numpy()),
+            bank_c,
+            curve["tgt"],
+            exclude_rows=curve["ctx"],
+            groups=curve["groups"],
+            chunk=chunk,
+            device=device,
+        )["global"].excluded  # (n)
+        out.update(val_curve_recall_at_5=mt.recall_at_k(ranks_c, 5), val_curve_bank_size=len(bank_c))
     model.train()
     return out
