@@ -1,4 +1,4 @@
-"""Validation during training: the val windows and the numbers every epoch records, computed with the evaluation's own code.
+"""Validation during training: the numbers every epoch records, computed with the evaluation's own code.
 
 val_cosine, val_infonce, val_recall_at_k and val_mrr every epoch; val_curve_recall_at_5 too when the run's
 data/ holds distractors: R@5 in the largest bank of evaluation's bank-size curve on val (every val chunk
