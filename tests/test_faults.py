@@ -129,3 +129,29 @@ def test_a_closed_form_baseline_has_no_batch_to_refuse(tmp_path, tiny_run):
     cfg = load_config(run / "params.yaml", ["model.kind=ridge", "train.batch_size=65536"])
     assert train(cfg, run, progress=False) is not None
     assert Path(run / "best.pt").is_file()
+
+
+def test_a_killed_data_stage_leaves_no_staging_folder_once_the_runner_marks_the_run(tmp_path):
+    """A kernel killed inside 01_data never runs its own clean-up; the runner's failure record removes the
+    staging and swapped-out folders of a dead process, never those of a live one."""
+    import os
+
+    from lvmlib.app.runner import _mark_failed
+    from lvmlib.data.prepare import remove_stale_staging
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    run = tmp_path / "runs" / "r"
+    for name in (
+        f".data-staging-{dead_pid}-abc123",
+        f".data-old-{dead_pid}-def456",
+        f".data-staging-{os.getpid()}-0a0b0c",
+    ):
+        (run / name).mkdir(parents=True)
+        (run / name / "bank_vectors.npy").write_bytes(b"x")
+    assert remove_stale_staging(run) == 2
+    assert [p.name for p in run.iterdir()] == [f".data-staging-{os.getpid()}-0a0b0c"]  # a live writer's stays
+    (run / f".data-staging-{dead_pid}-ffffff").mkdir()
+    write_manifest(run, run_id="r", status="running", stages={})
+    _mark_failed(run, tmp_path / "reports", {}, "01_data: the kernel was killed by SIGKILL (signal 9)")
+    assert not (run / f".data-staging-{dead_pid}-ffffff").exists()

@@ -165,6 +165,12 @@ def _mark_failed(run_dir: Path, reports_root: Path, stages: dict[str, Any], line
         record_run(reports_root, run_dir)
     except OSError:
         pass  # the manifest is the record; the next run rebuilds the index
+    from lvmlib.data.prepare import remove_stale_staging  # lazy: the runner starts without numpy & co
+
+    try:  # a data stage whose kernel was killed mid-cell never ran its own clean-up
+        remove_stale_staging(run_dir)
+    except OSError:
+        pass
     return line
 
 

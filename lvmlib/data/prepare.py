@@ -244,10 +244,7 @@ def prepare_data(cfg: Config, run_dir: str | Path, progress: bool = True) -> dic
     Raises DataError (CorpusError, LeakageError) with the file/line/key at fault; on any failure
     `data/` is left as it was."""
     run_dir = Path(run_dir)
-    for old in [*run_dir.glob(".data-staging-*"), *run_dir.glob(".data-old-*")]:  # left by a killed run
-        pid = int(old.name.split("-")[2]) if old.name.split("-")[2].isdigit() else 0
-        if pid and not pid_alive(pid):
-            shutil.rmtree(old, ignore_errors=True)
+    remove_stale_staging(run_dir)
     stage = run_dir / f".data-staging-{os.getpid()}-{os.urandom(3).hex()}"
     stage.mkdir(parents=True)
     try:
@@ -256,6 +253,19 @@ def prepare_data(cfg: Config, run_dir: str | Path, progress: bool = True) -> dic
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # after a publish: the previous data/, swapped out
     return summary
+
+
+def remove_stale_staging(run_dir: str | Path) -> int:
+    """Remove the staging and swapped-out `data/` folders a data stage left when its process was killed
+    (its pid is gone): before a new data stage, and when the runner marks a run failed or interrupted.
+    A live process's folders are never touched. -> how many were removed."""
+    n = 0
+    for old in [*Path(run_dir).glob(".data-staging-*"), *Path(run_dir).glob(".data-old-*")]:
+        pid = int(old.name.split("-")[2]) if old.name.split("-")[2].isdigit() else 0
+        if pid and not pid_alive(pid):
+            shutil.rmtree(old, ignore_errors=True)
+            n += 1
+    return n
 
 
 _RENAME_EXCHANGE = 2
