@@ -340,7 +340,8 @@ def test_checkpoint_of_another_encoder_is_refused(tmp_path):
 def test_notebook_runs_against_a_fake_run(tmp_path):
     import papermill as pm
 
-    from lvmlib.app.execute import NOTEBOOK_DIR, ensure_kernel
+    from lvmlib.app.execute import ensure_kernel
+    from lvmlib.core.paths import NOTEBOOK_DIR
 
     make_fake_run(tmp_path / "r")
     out = tmp_path / "04_eval.ipynb"

@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lvmlib.app.execute import NOTEBOOK_DIR, NOTEBOOKS
+from lvmlib.core.paths import NOTEBOOK_DIR, NOTEBOOKS
 from lvmlib.report.pages import write_index
 
 ROOT = Path(__file__).resolve().parent.parent

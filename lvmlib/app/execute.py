@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lvmlib.core.errors import KernelDied
-from lvmlib.core.paths import ENGINE, KERNEL_NAME, NOTEBOOK_DIR, NOTEBOOKS, PROJECT_ROOT  # noqa: F401
+from lvmlib.core.paths import KERNEL_NAME, PROJECT_ROOT
 from lvmlib.core.runs import record_file
 
 RUNNER_ENV = "LVM_RUNNER"  # set in the kernels the kit starts: notebook_config then records no tweak

@@ -20,7 +20,7 @@ from lvmlib.core.runs import PROJECT_ROOT
 
 def lab_argv(port: int = 8888, token: str | None = None, port_retries: int = 50) -> list[str]:
     """The command line that starts the study's JupyterLab (the test suite starts it the same way)."""
-    from lvmlib.app.execute import KERNEL_NAME
+    from lvmlib.core.paths import KERNEL_NAME
 
     argv = [
         sys.executable,

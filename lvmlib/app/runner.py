@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from lvmlib.app.execute import (
-    NOTEBOOK_DIR,
-    NOTEBOOKS,
     RUNNER_ENV,
     Signals,
     Stop,
@@ -31,6 +29,7 @@ from lvmlib.app.execute import (
 from lvmlib.app.tweaks import record_tweak
 from lvmlib.core.config import Config, dump_config, load_config
 from lvmlib.core.errors import KernelDied, StudyFailed, StudyInterrupted
+from lvmlib.core.paths import NOTEBOOK_DIR, NOTEBOOKS
 from lvmlib.core.runs import (
     PROJECT_ROOT,
     RunError,
