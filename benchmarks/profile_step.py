@@ -1,7 +1,15 @@
-"""Where the Mamba-S train step spends its time: torch.profiler, one table per context length.
+"""Where a train step spends its time: torch.profiler, one table column per configuration.
 
-    python benchmarks/profile_step.py                      # B 64, L 5 16 64, 2 threads
+    python benchmarks/profile_step.py                      # Mamba-S, cosine loss, B 64, L 5 16 64, 2 threads
     python benchmarks/profile_step.py --lengths 5 --steps 3
+    python benchmarks/profile_step.py --recipe params/wiki1000_x800.yaml --set loss.bank_sample=0 \
+        --set loss.bank_sample=16384                     # the headline's step with its real loss, one column per --set
+
+With --recipe, the step is the params file's model and its real `LVMLoss` (the bank softmax of `loss.negatives:
+bank` over a synthetic --bank of unit vectors, as many as the headline's train chunks; bank rows drawn afresh
+per step under `loss.bank_sample`), micro-batch `train.batch_size`, context `data.context_len`; each --set is one
+column. "bank loss" is the softmax over the bank, forward and backward, plus the step's draw; "input/head/loss"
+keeps the model's input projection, head, skip mixture and the cosine term.
 
 A train step is bench_model.py's: forward + (1 - cos) loss + backward + AdamW(param_groups) step.
 Every operator the profiler records on the main thread (intra-op threads work inside their operator)
@@ -46,6 +54,7 @@ CATEGORIES = (
     "input/head/loss",
     "AdamW step",
     "autograd other",
+    "bank loss",
 )
 
 
@@ -53,13 +62,14 @@ def child(spec: dict) -> dict:
     import torch
     import torch.nn.functional as F
     from torch.autograd.profiler import record_function
-    from torch.profiler import ProfilerActivity, profile
 
     import lvmlib.model.models as M
     from lvmlib.core.config import ModelConfig
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
+    if spec.get("recipe"):
+        return recipe_child(spec)
     model = M.build_model(ModelConfig(**M.PRESETS["mamba_s"], scan="cpu"), D_VEC)
     opt = torch.optim.AdamW(M.param_groups(model, 0.01), lr=1e-4)
     ctx, tgt = torch.randn(spec["batch"], spec["length"], D_VEC), torch.randn(spec["batch"], D_VEC)
@@ -71,6 +81,59 @@ def child(spec: dict) -> dict:
         with record_function("lvm::AdamW step"):
             opt.step()
             opt.zero_grad(set_to_none=True)
+
+    return profile_steps(spec, model, step)
+
+
+def recipe_child(spec: dict) -> dict:
+    """The params file's model and LVMLoss, bank negatives over a synthetic bank of spec['bank'] rows."""
+    import numpy as np
+    import torch
+    from torch.autograd.profiler import record_function
+
+    import lvmlib.model.models as M
+    import lvmlib.train.losses as L
+    from lvmlib.core.config import load_config
+
+    cfg = load_config(spec["recipe"], spec["sets"])
+    b, k = cfg.train.batch_size, cfg.data.context_len
+    model = M.build_model(cfg.model.model_copy(update={"scan": "cpu"}), D_VEC)
+    loss_fn = L.LVMLoss(cfg.loss, D_VEC)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(spec["bank"], D_VEC)).astype(np.float32)
+    if cfg.loss.negatives == "bank":
+        loss_fn.bank = L.BankNegatives(vectors, np.arange(spec["bank"]), np.arange(spec["bank"]))
+    opt = torch.optim.AdamW(M.param_groups(model, 0.01) + loss_fn.param_groups(0.01), lr=1e-4)
+    rows = (rng.integers(0, spec["bank"], size=(b, k)), rng.integers(0, spec["bank"], size=b))
+    ctx, tgt = torch.from_numpy(vectors[rows[0]]), torch.from_numpy(vectors[rows[1]])
+    orig = L.bank_info_nce
+
+    def bank_scoped(*a, **kw):
+        with record_function("lvm::bank loss"):
+            return orig(*a, **kw)
+
+    L.bank_info_nce = bank_scoped
+
+    def step():
+        if loss_fn.bank is not None:
+            with record_function("lvm::bank loss"):
+                loss_fn.bank.draw(rng, cfg.loss.bank_sample)
+        with record_function("lvm::input/head/loss"):
+            loss = loss_fn(model(ctx), tgt, rows=rows)["loss"]
+        loss.backward()
+        with record_function("lvm::AdamW step"):
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    return profile_steps(dict(spec, batch=b, length=k), model, step)
+
+
+def profile_steps(spec: dict, model, step) -> dict:
+    """Warm up, time spec['steps'] unprofiled steps, then profile as many with every scope hooked."""
+    from torch.autograd.profiler import record_function
+    from torch.profiler import ProfilerActivity, profile
+
+    import lvmlib.model.models as M
 
     for _ in range(spec["warmup"]):
         step()
@@ -87,6 +150,8 @@ def child(spec: dict) -> dict:
         mod.register_forward_hook(lambda *_: state.pop(name).__exit__(None, None, None))
 
     for blk in model.layers:
+        if not hasattr(blk, "mixer"):
+            continue
         scoped(blk, "lvm::residual")
         scoped(blk.norm, "lvm::norms")
         scoped(blk.mixer, "lvm::gating")
@@ -177,6 +242,9 @@ def main() -> None:
     ap.add_argument("--lengths", nargs="*", type=int, default=[5, 16, 64])
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--recipe", help="a params file: profile its model and loss (one column per --set)")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="with --recipe")
+    ap.add_argument("--bank", type=int, default=167_000, help="with --recipe: synthetic bank rows")
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -186,22 +254,18 @@ def main() -> None:
         return
     print(
         f"# profile_step | {platform.machine()} | {os.cpu_count()} cpus | threads {args.threads} | "
-        f"B {args.batch} | load avg {os.getloadavg()[0]:.2f} at start",
+        f"{'' if args.recipe else f'B {args.batch} | '}load avg {os.getloadavg()[0]:.2f} at start",
         flush=True,
     )
-    results = [
-        run_child(
-            dict(
-                batch=args.batch,
-                length=L,
-                steps=args.steps,
-                warmup=2,
-                threads=args.threads,
-                wrapped={"causal_conv1d": "lvm::conv"},
-            )
-        )
-        for L in args.lengths
-    ]
+    common = dict(steps=args.steps, warmup=2, threads=args.threads, wrapped={"causal_conv1d": "lvm::conv"})
+    if args.recipe:
+        print(f"# {args.recipe}, synthetic bank of {args.bank:,} rows", flush=True)
+        results = [
+            run_child(dict(common, recipe=args.recipe, sets=[x] if x else [], bank=args.bank, label=x or "as is"))
+            for x in (args.set or [""])
+        ]
+    else:
+        results = [run_child(dict(common, batch=args.batch, length=L, label=f"L = {L}")) for L in args.lengths]
     print_table(results)
     print(f"# load avg {os.getloadavg()[0]:.2f} at end")
     if args.json:
@@ -209,7 +273,7 @@ def main() -> None:
 
 
 def print_table(results: list[dict]) -> None:
-    head = " | ".join(f"L = {r['length']}: ms | %" for r in results)
+    head = " | ".join(f"{r['label']}: ms | %" for r in results)
     print(f"\n| category | {head} |")
     print("|---|" + "---:|---:|" * len(results))
     totals = [sum(r["ms_per_step"].values()) for r in results]

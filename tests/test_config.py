@@ -275,6 +275,7 @@ MESSAGES = [
         "data.train_frac + data.val_frac + data.test_frac = 0.5 + 0.1 + 0.1 = 0.7000, must sum to 1",
     ),
     ("loss:\n  negatives: bank\nmodel:\n  kind: two_tower\n", "key 'loss.negatives' = 'bank': bank negatives need"),
+    ("loss:\n  bank_sample: 4096\n", "key 'loss.bank_sample' = 4096: samples the train bank, which only"),
 ]
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from lvmlib.core.config import LossConfig, load_config
 from lvmlib.train.losses import LVMLoss, MicroBatch, ar_cosine, cached_step, direct_step, false_negative_mask, info_nce
@@ -339,9 +340,9 @@ def test_ddp_two_processes_equal_single_process(tmp_path):
 
 
 # --------------------------------------------------------------------------- bank negatives
-def _naive_bank_loss(q, target, vectors, train_rows, groups, ctx_rows, tgt_rows, scale):
+def _naive_bank_loss(q, target, vectors, train_rows, groups, ctx_rows, tgt_rows, scale, log_weight=0.0):
     """One query at a time, float64: softmax over [target] + every train row not sharing a group with
-    the query's target or any of its context rows."""
+    the query's target or any of its context rows (their logits + log_weight)."""
     total = 0.0
     for i in range(len(q)):
         qi = q[i].double() / q[i].double().norm()
@@ -353,7 +354,7 @@ def _naive_bank_loss(q, target, vectors, train_rows, groups, ctx_rows, tgt_rows,
             if int(groups[r]) in banned:
                 continue
             v = torch.from_numpy(np.asarray(vectors[r], np.float64))
-            logits.append(scale * float(qi @ (v / v.norm())))
+            logits.append(scale * float(qi @ (v / v.norm())) + log_weight)
         total += float(torch.logsumexp(torch.tensor(logits), 0)) - pos
     return total / len(q)
 
@@ -381,6 +382,55 @@ def test_bank_info_nce_matches_a_naive_loop():
     assert 30 in cols[qi == 2].tolist() and 30 not in cols[qi == 0].tolist()  # target duplicate: query 2 only
     got.backward()
     assert torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
+
+
+def test_sampled_bank_is_the_naive_loss_over_the_drawn_rows():
+    """loss.bank_sample: a step's negatives are a uniform draw of S of the M train rows, each logit + log(M/S);
+    the exclusions (context rows, duplicates, the target's group) are mapped into the draw exactly."""
+    from lvmlib.metrics import duplicate_groups
+    from lvmlib.train.losses import BankNegatives, bank_info_nce
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(60, 8)).astype(np.float32)
+    vectors[7] = vectors[3]
+    vectors[30] = vectors[12]
+    groups = duplicate_groups(vectors)
+    train_rows = np.arange(0, 45)
+    ctx_rows = np.array([[1, 2, 3, 4, 5], [8, 9, 10, 11, 12], [40, 41, 42, 43, 44]])
+    tgt_rows = np.array([6, 13, 12])
+    neg = BankNegatives(vectors, train_rows, groups)
+    q = torch.from_numpy(rng.normal(size=(3, 8)).astype(np.float32))
+    target = torch.from_numpy(vectors[tgt_rows])
+    seen_excluded = 0
+    for seed in range(20):
+        neg.draw(np.random.default_rng(seed), 20)
+        assert neg.active.shape == (20, 8) and len(set(neg.cols.tolist())) == 20
+        drawn = train_rows[neg.cols]
+        exclude = neg.exclusions(ctx_rows, tgt_rows)
+        seen_excluded += len(exclude[0])
+        got = bank_info_nce(q, target, neg.active, 1 / 0.07, exclude, neg.log_weight)
+        want = _naive_bank_loss(q, target, vectors, drawn, groups, ctx_rows, tgt_rows, 1 / 0.07, np.log(45 / 20))
+        assert float(got) == pytest.approx(want, rel=1e-5), seed
+    assert seen_excluded > 0  # the draws did hit excluded rows, so the mapping was exercised
+    neg.draw(np.random.default_rng(0), 45)  # S >= M: every row, exact
+    assert neg.cols is None and neg.active is neg.bank and neg.log_weight == 0.0
+
+
+def test_sampled_bank_estimates_the_whole_banks_softmax_mass():
+    """Scaled by M/S, a uniform draw's exp-sum is an unbiased estimate of the whole bank's: the mean over
+    draws lands on it (within 2%), while the unscaled sum would be S/M of it."""
+    from lvmlib.train.losses import BankNegatives
+
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(2000, 16)).astype(np.float32)
+    neg = BankNegatives(vectors, np.arange(2000), np.arange(2000))
+    q = F.normalize(torch.from_numpy(rng.normal(size=(16,)).astype(np.float32)), dim=0) * 5.0
+    full = float(torch.exp(neg.bank @ q).sum())
+    est = []
+    for seed in range(400):
+        neg.draw(np.random.default_rng(seed), 100)
+        est.append(float(torch.exp(neg.active @ q).sum()) * np.exp(neg.log_weight))
+    assert np.mean(est) == pytest.approx(full, rel=0.02)
 
 
 def test_bank_zeroes_near_zero_entries_without_changing_the_loss():

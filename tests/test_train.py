@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -263,6 +264,26 @@ def test_bank_negatives_train_and_never_see_the_context(tmp_path):
     assert all(math.isfinite(r["train_loss"]) for r in history)
     log = (run_dir / "train.log").read_text()
     assert "bank negatives: 252 train chunks per query" in log  # 18 train articles x 14 chunks
+
+
+def test_sampled_bank_negatives_train_draw_per_step_and_resume_identically(tmp_path):
+    """loss.bank_sample draws from the augmentation generator (kept in last.pt): a run resumed after epoch 1
+    ends bit-identical to one trained straight through, and the draw changes the training."""
+    over = ("loss.negatives=bank", "model.residual=last", "train.epochs=2", "loss.bank_sample=64")
+    straight = make_run_dir(tmp_path / "straight", overrides=over)
+    h = T.train(cfg_of(straight), straight, progress=False)
+    assert "bank negatives: 64 of 252 train chunks, drawn afresh every step" in (straight / "train.log").read_text()
+    assert all(math.isfinite(r["train_loss"]) for r in h)
+    split = tmp_path / "split"  # the same run stopped after epoch 1: its last.pt is straight's last.prev.pt
+    shutil.copytree(straight, split)
+    shutil.copy(straight / "last.prev.pt", split / "last.pt")
+    T.train(cfg_of(split), split, resume=True, progress=False)
+    full = make_run_dir(tmp_path / "full", overrides=over[:3])
+    h_full = T.train(cfg_of(full), full, progress=False)
+    assert h[0]["train_loss"] != h_full[0]["train_loss"]  # 64 drawn rows are not the 252
+    a = torch.load(straight / "last.pt", weights_only=True)["model"]
+    b = torch.load(split / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 # --------------------------------------------------------------------------- the loop

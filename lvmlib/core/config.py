@@ -231,6 +231,13 @@ class LossConfig(_Section):
     negatives: Literal["batch", "bank"] = Field(
         "batch", description="batch (seed: in-batch) | bank (exact softmax over every train-bank chunk)"
     )
+    bank_sample: Annotated[Int, Why("more rows than any corpus here has chunks")] = Field(
+        0,
+        ge=0,
+        le=100_000_000,
+        description="bank negatives: a fresh uniform subset of this many train chunks per optimizer step, "
+        "their softmax mass scaled by M/S (0 = every chunk, exact)",
+    )
 
 
 class TrainConfig(_Section):
@@ -444,6 +451,12 @@ class Config(BaseModel):
                 "loss.negatives",
                 "bank negatives need predictions in the bank's own space; two_tower's learned space "
                 "would re-encode the whole bank every step (use mamba or amn)",
+            )
+        if lo.bank_sample and lo.negatives != "bank":
+            raise broken(
+                "loss.bank_sample",
+                "samples the train bank, which only loss.negatives: bank uses "
+                f"(it is {lo.negatives!r}); set loss.negatives: bank or loss.bank_sample: 0",
             )
         if not g.lower <= g.threshold:
             raise broken("gates.lower", f"must be <= gates.threshold ({g.threshold})")

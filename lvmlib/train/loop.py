@@ -419,7 +419,12 @@ class _Trainer:
 
     def _start_line(self) -> str:
         kind = (
-            f"bank negatives: {len(self.loss_fn.bank):,} train chunks per query"
+            (
+                f"bank negatives: {len(self.loss_fn.bank):,} train chunks per query"
+                if not 0 < self.cfg.loss.bank_sample < len(self.loss_fn.bank)
+                else f"bank negatives: {self.cfg.loss.bank_sample:,} of {len(self.loss_fn.bank):,} train chunks, "
+                "drawn afresh every step"
+            )
             if self.bank_neg
             else "InfoNCE over all of it"
             if self.cached
@@ -446,6 +451,8 @@ class _Trainer:
         for step in range(self.steps_per_epoch):
             sel = order[step * self.per_step : (step + 1) * self.per_step] if len(order) >= self.per_step else order
             opt.zero_grad(set_to_none=True)
+            if self.bank_neg:  # loss.bank_sample: this step's uniform subset of the train bank (all rows at 0)
+                self.loss_fn.bank.draw(self.aug_rng, self.cfg.loss.bank_sample)
             out = self._step(self._micro_batches(sel))
             if not math.isfinite(out["loss"]):
                 bar.close()

@@ -104,11 +104,14 @@ def bank_info_nce(
     bank: torch.Tensor,
     scale: float | torch.Tensor,
     exclude: tuple[torch.Tensor, torch.Tensor] | None = None,
+    log_weight: float = 0.0,
 ) -> torch.Tensor:
     """Mean InfoNCE of queries q (B, D) whose positive is `target` (B, D) against every row of `bank`
     (M, D), L2-normalised rows, stop-grad. logits = scale * [q.t, q @ bank.T]; `exclude` = (query index,
     bank column) pairs dropped from that query's negatives (its target's own row and duplicates, its
-    context rows and their duplicates)."""
+    context rows and their duplicates). `log_weight` is added to every negative logit: log(M / S) when
+    `bank` is a uniform sample of S of the M train chunks, so the sample's softmax mass estimates the whole
+    bank's (sampled softmax with a uniform proposal)."""
     q = F.normalize(q.float(), dim=-1)  # (B, D)
     t = F.normalize(target.float(), dim=-1)  # (B, D)
     pos = scale * (q * t).sum(-1)  # (B)
@@ -116,7 +119,7 @@ def bank_info_nce(
     if exclude is not None and exclude[0].numel():
         logits.index_put_(exclude, torch.tensor(float("-inf"), device=logits.device))
     # log(e^pos + sum e^logits) without concatenating a (B, M + 1) copy
-    return (torch.logaddexp(pos, torch.logsumexp(logits, dim=1)) - pos).mean()
+    return (torch.logaddexp(pos, torch.logsumexp(logits, dim=1) + log_weight) - pos).mean()
 
 
 class BankNegatives:
@@ -125,7 +128,9 @@ class BankNegatives:
     vectors (M, D) the whole corpus bank; rows (M_t,) the train-split rows that become negatives;
     groups (M,) duplicate-group ids (`metrics.duplicate_groups`: rows with bit-identical vectors share one).
     `exclusions(ctx_rows (b, K), tgt_rows (b,))` -> (query index, column) pairs: every bank column whose
-    group is the target's or one of the context rows' groups."""
+    group is the target's or one of the context rows' groups.
+    `draw(rng, n)` picks the negatives of the next optimizer step: `active` is every row (n = 0) or a fresh
+    uniform subset of n rows (`log_weight` = log(M / n)); `exclusions` then names columns of `active`."""
 
     def __init__(self, vectors: np.ndarray, rows: np.ndarray, groups: np.ndarray, device: torch.device | str = "cpu"):
         rows = np.asarray(rows, dtype=np.int64)
@@ -143,9 +148,19 @@ class BankNegatives:
         self._order = np.argsort(groups, kind="stable")  # rows grouped by group id
         self._sorted = groups[self._order]
         self.device = device
+        self.draw(None, 0)
 
     def __len__(self) -> int:
         return int(self.bank.shape[0])
+
+    def draw(self, rng: np.random.Generator | None, n: int) -> None:
+        """Negatives of the next step: all rows (rng None, n 0 or n >= M) or n rows drawn uniformly, no repeats."""
+        if rng is None or n <= 0 or n >= len(self):
+            self.cols, self.active, self.log_weight = None, self.bank, 0.0
+            return
+        self.cols = np.sort(rng.choice(len(self), n, replace=False))  # (n) bank columns, ascending
+        self.active = self.bank[torch.from_numpy(self.cols).to(self.device)]  # (n, D)
+        self.log_weight = math.log(len(self) / n)
 
     def exclusions(self, ctx_rows: np.ndarray, tgt_rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         rows = np.concatenate([np.asarray(tgt_rows, np.int64)[:, None], np.asarray(ctx_rows, np.int64)], axis=1)
@@ -159,10 +174,16 @@ class BankNegatives:
         members = self._order[np.repeat(lo, counts) + offs]
         cols = self.col_of_row[members]
         keep = cols >= 0
-        code = np.unique(qi[keep] * (len(self) + 1) + cols[keep])  # each pair once
+        qi, cols = qi[keep], cols[keep]
+        width = len(self) + 1
+        if self.cols is not None:  # columns of the drawn subset; excluded rows it did not draw need no mask
+            pos = np.minimum(np.searchsorted(self.cols, cols), len(self.cols) - 1)
+            hit = self.cols[pos] == cols
+            qi, cols, width = qi[hit], pos[hit], len(self.cols) + 1
+        code = np.unique(qi * width + cols)  # each pair once
         return (
-            torch.from_numpy(code // (len(self) + 1)).to(self.device),
-            torch.from_numpy(code % (len(self) + 1)).to(self.device),
+            torch.from_numpy(code // width).to(self.device),
+            torch.from_numpy(code % width).to(self.device),
         )
 
 
@@ -224,7 +245,8 @@ class LVMLoss(nn.Module):
         if self.bank is not None:
             if rows is None:
                 raise ValueError("loss.negatives = bank needs each sample's bank rows (MicroBatch.rows)")
-            nce = bank_info_nce(pred, key, self.bank.bank, self.scale(), self.bank.exclusions(*rows))
+            b = self.bank
+            nce = bank_info_nce(pred, key, b.active, self.scale(), b.exclusions(*rows), b.log_weight)
         else:
             nce = self.contrastive(pred, key, mask)
         ar = ar_cosine(pred, key)
