@@ -131,3 +131,18 @@ def test_select_by_the_curve_prints_its_table_and_pick(tiny_run, tmp_path):
     assert "| no size |" in out
     with pytest.raises(RequestError, match="select --rule 'nope'"):
         select([run], rule="nope")
+
+
+def test_select_reference_pairs_every_run_with_it_on_the_same_val_queries(tiny_run, tmp_path):
+    """Two copies of one trained run score the same val queries alike: paired Δ exactly 0 with a zero-width
+    interval (a pairing that failed would print 'not paired'); a reference outside the runs is refused."""
+    a, b = tmp_path / "ra", tmp_path / "rb"
+    shutil.copytree(tiny_run, a)
+    shutil.copytree(tiny_run, b)
+    out = select([a, b], rule="bank", reference=a)
+    tail = out.split("paired on val, minus ")[1].splitlines()
+    n = len(load_prepared(a).windows("val")[1])
+    assert tail[3].startswith("| rb | +0.00 [+0.00, +0.00] | +0.0000 [+0.0000, +0.0000] | ")
+    assert f"| {n:,} / " in tail[3] and len(tail) == 4
+    with pytest.raises(RequestError, match="--reference .*: not one of the runs given"):
+        select([a], rule="bank", reference=b)

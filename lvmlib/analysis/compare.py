@@ -42,6 +42,7 @@ class RunView:
     history: list[dict[str, Any]] = field(default_factory=list)
     gates: dict[str, Any] | None = None
     eval: dict[str, Any] | None = None
+    metrics_dir: str = "metrics"  # where eval.json and queries.csv live (`metrics_val` for a val evaluation)
 
     @property
     def status(self) -> str:
@@ -55,7 +56,8 @@ def _maybe_json(path: Path) -> Any:
         return None
 
 
-def load_run(run_dir: str | Path) -> RunView:
+def load_run(run_dir: str | Path, metrics_dir: str = "metrics") -> RunView:
+    """One run's files; `metrics_dir` names the evaluation to read (`metrics`, or `metrics_val` of select)."""
     run_dir = Path(run_dir).resolve()
     if not (run_dir / "manifest.json").is_file():
         raise RunError(f"{run_dir}: not a run directory (no manifest.json)")
@@ -70,7 +72,8 @@ def load_run(run_dir: str | Path) -> RunView:
         manifest=manifest,
         history=[upgrade(h) for h in _maybe_json(run_dir / "history.json") or []],
         gates=upgrade(_maybe_json(run_dir / "gates.json")),
-        eval=_maybe_json(run_dir / "metrics" / "eval.json"),
+        eval=_maybe_json(run_dir / metrics_dir / "eval.json"),
+        metrics_dir=metrics_dir,
     )
 
 
@@ -258,7 +261,7 @@ def _primary_ranks(run: RunView, bank: str | None):
     import pandas as pd
 
     ev = run.eval or {}
-    path = run.run_dir / "metrics" / ev.get("queries_file", "queries.csv")
+    path = run.run_dir / run.metrics_dir / ev.get("queries_file", "queries.csv")
     if not path.is_file():
         return None
     col = primary_rank_column(ev, bank)

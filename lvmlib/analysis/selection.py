@@ -150,15 +150,54 @@ def curve_table(cards: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def select(runs: list[str | Path], force: bool = False, progress: bool = False, rule: str = "curve") -> str:
-    """The table and the pick line for these runs, as `python -m lvmlib select` prints them."""
+def select(
+    runs: list[str | Path],
+    force: bool = False,
+    progress: bool = False,
+    rule: str = "curve",
+    reference: str | Path | None = None,
+) -> str:
+    """The table and the pick line for these runs, as `python -m lvmlib select` prints them; with `reference`
+    (one of the runs), also every other run minus it on the same val queries (`versus_reference_val`)."""
     if not runs:
         raise RequestError("select: give one or more trained run directories")
     if rule not in RULES:
         raise RequestError(f"select --rule {rule!r}: choose one of {', '.join(RULES)}")
+    if reference is not None and Path(reference).resolve() not in {Path(r).resolve() for r in runs}:
+        raise RequestError(f"select --reference {reference}: not one of the runs given")
     cards = [val_card(r, force, progress, rule) for r in runs]
     best = pick(cards)
     verdict = (
         f"pick: {best['run']} (min z {best['min_z']:+.2f})" if best else "pick: none (no run clears both val baselines)"
     )
-    return (curve_table(cards) if rule == "curve" else table(cards)) + "\n" + verdict
+    out = (curve_table(cards) if rule == "curve" else table(cards)) + "\n" + verdict
+    return out + ("\n\n" + versus_reference_val(runs, reference) if reference is not None else "")
+
+
+def versus_reference_val(runs: list[str | Path], reference: str | Path) -> str:
+    """Every run minus `reference` on the val queries both scored (their metrics_val/, written by `val_card`):
+    paired R@5 and cosine differences of the primary bank with 95% article-bootstrap intervals."""
+    from lvmlib.analysis.compare import load_run, paired_difference
+
+    ref = load_run(reference, VAL_DIR)
+    lines = [
+        f"paired on val, minus {ref.run_dir.name}:",
+        "| run | Δ R@5 (points) | Δ cosine | queries / articles |",
+        "|---|---|---|---|",
+    ]
+    for r in runs:
+        run = load_run(r, VAL_DIR)
+        if run.run_dir == ref.run_dir:
+            continue
+        d = paired_difference(run, ref)
+        if d is None:
+            lines.append(f"| {run.run_dir.name} | not paired (different val queries) | | |")
+            continue
+        cos = (
+            f"{d['delta_cosine']:+.4f} [{d['ci_cosine'][0]:+.4f}, {d['ci_cosine'][1]:+.4f}]" if d["ci_cosine"] else "–"
+        )
+        lines.append(
+            f"| {run.run_dir.name} | {d['delta'] * 100:+.2f} [{d['ci'][0] * 100:+.2f}, {d['ci'][1] * 100:+.2f}] | {cos} | "
+            f"{d['n_queries']:,} / {d['n_articles']} |"
+        )
+    return "\n".join(lines)
