@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from lvmlib.analysis import scaling
+from lvmlib.core.errors import ScalingFailed
 from lvmlib.plots import scaling as plots_scaling
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,6 +200,9 @@ def test_scaling_command_on_the_smoke_corpus(tmp_path):
     copy = [row for row in rec["rows"] if row["predictor"] == "copy_last"]
     assert copy[0]["recall_at_5"] == copy[1]["recall_at_5"]  # same held-out queries at every size
     assert rec["verdict"]["text"] and (tmp_path / "reports/scaling_tiny.html").stat().st_size > 10_000
+    held = rec["heldout"]  # the held-out section: copy_last flat on the test bank, the answer in words
+    assert held["bank"] == "test" and held["sizes"] == [3, 6] and "copy_last's R@5 is" in held["text"]
+    assert 0 <= held["level"] <= 1 and held["target"] == pytest.approx(2 * held["level"])
     index = (tmp_path / "reports/index.html").read_text()
     assert "scaling_tiny.html" in index
     runs = sorted((tmp_path / "runs").iterdir())
@@ -260,3 +264,46 @@ def test_scaling_command_on_the_smoke_corpus(tmp_path):
         timeout=600,
     )
     assert r.returncode != 0 and "train_articles = 500" in r.stderr  # the largest size runs first and fails fast
+
+
+def _held_out_study(model_hits_per_size, base_hits=4, n_art=50, per_art=20, noise=None):
+    """Hand-built runs: every article has `per_art` queries; the model hits `h` of them at each size (or h + the
+    article's noise at that size), copy_last `base_hits`, on the 'test' bank (rank 1 = hit, 100 = miss)."""
+    import pandas as pd
+
+    study = []
+    for j, (n, h) in enumerate(model_hits_per_size.items()):
+        rows = []
+        for a in range(n_art):
+            hm = h + (noise[j, a] if noise is not None else 0)
+            for i in range(per_art):
+                q = a * per_art + i
+                rows.append(dict(model="model", query=q, article_id=a, rank_test=1 if i < hm else 100))
+                rows.append(dict(model="copy_last", query=q, article_id=a, rank_test=1 if i < base_hits else 100))
+        ev = {"primary_model": "model", "primary_context": "context_excluded", "primary_bank": "global"}
+        study.append({"run_dir": f"r{n}", "n_articles": n, "eval": ev, "queries": pd.DataFrame(rows)})
+    return study
+
+
+def test_multiple_of_baseline_solves_the_log_trend_for_twice_copy_last():
+    """copy_last 20%, the model 25% at 100 and 30% at 1,000 articles: +5 points per decade from 0.15 + 0.05 log10 N,
+    so 40% (2x) needs 10^5 articles; identical articles leave no bootstrap spread."""
+    res = scaling.multiple_of_baseline(_held_out_study({100: 5, 1000: 6}), n_boot=200)
+    assert res["level"] == pytest.approx(0.2) and res["target"] == pytest.approx(0.4)
+    assert res["fit"] == pytest.approx((0.15, 0.05))
+    assert res["articles"] == pytest.approx(1e5) and res["articles_ci"] == pytest.approx((1e5, 1e5))
+    assert not res["reached"] and "about 100,000 training articles" in res["text"]
+    flat = scaling.multiple_of_baseline(_held_out_study({100: 6, 1000: 5}), n_boot=50)
+    assert flat["articles"] is None and "never gets there" in flat["text"]
+    there = scaling.multiple_of_baseline(_held_out_study({100: 8, 1000: 9}), n_boot=50)
+    assert there["reached"] and "already there" in there["text"]
+
+
+def test_multiple_of_baseline_interval_spreads_with_article_noise_and_holds_the_point():
+    noise = np.random.default_rng(0).integers(-2, 3, (3, 50))
+    res = scaling.multiple_of_baseline(_held_out_study({100: 5, 300: 5, 1000: 7}, noise=noise), n_boot=300)
+    lo, hi = res["articles_ci"]
+    assert lo < res["articles"] and (hi is None or res["articles"] < hi)
+    assert res["slope_ci"][0] < res["fit"][1] < res["slope_ci"][1]
+    with pytest.raises(ScalingFailed, match="two or more"):
+        scaling.multiple_of_baseline(_held_out_study({100: 5}))

@@ -95,23 +95,28 @@ def _paired(q, model: str, other: str, n_boot: int, seed: int, col: str) -> dict
     }
 
 
-def study_table(study: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0):
+def study_table(study: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0, bank: str | None = None):
     """Tidy DataFrame: one row per (size, predictor) with R@5 (+95% CI), cosine, and the paired
-    differences of the model against that baseline on the same test queries (article bootstrap)."""
+    differences of the model against that baseline on the same test queries (article bootstrap).
+    `bank`: the eval bank whose ranks count (default each run's primary; `test` = held-out chunks only)."""
     import pandas as pd
 
     rows = []
     for r in study:
         ev, q = r["eval"], r["queries"]
         primary = ev["primary_model"]
+        name_of_bank = bank or ev["primary_bank"]
         for name, res in ev["models"].items():
             if name != primary and name not in BASELINES:
                 continue
-            m = res["banks"][ev["primary_bank"]][ev["primary_context"]]
+            if name_of_bank not in res["banks"]:
+                raise ScalingFailed(f"{r['run_dir']}: eval.json has no {name_of_bank!r} bank (eval.banks)")
+            m = res["banks"][name_of_bank][ev["primary_context"]]
             row = {
                 "n_articles": r["n_articles"],
                 "n_train_windows": r["n_train_windows"],
                 "run_id": r["run_id"],
+                "bank": name_of_bank,
                 "bank_chunks": r.get("bank_chunks"),
                 "predictor": "model" if name == primary else name,
                 "recall_at_5": m["recall_at_5"],
@@ -123,7 +128,7 @@ def study_table(study: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0):
             if name != primary:
                 from lvmlib.analysis.compare import primary_rank_column
 
-                row.update(_paired(q, primary, name, n_boot, seed, primary_rank_column(ev)))
+                row.update(_paired(q, primary, name, n_boot, seed, primary_rank_column(ev, bank)))
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -251,9 +256,111 @@ def verdict(table) -> dict[str, Any]:
     return out
 
 
-def record(out_dir: str | Path, scaling_id: str, table, result: dict[str, Any]) -> dict[str, Any]:
-    """The notebook's closing record: out_dir/scaling.json."""
+def multiple_of_baseline(
+    study: list[dict[str, Any]],
+    factor: float = 2.0,
+    bank: str = "test",
+    baseline: str = "copy_last",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """How many training articles the model's R@5 on `bank` would need to reach `factor` x `baseline`'s, at the
+    rate the sizes show: a + b log10 N fitted to the model's R@5 per size, solved for factor x the baseline's
+    R@5 (at the largest size; on the held-out `test` bank it is the same at every size).
+
+    The interval resamples test articles, one resample shared by every size and the baseline (the queries are
+    the same), and refits: 95% percentiles of the slope and of N (a resample whose slope is not positive never
+    gets there: N = inf, so an upper bound may be inf). -> {bank, baseline, factor, sizes, model, level,
+    target, fit, slope_ci, articles, articles_ci, reached, text}; N values are None for "never"."""
+    from lvmlib.analysis.compare import primary_rank_column
+
+    if len({r["n_articles"] for r in study}) < 2:
+        raise ScalingFailed("a trend needs runs at two or more training-set sizes")
+    hits, base = [], None
+    for r in study:
+        ev, q = r["eval"], r["queries"]
+        col = primary_rank_column(ev, bank)
+        if col not in q.columns:
+            raise ScalingFailed(f"{r['run_dir']}: queries.csv has no {col!r} column (eval.banks lacks {bank!r})")
+        m = q[q["model"] == ev["primary_model"]].sort_values("query")
+        hits.append((m[col].to_numpy() <= 5).astype(float))
+        b = q[q["model"] == baseline].sort_values("query")
+        if b.empty:
+            raise ScalingFailed(f"{r['run_dir']}: queries.csv has no {baseline!r} rows")
+        base, articles = (b[col].to_numpy() <= 5).astype(float), m["article_id"].to_numpy()
+    sizes = np.asarray([r["n_articles"] for r in study], float)
+    _, code = np.unique(articles, return_inverse=True)
+    n_art = int(code.max()) + 1
+    per_art = np.stack([np.bincount(code, weights=h, minlength=n_art) for h in (*hits, base)])  # (S+1, A)
+    n_q = np.bincount(code, minlength=n_art).astype(float)  # (A)
+    rng = np.random.default_rng(seed)
+    counts = np.stack(
+        [np.ones(n_art)] + [np.bincount(rng.integers(0, n_art, n_art), minlength=n_art) for _ in range(n_boot)]
+    )
+    r5 = (counts @ per_art.T) / (counts @ n_q)[:, None]  # (1 + n_boot, S+1): row 0 = the data itself
+    x = np.log10(sizes)
+    y, level = r5[:, :-1], r5[:, -1]
+    slope = ((x - x.mean()) * (y - y.mean(1, keepdims=True))).sum(1) / ((x - x.mean()) ** 2).sum()
+    icept = y.mean(1) - slope * x.mean()
+    target = factor * level
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        n_needed = np.where(slope > 0, 10.0 ** ((target - icept) / np.where(slope > 0, slope, 1.0)), np.inf)
+    lo, hi = np.percentile(n_needed[1:], [2.5, 97.5], method="nearest")  # no interpolation: inf is a value here
+    s_lo, s_hi = np.percentile(slope[1:], [2.5, 97.5], method="nearest")
+
+    def finite(v: float) -> float | None:
+        return float(v) if np.isfinite(v) else None
+
+    point = finite(n_needed[0])
+    reached = bool(y[0, -1] >= target[0])
+    pts = f"{slope[0] * 100:+.2f} points [{s_lo * 100:+.2f}, {s_hi * 100:+.2f}]"
+    head = (
+        f"On the {bank!r} bank, {baseline}'s R@5 is {level[0]:.1%}; {factor:g}x that is {target[0]:.1%}, and the "
+        f"model's R@5 at {int(sizes[-1]):,} training articles is {y[0, -1]:.1%}. Per tenfold more training articles "
+        f"it moves by {pts} (a + b log10 N over {len(sizes)} sizes, 95% article-bootstrap interval)."
+    )
+    if reached:
+        tail = f" It is already there at {int(sizes[-1]):,} articles."
+    elif point is None:
+        tail = " At this rate it never gets there: the fitted trend does not rise."
+    else:
+        upper = f"{hi:,.0f}" if np.isfinite(hi) else "never (a resample's trend does not rise)"
+        tail = f" At this rate it would need about {point:,.0f} training articles (95% interval {lo:,.0f} to {upper})."
+    return {
+        "bank": bank,
+        "baseline": baseline,
+        "factor": factor,
+        "sizes": [int(v) for v in sizes],
+        "model": [float(v) for v in y[0]],
+        "level": float(level[0]),
+        "target": float(target[0]),
+        "fit": (float(icept[0]), float(slope[0])),
+        "slope_ci": (float(s_lo), float(s_hi)),
+        "articles": point,
+        "articles_ci": (finite(lo), finite(hi)),
+        "reached": reached,
+        "text": head + tail,
+    }
+
+
+def heldout(study: list[dict[str, Any]], n_boot: int = 1000, bank: str = "test") -> tuple[Any, dict[str, Any] | str]:
+    """The page's held-out section: (table on `bank`, `multiple_of_baseline` at 2x copy_last), or (None, why not)."""
+    if len({r["n_articles"] for r in study}) < 2:
+        return None, "one training-set size: no trend to fit"
+    for r in study:
+        ev = r["eval"]
+        if bank not in ev["models"][ev["primary_model"]]["banks"]:
+            return None, f"{r['run_dir']} was not evaluated on the {bank!r} bank (eval.banks)"
+    return study_table(study, n_boot=n_boot, bank=bank), multiple_of_baseline(study, 2.0, bank, n_boot=n_boot)
+
+
+def record(
+    out_dir: str | Path, scaling_id: str, table, result: dict[str, Any], heldout: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The notebook's closing record: out_dir/scaling.json (`heldout`: the held-out bank's answer, if computed)."""
     rec = {"scaling_id": scaling_id, "verdict": result, "rows": table.to_dict(orient="records")}
+    if heldout is not None:
+        rec["heldout"] = heldout
     if out_dir:
         atomic_write_json(Path(out_dir) / "scaling.json", rec)
     return rec

@@ -86,6 +86,45 @@ def scaling_curves(table, metrics=(("recall_at_5", "R@5 (primary bank)"), ("cosi
     return fig
 
 
+def heldout_curve(table, res):
+    """R@5 on held-out chunks only against training articles (log x), 95% intervals as bars; the model's fitted
+    a + b log10(N) dashed out to where it reaches `factor` x copy_last (dotted level), with the bootstrap
+    interval of that N shaded (`scaling.multiple_of_baseline`)."""
+    fig, ax = plt.subplots(figsize=(8.0, 4.6))
+    for name, g in table.groupby("predictor"):
+        g = g.sort_values("n_articles")
+        ax.errorbar(
+            g["n_articles"],
+            g["recall_at_5"],
+            yerr=[g["recall_at_5"] - g["recall_at_5_lo"], g["recall_at_5_hi"] - g["recall_at_5"]],
+            marker="o",
+            capsize=3,
+            color=PALETTE.get(name, "k"),
+            label=name,
+        )
+    sizes = np.asarray(res["sizes"], float)
+    a, b = res["fit"]
+    n_max = sizes[-1] * 10
+    if res["articles"] is not None and not res["reached"]:
+        n_max = max(n_max, min(res["articles"] * 1.5, sizes[-1] * 1e4))
+    grid = np.logspace(np.log10(sizes[0]), np.log10(n_max), 100)
+    ax.plot(grid, a + b * np.log10(grid), ls="--", color=PALETTE["model"], lw=1, label="model trend (a + b log10 N)")
+    ax.axhline(
+        res["target"], ls=":", color=PALETTE.get(res["baseline"], "k"), label=f"{res['factor']:g}x {res['baseline']}"
+    )
+    lo, hi = res["articles_ci"]
+    if res["articles"] is not None and not res["reached"]:
+        ax.axvline(res["articles"], color="0.4", lw=1)
+        ax.axvspan(lo or sizes[-1], hi if hi is not None else n_max, color="0.85", zorder=0, label="95% interval of N")
+    ax.set_xscale("log")
+    ax.set_xlabel("training articles (log scale)")
+    ax.set_ylabel(f"R@5, {res['bank']!r} bank")
+    ax.set_title(f"Held-out chunks only: how far to {res['factor']:g}x {res['baseline']}?")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def format_table(table):
     """The per-size table a reviewer reads: each predictor's R@5 (95% CI) and cosine, and the model's
     paired difference to each baseline."""
