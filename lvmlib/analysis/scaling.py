@@ -324,8 +324,12 @@ def multiple_of_baseline(
     elif point is None:
         tail = " At this rate it never gets there: the fitted trend does not rise."
     else:
-        upper = f"{hi:,.0f}" if np.isfinite(hi) else "never (a resample's trend does not rise)"
-        tail = f" At this rate it would need about {point:,.0f} training articles (95% interval {lo:,.0f} to {upper})."
+
+        def n(v: float) -> str:  # 12,500 or 1.5e+27
+            return f"{v:,.0f}" if v < 1e7 else f"{v:.1e}"
+
+        upper = n(hi) if np.isfinite(hi) else "never (a resample's trend does not rise)"
+        tail = f" At this rate it would need about {n(point)} training articles (95% interval {n(lo)} to {upper})."
     return {
         "bank": bank,
         "baseline": baseline,

@@ -113,9 +113,14 @@ def heldout_curve(table, res):
         res["target"], ls=":", color=PALETTE.get(res["baseline"], "k"), label=f"{res['factor']:g}x {res['baseline']}"
     )
     lo, hi = res["articles_ci"]
-    if res["articles"] is not None and not res["reached"]:
-        ax.axvline(res["articles"], color="0.4", lw=1)
-        ax.axvspan(lo or sizes[-1], hi if hi is not None else n_max, color="0.85", zorder=0, label="95% interval of N")
+    if res["articles"] is not None and not res["reached"]:  # the axis stops at 10^4 x the largest size
+        if res["articles"] <= n_max:
+            ax.axvline(res["articles"], color="0.4", lw=1)
+        else:
+            ax.annotate(f"N ~ {res['articles']:.1e}: off the axis", (0.98, 0.5), xycoords="axes fraction", ha="right")
+        if lo is not None and lo < n_max:
+            right = min(hi, n_max) if hi is not None else n_max
+            ax.axvspan(lo, right, color="0.85", zorder=0, label="95% interval of N")
     ax.set_xscale("log")
     ax.set_xlabel("training articles (log scale)")
     ax.set_ylabel(f"R@5, {res['bank']!r} bank")
