@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -491,6 +492,25 @@ def test_status_reports_history_and_gate(run_dir):
         [sys.executable, "-m", "lvmlib", "status", str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert cli.returncode == 0 and "epochs done: 3/3" in cli.stdout
+
+
+def test_a_resumed_history_keeps_epoch_seconds_and_status_gives_an_eta(run_dir, monkeypatch):
+    """last.pt's history carries each epoch's `seconds` (a resume restores it; it once lacked them, and `status`
+    of a resumed run died with KeyError 'seconds'); a history without them still gets an ETA."""
+    T.train(cfg_of(run_dir), run_dir, progress=False)
+    last = torch.load(run_dir / "last.pt", weights_only=True)
+    assert all(r["seconds"] > 0 for r in last["history"])
+    history = json.loads((run_dir / "history.json").read_text())
+    for r in history:
+        del r["seconds"]
+    (run_dir / "history.json").write_text(json.dumps(history[:1]))
+    progress = json.loads((run_dir / "train_progress.json").read_text())
+    progress.update(
+        pid=os.getpid(), host=platform.node(), state="running", epoch=2, step=1, epoch_started_at=time.time()
+    )
+    (run_dir / "train_progress.json").write_text(json.dumps(progress))
+    monkeypatch.setattr(run_status, "lock_state", lambda _: (None, None))  # no run lock: the pid decides (ours)
+    assert "ETA <= " in run_status.status(run_dir)
 
 
 # --------------------------------------------------------------------------- DDP

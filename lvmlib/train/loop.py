@@ -565,8 +565,8 @@ class _Trainer:
                 val_seconds=time.time() - t1,
                 seq_per_s=min(n_seen, n * self.per_step) * self.world / train_s,
             )
+            rec["seconds"] = time.time() - t0  # before the checkpoint, whose history a resume restores
             stop = self._after_epoch(rec, history, state, opt, sched, rngs)
-            rec["seconds"] = time.time() - t0
             atomic_write_json(self.run_dir / "history.json", history)
         if self.ddp:
             flag = torch.tensor([int(stop)], device=self.device)

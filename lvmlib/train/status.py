@@ -118,7 +118,9 @@ def status(run_dir: str | Path, runs_root: str | Path = "runs") -> str:
             f"epoch {cur}/{epochs} in progress (step {step}/{spe} at last update, "
             f"{_hms(time.time() - prog.get('updated_at', time.time()))} ago)"
         )
-        per_epoch = np.mean([r["seconds"] for r in history]) if history else None
+        # runs resumed before 2026-12-07 restored records without "seconds" (last.pt was written before it was set)
+        spent = [r.get("seconds") or r.get("train_seconds", 0) + r.get("val_seconds", 0) for r in history]
+        per_epoch = np.mean(spent) if history else None
         if per_epoch is None and step and prog.get("epoch_started_at"):
             per_epoch = (prog["updated_at"] - prog["epoch_started_at"]) * spe / step
         if per_epoch:
