@@ -4,6 +4,7 @@
     python benchmarks/profile_step.py --lengths 5 --steps 3
     python benchmarks/profile_step.py --recipe params/wiki1000_x800.yaml --set loss.bank_sample=0 \
         --set loss.bank_sample=16384                     # the headline's step with its real loss, one column per --set
+    python benchmarks/profile_step.py --recipe params/wiki1000_x800.yaml --set "loss.bank_sample=4096;train.batch_size=256"
 
 With --recipe, the step is the params file's model and its real `LVMLoss` (the bank softmax of `loss.negatives:
 bank` over a synthetic --bank of unit vectors, as many as the headline's train chunks; bank rows drawn afresh
@@ -243,7 +244,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--recipe", help="a params file: profile its model and loss (one column per --set)")
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="with --recipe")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="K=V[;K=V]", help="with --recipe: one column's overrides"
+    )
     ap.add_argument("--bank", type=int, default=167_000, help="with --recipe: synthetic bank rows")
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -261,7 +264,11 @@ def main() -> None:
     if args.recipe:
         print(f"# {args.recipe}, synthetic bank of {args.bank:,} rows", flush=True)
         results = [
-            run_child(dict(common, recipe=args.recipe, sets=[x] if x else [], bank=args.bank, label=x or "as is"))
+            run_child(
+                dict(
+                    common, recipe=args.recipe, sets=[y for y in x.split(";") if y], bank=args.bank, label=x or "as is"
+                )
+            )
             for x in (args.set or [""])
         ]
     else:
