@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_recipe.py RUN_DIR                     # RUN_DIR: the headline's prepared data
     .venv/bin/python benchmarks/bench_recipe.py RUN_DIR --windows 8192 --rounds 2
 
-Both recipes are `--params` (default params/wiki1000_x800.yaml) plus their `--old-set` / `--new-set` overrides.
+Both recipes are `--params` (default params/wiki1000_x800_fast.yaml, the new one) plus their `--old-set` / `--new-set` overrides.
 Each row trains one epoch on a seeded --windows subset of RUN_DIR's train windows (the loss still sees the
 whole train bank, as in a real run) in a fresh temporary run directory whose data/ links RUN_DIR's; rows
 alternate old, new, old, new, so load on this shared machine hits both alike. An epoch is extrapolated from
@@ -30,7 +30,7 @@ NEW: list[str] = []  # the params file as committed
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir")
-    ap.add_argument("--params", default=str(ROOT / "params" / "wiki1000_x800.yaml"))
+    ap.add_argument("--params", default=str(ROOT / "params" / "wiki1000_x800_fast.yaml"))
     ap.add_argument("--old-set", nargs="*", default=OLD, metavar="KEY=VALUE")
     ap.add_argument("--new-set", nargs="*", default=NEW, metavar="KEY=VALUE")
     ap.add_argument("--windows", type=int, default=8192, help="train windows timed per row")
