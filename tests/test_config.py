@@ -71,7 +71,7 @@ def _write(tmp_path, text):
         ("data:\n  train_frac: 0.5\n", ["bad.yaml", "sum to 1"]),
         ("loss:\n  lambda_con: -0.5\n", ["bad.yaml", "loss.lambda_con", "-0.5"]),
         ("loss:\n  lambda_con: 0\n  lambda_ar: 0\n", ["bad.yaml", "lambda"]),
-        ("model:\n  kind: transformer\n", ["bad.yaml", "model.kind", "transformer"]),
+        ("model:\n  kind: lstm\n", ["bad.yaml", "model.kind", "lstm"]),
         ("train:\n  article_dropout: 1.5\n", ["bad.yaml", "train.article_dropout", "1.5"]),
         ("loss:\n  proj_head: [512, x]\n", ["bad.yaml", "loss.proj_head"]),
         ("data:\n  source: jsonl\n", ["bad.yaml", "data.path"]),
@@ -162,7 +162,7 @@ SCHEMA_REFUSES = [
     ({"train": {"bf16": 1}}, "train.bf16"),
     ({"train": {"batch_size": 1}}, "train.batch_size"),
     ({"model": {"dropout": 1.0}}, "model.dropout"),
-    ({"model": {"kind": "transformer"}}, "model.kind"),
+    ({"model": {"kind": "lstm"}}, "model.kind"),
     ({"loss": {"proj_head": [512, 0]}}, "loss.proj_head"),
     ({"eval": {"banks": ["global", "nope"]}}, "eval.banks"),
     ({"eval": {"ks": [1, 10]}}, "eval.ks"),
@@ -247,9 +247,10 @@ MESSAGES = [
     ("data:\n  chunk_workers: -1\n", "key 'data.chunk_workers' = -1: must be >= 0"),
     # choices
     (
-        "model:\n  kind: transformer\n",
-        "key 'model.kind' = 'transformer': must be one of "
-        "['amn', 'context_mean', 'copy_last', 'global_mean', 'mamba', 'ridge', 'two_tower']",
+        "model:\n  kind: lstm\n",
+        "key 'model.kind' = 'lstm': must be one of "
+        "['amn', 'context_mean', 'context_mix', 'copy_last', 'global_mean', 'gru', 'mamba', 'ridge', 'transformer', "
+        "'two_tower']",
     ),
     ("eval:\n  split: train\n", "key 'eval.split' = 'train': must be one of ['test', 'val']"),
     (

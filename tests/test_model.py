@@ -29,7 +29,9 @@ from lvmlib.model.models import (
 LENGTHS = (1, 5, 16, 64)
 RTOL, ATOL = 1e-4, 1e-5  # fp32; ATOL is relative to the reference's largest magnitude
 SMALL = dict(d_model=32, n_layers=2, d_state=8, d_conv=4, expand=2)
-ALL_KINDS = ("mamba", "two_tower", "amn", "copy_last", "context_mean", "global_mean", "ridge")
+LEARNED = ("mamba", "two_tower", "amn", "gru", "transformer", "context_mix")
+AMN_MAX_LEN_FOR_TEST = 128  # the mixture's logits cover config.MAX_CONTEXT_LEN positions
+ALL_KINDS = (*LEARNED, "copy_last", "context_mean", "global_mean", "ridge")
 
 
 def small_cfg(**kw) -> ModelConfig:
@@ -223,7 +225,7 @@ def test_every_kind_maps_context_to_a_vector(kind, length):
     assert model(ctx).shape == (6, 16)
     assert model.encode_bank(torch.randn(9, 16)).shape == (9, 16)
     assert model.retrieval_space == ("learned" if kind == "two_tower" else "bank")
-    assert model.trainable == (kind in ("mamba", "two_tower", "amn"))
+    assert model.trainable == (kind in LEARNED)
 
 
 def test_two_tower_learned_space():
@@ -263,8 +265,50 @@ def test_causality(kind, backend):
         assert (a[:, t + 1 :] - b[:, t + 1 :]).abs().max() > 1e-3  # later positions do see the change
 
 
+@pytest.mark.parametrize("kind", ["gru", "transformer"])
+def test_controls_are_causal_and_read_the_whole_context(kind):
+    """gru / transformer (the controls of issue 30): the prediction from a context does not change when
+    positions after it change (a longer context's prefix gives the prefix's prediction), and it does
+    change with the first position (the whole context is read)."""
+    torch.manual_seed(3)
+    model = build_model(small_cfg(kind=kind, residual="none"), 16).eval()
+    x = torch.randn(2, 7, 16)
+    with torch.no_grad():
+        full = model(x)
+        prefix = model(x[:, :4])
+        x2 = x.clone()
+        x2[:, 4:] = torch.randn(2, 3, 16)
+        torch.testing.assert_close(model(x2[:, :4]), prefix, rtol=0, atol=0)
+        x3 = x.clone()
+        x3[:, 0] = torch.randn(2, 16)
+        assert (model(x3) - full).abs().max() > 1e-4
+    if kind == "transformer":  # the causal mask: position 3's hidden state ignores positions 4..
+        with torch.no_grad():
+            h = model.input_proj(x) + model.pos[:7].flip(0)
+            mask = torch.nn.Transformer.generate_square_subsequent_mask(7)
+            a = model.seq(h, mask=mask, is_causal=True)[:, 3]
+            h2 = h.clone()
+            h2[:, 4:] += 1.0
+            torch.testing.assert_close(model.seq(h2, mask=mask, is_causal=True)[:, 3], a, rtol=1e-5, atol=1e-5)
+
+
+def test_context_mix_kind_is_the_mixture_alone_and_learns():
+    """context_mix kind = the skip alone: at init_last 0 the context mean exactly; one gradient step on
+    targets equal to the last vector moves weight toward the last position."""
+    model = build_model(small_cfg(kind="context_mix", mix_init_last=0.0), 16)
+    ctx = torch.randn(8, 5, 16)
+    torch.testing.assert_close(model(ctx), ctx.mean(1))
+    assert count_parameters(model) == AMN_MAX_LEN_FOR_TEST
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    loss = (1 - torch.nn.functional.cosine_similarity(model(ctx), ctx[:, -1])).mean()
+    loss.backward()
+    opt.step()
+    w = model.skip.weights(5)
+    assert w[-1] > 0.2 and w[-1] == w.max()
+
+
 def test_param_groups_exclude_the_right_parameters():
-    for kind in ("mamba", "two_tower", "amn"):
+    for kind in ("mamba", "two_tower", "amn", "gru", "transformer"):
         model = build_model(small_cfg(kind=kind, amn_hidden=64), 16)
         groups = param_groups(model, 0.1)
         decay = dict(zip(groups[0]["param_names"], groups[0]["params"]))
@@ -274,7 +318,7 @@ def test_param_groups_exclude_the_right_parameters():
         assert set(decay) | set(no_decay) == {n for n, _ in model.named_parameters()}
         for name in no_decay:
             last = name.rsplit(".", 1)[-1]
-            assert last in ("A_log", "D", "bias", "pos") or "norm" in name, name
+            assert last in ("A_log", "D", "bias", "pos") or "bias" in last or "norm" in name, name
         for name, p in decay.items():
             assert p.dim() >= 2 and not name.endswith(("A_log", "bias")) and "norm" not in name, name
         torch.optim.AdamW(groups, lr=1e-3).step()  # AdamW accepts the groups as they are
@@ -328,7 +372,7 @@ def full_cfg(**model_kw) -> Config:
     return cfg
 
 
-@pytest.mark.parametrize("kind", ["mamba", "two_tower", "amn", "ridge"])
+@pytest.mark.parametrize("kind", ["mamba", "two_tower", "amn", "ridge", "gru", "transformer", "context_mix"])
 def test_checkpoint_round_trip(tmp_path, kind):
     cfg = full_cfg(kind=kind, amn_hidden=64)
     model = build_model(cfg.model, 16)
@@ -417,7 +461,7 @@ def test_model_on_cuda_matches_cpu(backend):
 
 
 # --------------------------------------------------------------------------- model.residual
-@pytest.mark.parametrize("kind", ["mamba", "amn", "two_tower"])
+@pytest.mark.parametrize("kind", ["mamba", "amn", "two_tower", "gru", "transformer"])
 @pytest.mark.parametrize("residual", ["last", "context_mix"])
 def test_residual_step0_equals_the_skip_exactly(kind, residual):
     """With a residual path, the untrained model *is* the trivial predictor: copy-last, or the

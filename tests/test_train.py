@@ -406,6 +406,9 @@ def test_closed_form_baseline_fits_and_saves(tmp_path):
         ("model.kind=two_tower", "model.tower_dim=8"),
         ("loss.proj_head=[12, 6]", "loss.lambda_con=0.7", "loss.lambda_ar=0.3", "loss.learn_temperature=true"),
         ("train.negatives=micro_batch",),
+        ("model.kind=gru",),
+        ("model.kind=transformer", "model.residual=last"),
+        ("model.kind=context_mix", "loss.negatives=bank"),
     ],
 )
 def test_variants_train(tmp_path, overrides):

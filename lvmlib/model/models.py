@@ -18,6 +18,11 @@ bank vectors) or "learned" (two_tower: the bank must go through `encode_bank` fi
   so at step 0 the model *is* that trivial predictor and training learns a correction to it.
 - two_tower: query tower = the mamba model above (output D'); passage tower = residual MLP on chunks.
 - amn: attention over the context vectors (query = last one) + a residual MLP; ~1-2M parameters.
+- gru, transformer: controls for "is it the SSM?" (issue 30): mamba's input projection, final norm, head and
+  skip around torch's own `nn.GRU` (n_layers, width d_model) or `nn.TransformerEncoder` (n_layers pre-norm
+  causal layers, d_model / 64 heads, learned positions, feed-forward expand x d_model), read at the last position.
+- context_mix: the skip of `model.residual: context_mix` alone, trained (K + 0 parameters that matter: the
+  mixture weights), the cheapest learned predictor; no sequence model, no head.
 - copy_last, context_mean, global_mean, ridge: closed-form baselines with `fit(ctx, tgt)`.
 """
 
@@ -29,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lvmlib.core.config import BASELINES, MAX_CONTEXT_LEN, ModelConfig
+from lvmlib.core.config import BASELINES, MAX_CONTEXT_LEN, MODEL_KINDS, ModelConfig
 from lvmlib.core.errors import ModelError
 from lvmlib.model.scan import _mamba_ssm_ops, scan_backend, selective_scan
 
@@ -253,6 +258,79 @@ class MambaLVM(nn.Module):
         return vectors  # (M, D)
 
 
+# --------------------------------------------------------------------------- controls: gru, transformer, context_mix
+class SequenceLVM(nn.Module):
+    """gru / transformer kind: MambaLVM with torch's sequence model in place of the Mamba blocks:
+    (B, L, D) -> input_proj -> nn.GRU or causal nn.TransformerEncoder -> norm_f -> head at the last position."""
+
+    trainable = True
+    retrieval_space = "bank"
+
+    def __init__(self, cfg: ModelConfig, d_vec: int):
+        super().__init__()
+        self.kind = cfg.kind
+        self.input_proj = nn.Linear(d_vec, cfg.d_model)
+        if cfg.kind == "gru":
+            self.seq = nn.GRU(cfg.d_model, cfg.d_model, num_layers=cfg.n_layers, batch_first=True, dropout=cfg.dropout)
+        else:
+            if cfg.d_model % 64 and cfg.d_model >= 64:
+                raise ModelError(f"model.kind = transformer: model.d_model must be a multiple of 64, got {cfg.d_model}")
+            layer = nn.TransformerEncoderLayer(
+                cfg.d_model,
+                max(1, cfg.d_model // 64),
+                dim_feedforward=cfg.expand * cfg.d_model,
+                dropout=cfg.dropout,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
+            self.seq = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+            self.pos = nn.Parameter(torch.zeros(AMN_MAX_LEN, cfg.d_model))  # (Lmax, d_model), 0 = last position
+            self.pos._no_weight_decay = True
+        self.norm_f = nn.RMSNorm(cfg.d_model, eps=1e-5)
+        self.head = nn.Linear(cfg.d_model, d_vec)
+        self.skip = _skip(cfg, d_vec, d_vec)
+        if self.skip is not None:
+            _zero_(self.head)  # step 0 = the skip alone
+
+    def forward(self, ctx: torch.Tensor) -> torch.Tensor:
+        h = self.input_proj(ctx)  # (B, L, d_model)
+        length = ctx.shape[1]
+        if self.kind == "gru":
+            h = self.seq(h)[0]  # (B, L, d_model)
+        else:
+            if length > AMN_MAX_LEN:
+                raise ModelError(
+                    f"model.kind = transformer supports contexts up to {AMN_MAX_LEN} vectors, got L={length} "
+                    "(data.context_len)"
+                )
+            mask = nn.Transformer.generate_square_subsequent_mask(length, device=ctx.device, dtype=h.dtype)
+            h = self.seq(h + self.pos[:length].flip(0), mask=mask, is_causal=True)  # (B, L, d_model)
+        out = self.head(self.norm_f(h[:, -1]))  # (B, D)
+        return out if self.skip is None else self.skip(ctx) + out  # (B, D)
+
+    def encode_bank(self, vectors: torch.Tensor) -> torch.Tensor:
+        return vectors  # (M, D)
+
+
+class MixOnly(nn.Module):
+    """context_mix kind: softmax(mix_logits)-weighted mean of the K context vectors, nothing else -> (B, D).
+    Starts as `model.mix_init_last` says (0: the context mean; 4: ~copy-last)."""
+
+    trainable = True
+    retrieval_space = "bank"
+
+    def __init__(self, cfg: ModelConfig, d_vec: int):
+        super().__init__()
+        self.skip = ContextSkip("context_mix", cfg.mix_init_last)
+
+    def forward(self, ctx: torch.Tensor) -> torch.Tensor:
+        return self.skip(ctx)  # (B, D)
+
+    def encode_bank(self, vectors: torch.Tensor) -> torch.Tensor:
+        return vectors  # (M, D)
+
+
 # --------------------------------------------------------------------------- two_tower, amn
 class PassageTower(nn.Module):
     """Residual MLP on chunk vectors (M, D) -> (M, D'); the last layer starts at zero, so with D' = D
@@ -442,11 +520,15 @@ def build_model(model_cfg: ModelConfig, d_vec: int) -> nn.Module:
         return TwoTower(model_cfg, d_vec)
     if kind == "amn":
         return AMN(model_cfg, d_vec)
+    if kind in ("gru", "transformer"):
+        return SequenceLVM(model_cfg, d_vec)
+    if kind == "context_mix":
+        return MixOnly(model_cfg, d_vec)
     if kind == "ridge":
         return Ridge(d_vec, model_cfg.ridge_alpha)
     if kind in _BASELINES:
         return _BASELINES[kind](d_vec)
-    raise ModelError(f"model.kind {kind!r}: not a model; choose one of mamba, two_tower, amn, {', '.join(BASELINES)}")
+    raise ModelError(f"model.kind {kind!r}: not a model; choose one of {', '.join(MODEL_KINDS)}")
 
 
 def baseline(kind: str, d_vec: int, ridge_alpha: float = 1.0) -> nn.Module:
