@@ -63,7 +63,15 @@ TRACKED_METRICS = (  # train.best_metric / early_stop_metric (lvmlib.train.loop)
 )
 SOURCES = ("gensim_enwiki_sample", "jsonl", "mediawiki_dump", "hf_dataset", "vectors")  # lvmlib.data.corpus
 FILE_SOURCES = ("jsonl", "mediawiki_dump", "vectors")  # the sources that read data.path
-MODEL_KINDS = ("mamba", "two_tower", "amn", "gru", "transformer", "context_mix", *BASELINES)  # lvmlib.model.models.build_model
+MODEL_KINDS = (
+    "mamba",
+    "two_tower",
+    "amn",
+    "gru",
+    "transformer",
+    "context_mix",
+    *BASELINES,
+)  # lvmlib.model.models.build_model
 SCAN_BACKENDS = ("auto", "ref", "cpu", "cuda")  # lvmlib.model.scan.BACKENDS (scan imports torch; config does not)
 DEVICES = ("auto", "cpu", "cuda")
 MAX_CONTEXT_LEN = 128  # data.context_len's cap: amn's position table and context_mix's weights cover 128 positions
