@@ -1,6 +1,7 @@
 """`python -m lvmlib select`: the val-only recipe pick (z from paired intervals, the min-z rule) on
 constructed cards, and end to end on a tiny trained run (every val window, reuse, --force, bad input)."""
 
+import json
 import math
 import shutil
 
@@ -146,3 +147,18 @@ def test_select_reference_pairs_every_run_with_it_on_the_same_val_queries(tiny_r
     assert f"| {n:,} / " in tail[3] and len(tail) == 4
     with pytest.raises(RequestError, match="--reference .*: not one of the runs given"):
         select([a], rule="bank", reference=b)
+
+
+def test_select_data_scores_every_run_on_another_prepared_dir_in_its_own_folder(tiny_run, tmp_path):
+    """--data: the val evaluation reads that prepared dir (here a copy of the run's own data, so the numbers
+    match the run's own val evaluation exactly) and lands in RUN/metrics_val_<name>/, beside metrics_val/."""
+    run, other = tmp_path / "rd", tmp_path / "prepared-elsewhere"
+    shutil.copytree(tiny_run, run)
+    shutil.copytree(tiny_run / "data", other / "data")
+    own = select([run], rule="bank")
+    there = select([run], rule="bank", data=other)
+    assert (run / "metrics_val_prepared-elsewhere" / "eval.json").is_file()
+    ev = read_json(run / "metrics_val_prepared-elsewhere" / "eval.json")
+    assert ev["split"] == "val" and "prepared-elsewhere" in json.dumps(ev)
+    assert own.splitlines()[3] == there.splitlines()[3]  # same run row: same data, same numbers
+    assert "paired on val" in select([run, run], rule="bank", reference=run, data=other)

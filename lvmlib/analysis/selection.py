@@ -22,6 +22,7 @@ no curve and is refused with the fix.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +45,30 @@ def z_score(diff: float, ci: list[float]) -> float:
     return math.copysign(math.inf, diff) if diff else 0.0
 
 
-def val_card(run: str | Path, force: bool = False, progress: bool = False, rule: str = "bank") -> dict[str, Any]:
+def val_dir(data: str | Path | None = None) -> str:
+    """The folder of a run that holds its val evaluation: metrics_val, or metrics_val_<name> for the val
+    evaluation on another prepared corpus `data` (`select --data`)."""
+    return VAL_DIR if not data else f"{VAL_DIR}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', Path(data).name) or 'data'}"
+
+
+def val_card(
+    run: str | Path, force: bool = False, progress: bool = False, rule: str = "bank", data: str | Path | None = None
+) -> dict[str, Any]:
     """One run's val numbers against the best val baselines (evaluates it first unless RUN/metrics_val/
-    already holds a val evaluation and `force` is off); `rule="curve"` adds the bank-size curve's half."""
+    already holds a val evaluation and `force` is off); `rule="curve"` adds the bank-size curve's half.
+    `data`: evaluate on that prepared run/data dir instead of the run's own data/ (the same bank with
+    distractors added, e.g.), into RUN/metrics_val_<name>/."""
     run = Path(run)
     if not (run / "best.pt").is_file():
         raise RequestError(
             f"{run}: no best.pt (train it first: python -m lvmlib run PARAMS --only 01_data --only 02_train)"
         )
-    out = run / VAL_DIR
+    out = run / val_dir(data)
     if force or not (out / "eval.json").is_file():
         cfg = load_run_config(run / "params.yaml")
         cfg.eval.split = "val"
+        if data:
+            cfg.eval.data_dir = str(data)
         evaluate_run(cfg, run, out_dir=out, progress=progress)
     ev = read_json(out / "eval.json")
     if ev.get("split") != "val":
@@ -156,6 +169,7 @@ def select(
     progress: bool = False,
     rule: str = "curve",
     reference: str | Path | None = None,
+    data: str | Path | None = None,
 ) -> str:
     """The table and the pick line for these runs, as `python -m lvmlib select` prints them; with `reference`
     (one of the runs), also every other run minus it on the same val queries (`versus_reference_val`)."""
@@ -165,28 +179,28 @@ def select(
         raise RequestError(f"select --rule {rule!r}: choose one of {', '.join(RULES)}")
     if reference is not None and Path(reference).resolve() not in {Path(r).resolve() for r in runs}:
         raise RequestError(f"select --reference {reference}: not one of the runs given")
-    cards = [val_card(r, force, progress, rule) for r in runs]
+    cards = [val_card(r, force, progress, rule, data) for r in runs]
     best = pick(cards)
     verdict = (
         f"pick: {best['run']} (min z {best['min_z']:+.2f})" if best else "pick: none (no run clears both val baselines)"
     )
     out = (curve_table(cards) if rule == "curve" else table(cards)) + "\n" + verdict
-    return out + ("\n\n" + versus_reference_val(runs, reference) if reference is not None else "")
+    return out + ("\n\n" + versus_reference_val(runs, reference, val_dir(data)) if reference is not None else "")
 
 
-def versus_reference_val(runs: list[str | Path], reference: str | Path) -> str:
+def versus_reference_val(runs: list[str | Path], reference: str | Path, metrics_dir: str = VAL_DIR) -> str:
     """Every run minus `reference` on the val queries both scored (their metrics_val/, written by `val_card`):
     paired R@5 and cosine differences of the primary bank with 95% article-bootstrap intervals."""
     from lvmlib.analysis.compare import load_run, paired_difference
 
-    ref = load_run(reference, VAL_DIR)
+    ref = load_run(reference, metrics_dir)
     lines = [
         f"paired on val, minus {ref.run_dir.name}:",
         "| run | Δ R@5 (points) | Δ cosine | queries / articles |",
         "|---|---|---|---|",
     ]
     for r in runs:
-        run = load_run(r, VAL_DIR)
+        run = load_run(r, metrics_dir)
         if run.run_dir == ref.run_dir:
             continue
         d = paired_difference(run, ref)

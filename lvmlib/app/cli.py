@@ -5,7 +5,7 @@ status RUN                                                                 train
 verify RUN                                                                 every recorded file against its sha256
 eval RUN_DIR --data PAYLOAD_OR_PARAMS                                      score a checkpoint elsewhere
 compare RUN_DIR [RUN_DIR ...] [--reference RUN_DIR]                        runs side by side (paired vs a reference)
-select RUN_DIR [RUN_DIR ...] [--force] [--reference RUN_DIR]               pick a recipe on val articles only
+select RUN_DIR [RUN_DIR ...] [--force] [--reference RUN_DIR] [--data DIR]   pick a recipe on val articles only
 scaling PARAMS --articles 100,300,1000 [--corpus JSONL] [--set k=v ...]    one run per training-set size + page
 study                                                                      V1/V2 pair + comparison
 export RUN_DIR --format seed-npz [--out PATH]                              the run's windows in the seed's format
@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference",
         metavar="RUN_DIR",
         help="one of the runs: also print every other run minus it, paired on the same val queries",
+    )
+    se.add_argument(
+        "--data",
+        metavar="DIR",
+        help="evaluate every run on this prepared run/data dir (same bank, e.g. with distractors added) "
+        "instead of its own data/; results in RUN/metrics_val_<name>/",
     )
 
     sc = sub.add_parser("scaling", help="one run per training-set size on fixed held-out articles, and the page")
@@ -261,7 +267,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "select":
         from lvmlib.analysis.selection import select
 
-        print(select(args.run_dirs, force=args.force, progress=True, rule=args.rule, reference=args.reference))
+        print(
+            select(
+                args.run_dirs, force=args.force, progress=True, rule=args.rule, reference=args.reference, data=args.data
+            )
+        )
         return 0
     if args.command == "scaling":
         from lvmlib.analysis.scaling import parse_sizes
