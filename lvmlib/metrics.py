@@ -459,7 +459,20 @@ def cosine_summary(cos: np.ndarray) -> dict[str, float]:
         "cosine_q25": float(q25),
         "cosine_median": float(q50),
         "cosine_q75": float(q75),
+        # Large Concept Model metric (Barrault et al. 2024): l2 distance to the target, here of the L2-normalised
+        # prediction (raw output norms mean nothing for a model trained on cosines): sqrt(2 - 2 cos) per query
+        "l2_to_target": float(np.sqrt(np.clip(2.0 - 2.0 * cos, 0.0, None)).mean()) if cos.size else float("nan"),
     }
+
+
+def fraction_farther(ranks: np.ndarray, sizes: np.ndarray) -> float:
+    """LCM's contrastive accuracy, per query averaged: the share of the other bank rows that are farther from
+    the prediction than the target, (size - rank) / (size - 1); 1.0 = the target is the nearest row. (The
+    strict version, the target nearer than *every* other row, is R@1 of the same bank.)"""
+    ranks, sizes = np.asarray(ranks, np.float64), np.asarray(sizes, np.float64)
+    if not ranks.size:
+        return float("nan")
+    return float(((sizes - ranks) / np.maximum(sizes - 1.0, 1.0)).mean())
 
 
 # --------------------------------------------------------------------------- bootstrap by article

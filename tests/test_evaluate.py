@@ -154,6 +154,13 @@ def test_queries_table_matches_the_json(fake):
     assert abs((prim.rank_global <= 5).mean() - ev["recall_at_5"]) < 1e-12
     assert abs(prim.cosine.mean() - ev["pred_target_cosine"]) < 1e-5
     assert {"article_id", "position", "rank_same_article_incl_context"} <= set(q.columns)
+    # the Large Concept Model metrics beside R@k, from the same per-query numbers
+    rec = ev["models"][ev["primary_model"]]
+    assert rec["l2_to_target"] == pytest.approx(
+        np.sqrt(np.clip(2 - 2 * prim.cosine.to_numpy(), 0, None)).mean(), abs=1e-5
+    )
+    held = rec["banks"]["test"]["context_excluded"]
+    assert held["recall_at_1"] <= held["contrastive_accuracy"] <= 1.0
 
 
 def test_sanity_and_latency_recorded(fake):

@@ -260,3 +260,12 @@ def test_device_resolution(monkeypatch):
         mt.resolve_device("tpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert mt.resolve_device("auto") == mt.resolve_device("cuda") == torch.device("cuda")
+
+
+def test_lcm_metrics_l2_to_target_and_contrastive_accuracy():
+    from lvmlib.metrics import cosine_summary, fraction_farther
+
+    assert cosine_summary(np.array([1.0, 0.0]))["l2_to_target"] == pytest.approx(np.sqrt(2) / 2)
+    assert cosine_summary(np.array([-1.0]))["l2_to_target"] == pytest.approx(2.0)
+    assert fraction_farther(np.array([1, 3]), np.array([5, 5])) == pytest.approx((1.0 + 0.5) / 2)
+    assert fraction_farther(np.array([5]), np.array([5])) == 0.0  # the target is the farthest row

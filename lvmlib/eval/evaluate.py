@@ -163,6 +163,7 @@ def _score(ent: Entry, contexts, bank, tgt_rows, rank_kw, articles, cfg: Config,
             )
             res["banks"][b][variant] = {
                 **mt.rank_metrics(rk, cfg.eval.ks),
+                "contrastive_accuracy": mt.fraction_farther(rk, size),
                 "bank_size_mean": float(size.mean()),
                 "recall_at_5_ci": ci["recall_at_5"],
                 "mrr_ci": ci["mrr"],
