@@ -249,14 +249,14 @@ MESSAGES = [
     (
         "model:\n  kind: lstm\n",
         "key 'model.kind' = 'lstm': must be one of "
-        "['amn', 'context_mean', 'context_mix', 'copy_last', 'global_mean', 'gru', 'mamba', 'ridge', 'transformer', "
-        "'two_tower']",
+        "['amn', 'context_mean', 'context_mix', 'copy_last', 'global_mean', 'gru', 'knn_successor', 'mamba', 'ridge', "
+        "'transformer', 'two_tower']",
     ),
     ("eval:\n  split: train\n", "key 'eval.split' = 'train': must be one of ['test', 'val']"),
     (
         "eval:\n  baselines: [ridge, mlp]\n",
         "key 'eval.baselines' = ['ridge', 'mlp']: each baseline must be one of "
-        "['context_mean', 'copy_last', 'global_mean', 'ridge']",
+        "['context_mean', 'copy_last', 'global_mean', 'knn_successor', 'ridge']",
     ),
     # rules that tie keys together
     ("data:\n  source: vectors\n", "key 'data.path' = '': data.source 'vectors' needs a file path"),

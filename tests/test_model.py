@@ -31,7 +31,7 @@ RTOL, ATOL = 1e-4, 1e-5  # fp32; ATOL is relative to the reference's largest mag
 SMALL = dict(d_model=32, n_layers=2, d_state=8, d_conv=4, expand=2)
 LEARNED = ("mamba", "two_tower", "amn", "gru", "transformer", "context_mix")
 AMN_MAX_LEN_FOR_TEST = 128  # the mixture's logits cover config.MAX_CONTEXT_LEN positions
-ALL_KINDS = (*LEARNED, "copy_last", "context_mean", "global_mean", "ridge")
+ALL_KINDS = (*LEARNED, "knn_successor", "copy_last", "context_mean", "global_mean", "ridge")
 
 
 def small_cfg(**kw) -> ModelConfig:
@@ -305,6 +305,28 @@ def test_context_mix_kind_is_the_mixture_alone_and_learns():
     opt.step()
     w = model.skip.weights(5)
     assert w[-1] > 0.2 and w[-1] == w.max()
+
+
+def test_knn_successor_averages_the_successors_of_the_nearest_last_vectors(tmp_path):
+    """k=1: a query whose last vector is (a scaled copy of) train window i's last vector predicts window i's
+    target; k=2 the mean of the two nearest windows' targets; the fit survives a checkpoint round trip."""
+    from lvmlib.model.models import KNNSuccessor
+
+    torch.manual_seed(0)
+    ctx, tgt = torch.randn(50, 5, 16), torch.randn(50, 16)
+    m1 = KNNSuccessor(16, k=1).fit(ctx, tgt)
+    q = torch.randn(3, 5, 16)
+    q[:, -1] = 2.0 * ctx[[7, 19, 42], -1]
+    torch.testing.assert_close(m1(q), tgt[[7, 19, 42]])
+    m2 = KNNSuccessor(16, k=2).fit(ctx, tgt)
+    sims = torch.nn.functional.normalize(q[:, -1], dim=-1) @ torch.nn.functional.normalize(ctx[:, -1], dim=-1).T
+    top = sims.topk(2, dim=1).indices
+    torch.testing.assert_close(m2(q), tgt[top].mean(1))
+    cfg = full_cfg(kind="knn_successor", knn_k=2)
+    model = build_model(cfg.model, 16).fit(ctx, tgt)
+    save_checkpoint(tmp_path / "best.pt", model, cfg, 16, epoch=1, val_cosine=0.0)
+    loaded, _, _ = load_checkpoint(tmp_path / "best.pt")
+    torch.testing.assert_close(loaded(q), m2(q))
 
 
 def test_param_groups_exclude_the_right_parameters():

@@ -41,7 +41,13 @@ class ConfigError(RequestError, ValueError):
 # Allowed values, one home: the modules that act on them import these names.
 SPLITS = ("train", "val", "test")  # bank_split / windows split codes 0, 1, 2
 EVAL_BANKS = ("global", "test", "same_article")
-BASELINES = ("copy_last", "context_mean", "global_mean", "ridge")  # closed-form baselines (lvmlib.model.models)
+BASELINES = (
+    "copy_last",
+    "context_mean",
+    "global_mean",
+    "ridge",
+    "knn_successor",
+)  # closed-form baselines (lvmlib.model.models)
 SEARCH_BACKENDS = ("auto", "faiss", "torch")  # exact search (lvmlib.metrics)
 RESIDUALS = ("none", "last", "context_mix")  # model.residual (lvmlib.model.models.ContextSkip: all but none)
 DROPOUT_POSITIONS = ("last", "first")  # which end of the context article dropout zeroes (lvmlib.train.recipe)
@@ -209,6 +215,9 @@ class ModelConfig(_Section):
         0, ge=0, le=16_384, description="two_tower: width of the learned retrieval space (0 = vector width D)"
     )
     ridge_alpha: Float = Field(1.0, description="ridge: L2 penalty of the closed-form fit")
+    knn_k: Annotated[Int, Why("a mean over more successors than that is the global mean")] = Field(
+        10, ge=1, le=10_000, description="knn_successor: successors averaged (of the nearest train windows)"
+    )
     residual: Literal[RESIDUALS] = Field(
         "none", description="none (seed) | last | context_mix: prediction = skip(context) + zero-initialised head"
     )

@@ -83,7 +83,9 @@ def _load_models(cfg: Config, run_dir: Path, data: EvalData, checkpoint, extra, 
         model, _, _ = load_checkpoint(Path(path), d_vec=data.d_vec)
         entries.append(Entry(name, "extra", model, str(path)))
     for kind in cfg.eval.baselines:
-        entries.append(Entry(kind, "baseline", baseline(kind, data.d_vec, cfg.model.ridge_alpha), "fit at eval"))
+        entries.append(
+            Entry(kind, "baseline", baseline(kind, data.d_vec, cfg.model.ridge_alpha, cfg.model.knn_k), "fit at eval")
+        )
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})

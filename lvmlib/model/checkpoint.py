@@ -87,13 +87,22 @@ def read_checkpoint(path, map_location="cpu") -> Any:
         ) from None
 
 
+def _sized_by_fit(model, key: str) -> bool:
+    """Buffers a closed-form baseline sizes when fitted (ridge's map, knn_successor's windows): any shape loads."""
+    from lvmlib.model.models import KNNSuccessor, Ridge
+
+    return (isinstance(model, Ridge) and key == "weight") or (
+        isinstance(model, KNNSuccessor) and key in ("keys", "values")
+    )
+
+
 def load_checkpoint(
     path, map_location="cpu", *, model_cfg: ModelConfig | None = None, d_vec: int | None = None, scan: str | None = None
 ):
     """-> (model, cfg, ckpt). The model is built from the checkpoint's config and d_vec unless
     `model_cfg`/`d_vec` are given (then a checkpoint of another shape is refused). `scan` overrides
     the stored backend; a stored 'cuda' falls back to 'auto' where mamba_ssm cannot run."""
-    from lvmlib.model.models import Ridge, build_model  # the model module knows no files; this one builds from them
+    from lvmlib.model.models import build_model  # the model module knows no files; this one builds from them
 
     path = Path(path)
     ckpt = read_checkpoint(path, map_location)
@@ -119,7 +128,7 @@ def load_checkpoint(
     bad = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(mine[k].shape)}"
         for k, v in ckpt["model"].items()
-        if k in mine and mine[k].shape != v.shape and not (isinstance(model, Ridge) and k == "weight")
+        if k in mine and mine[k].shape != v.shape and not _sized_by_fit(model, k)
     ]
     missing = sorted(set(mine) - set(ckpt["model"]))
     unexpected = sorted(set(ckpt["model"]) - set(mine))

@@ -23,7 +23,7 @@ bank vectors) or "learned" (two_tower: the bank must go through `encode_bank` fi
   causal layers, d_model / 64 heads, learned positions, feed-forward expand x d_model), read at the last position.
 - context_mix: the skip of `model.residual: context_mix` alone, trained (K + 0 parameters that matter: the
   mixture weights), the cheapest learned predictor; no sequence model, no head.
-- copy_last, context_mean, global_mean, ridge: closed-form baselines with `fit(ctx, tgt)`.
+- copy_last, context_mean, global_mean, ridge, knn_successor: closed-form baselines with `fit(ctx, tgt)`.
 """
 
 from __future__ import annotations
@@ -505,7 +505,47 @@ class Ridge(_Baseline):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-_BASELINES = {"copy_last": CopyLast, "context_mean": ContextMean, "global_mean": GlobalMean, "ridge": Ridge}
+class KNNSuccessor(_Baseline):
+    """Nearest-neighbour successor: the mean of the successors of the k train windows whose last context
+    vector is nearest (cosine) to the query's last context vector. Exact search (`metrics.exact_search`:
+    faiss when importable, else torch) over the fitted windows; fit stores their last vectors and targets."""
+
+    def __init__(self, d_vec: int, k: int = 10):
+        super().__init__(d_vec)
+        self.k = k
+        self.register_buffer("keys", torch.zeros(0, d_vec))  # (N, D) L2-normalised last context vectors
+        self.register_buffer("values", torch.zeros(0, d_vec))  # (N, D) their successors
+
+    def fit(self, ctx, tgt):
+        ctx, tgt = torch.as_tensor(ctx), torch.as_tensor(tgt)
+        self.keys = F.normalize(ctx[:, -1].float(), dim=-1)
+        self.values = tgt.float().clone()
+        return self
+
+    def forward(self, ctx):
+        from lvmlib.metrics import exact_search
+
+        self._check(ctx)
+        if self.keys.numel() == 0:
+            raise ModelError("knn_successor baseline is not fitted: call fit(ctx, tgt) on train windows")
+        q = F.normalize(ctx[:, -1].float(), dim=-1).cpu().numpy()  # (B, D)
+        _, rows = exact_search(q, self.keys.cpu().numpy(), self.k)  # (B, k)
+        return self.values[torch.from_numpy(rows).to(self.values.device)].mean(1).to(ctx)  # (B, D)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("keys", "values"):  # sized by the checkpoint, as ridge's weight
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+_BASELINES = {
+    "copy_last": CopyLast,
+    "context_mean": ContextMean,
+    "global_mean": GlobalMean,
+    "ridge": Ridge,
+    "knn_successor": KNNSuccessor,
+}
 
 
 # --------------------------------------------------------------------------- builders and helpers
@@ -526,16 +566,20 @@ def build_model(model_cfg: ModelConfig, d_vec: int) -> nn.Module:
         return MixOnly(model_cfg, d_vec)
     if kind == "ridge":
         return Ridge(d_vec, model_cfg.ridge_alpha)
+    if kind == "knn_successor":
+        return KNNSuccessor(d_vec, model_cfg.knn_k)
     if kind in _BASELINES:
         return _BASELINES[kind](d_vec)
     raise ModelError(f"model.kind {kind!r}: not a model; choose one of {', '.join(MODEL_KINDS)}")
 
 
-def baseline(kind: str, d_vec: int, ridge_alpha: float = 1.0) -> nn.Module:
-    """A closed-form baseline by name (copy_last | context_mean | global_mean | ridge)."""
+def baseline(kind: str, d_vec: int, ridge_alpha: float = 1.0, knn_k: int = 10) -> nn.Module:
+    """A closed-form baseline by name (copy_last | context_mean | global_mean | ridge | knn_successor)."""
     if kind not in _BASELINES:
         raise ModelError(f"eval.baselines: unknown baseline {kind!r}; choose one of {BASELINE_KINDS}")
-    return Ridge(d_vec, ridge_alpha) if kind == "ridge" else _BASELINES[kind](d_vec)
+    if kind == "ridge":
+        return Ridge(d_vec, ridge_alpha)
+    return KNNSuccessor(d_vec, knn_k) if kind == "knn_successor" else _BASELINES[kind](d_vec)
 
 
 def set_scan(model: nn.Module, backend: str) -> nn.Module:
