@@ -384,3 +384,22 @@ def test_every_cap_says_why_and_the_models_share_the_context_cap():
             capped += bool(le)
     assert capped >= 20
     assert AMN_MAX_LEN == MAX_CONTEXT_LEN == 128
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["data.extra_train_path=corpora/wiki_extra_3000.jsonl.gz", "data.extra_train_articles=0"], "extra_train"),
+        (["data.extra_train_path=corpora/wiki_extra_3000.jsonl.gz", "data.extra_train_articles=2501"], "extra_train"),
+        (["data.source=jsonl", "data.path=corpora/wiki_extra_3000.jsonl.gz"], "max_articles"),
+    ],
+)
+def test_the_confirmatory_articles_cannot_be_trained_on(overrides, key):
+    """Articles 2,500-2,999 of wiki_extra_3000 belong to the confirmatory study: a params file whose first N
+    articles of that file reach into them is refused in one line; the first 2,500 are fine."""
+    with pytest.raises(ConfigError, match=rf"data.{key}.*2,500-2,999 are the confirmatory test set"):
+        load_config(None, overrides)
+    ok = [o.replace("=0", "=2500").replace("=2501", "=2500") for o in overrides]
+    if key == "max_articles":
+        ok.append("data.max_articles=2500")
+    assert load_config(None, ok)

@@ -80,6 +80,9 @@ MODEL_KINDS = (
 )  # lvmlib.model.models.build_model
 SCAN_BACKENDS = ("auto", "ref", "cpu", "cuda")  # lvmlib.model.scan.BACKENDS (scan imports torch; config does not)
 DEVICES = ("auto", "cpu", "cuda")
+# Articles [a, b) of a corpus file that only the confirmatory study reads (issue 27): a params file that
+# would train on them (its first N articles reaching into the range) is refused.
+RESERVED_ARTICLES = {"wiki_extra_3000.jsonl.gz": (2500, 3000)}
 MAX_CONTEXT_LEN = 128  # data.context_len's cap: amn's position table and context_mix's weights cover 128 positions
 
 
@@ -440,6 +443,18 @@ class Config(BaseModel):
                 )
         if d.max_words < d.min_words:
             raise broken("data.max_words", f"must be >= data.min_words ({d.min_words})")
+        for key, path, first_n in (
+            ("data.extra_train_articles", d.extra_train_path, d.extra_train_articles),
+            ("data.max_articles", d.path if d.source == "jsonl" else "", d.max_articles),
+        ):
+            reserved = RESERVED_ARTICLES.get(Path(path).name) if path else None
+            if reserved and (first_n == 0 or first_n > reserved[0]):
+                raise broken(
+                    key,
+                    f"{path}: articles {reserved[0]:,}-{reserved[1] - 1:,} are the confirmatory test set "
+                    f"(issue 27, docs/confirmatory.md): no run trains, selects or tunes on them; set {key} to at "
+                    f"most {reserved[0]:,} (it is {first_n or 'every article'})",
+                )
         total = d.train_frac + d.val_frac + d.test_frac
         if abs(total - 1.0) > 1e-6:
             raise broken(
