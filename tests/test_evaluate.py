@@ -320,6 +320,36 @@ def test_a_baseline_run_needs_no_checkpoint(tmp_path):
     assert "fit at eval on" in ev["models"]["ridge_run"]["source"]
 
 
+def test_ridge_alpha_is_chosen_on_val_and_knn_successor_is_scored(tmp_path):
+    """eval.ridge_alphas: the ridge baseline is the alpha of the best val cosine (recorded per alpha), fitted on
+    the same train windows; knn_successor joins the same queries."""
+    from lvmlib.eval.inputs import load_eval_data
+    from lvmlib.model.models import Ridge
+
+    alphas = [0.01, 1.0, 1000.0]
+    cfg = make_fake_run(
+        tmp_path / "r", overrides=[f"eval.ridge_alphas={alphas}", "eval.baselines=[copy_last, ridge, knn_successor]"]
+    )
+    ev = evaluate_run(cfg, tmp_path / "r", progress=False)
+    rec = ev["models"]["ridge"]
+    scores = rec["ridge_alpha_val_cosine"]
+    assert list(scores) == ["0.01", "1", "1000"]
+    best = max(scores, key=scores.get)
+    assert f"alpha {best} chosen on val" in rec["source"]
+    data = load_eval_data(tmp_path / "r")  # the val cosine of the chosen alpha, recomputed by hand
+    ctx, tgt = data.window_rows["train"]
+    vc, vt = data.window_rows["val"]
+    m = Ridge(data.d_vec, float(best)).fit(
+        torch.from_numpy(data.contexts(ctx)), torch.from_numpy(data.bank_vectors[tgt])
+    )
+    with torch.no_grad():
+        cos = torch.nn.functional.cosine_similarity(
+            m(torch.from_numpy(data.contexts(vc))), torch.from_numpy(data.bank_vectors[vt])
+        )
+    assert scores[best] == pytest.approx(float(cos.mean()), abs=1e-5)
+    assert np.isfinite(ev["models"]["knn_successor"]["pred_target_cosine"])
+
+
 def test_a_float16_bank_evaluates_like_float32(fake, tmp_path):
     _, _, ev32 = fake
     cfg = make_fake_run(tmp_path / "r", dtype=np.float16)

@@ -381,6 +381,10 @@ class EvalConfig(_Section):
         "exists is clipped (eval.json says so)",
     )
     curve_seed: Int = Field(0, description="seed of the permutation that orders the distractor chunks (nested subsets)")
+    ridge_alphas: Annotated[list[Annotated[Float, Gt(0)]], Strict(), Says("ridge penalties must be > 0")] = Field(
+        default_factory=list,
+        description="ridge's L2 penalty chosen on val windows from these (best val cosine); [] = model.ridge_alpha",
+    )
 
 
 class Config(BaseModel):

@@ -60,6 +60,7 @@ class Entry:
     role: str  # primary | extra | baseline
     model: torch.nn.Module
     source: str
+    alpha_scores: dict[str, float] | None = None  # ridge with eval.ridge_alphas: val cosine per alpha
 
 
 def _load_models(cfg: Config, run_dir: Path, data: EvalData, checkpoint, extra, fit_rows, device) -> list[Entry]:
@@ -102,9 +103,26 @@ def _load_models(cfg: Config, run_dir: Path, data: EvalData, checkpoint, extra, 
         for e in need_fit:
             e.model.fit(c, t)
             e.source = f"fit at eval on {len(tgt_tr)} train windows"
+            if e.name == "ridge" and cfg.eval.ridge_alphas:
+                e.model, e.alpha_scores = _ridge_on_val(cfg, data, c, t)
+                e.source += f", alpha {e.model.alpha:g} chosen on val (best val cosine of {cfg.eval.ridge_alphas})"
     for e in entries:
         e.model.to(device).eval()
     return entries
+
+
+def _ridge_on_val(cfg: Config, data: EvalData, c: torch.Tensor, t: torch.Tensor):
+    """eval.ridge_alphas: ridge refitted with the alpha of the best mean cosine on val windows (never the
+    evaluated split's targets unless that split is val) -> (the ridge, {alpha: val cosine})."""
+    from lvmlib.model.models import ridge_alpha_on_val
+
+    ctx_v, tgt_v = data.window_rows["val"]
+    if len(tgt_v) == 0:
+        raise SanityError(f"{data.source}: no val windows to choose ridge's alpha on (eval.ridge_alphas)")
+    vc = torch.from_numpy(data.contexts(ctx_v))  # (n_val, K, D)
+    vt = torch.from_numpy(np.asarray(data.bank_vectors[tgt_v], np.float32))  # (n_val, D)
+    model, scores = ridge_alpha_on_val(c, t, vc, vt, cfg.eval.ridge_alphas)
+    return model, {f"{a:g}": s for a, s in zip(cfg.eval.ridge_alphas, scores)}
 
 
 # --------------------------------------------------------------------------- the evaluation
@@ -151,6 +169,7 @@ def _score(ent: Entry, contexts, bank, tgt_rows, rank_kw, articles, cfg: Config,
         "trainable": bool(getattr(ent.model, "trainable", True)),
         "retrieval_space": getattr(ent.model, "retrieval_space", "bank"),
         "n_params": int(sum(p.numel() for p in ent.model.parameters())),
+        **({"ridge_alpha_val_cosine": ent.alpha_scores} if ent.alpha_scores else {}),
         **mt.cosine_summary(cos),
         "banks": {},
     }

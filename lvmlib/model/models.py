@@ -469,7 +469,9 @@ class Ridge(_Baseline):
         self.register_buffer("weight", torch.zeros(0, d_vec))  # (L*D, D); sized by fit or load
         self.register_buffer("bias", torch.zeros(d_vec))  # (D)
 
-    def fit(self, ctx, tgt, chunk: int = 8192):
+    @staticmethod
+    def moments(ctx, tgt, chunk: int = 8192) -> tuple[torch.Tensor, ...]:
+        """(XcᵀXc (L*D, L*D), XcᵀYc (L*D, D), x_mean, y_mean) of centred data, float64, in row chunks."""
         ctx, tgt = torch.as_tensor(ctx), torch.as_tensor(tgt)
         n = ctx.shape[0]
         X = ctx.reshape(n, -1)  # (N, L*D), a view
@@ -481,11 +483,18 @@ class Ridge(_Baseline):
             xc = X[s : s + chunk].double() - x_mean  # (chunk, L*D)
             xtx += xc.T @ xc
             xty += xc.T @ (tgt[s : s + chunk].double() - y_mean)
-        xtx.diagonal().add_(self.alpha)
-        w = torch.linalg.solve(xtx, xty)  # (L*D, D)
+        return xtx, xty, x_mean, y_mean
+
+    def solve(self, moments: tuple[torch.Tensor, ...]) -> Ridge:
+        """Fit from `moments(...)` with this model's alpha (the moments are not modified)."""
+        xtx, xty, x_mean, y_mean = moments
+        w = torch.linalg.solve(xtx + self.alpha * torch.eye(len(xtx), dtype=xtx.dtype), xty)  # (L*D, D)
         self.weight = w.float()
         self.bias = (y_mean - x_mean @ w).float()  # (D)
         return self
+
+    def fit(self, ctx, tgt, chunk: int = 8192):
+        return self.solve(self.moments(ctx, tgt, chunk))
 
     def forward(self, ctx):
         self._check(ctx)
@@ -503,6 +512,20 @@ class Ridge(_Baseline):
         if w is not None and w.dim() == 2 and w.shape[1] == self.d_vec and w.shape[0] % self.d_vec == 0:
             self.weight = torch.empty_like(w)  # the context length is learned from the checkpoint
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def ridge_alpha_on_val(ctx, tgt, val_ctx, val_tgt, alphas: list[float]) -> tuple[Ridge, list[float]]:
+    """Ridge with its L2 penalty chosen on val: one fit per alpha on (ctx, tgt) from shared moments, each
+    scored by mean cosine to the val targets -> (the ridge of the best alpha, fitted; every alpha's val cosine)."""
+    moments = Ridge.moments(ctx, tgt)
+    val_ctx, val_tgt = torch.as_tensor(val_ctx), torch.as_tensor(val_tgt)
+    scores = []
+    for a in alphas:
+        m = Ridge(tgt.shape[1], a).solve(moments)
+        with torch.no_grad():
+            scores.append(float(F.cosine_similarity(m(val_ctx), val_tgt.to(torch.float32), dim=-1).mean()))
+    best = max(range(len(alphas)), key=lambda i: (scores[i], -i))
+    return Ridge(tgt.shape[1], alphas[best]).solve(moments), scores
 
 
 class KNNSuccessor(_Baseline):
