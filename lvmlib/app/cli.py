@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate every run on this prepared run/data dir (same bank, e.g. with distractors added) "
         "instead of its own data/; results in RUN/metrics_val_<name>/",
     )
+    se.add_argument(
+        "--figure", metavar="PNG", help="also draw every run's val Δ R@5 vs copy_last over the bank sizes into PNG"
+    )
 
     sc = sub.add_parser("scaling", help="one run per training-set size on fixed held-out articles, and the page")
     sc.add_argument("params", nargs="?", help="params file (not with --runs)")
@@ -164,6 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("schema", help="print the JSON Schema of a params file (params/params.schema.json)")
     sh.add_argument("--out", default=None, metavar="FILE", help="write it to FILE instead")
     return p
+
+
+def _curve_figure(run_dirs: list[str], data: str | None, png: str) -> None:
+    """select --figure: every run's val bank-size curve (Δ R@5 vs copy_last) in one PNG."""
+    from lvmlib.analysis.selection import val_dir
+    from lvmlib.core.runs import read_json
+    from lvmlib.plots.compare import curve_of_runs
+
+    fig = curve_of_runs({Path(r).name: read_json(Path(r) / val_dir(data) / "eval.json") for r in run_dirs})
+    if fig is None:
+        print("no figure: no run's val evaluation has a bank-size curve")
+        return
+    fig.savefig(png, dpi=110, bbox_inches="tight")
+    print(f"figure: {png}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,6 +289,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                 args.run_dirs, force=args.force, progress=True, rule=args.rule, reference=args.reference, data=args.data
             )
         )
+        if args.figure:
+            _curve_figure(args.run_dirs, args.data, args.figure)
         return 0
     if args.command == "scaling":
         from lvmlib.analysis.scaling import parse_sizes

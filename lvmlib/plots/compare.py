@@ -387,3 +387,40 @@ def format_gates(rows: list[dict[str, Any]]):
         for r in rows
     ]
     return HTML(pd.DataFrame(out).to_html(index=False, escape=True, border=0))
+
+
+def curve_of_runs(evs: dict[str, dict[str, Any]], vs: str = "copy_last"):
+    """Every run's paired Δ R@5 (its primary model minus `vs`) against the bank size of its bank-size curve,
+    one line and 95% band per run (log x; no distractors drawn at the left edge, labelled 0). `evs`: {run
+    label: eval.json with a bank_curve}; runs without one are left out. None when no run has a curve."""
+    rows = []
+    for label, ev in evs.items():
+        for r in (ev.get("bank_curve") or {}).get("paired", []):
+            if r["model"] == ev.get("primary_model") and r["vs"] == vs and r["diff_recall_at_5_ci"]:
+                lo, hi = r["diff_recall_at_5_ci"]
+                rows.append(
+                    {"run": label, "size": r["size"], "d": 100 * r["diff_recall_at_5"], "lo": 100 * lo, "hi": 100 * hi}
+                )
+    if not rows:
+        return None
+    df = pd.DataFrame(rows)
+    sizes = sorted(df["size"].unique())
+    pos = [s for s in sizes if s > 0]
+    zero_x = (pos[0] / 4) if pos else 1.0
+    df["x"] = df["size"].where(df["size"] > 0, zero_x)
+    labels = list(dict.fromkeys(df["run"]))
+    pal = colours(labels) if len(labels) <= len(PALETTE) else dict(zip(labels, sns.color_palette("tab20", len(labels))))
+    fig, ax = plt.subplots(figsize=(9.5, 4.8))
+    sns.lineplot(data=df, x="x", y="d", hue="run", palette=pal, marker="o", errorbar=None, ax=ax)
+    for label, g in df.groupby("run", sort=False):
+        ax.fill_between(g["x"], g["lo"], g["hi"], color=pal[label], alpha=0.10, lw=0)
+    ax.axhline(0, color="#111827", lw=1)
+    ax.set_xscale("log")
+    ax.set_xticks([zero_x, *pos], ["0" if s == 0 else f"{s:,}" for s in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("distractor chunks added to the held-out chunks")
+    ax.set_ylabel(f"Δ R@5 vs {vs}, points (paired 95% CI)")
+    ax.legend(title="run", frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.set_title(f"Every run's R@5 edge over {vs} as the bank grows", fontweight="bold")
+    fig.tight_layout()
+    return fig
