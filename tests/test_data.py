@@ -593,3 +593,64 @@ def test_export_names_what_is_missing(tmp_path, capsys):
     assert err.startswith("error: ") and "no prepared data to export" in err and "bank_vectors.npy" in err
     with pytest.raises(SystemExit):  # argparse refuses an unknown format before anything runs
         main(["export", str(tmp_path / "r"), "--format", "parquet"])
+
+
+def test_test_path_replaces_the_test_articles_and_keeps_train_and_val(tmp_path, fake_encoder):
+    """data.test_path: articles [test_first, test_first + test_articles) of another file are the test split;
+    the main corpus's test articles leave the run (no rows, no windows); train and val are exactly those of
+    the run without it; summary.json names the source and whether its range is reserved."""
+    from lvmlib.core.config import ConfigError
+
+    main = make_corpus(tmp_path / "main.jsonl", n_articles=14)
+    base = data.prepare_data(cfg_for(tmp_path, main), tmp_path / "base", progress=False)
+    pb = data.load_prepared(tmp_path / "base")
+    arts_b = json.loads((tmp_path / "base" / "data" / "articles.json").read_text())
+    fresh = tmp_path / "fresh.jsonl"
+    fresh.write_text(
+        "".join(
+            json.dumps(
+                {"title": f"Fresh {a}", "paragraphs": [" ".join(f"Fresh {a} line {i} on f{a}z{i}." for i in range(7))]}
+            )
+            + "\n"
+            for a in range(9)
+        )
+    )
+    summ = data.prepare_data(
+        cfg_for(tmp_path, main, test_path=str(fresh), test_first=3, test_articles=4), tmp_path / "conf", progress=False
+    )
+    pc = data.load_prepared(tmp_path / "conf")
+    arts_c = json.loads((tmp_path / "conf" / "data" / "articles.json").read_text())
+    kept_b = [(a["title"], a["split"]) for a in arts_b if a["split"] != "test"]
+    assert [(a["title"], a["split"]) for a in arts_c if not a["title"].startswith("Fresh")] == kept_b
+    fresh_arts = [a for a in arts_c if a["title"].startswith("Fresh")]
+    assert [a["title"] for a in fresh_arts] == [f"Fresh {i}" for i in (3, 4, 5, 6)]
+    assert all(a["split"] == "test" for a in fresh_arts) and [a["test_path_index"] for a in fresh_arts] == [3, 4, 5, 6]
+    assert {a["title"] for a in arts_c if a["split"] == "test"} == {a["title"] for a in fresh_arts}
+    n_replaced = sum(a["split"] == "test" for a in arts_b)
+    assert summ["counts"]["main_test_articles_replaced"] == n_replaced and summ["counts"]["test_path_articles"] == 4
+    assert summ["test_path"] == {"path": str(fresh), "first": 3, "articles": 4, "reserved": None}
+    texts = {
+        n: [json.loads(x) for x in open(tmp_path / n / "data" / "bank_texts.jsonl", encoding="utf-8")]
+        for n in ("base", "conf")
+    }
+    for s in ("train", "val"):  # the same windows, by text and vector, in the same order
+        assert summ["counts"]["per_split"][s] == base["counts"]["per_split"][s]
+        (cb, tb), (cc, tc) = pb.windows(s), pc.windows(s)
+        assert [texts["base"][r] for r in tb] == [texts["conf"][r] for r in tc]
+        assert np.array_equal(pb.bank_vectors[cb.ravel()], pc.bank_vectors[cc.ravel()])
+    _, tt = pc.windows("test")
+    assert len(tt) and all(texts["conf"][r].startswith("Fresh") for r in tt)
+    assert not any(t.startswith("Article") for t, sp in zip(texts["conf"], pc.bank_split) if sp == 2)
+    with pytest.raises(ConfigError, match="data.extra_train_articles.*also data.test_path.*at most data.test_first"):
+        load_config(None, [f"data.extra_train_path={fresh}", f"data.test_path={fresh}", "data.test_first=3"])
+    assert load_config(
+        None,
+        [
+            f"data.extra_train_path={fresh}",
+            "data.extra_train_articles=3",
+            f"data.test_path={fresh}",
+            "data.test_first=3",
+        ],
+    )
+    conf = load_config(None, ["data.test_path=corpora/wiki_extra_3000.jsonl.gz", "data.test_first=2500"])
+    assert conf.data.test_first == 2500  # the confirmatory range itself may be read as a test set

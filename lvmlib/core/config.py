@@ -83,6 +83,14 @@ DEVICES = ("auto", "cpu", "cuda")
 # Articles [a, b) of a corpus file that only the confirmatory study reads (issue 27): a params file that
 # would train on them (its first N articles reaching into the range) is refused.
 RESERVED_ARTICLES = {"wiki_extra_3000.jsonl.gz": (2500, 3000)}
+
+
+def reserved_range(path: str) -> list[int] | None:
+    """[a, b) of RESERVED_ARTICLES for this corpus file (by file name), or None."""
+    r = RESERVED_ARTICLES.get(Path(path).name) if path else None
+    return list(r) if r else None
+
+
 MAX_CONTEXT_LEN = 128  # data.context_len's cap: amn's position table and context_mix's weights cover 128 positions
 
 
@@ -180,6 +188,16 @@ class DataConfig(_Section):
     )
     extra_train_articles: Annotated[Int, Says("must be >= 0 (0 = every article of data.extra_train_path)")] = Field(
         0, ge=0, description="0 = every article of extra_train_path; else its first N"
+    )
+    test_path: Str = Field(
+        "",
+        description="A JSONL corpus whose articles [test_first, test_first + test_articles) are the TEST split, "
+        "replacing the main corpus's test articles (they leave the run: no windows, no bank rows); train and "
+        "val stay the main corpus's. The confirmatory study's fresh test set (issue 27). \"\" = none.",
+    )
+    test_first: Annotated[Int, Says("must be >= 0")] = Field(0, ge=0, description="data.test_path: first article")
+    test_articles: Annotated[Int, Says("must be >= 0 (0 = to the end of data.test_path)")] = Field(
+        0, ge=0, description="data.test_path: how many articles from test_first (0 = to the end)"
     )
     distractor_path: Str = Field(
         "",
@@ -447,10 +465,21 @@ class Config(BaseModel):
                 )
         if d.max_words < d.min_words:
             raise broken("data.max_words", f"must be >= data.min_words ({d.min_words})")
-        for key, path, first_n in (
+        if d.test_path and d.source == "vectors":
+            raise broken("data.test_path", "a vectors source holds no text to add test articles to")
+        read_for_training = (  # (key, file, its first N articles read: 0 = all) of the sources train/val come from
             ("data.extra_train_articles", d.extra_train_path, d.extra_train_articles),
             ("data.max_articles", d.path if d.source == "jsonl" else "", d.max_articles),
-        ):
+        )
+        for key, path, first_n in read_for_training:
+            same = bool(d.test_path and path) and Path(path).name == Path(d.test_path).name
+            if same and (first_n == 0 or first_n > d.test_first):
+                raise broken(
+                    key,
+                    f"{path} is also data.test_path: its first {first_n or 'every'} articles would overlap the "
+                    f"test articles from {d.test_first:,}; set {key} to at most data.test_first",
+                )
+        for key, path, first_n in read_for_training:
             reserved = RESERVED_ARTICLES.get(Path(path).name) if path else None
             if reserved and (first_n == 0 or first_n > reserved[0]):
                 raise broken(

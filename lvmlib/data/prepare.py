@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from lvmlib.core.config import SPLITS, Config, DataConfig
+from lvmlib.core.config import SPLITS, Config, DataConfig, reserved_range
 from lvmlib.core.errors import DataError
 from lvmlib.core.runs import (
     atomic_path,
@@ -86,12 +86,13 @@ class _Staged:
     vectors: np.ndarray | None = None  # (M, D) for the vectors source
     counts: dict[str, int] = field(default_factory=dict)
     source_ids: list[int] | None = None  # vectors source: the file's article ids (ours are 0..A-1)
-    n_extra: int = 0  # the last n_extra articles come from data.extra_train_path: train split only
+    n_extra: int = 0  # the n_extra articles after the main corpus's come from data.extra_train_path: train only
+    n_test: int = 0  # the last n_test articles come from data.test_path: the test split, replacing the main's
 
 
 def _stage_text(cfg: DataConfig, stage: Path, progress: bool) -> _Staged:
-    """The main corpus, then `data.extra_train_path`'s articles (train only: `_Staged.n_extra` of them,
-    last in article order)."""
+    """The main corpus, then `data.extra_train_path`'s articles (train only: `_Staged.n_extra` of them),
+    then `data.test_path`'s articles [test_first, test_first + test_articles) (the test split: `n_test`)."""
     keys, digests, titles, n_chunks = [], [], [], []
     empty = 0
     texts_path = stage / "all_texts.jsonl"
@@ -102,15 +103,23 @@ def _stage_text(cfg: DataConfig, stage: Path, progress: bool) -> _Staged:
         bar.update(0)
 
     stats = ChunkStats(on_piece=on_piece)
-    sources = [cfg]
+    sources, skip = [(cfg, "")], {}
     if cfg.extra_train_path:
         extra = {"source": "jsonl", "path": cfg.extra_train_path, "max_articles": cfg.extra_train_articles}
-        sources.append(cfg.model_copy(update=extra))
-    n_main = 0
+        sources.append((cfg.model_copy(update=extra), " (data.extra_train_path)"))
+    if cfg.test_path:
+        last = cfg.test_first + cfg.test_articles if cfg.test_articles else 0
+        sources.append(
+            (cfg.model_copy(update={"source": "jsonl", "path": cfg.test_path, "max_articles": last}), "test")
+        )
+        skip[len(sources) - 1] = cfg.test_first
+    n_main = n_extra = 0
     with open(texts_path, "w", encoding="utf-8") as out:
-        for i, src in enumerate(sources):
+        for i, (src, role) in enumerate(sources):
             before = len(titles)
-            for title, chunks in iter_chunked_cached(src, cache_root(cfg), stats):
+            for j, (title, chunks) in enumerate(iter_chunked_cached(src, cache_root(cfg), stats)):
+                if j < skip.get(i, 0):  # data.test_first: articles before the test range are not read into the run
+                    continue
                 bar.update(1)
                 if not chunks:
                     empty += 1
@@ -125,14 +134,17 @@ def _stage_text(cfg: DataConfig, stage: Path, progress: bool) -> _Staged:
             if len(titles) == before:
                 bar.close()
                 where = src.path or src.source
-                key = " (data.extra_train_path)" if i else ""
+                key = " (data.test_path, data.test_first, data.test_articles)" if role == "test" else role
                 raise DataError(
                     f"{where}{key}: empty corpus — no article produced a chunk "
                     f"({empty} articles read, data.min_words={cfg.min_words})"
                 )
             if i == 0:
                 n_main = len(titles)
+            elif role != "test":
+                n_extra = len(titles) - n_main
     bar.close()
+    n_test = len(titles) - n_main - n_extra
     return _Staged(
         np.concatenate(keys).astype(np.int64),
         np.concatenate(digests),
@@ -142,11 +154,13 @@ def _stage_text(cfg: DataConfig, stage: Path, progress: bool) -> _Staged:
         counts={
             "articles_read": len(titles) + empty,
             "articles_empty": empty,
-            "extra_train_articles": len(titles) - n_main,
+            "extra_train_articles": n_extra,
+            "test_path_articles": n_test,
             "paragraphs_cut": stats.long_paragraphs,
             "paragraphs_cut_chars": stats.long_paragraph_chars,
         },
-        n_extra=len(titles) - n_main,
+        n_extra=n_extra,
+        n_test=n_test,
     )
 
 
@@ -324,20 +338,31 @@ def _prepare(cfg: Config, stage: Path, progress: bool) -> dict[str, Any]:
     steps = _Steps()  # seconds of each step, in summary.json (benchmarks/bench_data.py prints them)
     staged = _stage_vectors(d, stage) if d.source == "vectors" else _stage_text(d, stage, progress)
     steps.done("corpus")  # read + sentence-split + chunk (or the chunk cache) + text digests
-    n_main = len(staged.titles) - staged.n_extra
-    # the main corpus is split exactly as without extra articles; those are all train
-    art_split = np.concatenate([split_articles(staged.n_chunks[:n_main], d), np.zeros(staged.n_extra, np.int8)])
+    n_extra, n_test = staged.n_extra, staged.n_test
+    n_main = len(staged.titles) - n_extra - n_test
+    # the main corpus is split exactly as without extra articles; those are all train; test_path's are test
+    main_split = split_articles(staged.n_chunks[:n_main], d)
+    art_split = np.concatenate([main_split, np.zeros(n_extra, np.int8), np.full(n_test, 2, np.int8)])
+    origin = np.repeat(np.array([0, 1, 2], np.int8), [n_main, n_extra, n_test])  # main | extra | test_path
+    art_keep = np.ones(len(art_split), bool)
+    if n_test:  # data.test_path replaces the main corpus's test articles: they leave the run entirely
+        art_keep[:n_main] = main_split != 2
     row_split = art_split[staged.keys[:, 0]]
-    extra_row = staged.keys[:, 0] >= n_main
+    extra_row = origin[staged.keys[:, 0]] == 1
     # a text the main corpus has (in any split) is dropped from the extra articles, never from val/test
     keep = (
         dedup_across_splits(staged.digests, np.where(extra_row, 3, row_split).astype(np.int8))
         if d.dedup
         else np.ones(len(row_split), bool)
     )
+    keep &= art_keep[staged.keys[:, 0]]
     keys, digests, split = staged.keys[keep], staged.digests[keep], row_split[keep]
+    new_id = np.cumsum(art_keep) - 1  # article ids stay contiguous after the replaced articles left
+    keys = np.column_stack([new_id[keys[:, 0]], keys[:, 1]])
+    titles = [t for t, k in zip(staged.titles, art_keep) if k]
+    art_split, origin = art_split[art_keep], origin[art_keep]
     steps.done("split_dedup")
-    n_chunks = np.bincount(keys[:, 0], minlength=len(staged.titles))
+    n_chunks = np.bincount(keys[:, 0], minlength=len(titles))
     ctx, tgt, wsplit = build_windows(keys, split, K)
     ctx, tgt, wsplit = limit_train_articles(ctx, tgt, wsplit, keys, d)
     steps.done("windows")
@@ -379,19 +404,22 @@ def _prepare(cfg: Config, stage: Path, progress: bool) -> dict[str, Any]:
     steps.done("embedding")
     atomic_save_npy(stage / "bank_keys.npy", keys)
     atomic_save_npy(stage / "bank_split.npy", split.astype(np.int8))
-    per_art_windows = np.bincount(keys[tgt, 0], minlength=len(staged.titles))
+    per_art_windows = np.bincount(keys[tgt, 0], minlength=len(titles))
     articles = [
         {
             "article_id": a,
-            "title": staged.titles[a],
+            "title": titles[a],
             "split": SPLITS[art_split[a]],
             "n_chunks": int(n_chunks[a]),
             "n_windows": int(per_art_windows[a]),
         }
-        for a in range(len(staged.titles))
+        for a in range(len(titles))
     ]
-    for rec in articles[n_main:]:
-        rec["extra_train"] = True
+    for rec, o in zip(articles, origin):
+        if o == 1:
+            rec["extra_train"] = True
+    for j, rec in enumerate(a for a, o in zip(articles, origin) if o == 2):
+        rec["test_path_index"] = d.test_first + j  # the article's index in data.test_path
     if staged.source_ids is not None:
         for rec, sid in zip(articles, staged.source_ids):
             rec["source_id"] = int(sid)
@@ -412,7 +440,8 @@ def _prepare(cfg: Config, stage: Path, progress: bool) -> dict[str, Any]:
     steps.done("statistics")
     counts = {
         **staged.counts,
-        "articles": len(staged.titles),
+        "articles": len(titles),
+        "main_test_articles_replaced": int((~art_keep).sum()),
         "articles_short": int((n_chunks < K + 1).sum()),
         "chunks": int(len(keys)),
         "windows": int(len(tgt)),
@@ -431,6 +460,11 @@ def _prepare(cfg: Config, stage: Path, progress: bool) -> dict[str, Any]:
         "source": d.source,
         "path": d.path,
         "extra_train_path": d.extra_train_path or None,
+        "test_path": (
+            {"path": d.test_path, "first": d.test_first, "articles": n_test, "reserved": reserved_range(d.test_path)}
+            if d.test_path
+            else None
+        ),
         "encoder": d.encoder,
         "encoder_max_length": d.encoder_max_length,
         "encoder_backend": embed.get("encoder_backend"),
