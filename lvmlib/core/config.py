@@ -399,6 +399,14 @@ class EvalConfig(_Section):
         "exists is clipped (eval.json says so)",
     )
     curve_seed: Int = Field(0, description="seed of the permutation that orders the distractor chunks (nested subsets)")
+    protocol: Str = Field(
+        "",
+        description="the committed protocol a read of the confirmatory test set follows (e.g. docs/confirmatory.md); "
+        "required when the test split is a reserved article range (lvmlib.core.confirm)",
+    )
+    study: Str = Field("", description="the study a confirmatory read belongs to: all its runs are one read")
+    force_read: Bool = Field(False, description="allow a second study's read under the same protocol (counted)")
+    ledger: Str = Field("", description='the ledger of confirmatory reads; "" = docs/confirmatory_reads.jsonl')
     ridge_alphas: Annotated[list[Annotated[Float, Gt(0)]], Strict(), Says("ridge penalties must be > 0")] = Field(
         default_factory=list,
         description="ridge's L2 penalty chosen on val windows from these (best val cosine); [] = model.ridge_alpha",

@@ -47,6 +47,11 @@ class ScalingFailed(RunError):
     """`scaling`: a size's run or the scaling page failed; the message is the one-line reason. Exit status 2."""
 
 
+class ProtocolError(RequestError, RuntimeError):
+    """A read of the confirmatory test set that its protocol does not allow: no committed protocol, or a
+    second read under the same protocol without `eval.force_read` (lvmlib.core.confirm). Exit status 2."""
+
+
 class BackendError(RequestError, RuntimeError):
     """A backend setting (data.encoder_backend, model.scan, eval.search_backend, train.device) names no
     backend, or one that cannot run here (package not importable, no CUDA); raised by

@@ -33,7 +33,7 @@ import torch
 
 from lvmlib import metrics as mt
 from lvmlib.core.config import SPLITS, Config, ConfigError
-from lvmlib.core.errors import SanityError
+from lvmlib.core.errors import ProtocolError, SanityError
 from lvmlib.core.runs import atomic_write_json, atomic_write_text, check_files
 from lvmlib.eval.curve import bank_curve
 from lvmlib.eval.inputs import EvalData, check_bank, check_windows, load_eval_data
@@ -109,6 +109,27 @@ def _load_models(cfg: Config, run_dir: Path, data: EvalData, checkpoint, extra, 
     for e in entries:
         e.model.to(device).eval()
     return entries
+
+
+def _confirmatory_read(cfg: Config, data: EvalData, run_dir: Path) -> dict[str, Any] | None:
+    """Test evaluations of a reserved article range (the confirmatory set, `data.test_path`) go through the
+    ledger of `lvmlib.core.confirm` (a committed protocol, one study, reads counted); None for any other."""
+    from lvmlib.core.confirm import LEDGER, record_read
+    from lvmlib.core.runs import read_json
+
+    d = getattr(data.prepared, "dir", None)
+    if cfg.eval.split != "test" or d is None or not (Path(d) / "summary.json").is_file():
+        return None
+    test_set = read_json(Path(d) / "summary.json").get("test_path") or {}
+    if not test_set.get("reserved"):
+        return None
+    e = cfg.eval
+    if not e.protocol:
+        raise ProtocolError(
+            f"{d}: its test split is the confirmatory set ({test_set['path']}, articles from {test_set['first']:,}); "
+            "set eval.protocol to the committed protocol and eval.study to the study this read belongs to"
+        )
+    return record_read(e.protocol, e.study, run_dir, test_set, e.force_read, e.ledger or LEDGER)
 
 
 def _ridge_on_val(cfg: Config, data: EvalData, c: torch.Tensor, t: torch.Tensor):
@@ -224,6 +245,7 @@ def evaluate_run(
     backend = mt.search_backend(e.search_backend, device)
     _log(progress, f"data from {data_dir or run_dir}; device {device}, search backend {backend}")
     data = load_eval_data(data_dir or run_dir)
+    confirmatory = _confirmatory_read(cfg, data, run_dir)
     split_code = SPLITS.index(e.split)
     sanity: dict[str, Any] = {"bank": check_bank(data.bank_vectors, e.search_chunk, data.source)}
     ctx_rows, tgt_rows, sanity["alignment"] = check_windows(data, e.split)
@@ -337,6 +359,7 @@ def evaluate_run(
         ),
         "gates": decision,
         "split": e.split,
+        "confirmatory_read": confirmatory,  # None unless the test split is the confirmatory set
         "context_len": K,
         "data_source": data.source,
         "banks": {b: BANK_DESCRIPTIONS[b] for b in e.banks},
