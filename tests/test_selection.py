@@ -165,3 +165,10 @@ def test_select_data_scores_every_run_on_another_prepared_dir_in_its_own_folder(
     assert ev["split"] == "val" and "prepared-elsewhere" in json.dumps(ev)
     assert own.splitlines()[3] == there.splitlines()[3]  # same run row: same data, same numbers
     assert "paired on val" in select([run, run], rule="bank", reference=run, data=other)
+    # eval.* overrides for the val evaluation only: fewer baselines, the same numbers for those kept
+    lean = select([run], rule="bank", data=other, force=True, overrides=["eval.baselines=[copy_last, context_mean]"])
+    ev = read_json(run / "metrics_val_prepared-elsewhere" / "eval.json")
+    assert set(ev["models"]) == {ev["primary_model"], "copy_last", "context_mean"}
+    assert lean.splitlines()[3].split("|")[3:5] == there.splitlines()[3].split("|")[3:5]  # val MRR, R@5
+    with pytest.raises(RequestError, match="select --set train.epochs=3: only eval"):
+        select([run], rule="bank", force=True, overrides=["train.epochs=3"])

@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lvmlib.core.config import load_run_config
+from lvmlib.core.config import load_config, load_run_config
 from lvmlib.core.errors import RequestError
 from lvmlib.core.runs import read_json
 from lvmlib.eval.curve import paired_curve
@@ -52,12 +52,18 @@ def val_dir(data: str | Path | None = None) -> str:
 
 
 def val_card(
-    run: str | Path, force: bool = False, progress: bool = False, rule: str = "bank", data: str | Path | None = None
+    run: str | Path,
+    force: bool = False,
+    progress: bool = False,
+    rule: str = "bank",
+    data: str | Path | None = None,
+    overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """One run's val numbers against the best val baselines (evaluates it first unless RUN/metrics_val/
     already holds a val evaluation and `force` is off); `rule="curve"` adds the bank-size curve's half.
     `data`: evaluate on that prepared run/data dir instead of the run's own data/ (the same bank with
-    distractors added, e.g.), into RUN/metrics_val_<name>/."""
+    distractors added, e.g.), into RUN/metrics_val_<name>/. `overrides`: eval.* settings for this val
+    evaluation only (fewer baselines or banks, no latency: the numbers the rule reads do not change)."""
     run = Path(run)
     if not (run / "best.pt").is_file():
         raise RequestError(
@@ -65,7 +71,10 @@ def val_card(
         )
     out = run / val_dir(data)
     if force or not (out / "eval.json").is_file():
-        cfg = load_run_config(run / "params.yaml")
+        bad = [o for o in overrides or [] if not o.startswith("eval.")]
+        if bad:
+            raise RequestError(f"select --set {bad[0]}: only eval.* settings can change for a val evaluation")
+        cfg = load_config(run / "params.yaml", overrides) if overrides else load_run_config(run / "params.yaml")
         cfg.eval.split = "val"
         if data:
             cfg.eval.data_dir = str(data)
@@ -170,6 +179,7 @@ def select(
     rule: str = "curve",
     reference: str | Path | None = None,
     data: str | Path | None = None,
+    overrides: list[str] | None = None,
 ) -> str:
     """The table and the pick line for these runs, as `python -m lvmlib select` prints them; with `reference`
     (one of the runs), also every other run minus it on the same val queries (`versus_reference_val`)."""
@@ -179,7 +189,7 @@ def select(
         raise RequestError(f"select --rule {rule!r}: choose one of {', '.join(RULES)}")
     if reference is not None and Path(reference).resolve() not in {Path(r).resolve() for r in runs}:
         raise RequestError(f"select --reference {reference}: not one of the runs given")
-    cards = [val_card(r, force, progress, rule, data) for r in runs]
+    cards = [val_card(r, force, progress, rule, data, overrides) for r in runs]
     best = pick(cards)
     verdict = (
         f"pick: {best['run']} (min z {best['min_z']:+.2f})" if best else "pick: none (no run clears both val baselines)"

@@ -112,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
         "instead of its own data/; results in RUN/metrics_val_<name>/",
     )
     se.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="eval.KEY=VALUE",
+        help="eval.* settings for the val evaluation only, e.g. eval.latency_queries=0",
+    )
+    se.add_argument(
         "--figure", metavar="PNG", help="also draw every run's val Δ R@5 vs copy_last over the bank sizes into PNG"
     )
 
@@ -286,7 +294,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print(
             select(
-                args.run_dirs, force=args.force, progress=True, rule=args.rule, reference=args.reference, data=args.data
+                args.run_dirs,
+                force=args.force,
+                progress=True,
+                rule=args.rule,
+                reference=args.reference,
+                data=args.data,
+                overrides=args.overrides,
             )
         )
         if args.figure:
