@@ -172,3 +172,21 @@ def test_select_data_scores_every_run_on_another_prepared_dir_in_its_own_folder(
     assert lean.splitlines()[3].split("|")[3:5] == there.splitlines()[3].split("|")[3:5]  # val MRR, R@5
     with pytest.raises(RequestError, match="select --set train.epochs=3: only eval"):
         select([run], rule="bank", force=True, overrides=["train.epochs=3"])
+
+
+def test_select_tag_scores_a_blended_variant_beside_the_plain_one(tiny_run, tmp_path):
+    """--set eval.blend_last=1 --tag blend: the primary model blended with the last context vector, in its own
+    folder and row; the plain evaluation stays as it was. beta 0 would be the model; a huge beta is copy_last."""
+    run = tmp_path / "rb"
+    shutil.copytree(tiny_run, run)
+    select([run], rule="bank")
+    plain = read_json(run / "metrics_val" / "eval.json")
+    out = select([run], rule="bank", overrides=["eval.blend_last=1.0"], tag="blend")
+    ev = read_json(run / "metrics_val_blend" / "eval.json")
+    assert "| rb+blend |" in out and ev["primary_model"] == plain["primary_model"] + "+last"
+    assert "eval.blend_last 1" in ev["models"][ev["primary_model"]]["source"]
+    assert read_json(run / "metrics_val" / "eval.json") == plain
+    select([run], rule="bank", overrides=["eval.blend_last=10000.0"], tag="huge")
+    huge = read_json(run / "metrics_val_huge" / "eval.json")
+    m, c = huge["models"][huge["primary_model"]], huge["models"]["copy_last"]
+    assert m["pred_target_cosine"] == pytest.approx(c["pred_target_cosine"], abs=1e-3)

@@ -45,10 +45,12 @@ def z_score(diff: float, ci: list[float]) -> float:
     return math.copysign(math.inf, diff) if diff else 0.0
 
 
-def val_dir(data: str | Path | None = None) -> str:
-    """The folder of a run that holds its val evaluation: metrics_val, or metrics_val_<name> for the val
-    evaluation on another prepared corpus `data` (`select --data`)."""
-    return VAL_DIR if not data else f"{VAL_DIR}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', Path(data).name) or 'data'}"
+def val_dir(data: str | Path | None = None, tag: str = "") -> str:
+    """The folder of a run that holds its val evaluation: metrics_val, metrics_val_<name> for the val
+    evaluation on another prepared corpus `data` (`select --data`), then _<tag> (`select --tag`)."""
+    safe = lambda x: re.sub(r"[^A-Za-z0-9_.-]+", "_", x)
+    out = VAL_DIR if not data else f"{VAL_DIR}_{safe(Path(data).name) or 'data'}"
+    return f"{out}_{safe(tag)}" if tag else out
 
 
 def val_card(
@@ -58,6 +60,7 @@ def val_card(
     rule: str = "bank",
     data: str | Path | None = None,
     overrides: list[str] | None = None,
+    tag: str = "",
 ) -> dict[str, Any]:
     """One run's val numbers against the best val baselines (evaluates it first unless RUN/metrics_val/
     already holds a val evaluation and `force` is off); `rule="curve"` adds the bank-size curve's half.
@@ -69,7 +72,7 @@ def val_card(
         raise RequestError(
             f"{run}: no best.pt (train it first: python -m lvmlib run PARAMS --only 01_data --only 02_train)"
         )
-    out = run / val_dir(data)
+    out = run / val_dir(data, tag)
     if force or not (out / "eval.json").is_file():
         bad = [o for o in overrides or [] if not o.startswith("eval.")]
         if bad:
@@ -84,7 +87,7 @@ def val_card(
         raise RequestError(f"{out / 'eval.json'}: split {ev.get('split')!r}, expected 'val' (re-run with --force)")
     bb = ev["gates"]["best_baseline"]
     card = {
-        "run": run.name,
+        "run": f"{run.name}+{tag}" if tag else run.name,
         "n": ev["n_queries"],
         "epoch": training_summary(run)["best_epoch"],
         "mrr": ev["mrr"],
@@ -180,6 +183,7 @@ def select(
     reference: str | Path | None = None,
     data: str | Path | None = None,
     overrides: list[str] | None = None,
+    tag: str = "",
 ) -> str:
     """The table and the pick line for these runs, as `python -m lvmlib select` prints them; with `reference`
     (one of the runs), also every other run minus it on the same val queries (`versus_reference_val`)."""
@@ -189,13 +193,13 @@ def select(
         raise RequestError(f"select --rule {rule!r}: choose one of {', '.join(RULES)}")
     if reference is not None and Path(reference).resolve() not in {Path(r).resolve() for r in runs}:
         raise RequestError(f"select --reference {reference}: not one of the runs given")
-    cards = [val_card(r, force, progress, rule, data, overrides) for r in runs]
+    cards = [val_card(r, force, progress, rule, data, overrides, tag) for r in runs]
     best = pick(cards)
     verdict = (
         f"pick: {best['run']} (min z {best['min_z']:+.2f})" if best else "pick: none (no run clears both val baselines)"
     )
     out = (curve_table(cards) if rule == "curve" else table(cards)) + "\n" + verdict
-    return out + ("\n\n" + versus_reference_val(runs, reference, val_dir(data)) if reference is not None else "")
+    return out + ("\n\n" + versus_reference_val(runs, reference, val_dir(data, tag)) if reference is not None else "")
 
 
 def versus_reference_val(runs: list[str | Path], reference: str | Path, metrics_dir: str = VAL_DIR) -> str:

@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="eval.* settings for the val evaluation only, e.g. eval.latency_queries=0",
     )
     se.add_argument(
+        "--tag",
+        default="",
+        help="name this val evaluation (RUN/metrics_val[_DATA]_TAG/, the run shown as RUN+TAG): one run scored "
+        "under several --set variants",
+    )
+    se.add_argument(
         "--figure", metavar="PNG", help="also draw every run's val Δ R@5 vs copy_last over the bank sizes into PNG"
     )
 
@@ -177,13 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _curve_figure(run_dirs: list[str], data: str | None, png: str) -> None:
+def _curve_figure(run_dirs: list[str], data: str | None, png: str, tag: str = "") -> None:
     """select --figure: every run's val bank-size curve (Δ R@5 vs copy_last) in one PNG."""
     from lvmlib.analysis.selection import val_dir
     from lvmlib.core.runs import read_json
     from lvmlib.plots.compare import curve_of_runs
 
-    fig = curve_of_runs({Path(r).name: read_json(Path(r) / val_dir(data) / "eval.json") for r in run_dirs})
+    name = lambda r: f"{Path(r).name}+{tag}" if tag else Path(r).name
+    fig = curve_of_runs({name(r): read_json(Path(r) / val_dir(data, tag) / "eval.json") for r in run_dirs})
     if fig is None:
         print("no figure: no run's val evaluation has a bank-size curve")
         return
@@ -301,10 +308,11 @@ def _dispatch(args: argparse.Namespace) -> int:
                 reference=args.reference,
                 data=args.data,
                 overrides=args.overrides,
+                tag=args.tag,
             )
         )
         if args.figure:
-            _curve_figure(args.run_dirs, args.data, args.figure)
+            _curve_figure(args.run_dirs, args.data, args.figure, args.tag)
         return 0
     if args.command == "scaling":
         from lvmlib.analysis.scaling import parse_sizes

@@ -399,6 +399,12 @@ class EvalConfig(_Section):
         "exists is clipped (eval.json says so)",
     )
     curve_seed: Int = Field(0, description="seed of the permutation that orders the distractor chunks (nested subsets)")
+    blend_last: Float = Field(
+        0.0,
+        ge=0,
+        description="the primary model's unit prediction plus this x the unit last context vector (0 = the model "
+        "alone): a predictor leaning on copy_last by a fixed amount, evaluated as the primary",
+    )
     protocol: Str = Field(
         "",
         description="the committed protocol a read of the confirmatory test set follows (e.g. docs/confirmatory.md); "

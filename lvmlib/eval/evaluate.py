@@ -65,7 +65,7 @@ class Entry:
 
 def _load_models(cfg: Config, run_dir: Path, data: EvalData, checkpoint, extra, fit_rows, device) -> list[Entry]:
     from lvmlib.model.checkpoint import load_checkpoint
-    from lvmlib.model.models import BASELINE_KINDS, baseline, build_model
+    from lvmlib.model.models import BASELINE_KINDS, LastBlend, baseline, build_model
 
     entries: list[Entry] = []
     ckpt_path = Path(checkpoint) if checkpoint else run_dir / "best.pt"
@@ -77,7 +77,11 @@ def _load_models(cfg: Config, run_dir: Path, data: EvalData, checkpoint, extra, 
                 f"was encoded with {data.encoder!r}"
             )
         name = mcfg.model.kind if mcfg.model.kind not in BASELINE_KINDS else f"{mcfg.model.kind}_run"
-        entries.append(Entry(name, "primary", model, str(ckpt_path)))
+        source = str(ckpt_path)
+        if cfg.eval.blend_last:
+            model, name = LastBlend(model, cfg.eval.blend_last), f"{name}+last"
+            source += f", blended with the last context vector (eval.blend_last {cfg.eval.blend_last:g})"
+        entries.append(Entry(name, "primary", model, source))
     else:  # a run whose model *is* a closed-form baseline has no checkpoint to load
         entries.append(Entry(f"{cfg.model.kind}_run", "primary", build_model(cfg.model, data.d_vec), "fit at eval"))
     for name, path in (extra or {}).items():

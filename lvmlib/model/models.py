@@ -514,6 +514,26 @@ class Ridge(_Baseline):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
+class LastBlend(nn.Module):
+    """`eval.blend_last`: a model's L2-normalised prediction plus beta x the L2-normalised last context vector
+    (B, L, D) -> (B, D) — a predictor that leans on copy_last by a fixed amount (beta 1: equal weight). Wraps a
+    trained model at evaluation; nothing of it is trained or saved."""
+
+    def __init__(self, model: nn.Module, beta: float):
+        super().__init__()
+        if getattr(model, "retrieval_space", "bank") != "bank":
+            raise ModelError("eval.blend_last needs predictions in the bank's space (not two_tower's learned space)")
+        self.inner, self.beta = model, beta
+        self.trainable = getattr(model, "trainable", True)
+        self.retrieval_space = "bank"
+
+    def forward(self, ctx: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.inner(ctx), dim=-1) + self.beta * F.normalize(ctx[:, -1], dim=-1)  # (B, D)
+
+    def encode_bank(self, vectors: torch.Tensor) -> torch.Tensor:
+        return vectors  # (M, D)
+
+
 def ridge_alpha_on_val(ctx, tgt, val_ctx, val_tgt, alphas: list[float]) -> tuple[Ridge, list[float]]:
     """Ridge with its L2 penalty chosen on val: one fit per alpha on (ctx, tgt) from shared moments, each
     scored by mean cosine to the val targets -> (the ridge of the best alpha, fitted; every alpha's val cosine)."""
