@@ -196,7 +196,16 @@ def select(
     cards = [val_card(r, force, progress, rule, data, overrides, tag) for r in runs]
     best = pick(cards)
     verdict = (
-        f"pick: {best['run']} (min z {best['min_z']:+.2f})" if best else "pick: none (no run clears both val baselines)"
+        f"pick: {best['run']} (min z {best['min_z']:+.2f})"
+        if best
+        else "pick: none ("
+        + (
+            "every run is significantly below copy_last at some bank size, or not above it in the largest bank "
+            "or on cosine"
+            if rule == "curve"
+            else "no run clears both val baselines"
+        )
+        + ")"
     )
     out = (curve_table(cards) if rule == "curve" else table(cards)) + "\n" + verdict
     return out + ("\n\n" + versus_reference_val(runs, reference, val_dir(data, tag)) if reference is not None else "")
