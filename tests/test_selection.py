@@ -130,6 +130,7 @@ def test_select_by_the_curve_prints_its_table_and_pick(tiny_run, tmp_path):
     out = select([run])
     assert "largest bank (distractors / rows)" in out and "| 500 / 600 | +3.00 [+1.00, +5.00] |" in out
     assert "| no size |" in out
+    assert "| +1.0* / +3.0* |" in out and "(sizes, distractors added: 0 / 500)" in out  # the whole curve, per size
     png = tmp_path / "curves.png"
     cli("select", run, "--figure", png)
     assert png.stat().st_size > 5000  # one line per run, drawn

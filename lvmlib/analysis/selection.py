@@ -120,6 +120,7 @@ def with_curve(card: dict[str, Any], ev: dict[str, Any], where: Path | str) -> d
     card["d_big"], card["ci_big"] = big["diff_recall_at_5"], big["diff_recall_at_5_ci"]
     card["z_big"] = z_score(card["d_big"], card["ci_big"])
     card["worse_at"] = [r["size"] for r in rows if r["diff_recall_at_5_ci"][1] < 0]
+    card["curve"] = [(r["size"], r["diff_recall_at_5"], r["diff_recall_at_5_ci"]) for r in rows]
     card["min_z"] = -math.inf if card["worse_at"] else min(card["z_big"], card["z_cos"])
     return card
 
@@ -161,8 +162,8 @@ def curve_table(cards: list[dict[str, Any]]) -> str:
         f"{cards[0]['n']} val queries per run; R@5 − copy_last in the largest distractor bank (paired 95%); "
         "a run significantly below copy_last at any bank size is out",
         "| run | best epoch | largest bank (distractors / rows) | R@5 − copy_last | z | significantly worse at "
-        "| cosine − best (paired 95%) | z | score |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| cosine − best (paired 95%) | z | score | R@5 − copy_last at each size (* = interval excludes 0) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cards:
         worse = ", ".join(f"{s:,}" for s in c["worse_at"]) or "no size"
@@ -170,9 +171,18 @@ def curve_table(cards: list[dict[str, Any]]) -> str:
             f"| {c['run']} | {c['epoch']} | {c['curve_size']:,} / {c['curve_rows']:,} | {c['d_big'] * 100:+.2f} "
             f"[{c['ci_big'][0] * 100:+.2f}, {c['ci_big'][1] * 100:+.2f}] | {c['z_big']:+.2f} | {worse} | "
             f"{c['d_cos']:+.4f} [{c['ci_cos'][0]:+.4f}, {c['ci_cos'][1]:+.4f}] vs {c['b_cos_name']} | "
-            f"{c['z_cos']:+.2f} | {c['min_z']:+.2f} |"
+            f"{c['z_cos']:+.2f} | {c['min_z']:+.2f} | {_curve_cell(c.get('curve', []))} |"
         )
+    sizes = [f"{x[0]:,}" for x in cards[0].get("curve", [])]
+    if sizes:
+        lines.append(f"(sizes, distractors added: {' / '.join(sizes)})")
     return "\n".join(lines)
+
+
+def _curve_cell(curve: list[tuple[int, float, list[float]]]) -> str:
+    """Points of R@5 − copy_last per bank size, '*' where the paired interval excludes 0."""
+    star = lambda ci: "*" if ci[0] > 0 or ci[1] < 0 else ""
+    return " / ".join(f"{100 * d:+.1f}{star(ci)}" for _, d, ci in curve)
 
 
 def select(
