@@ -508,6 +508,18 @@ def test_train_articles_keeps_val_test_and_nests():
         limit_train_articles(ctx, tgt, ws, keys, DataConfig(train_articles=31))
 
 
+def _bank_texts(run_dir) -> list[str]:
+    return [json.loads(x) for x in open(run_dir / "data" / "bank_texts.jsonl", encoding="utf-8")]
+
+
+def _assert_same_windows(split: str, a, b) -> None:
+    """Two prepared runs (Prepared, bank texts) hold the same `split` windows, by text and vector, in order."""
+    (pa, ta), (pb, tb) = a, b
+    (ca, ra), (cb, rb) = pa.windows(split), pb.windows(split)
+    assert [ta[r] for r in ra] == [tb[r] for r in rb]
+    assert np.array_equal(pa.bank_vectors[ca.ravel()], pb.bank_vectors[cb.ravel()])
+
+
 def test_extra_train_articles_grow_train_only_and_keep_val_test(tmp_path, fake_encoder):
     """data.extra_train_path: its articles are all train; the main corpus's split, val and test windows and
     texts are exactly those of the run without it; a text the main corpus has is dropped from the extras."""
@@ -540,15 +552,10 @@ def test_extra_train_articles_grow_train_only_and_keep_val_test(tmp_path, fake_e
     assert all(a["split"] == "train" and a.get("extra_train") for a in arts_g[14:])
     assert summ["counts"]["extra_train_articles"] == 5 and base["counts"]["extra_train_articles"] == 0
     assert summ["counts"]["per_split"]["train"]["windows"] > base["counts"]["per_split"]["train"]["windows"]
-    texts = {
-        n: [json.loads(x) for x in open(tmp_path / n / "data" / "bank_texts.jsonl", encoding="utf-8")]
-        for n in ("base", "grown")
-    }
-    for s in ("val", "test"):  # the same windows, by text and vector, in the same order
+    texts = {n: _bank_texts(tmp_path / n) for n in ("base", "grown")}
+    for s in ("val", "test"):
         assert summ["counts"]["per_split"][s] == base["counts"]["per_split"][s]
-        (cb, tb), (cg, tg) = pb.windows(s), pg.windows(s)
-        assert [texts["base"][r] for r in tb] == [texts["grown"][r] for r in tg]
-        assert np.array_equal(pb.bank_vectors[cb.ravel()], pg.bank_vectors[cg.ravel()])
+        _assert_same_windows(s, (pb, texts["base"]), (pg, texts["grown"]))
     owners = [arts_g[a]["title"] for a in pg.bank_keys[[i for i, t in enumerate(texts["grown"]) if t == val_text], 0]]
     assert owners == [val_title]
     assert summ["counts"]["duplicates_removed"] == base["counts"]["duplicates_removed"] + 1
@@ -629,15 +636,10 @@ def test_test_path_replaces_the_test_articles_and_keeps_train_and_val(tmp_path, 
     n_replaced = sum(a["split"] == "test" for a in arts_b)
     assert summ["counts"]["main_test_articles_replaced"] == n_replaced and summ["counts"]["test_path_articles"] == 4
     assert summ["test_path"] == {"path": str(fresh), "first": 3, "articles": 4, "reserved": None}
-    texts = {
-        n: [json.loads(x) for x in open(tmp_path / n / "data" / "bank_texts.jsonl", encoding="utf-8")]
-        for n in ("base", "conf")
-    }
-    for s in ("train", "val"):  # the same windows, by text and vector, in the same order
+    texts = {n: _bank_texts(tmp_path / n) for n in ("base", "conf")}
+    for s in ("train", "val"):
         assert summ["counts"]["per_split"][s] == base["counts"]["per_split"][s]
-        (cb, tb), (cc, tc) = pb.windows(s), pc.windows(s)
-        assert [texts["base"][r] for r in tb] == [texts["conf"][r] for r in tc]
-        assert np.array_equal(pb.bank_vectors[cb.ravel()], pc.bank_vectors[cc.ravel()])
+        _assert_same_windows(s, (pb, texts["base"]), (pc, texts["conf"]))
     _, tt = pc.windows("test")
     assert len(tt) and all(texts["conf"][r].startswith("Fresh") for r in tt)
     assert not any(t.startswith("Article") for t, sp in zip(texts["conf"], pc.bank_split) if sp == 2)

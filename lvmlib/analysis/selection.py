@@ -22,7 +22,6 @@ no curve and is refused with the fix.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from lvmlib.core.config import load_config, load_run_config
 from lvmlib.core.errors import RequestError
 from lvmlib.core.runs import read_json
 from lvmlib.eval.curve import paired_curve
-from lvmlib.eval.evaluate import evaluate_run
+from lvmlib.eval.evaluate import evaluate_run, safe_name
 from lvmlib.train.status import training_summary
 
 VAL_DIR = "metrics_val"
@@ -48,9 +47,8 @@ def z_score(diff: float, ci: list[float]) -> float:
 def val_dir(data: str | Path | None = None, tag: str = "") -> str:
     """The folder of a run that holds its val evaluation: metrics_val, metrics_val_<name> for the val
     evaluation on another prepared corpus `data` (`select --data`), then _<tag> (`select --tag`)."""
-    safe = lambda x: re.sub(r"[^A-Za-z0-9_.-]+", "_", x)
-    out = VAL_DIR if not data else f"{VAL_DIR}_{safe(Path(data).name) or 'data'}"
-    return f"{out}_{safe(tag)}" if tag else out
+    out = VAL_DIR if not data else f"{VAL_DIR}_{safe_name(Path(data).name) or 'data'}"
+    return f"{out}_{safe_name(tag)}" if tag else out
 
 
 def val_card(

@@ -105,11 +105,12 @@ def _load_models(cfg: Config, run_dir: Path, data: EvalData, checkpoint, extra, 
         c = torch.from_numpy(data.contexts(ctx_tr))  # (n_fit, K, D)
         t = torch.from_numpy(np.asarray(data.bank_vectors[tgt_tr], np.float32))  # (n_fit, D)
         for e in need_fit:
-            e.model.fit(c, t)
             e.source = f"fit at eval on {len(tgt_tr)} train windows"
-            if e.name == "ridge" and cfg.eval.ridge_alphas:
+            if e.name == "ridge" and cfg.eval.ridge_alphas:  # one fit per alpha, the val-best kept
                 e.model, e.alpha_scores = _ridge_on_val(cfg, data, c, t)
                 e.source += f", alpha {e.model.alpha:g} chosen on val (best val cosine of {cfg.eval.ridge_alphas})"
+            else:
+                e.model.fit(c, t)
     for e in entries:
         e.model.to(device).eval()
     return entries
@@ -217,11 +218,16 @@ def _score(ent: Entry, contexts, bank, tgt_rows, rank_kw, articles, cfg: Config,
     return res, pq, bank_m
 
 
+def safe_name(text: str) -> str:
+    """`text` with every run of characters outside [A-Za-z0-9_.-] replaced by one '_' (folder names)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
 def _out_dir(cfg: Config, run_dir: Path, data_dir, out_dir) -> Path:
     if out_dir or cfg.eval.out_dir:
         return Path(out_dir or cfg.eval.out_dir)
     if data_dir:
-        return run_dir / f"eval_{re.sub(r'[^A-Za-z0-9_.-]+', '_', Path(data_dir).stem) or 'data'}"
+        return run_dir / f"eval_{safe_name(Path(data_dir).stem) or 'data'}"
     return run_dir / "metrics"
 
 

@@ -87,15 +87,6 @@ def read_checkpoint(path, map_location="cpu") -> Any:
         ) from None
 
 
-def _sized_by_fit(model, key: str) -> bool:
-    """Buffers a closed-form baseline sizes when fitted (ridge's map, knn_successor's windows): any shape loads."""
-    from lvmlib.model.models import KNNSuccessor, Ridge
-
-    return (isinstance(model, Ridge) and key == "weight") or (
-        isinstance(model, KNNSuccessor) and key in ("keys", "values")
-    )
-
-
 def load_checkpoint(
     path, map_location="cpu", *, model_cfg: ModelConfig | None = None, d_vec: int | None = None, scan: str | None = None
 ):
@@ -128,7 +119,7 @@ def load_checkpoint(
     bad = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(mine[k].shape)}"
         for k, v in ckpt["model"].items()
-        if k in mine and mine[k].shape != v.shape and not _sized_by_fit(model, k)
+        if k in mine and mine[k].shape != v.shape and k not in getattr(model, "sized_by_fit", ())
     ]
     missing = sorted(set(mine) - set(ckpt["model"]))
     unexpected = sorted(set(ckpt["model"]) - set(mine))

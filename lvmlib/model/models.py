@@ -412,6 +412,7 @@ class _Baseline(nn.Module):
 
     trainable = False
     retrieval_space = "bank"
+    sized_by_fit: tuple[str, ...] = ()  # buffers whose shape fit() sets: a checkpoint's shape for them loads
 
     def __init__(self, d_vec: int):
         super().__init__()
@@ -462,6 +463,8 @@ class GlobalMean(_Baseline):
 class Ridge(_Baseline):
     """Linear map from the flattened context (B, L*D) to the target (B, D), fitted in closed form:
     W = (XcᵀXc + αI)⁻¹ XcᵀYc on centred data (intercept not penalised), float64 accumulation."""
+
+    sized_by_fit = ("weight",)
 
     def __init__(self, d_vec: int, alpha: float = 1.0):
         super().__init__(d_vec)
@@ -539,19 +542,20 @@ def ridge_alpha_on_val(ctx, tgt, val_ctx, val_tgt, alphas: list[float]) -> tuple
     scored by mean cosine to the val targets -> (the ridge of the best alpha, fitted; every alpha's val cosine)."""
     moments = Ridge.moments(ctx, tgt)
     val_ctx, val_tgt = torch.as_tensor(val_ctx), torch.as_tensor(val_tgt)
-    scores = []
+    fits, scores = [], []
     for a in alphas:
-        m = Ridge(tgt.shape[1], a).solve(moments)
+        fits.append(Ridge(tgt.shape[1], a).solve(moments))
         with torch.no_grad():
-            scores.append(float(F.cosine_similarity(m(val_ctx), val_tgt.to(torch.float32), dim=-1).mean()))
-    best = max(range(len(alphas)), key=lambda i: (scores[i], -i))
-    return Ridge(tgt.shape[1], alphas[best]).solve(moments), scores
+            scores.append(float(F.cosine_similarity(fits[-1](val_ctx), val_tgt.to(torch.float32), dim=-1).mean()))
+    return fits[max(range(len(alphas)), key=lambda i: (scores[i], -i))], scores
 
 
 class KNNSuccessor(_Baseline):
     """Nearest-neighbour successor: the mean of the successors of the k train windows whose last context
     vector is nearest (cosine) to the query's last context vector. Exact search (`metrics.exact_search`:
     faiss when importable, else torch) over the fitted windows; fit stores their last vectors and targets."""
+
+    sized_by_fit = ("keys", "values")
 
     def __init__(self, d_vec: int, k: int = 10):
         super().__init__(d_vec)
@@ -576,7 +580,7 @@ class KNNSuccessor(_Baseline):
         return self.values[torch.from_numpy(rows).to(self.values.device)].mean(1).to(ctx)  # (B, D)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in ("keys", "values"):  # sized by the checkpoint, as ridge's weight
+        for name in self.sized_by_fit:  # sized by the checkpoint, as ridge's weight
             if prefix + name in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[prefix + name]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

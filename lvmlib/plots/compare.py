@@ -21,6 +21,7 @@ import pandas as pd
 import seaborn as sns
 
 from lvmlib.plots import training as plots  # noqa: F401  (applies the reports' theme)
+from lvmlib.plots.eval import log_size_axis
 
 PALETTE = ("#1d4ed8", "#c2410c", "#15803d", "#7e22ce", "#be123c", "#0e7490")
 BASELINE = "#9ca3af"
@@ -404,20 +405,14 @@ def curve_of_runs(evs: dict[str, dict[str, Any]], vs: str = "copy_last"):
     if not rows:
         return None
     df = pd.DataFrame(rows)
-    sizes = sorted(df["size"].unique())
-    pos = [s for s in sizes if s > 0]
-    zero_x = (pos[0] / 4) if pos else 1.0
-    df["x"] = df["size"].where(df["size"] > 0, zero_x)
     labels = list(dict.fromkeys(df["run"]))
     pal = colours(labels) if len(labels) <= len(PALETTE) else dict(zip(labels, sns.color_palette("tab20", len(labels))))
     fig, ax = plt.subplots(figsize=(9.5, 4.8))
+    log_size_axis(ax, df)
     sns.lineplot(data=df, x="x", y="d", hue="run", palette=pal, marker="o", errorbar=None, ax=ax)
     for label, g in df.groupby("run", sort=False):
         ax.fill_between(g["x"], g["lo"], g["hi"], color=pal[label], alpha=0.10, lw=0)
     ax.axhline(0, color="#111827", lw=1)
-    ax.set_xscale("log")
-    ax.set_xticks([zero_x, *pos], ["0" if s == 0 else f"{s:,}" for s in sizes])
-    ax.minorticks_off()
     ax.set_xlabel("distractor chunks added to the held-out chunks")
     ax.set_ylabel(f"Δ R@5 vs {vs}, points (paired 95% CI)")
     ax.legend(title="run", frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))

@@ -368,6 +368,18 @@ def _size_label(s: int) -> str:
     return f"{s / 1000:.0f}K" if s >= 10000 else f"{s / 1000:.1f}K" if s >= 1000 else str(s)
 
 
+def log_size_axis(ax, df: pd.DataFrame) -> None:
+    """Bank sizes on a log x axis: adds df["x"] (size 0, which a log axis cannot hold, drawn a quarter of the
+    smallest positive size to its left) and labels the ticks with the sizes (0 as 0)."""
+    sizes = sorted(df["size"].unique())
+    pos = [s for s in sizes if s > 0]
+    zero_x = (pos[0] / 4) if pos else 1.0
+    df["x"] = df["size"].where(df["size"] > 0, zero_x)
+    ax.set_xscale("log")
+    ax.set_xticks([zero_x, *pos], [_size_label(s) for s in sizes])
+    ax.minorticks_off()
+
+
 def bank_curve_frame(ev: dict[str, Any]) -> pd.DataFrame:
     """Tidy paired differences of eval.json's `bank_curve`: one row per model, baseline and bank size,
     `diff_recall_at_5` / `diff_mrr` with their interval ends (`_lo`, `_hi`). Empty without a curve."""
@@ -390,20 +402,14 @@ def bank_curve(ev: dict[str, Any]):
         return None
     c = ev["bank_curve"]
     df = df[df["model"] == ev["primary_model"]].copy()
-    sizes = sorted(df["size"].unique())
-    pos = [s for s in sizes if s > 0]
-    zero_x = (pos[0] / 4) if pos else 1.0  # size 0 cannot sit on a log axis: drawn at the left edge
-    df["x"] = df["size"].where(df["size"] > 0, zero_x)
     palette = dict(zip(df["vs"].unique(), sns.color_palette("deep")))
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
     for ax, m, label in ((axes[0], "diff_recall_at_5", "Δ R@5"), (axes[1], "diff_mrr", "Δ MRR")):
+        log_size_axis(ax, df)
         sns.lineplot(data=df, x="x", y=m, hue="vs", palette=palette, marker="o", errorbar=None, ax=ax)
         for vs, g in df.groupby("vs", sort=False):
             ax.fill_between(g["x"], g[f"{m}_lo"], g[f"{m}_hi"], color=palette[vs], alpha=0.18, lw=0)
         ax.axhline(0, color="#111827", lw=1)
-        ax.set_xscale("log")
-        ax.set_xticks([zero_x, *pos], [_size_label(s) for s in sizes])
-        ax.minorticks_off()
         ax.set_xlabel(f"distractor chunks added to the {c['held_out_chunks']:,} held-out chunks")
         ax.set_ylabel(f"{label}, {ev['primary_model']} − baseline (95% CI)")
         ax.legend(title="baseline", frameon=False)
