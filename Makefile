@@ -16,7 +16,7 @@ LAB_PORT ?= 8888
 CORPUS  ?= corpora/wiki_dev_1000.jsonl.gz
 SIZES   ?= 100,300,800
 
-.PHONY: setup run lab test test-fast lint format study scaling bench clean-runs help
+.PHONY: setup run lab test test-fast lint format study scaling confirm bench clean-runs help
 
 help:
 	@echo "make run [PARAMS=params/x.yaml] [ARGS='--set train.epochs=3']   run the study"
@@ -25,6 +25,7 @@ help:
 	@echo "make format                                                    ruff: fix what it can, format"
 	@echo "make study                                                     V1 vs V2 comparison (<= 30 min)"
 	@echo "make scaling [CORPUS=x.jsonl.gz] [SIZES=100,300,800]          scaling curve (hours on a CPU)"
+	@echo "make confirm [STUDY=params/confirm.yaml]                      the confirmatory study (resumable; ~a day on a CPU)"
 	@echo "make bench                                                     benchmarks/ (prints tables)"
 
 setup: $(STAMP)
@@ -65,6 +66,9 @@ study: $(STAMP)
 
 scaling: $(STAMP)
 	$(PY) -m lvmlib scaling $(PARAMS) --corpus $(CORPUS) --articles $(SIZES) $(ARGS)
+
+confirm: $(STAMP)
+	$(PY) -m lvmlib confirm $(or $(STUDY),params/confirm.yaml) $(ARGS)
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

@@ -8,6 +8,7 @@ compare RUN_DIR [RUN_DIR ...] [--reference RUN_DIR]                        runs 
 select RUN_DIR [RUN_DIR ...] [--force] [--reference RUN_DIR] [--data DIR]   pick a recipe on val articles only
 scaling PARAMS --articles 100,300,1000 [--corpus JSONL] [--set k=v ...]    one run per training-set size + page
 study                                                                      V1/V2 pair + comparison
+confirm STUDY.yaml [--dry-run]                                             the confirmatory study + its report
 export RUN_DIR --format seed-npz [--out PATH]                              the run's windows in the seed's format
 cache {list,clear,verify} [--fix]                                          the embedding cache
 check PARAMS                                                               validate a params file
@@ -152,6 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--params", nargs="+", default=["params/study_v1.yaml", "params/study_v2.yaml"])
     st.add_argument("--runs-root", default=os.environ.get("LVM_RUNS_DIR", "runs"))
     st.add_argument("--reports-root", default=os.environ.get("LVM_REPORTS_DIR", "reports"))
+
+    cf = sub.add_parser(
+        "confirm", help="train and evaluate every run of a confirmatory study (resumable), then its report"
+    )
+    cf.add_argument("study", nargs="?", default="params/confirm.yaml", help="the study file (params/confirm.yaml)")
+    cf.add_argument("--dry-run", action="store_true", help="check everything and print the runs; train nothing")
+    cf.add_argument("--report-only", action="store_true", help="no training: the report from the finished runs")
+    cf.add_argument("--runs-root", default=os.environ.get("LVM_RUNS_DIR", "runs"))
+    cf.add_argument("--reports-root", default=os.environ.get("LVM_REPORTS_DIR", "reports"))
+    cf.add_argument("--quiet", action="store_true")
 
     x = sub.add_parser("export", help="write a prepared run's windows in another format (seed-npz: payload.npz)")
     x.add_argument("run_dir")
@@ -339,6 +350,29 @@ def _dispatch(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
         print(f"[lvm-study] scaling page: {out}")
+        return 0
+    if args.command == "confirm":
+        from lvmlib.app.confirm import confirm_report, confirm_study
+        from lvmlib.core.study import load_study
+
+        if args.report_only:
+            out = confirm_report(
+                load_study(args.study),
+                args.study,
+                Path(args.runs_root).resolve(),
+                Path(args.reports_root).resolve(),
+                progress=not args.quiet,
+            )
+        else:
+            out = confirm_study(
+                args.study,
+                runs_root=args.runs_root,
+                reports_root=args.reports_root,
+                progress=not args.quiet,
+                dry_run=args.dry_run,
+            )
+        if out is not None:
+            print(f"[lvm-study] confirmatory report: {out}")
         return 0
     if args.command == "study":
         from lvmlib.app.studies import run_pair_study

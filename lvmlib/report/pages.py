@@ -354,9 +354,10 @@ def write_index(reports_root: Path) -> Path:
             _records(reports_root, "*/run.json")
             + _records(reports_root, "compare_*.json")
             + _records(reports_root, "scaling_*.json")
+            + _records(reports_root, "confirm_*.json")
         )
         recs.sort(key=lambda r: r.get("started_at") or "", reverse=True)
-        n_runs = sum(r.get("kind") not in ("compare", "scaling") for r in recs)
+        n_runs = sum(r.get("kind") not in ("compare", "scaling", "confirm") for r in recs)
 
         def stage_links(r: dict[str, Any]) -> Markup:
             return Markup(" ").join(

@@ -1,0 +1,156 @@
+"""`python -m lvmlib confirm STUDY.yaml`: train and evaluate every run of the confirmatory study, then its report.
+
+Runs go in order (headline first, then the learned baselines, then the secondary ones), one per predictor and
+seed, with the run ids `lvmlib.core.study.study_runs` gives. A run that finished is not touched again; one that
+failed or was interrupted is resumed where it stopped (`run --resume`); so after a crash the same command goes
+on. Before any training the study file, every run's params and, when the test split is a reserved article
+range, the protocol (committed, not yet read by another study) are checked. Then 07_confirm renders
+`reports/<report>.html`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from lvmlib.app.execute import run_notebook
+from lvmlib.app.runner import run_study
+from lvmlib.core.config import load_config, reserved_range
+from lvmlib.core.confirm import LEDGER, committed, protocol_digest, read_ledger
+from lvmlib.core.errors import ProtocolError, StudyFailed
+from lvmlib.core.paths import NOTEBOOK_DIR
+from lvmlib.core.runs import atomic_write_json, now_iso, read_json
+from lvmlib.core.study import Study, load_study, study_runs
+from lvmlib.report.pages import write_index
+
+CONFIRM_NOTEBOOK = NOTEBOOK_DIR / "07_confirm.ipynb"
+
+
+def run_state(run_dir: Path) -> str:
+    """'absent', 'succeeded' (every stage finished and eval.json exists) or the manifest's status."""
+    if not (run_dir / "manifest.json").is_file():
+        return "absent"
+    status = (read_json(run_dir / "manifest.json") or {}).get("status", "unknown")
+    if status == "succeeded" and not (run_dir / "metrics" / "eval.json").is_file():
+        return "incomplete"
+    return status
+
+
+def preflight(study: Study, path: str | Path) -> None:
+    """ProtocolError before any training when a run would read a reserved test range under a protocol that
+    is missing, uncommitted, or already read by another study (unless force_read)."""
+    for r in study_runs(study):
+        cfg = load_config(r["params"], r["overrides"])
+        d = cfg.data
+        rng = reserved_range(d.test_path)
+        if not rng or d.test_first + max(d.test_articles, 1) <= rng[0] or d.test_first >= rng[1]:
+            continue
+        protocol_digest(study.protocol)  # missing: one line
+        if committed(study.protocol) is None:
+            raise ProtocolError(f"{study.protocol}: not committed as it is on disk; commit it before the study starts")
+        ledger = Path(cfg.eval.ledger or LEDGER)
+        digest = protocol_digest(study.protocol)
+        others = sorted({x["study"] for x in read_ledger(ledger) if x.get("sha256") == digest} - {study.study})
+        if others and not study.force_read:
+            raise ProtocolError(
+                f"{path}: the confirmatory set was already read under {study.protocol} by study {others[0]!r}; "
+                "a second read needs force_read: true in the study file and is counted"
+            )
+        return
+
+
+def confirm_study(
+    path: str | Path,
+    runs_root: str | Path = "runs",
+    reports_root: str | Path = "reports",
+    progress: bool = True,
+    dry_run: bool = False,
+) -> Path | None:
+    """Every run of the study (finished ones skipped, broken ones resumed), then the report. Returns
+    reports/<report>.html (None for a dry run, which only prints the plan). StudyFailed names the run that
+    failed and the command that goes on."""
+    study = load_study(path)  # ConfigError before any work
+    preflight(study, path)
+    runs_root, reports_root = Path(runs_root).resolve(), Path(reports_root).resolve()
+    runs = study_runs(study)
+    say = (lambda msg: print(f"[lvm-study] confirm {study.study}: {msg}", flush=True)) if progress else (lambda m: 0)
+    states = {r["run_id"]: run_state(runs_root / r["run_id"]) for r in runs}
+    done = sum(s == "succeeded" for s in states.values())
+    say(f"{len(runs)} runs ({done} finished), protocol {study.protocol}, m = {study.m}")
+    if dry_run:
+        say("every run: --set " + " ".join(study.common))
+        for i, r in enumerate(runs, 1):
+            own = [o for o in r["overrides"] if o not in study.common and isinstance(o, str)]
+            say(f"[{i}/{len(runs)}] {r['run_id']}: {states[r['run_id']]} — {r['params']} --set {' '.join(own)}")
+        return None
+    t0 = time.time()
+    for i, r in enumerate(runs, 1):
+        rid, state = r["run_id"], states[r["run_id"]]
+        if state == "succeeded":
+            say(f"[{i}/{len(runs)}] {rid}: finished earlier, kept")
+            continue
+        say(f"[{i}/{len(runs)}] {rid}: {'resuming (' + state + ')' if state != 'absent' else 'starting'}")
+        try:
+            if state == "absent":
+                run_study(
+                    r["params"],
+                    r["overrides"],
+                    run_id=rid,
+                    runs_root=runs_root,
+                    reports_root=reports_root,
+                    progress=progress,
+                )
+            else:
+                run_study(
+                    r["params"],
+                    resume=runs_root / rid,
+                    runs_root=runs_root,
+                    reports_root=reports_root,
+                    progress=progress,
+                )
+        except StudyFailed as exc:
+            raise StudyFailed(f"{rid}: {exc} — `python -m lvmlib confirm {path}` goes on from there") from exc
+    say(f"runs done in {(time.time() - t0) / 60:.1f} min; the report")
+    return confirm_report(study, path, runs_root, reports_root, progress)
+
+
+def confirm_report(study: Study, path: str | Path, runs_root: Path, reports_root: Path, progress: bool = True) -> Path:
+    """Execute 07_confirm over the finished runs -> reports/<report>.html (+ <report>/confirm.json, and
+    confirm_<study>.json: its row in the index)."""
+    out_dir = reports_root / study.report
+    out_dir.mkdir(parents=True, exist_ok=True)
+    html = reports_root / f"{study.report}.html"
+    started, t0 = now_iso(), time.time()
+    failure = run_notebook(
+        CONFIRM_NOTEBOOK,
+        out_dir / "07_confirm.ipynb",
+        {"study_path": str(Path(path).resolve()), "runs_root": str(runs_root), "out_dir": str(out_dir)},
+        html,
+        "07_confirm",
+        nav=[("all runs", "index.html")],
+    )
+    rec = read_json(out_dir / "confirm.json") if (out_dir / "confirm.json").is_file() else {}
+    atomic_write_json(
+        reports_root / f"confirm_{study.study}.json",
+        {
+            "kind": "confirm",
+            "compare_id": f"confirm {study.study}",
+            "href": html.name,
+            "started_at": started,
+            "seconds": round(time.time() - t0, 1),
+            "status": "failed" if failure else "succeeded",
+            "failure": failure.line if failure else None,
+            "verdict": rec.get("answer") or (f"confirmatory page failed: {failure.line}" if failure else ""),
+            "runs": [
+                {"run_id": r["run_id"], "label": r["run_id"], "href": f"{r['run_id']}/index.html"}
+                for r in study_runs(study)
+                if (reports_root / r["run_id"] / "run.json").is_file()
+            ],
+        },
+    )
+    write_index(reports_root)
+    if failure is not None:
+        raise StudyFailed(f"{failure.line} — see {html}") from failure.exc
+    if progress:
+        print(f"[lvm-study] confirm {study.study}: {rec.get('answer', '')}\n[lvm-study] report: {html}", flush=True)
+    return html
