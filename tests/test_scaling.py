@@ -4,6 +4,7 @@ on the smoke corpus (numbers there mean nothing; the files, the fixed held-out q
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -156,7 +157,7 @@ def test_scaling_notebook_contract():
     nb = nbformat.read(str(ROOT / "notebooks/06_scaling.ipynb"), as_version=4)
     assert nb.cells[0].source.startswith("# 06")
     declared = pm.inspect_notebook(str(ROOT / "notebooks/06_scaling.ipynb"))
-    assert {"run_dirs", "scaling_id", "out_dir"} <= set(declared)
+    assert {"run_dirs", "scaling_id", "out_dir", "metrics_dir"} <= set(declared)
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert "def " not in code and "class " not in code  # logic lives in lvmlib
     assert all(not c.outputs for c in nb.cells if c.cell_type == "code")
@@ -233,6 +234,16 @@ def test_scaling_command_on_the_smoke_corpus(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     again = json.loads((tmp_path / "reports/scaling_again/scaling.json").read_text())
     assert again["rows"] == rec["rows"]
+    # --metrics-dir: the page from another evaluation folder of each run (select's metrics_val)
+    args = [sys.executable, "-m", "lvmlib", "scaling", "--runs", *map(str, runs), "--metrics-dir", "metrics_val"]
+    args += ["--id", "val", "--reports-root", str(tmp_path / "reports"), "--quiet"]
+    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 2 and "metrics_val/eval.json" in r.stderr and "not an evaluated run" in r.stderr
+    for d in runs:
+        shutil.copytree(d / "metrics", d / "metrics_val")
+    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((tmp_path / "reports/scaling_val/scaling.json").read_text())["rows"] == rec["rows"]
     r = subprocess.run(
         [sys.executable, "-m", "lvmlib", "scaling", "--runs", str(tmp_path)],
         cwd=ROOT,

@@ -48,14 +48,18 @@ def _safe(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- reading the runs
-def load_study(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
-    """One record per run: its size (train articles actually used), eval.json and per-query table."""
+def load_study(run_dirs: list[str | Path], metrics_dir: str = "metrics") -> list[dict[str, Any]]:
+    """One record per run: its size (train articles actually used), eval.json and per-query table.
+    `metrics_dir`: the folder of each run holding the evaluation (`metrics_val` for the val evaluation that
+    `python -m lvmlib select` writes: a curve judged on val only)."""
     import pandas as pd
 
     out = []
     for d in run_dirs:
         d = Path(d)
-        ev = read_json(d / "metrics" / "eval.json")
+        if not (d / metrics_dir / "eval.json").is_file():
+            raise ScalingFailed(f"{d / metrics_dir}: no eval.json — not an evaluated run")
+        ev = read_json(d / metrics_dir / "eval.json")
         summary = read_json(d / "data" / "summary.json")
         out.append(
             {
@@ -65,7 +69,7 @@ def load_study(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
                 "n_train_windows": int(summary["counts"]["per_split"]["train"]["windows"]),
                 "eval": ev,
                 "bank_chunks": int(summary["counts"]["chunks"]),
-                "queries": pd.read_csv(d / "metrics" / "queries.csv"),
+                "queries": pd.read_csv(d / metrics_dir / "queries.csv"),
             }
         )
     out.sort(key=lambda r: r["n_articles"])

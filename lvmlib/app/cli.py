@@ -141,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="no training: the page from these finished runs (one per size, same held-out articles)",
     )
     sc.add_argument(
+        "--metrics-dir",
+        default="metrics",
+        help="with --runs: each run's folder holding the evaluation to plot (metrics_val: select's val evaluation)",
+    )
+    sc.add_argument(
         "--corpus", default=None, help="JSONL corpus (sets data.source=jsonl, data.path); default: the params' data"
     )
     sc.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -333,7 +338,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.runs:
             if args.params or args.articles:
                 raise ConfigError("scaling --runs RUN_DIR ...: takes no PARAMS or --articles (the runs have them)")
-            out = scaling_page(args.runs, scaling_id=args.id, reports_root=args.reports_root, progress=not args.quiet)
+            out = scaling_page(
+                args.runs,
+                scaling_id=args.id,
+                reports_root=args.reports_root,
+                progress=not args.quiet,
+                metrics_dir=args.metrics_dir,
+            )
             print(f"[lvm-study] scaling page: {out}")
             return 0
         if not args.params or not args.articles:

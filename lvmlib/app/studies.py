@@ -180,13 +180,15 @@ def scaling_page(
     reports_root: str | Path = "reports",
     progress: bool = True,
     t0: float | None = None,
+    metrics_dir: str = "metrics",
 ) -> Path:
     """The scaling page from finished runs (one per training-set size, the same corpus and held-out
-    articles: `06_scaling` checks they share their test queries). Returns reports/scaling_<id>.html."""
+    articles: `06_scaling` checks they share their test queries). `metrics_dir`: each run's folder holding
+    the evaluation to plot (`metrics_val`: the val evaluation of `select`). Returns reports/scaling_<id>.html."""
     run_dirs = [Path(d) for d in run_dirs]
-    missing = [str(d) for d in run_dirs if not (d / "metrics" / "eval.json").is_file()]
+    missing = [str(d) for d in run_dirs if not (d / metrics_dir / "eval.json").is_file()]
     if missing:
-        raise ScalingFailed(f"{missing[0]}: no metrics/eval.json — not an evaluated run")
+        raise ScalingFailed(f"{missing[0]}: no {metrics_dir}/eval.json — not an evaluated run")
     t0 = time.time() if t0 is None else t0
     scaling_id = scaling_safe(scaling_id) if scaling_id else f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-runs"
     reports_root = Path(reports_root).resolve()
@@ -197,7 +199,12 @@ def scaling_page(
     failure = run_notebook(
         SCALING_NOTEBOOK,
         out_dir / "06_scaling.ipynb",
-        {"run_dirs": [str(d) for d in run_dirs], "scaling_id": scaling_id, "out_dir": str(out_dir)},
+        {
+            "run_dirs": [str(d) for d in run_dirs],
+            "scaling_id": scaling_id,
+            "out_dir": str(out_dir),
+            "metrics_dir": metrics_dir,
+        },
         html_path,
         "06_scaling",
         nav=[("all runs", "index.html")],
