@@ -236,11 +236,11 @@ def test_a_second_study_under_a_read_protocol_is_refused_before_anything_runs(tm
 
 
 # --------------------------------------------------------------------------- the command, for real
-def _cli(tmp_path: Path, study: Path, cache: Path) -> subprocess.Popen:
+def _cli(tmp_path: Path, study: Path, cache: Path, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", LVM_CACHE_DIR=str(cache))
     args = ["--runs-root", str(tmp_path / "runs"), "--reports-root", str(tmp_path / "reports")]
     return subprocess.Popen(
-        [sys.executable, "-m", "lvmlib", "confirm", str(study), *args],
+        [sys.executable, "-m", "lvmlib", "confirm", str(study), *args, *extra],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -252,8 +252,8 @@ def _cli(tmp_path: Path, study: Path, cache: Path) -> subprocess.Popen:
 @pytest.mark.slow
 def test_confirm_runs_every_run_resumes_after_a_crash_and_renders_the_report(tmp_path, lvm_cache):
     """Three tiny runs (headline x 2 seeds, the mixture); SIGTERM while the second trains; the same command
-    again keeps the first, resumes the second, starts the third, then renders the page; a third call trains
-    nothing."""
+    again, two runs at a time (--jobs 2), keeps the first, resumes the second and starts the third in processes of
+    their own, then renders the page; a third call trains nothing."""
     npz = vectors_npz(tmp_path / "corpus.npz")
     study = _write(
         tmp_path,
@@ -294,10 +294,10 @@ def test_confirm_runs_every_run_resumes_after_a_crash_and_renders_the_report(tmp
     assert json.loads((runs / "cft-H-s1" / "manifest.json").read_text())["status"] == "interrupted"
     assert not (runs / "cft-B5-s0").exists()
 
-    proc = _cli(tmp_path, study, lvm_cache)
+    proc = _cli(tmp_path, study, lvm_cache, "--jobs", "2")
     out = proc.communicate(timeout=900)[0]
     assert proc.returncode == 0, out[-3000:]
-    assert "[1/3] cft-H-s0: finished earlier, kept" in out
+    assert "[1/3] cft-H-s0: finished earlier, kept" in out and out.count(": finished in ") == 2
     assert "[2/3] cft-H-s1: resuming (interrupted)" in out and "[3/3] cft-B5-s0: starting" in out
     assert (runs / "cft-H-s0" / "manifest.json").read_bytes() == first  # the finished run was not touched
     rec = json.loads((tmp_path / "reports" / "confirmatory" / "confirm.json").read_text())

@@ -8,7 +8,7 @@ compare RUN_DIR [RUN_DIR ...] [--reference RUN_DIR]                        runs 
 select RUN_DIR [RUN_DIR ...] [--force] [--reference RUN_DIR] [--data DIR]   pick a recipe on val articles only
 scaling PARAMS --articles 100,300,1000 [--corpus JSONL] [--set k=v ...]    one run per training-set size + page
 study                                                                      V1/V2 pair + comparison
-confirm STUDY.yaml [--dry-run]                                             the confirmatory study + its report
+confirm STUDY.yaml [--dry-run] [--jobs N]                                  the confirmatory study + its report
 export RUN_DIR --format seed-npz [--out PATH]                              the run's windows in the seed's format
 cache {list,clear,verify} [--fix]                                          the embedding cache
 check PARAMS                                                               validate a params file
@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("study", nargs="?", default="params/confirm.yaml", help="the study file (params/confirm.yaml)")
     cf.add_argument("--dry-run", action="store_true", help="check everything and print the runs; train nothing")
     cf.add_argument("--report-only", action="store_true", help="no training: the report from the finished runs")
+    cf.add_argument(
+        "--jobs", type=int, default=1, help="runs at once, each in its own process (set train.threads in common)"
+    )
     cf.add_argument("--runs-root", default=os.environ.get("LVM_RUNS_DIR", "runs"))
     cf.add_argument("--reports-root", default=os.environ.get("LVM_REPORTS_DIR", "reports"))
     cf.add_argument("--quiet", action="store_true")
@@ -381,6 +384,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 reports_root=args.reports_root,
                 progress=not args.quiet,
                 dry_run=args.dry_run,
+                jobs=args.jobs,
             )
         if out is not None:
             print(f"[lvm-study] confirmatory report: {out}")

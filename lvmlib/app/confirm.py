@@ -10,8 +10,13 @@ range, the protocol (committed, not yet read by another study) are checked. Then
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from lvmlib.app.execute import run_notebook
 from lvmlib.app.runner import run_study
@@ -65,10 +70,12 @@ def confirm_study(
     reports_root: str | Path = "reports",
     progress: bool = True,
     dry_run: bool = False,
+    jobs: int = 1,
 ) -> Path | None:
     """Every run of the study (finished ones skipped, broken ones resumed), then the report. Returns
     reports/<report>.html (None for a dry run, which only prints the plan). StudyFailed names the run that
-    failed and the command that goes on."""
+    failed and the command that goes on. `jobs` > 1: that many runs at once, each `python -m lvmlib run` in a
+    process of its own (set train.threads in `common` so that they share the cores)."""
     study = load_study(path)  # ConfigError before any work
     preflight(study, path)
     runs_root, reports_root = Path(runs_root).resolve(), Path(reports_root).resolve()
@@ -84,7 +91,9 @@ def confirm_study(
             say(f"[{i}/{len(runs)}] {r['run_id']}: {states[r['run_id']]} — {r['params']} --set {' '.join(own)}")
         return None
     t0 = time.time()
-    for i, r in enumerate(runs, 1):
+    if jobs > 1:
+        _parallel(runs, states, runs_root, reports_root, jobs, say, path)
+    for i, r in enumerate(runs if jobs <= 1 else [], 1):
         rid, state = r["run_id"], states[r["run_id"]]
         if state == "succeeded":
             say(f"[{i}/{len(runs)}] {rid}: finished earlier, kept")
@@ -112,6 +121,67 @@ def confirm_study(
             raise StudyFailed(f"{rid}: {exc} — `python -m lvmlib confirm {path}` goes on from there") from exc
     say(f"runs done in {(time.time() - t0) / 60:.1f} min; the report")
     return confirm_report(study, path, runs_root, reports_root, progress)
+
+
+def _set(o: str | dict[str, Any]) -> str:
+    """An override for the command line: a {key: value} entry (a path, taken as data) as key="value" (YAML)."""
+    if isinstance(o, dict):
+        ((k, v),) = o.items()
+        return f"{k}={json.dumps(v)}"
+    return o
+
+
+def run_command(r: dict[str, Any], state: str, runs_root: Path, reports_root: Path) -> list[str]:
+    """The `python -m lvmlib run` that starts (state 'absent') or resumes one run of the study."""
+    roots = ["--runs-root", str(runs_root), "--reports-root", str(reports_root), "--quiet"]
+    if state != "absent":
+        return [sys.executable, "-m", "lvmlib", "run", "--resume", str(runs_root / r["run_id"]), *roots]
+    sets = [x for o in r["overrides"] for x in ("--set", _set(o))]
+    return [sys.executable, "-m", "lvmlib", "run", r["params"], "--run-id", r["run_id"], *sets, *roots]
+
+
+def _parallel(runs, states, runs_root: Path, reports_root: Path, jobs: int, say, path) -> None:
+    """Up to `jobs` runs at once, each in its own process (its lines in runs/<id>.confirm.log); a failed run does
+    not stop the others; Ctrl-C/SIGTERM stops them all (each marks itself interrupted)."""
+    todo = [(i, r) for i, r in enumerate(runs, 1) if states[r["run_id"]] != "succeeded"]
+    for i, r in enumerate(runs, 1):
+        if states[r["run_id"]] == "succeeded":
+            say(f"[{i}/{len(runs)}] {r['run_id']}: finished earlier, kept")
+    live: dict[str, tuple[subprocess.Popen, Any, float]] = {}
+    failed: list[str] = []
+    runs_root.mkdir(parents=True, exist_ok=True)
+    try:
+        while todo or live:
+            while todo and len(live) < jobs:
+                i, r = todo.pop(0)
+                rid, state = r["run_id"], states[r["run_id"]]
+                say(f"[{i}/{len(runs)}] {rid}: {'resuming (' + state + ')' if state != 'absent' else 'starting'}")
+                log = open(runs_root / f"{rid}.confirm.log", "a", encoding="utf-8")
+                proc = subprocess.Popen(
+                    run_command(r, state, runs_root, reports_root), stdout=log, stderr=subprocess.STDOUT
+                )
+                live[rid] = (proc, log, time.time())
+            time.sleep(0.5)
+            for rid, (proc, log, t) in list(live.items()):
+                if proc.poll() is None:
+                    continue
+                log.close()
+                del live[rid]
+                if proc.returncode == 0:
+                    say(f"{rid}: finished in {(time.time() - t) / 60:.1f} min")
+                else:
+                    tail = (runs_root / f"{rid}.confirm.log").read_text(errors="replace").strip().splitlines()
+                    failed.append(f"{rid}: {tail[-1] if tail else f'exit status {proc.returncode}'}")
+                    say(f"{rid}: failed — {failed[-1]}")
+    except BaseException:
+        for proc, _log, _ in live.values():
+            proc.send_signal(signal.SIGTERM)  # the runner marks its run interrupted
+        for proc, log, _ in live.values():
+            proc.wait()
+            log.close()
+        raise
+    if failed:
+        raise StudyFailed(f"{failed[0]} — `python -m lvmlib confirm {path}` goes on from there")
 
 
 def confirm_report(study: Study, path: str | Path, runs_root: Path, reports_root: Path, progress: bool = True) -> Path:
