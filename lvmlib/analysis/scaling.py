@@ -318,8 +318,10 @@ def multiple_of_baseline(
     point = finite(n_needed[0])
     reached = bool(y[0, -1] >= target[0])
     pts = f"{slope[0] * 100:+.2f} points [{s_lo * 100:+.2f}, {s_hi * 100:+.2f}]"
+    split = study[-1]["eval"].get("split", "test")
+    where = f" (every chunk of the {split} articles, {len(articles):,} {split} queries)" if bank == "test" else ""
     head = (
-        f"On the {bank!r} bank, {baseline}'s R@5 is {level[0]:.1%}; {factor:g}x that is {target[0]:.1%}, and the "
+        f"On the {bank!r} bank{where}, {baseline}'s R@5 is {level[0]:.1%}; {factor:g}x that is {target[0]:.1%}, and the "
         f"model's R@5 at {int(sizes[-1]):,} training articles is {y[0, -1]:.1%}. Per tenfold more training articles "
         f"it moves by {pts} (a + b log10 N over {len(sizes)} sizes, 95% article-bootstrap interval)."
     )
