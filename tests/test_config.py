@@ -19,7 +19,12 @@ from lvmlib.core.config import (
     parse_override,
 )
 
-PARAMS = sorted(Path(__file__).resolve().parent.parent.joinpath("params").glob("*.yaml"))
+# params files; a study file (params/confirm.yaml: top-level `study:`) is lvmlib.core.study's, tested there
+PARAMS = sorted(
+    p
+    for p in Path(__file__).resolve().parent.parent.joinpath("params").glob("*.yaml")
+    if "study" not in (yaml.safe_load(p.read_text()) or {})
+)
 SCHEMA_FILE = PARAMS[0].parent / "params.schema.json"
 
 

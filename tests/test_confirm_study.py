@@ -80,6 +80,23 @@ def test_a_bad_study_file_is_one_line_naming_the_file_and_key(tmp_path, change, 
     assert str(p) in line or "params/smoke.yaml" in line
 
 
+def test_the_committed_study_is_the_protocols():
+    """params/confirm.yaml: the headline, B1-B6 as the family (m = 6), three seeds each, S secondary, the
+    confirmatory range as the test set, every run under docs/confirmatory.md."""
+    study = load_study(ROOT / "params" / "confirm.yaml")
+    assert study.protocol == "docs/confirmatory.md" and study.family == ["B1", "B2", "B3", "B4", "B5", "B6"]
+    assert study.headline.params == "params/wiki1000_x800.yaml" and study.headline.seeds == [0, 1, 2]
+    assert [b.name for b in study.baselines] == ["copy_last", "context_mean", "ridge", "knn_successor"]
+    assert {p.id: p.role for p in study.predictors} == {
+        "H": "headline",
+        "B5": "learned",
+        "B6": "learned",
+        "S": "secondary",
+    }
+    assert {"data.test_first=2500", "data.test_articles=500", "eval.primary_bank=test"} <= set(study.common)
+    assert len(study_runs(study)) == 10
+
+
 def test_a_missing_study_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"nope.yaml: study file not found"):
         load_study(tmp_path / "nope.yaml")

@@ -48,8 +48,15 @@ def test_checksum_and_counts_match_the_readme(name):
 
 def test_every_params_file_reads_corpora_inside_the_repository():
     for params in sorted((ROOT / "params").glob("*.yaml")):
-        data = (yaml.safe_load(params.read_text()) or {}).get("data") or {}
-        for key in ("path", "extra_train_path"):
+        raw = yaml.safe_load(params.read_text()) or {}
+        if "study" in raw:  # a study file: its runs' corpora, as --set overrides
+            sets = [o for p in raw["predictors"] for o in p.get("set", [])] + raw.get("common", [])
+            data = {
+                k[5:]: v for k, v in (o.split("=", 1) for o in sets) if k.startswith("data.") and k.endswith("path")
+            }
+        else:
+            data = raw.get("data") or {}
+        for key in ("path", "extra_train_path", "test_path", "distractor_path"):
             if data.get(key):
                 path = (ROOT / data[key]).resolve()
                 assert path.is_file(), f"{params.name}: data.{key} = {data[key]} is not a file of the repository"
