@@ -318,3 +318,10 @@ def test_multiple_of_baseline_interval_spreads_with_article_noise_and_holds_the_
     assert res["slope_ci"][0] < res["fit"][1] < res["slope_ci"][1]
     with pytest.raises(ScalingFailed, match="two or more"):
         scaling.multiple_of_baseline(_held_out_study({100: 5}))
+
+
+def test_reading_note_names_the_primary_bank_and_the_split_of_the_queries():
+    ev = {"split": "val", "primary_description": "test bank (every chunk of the evaluation-split articles)"}
+    note = scaling.reading_note([{"eval": {"split": "test"}}, {"eval": ev}])
+    assert "(test bank (every chunk of the evaluation-split articles))" in note and "the val articles' windows" in note
+    assert "bootstrap over val articles" in note

@@ -82,6 +82,20 @@ def load_study(run_dirs: list[str | Path], metrics_dir: str = "metrics") -> list
     return out
 
 
+def reading_note(study: list[dict[str, Any]]) -> str:
+    """How to read the page's numbers: which bank R@5 is ranked in and which articles the queries come from
+    (each run's eval.json: the primary bank's own description, the split)."""
+    ev = study[-1]["eval"]
+    split = ev.get("split", "test")
+    bank = ev.get("primary_description") or f"the {ev.get('primary_bank', 'global')} bank"
+    return (
+        f"R@5 is on the primary bank ({bank}); the queries are the {split} articles' windows. Cosine is between the "
+        f"prediction and the true next vector. *Beats* means the paired 95% interval (bootstrap over {split} "
+        "articles, same queries) of the model minus the baseline lies above zero. `copy_last` and `context_mean` "
+        "learn nothing, so they are flat; `ridge` is fitted on each size's training windows."
+    )
+
+
 def _paired(q, model: str, other: str, n_boot: int, seed: int, col: str) -> dict[str, Any]:
     """Model minus `other` on the same queries; `col`: the ranks of the primary bank and context variant."""
     from lvmlib.metrics import article_bootstrap
