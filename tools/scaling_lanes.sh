@@ -1,6 +1,7 @@
 #!/bin/bash
 # usage: bash tools/scaling_lanes.sh RUN_ID ... (sc-n<N>: N training articles; c30-x2500: resume that data-only run;
-# c30-s16384, c30-tf, c30-tau20: issue 30's E2c, N11, N12 on the 1,600-article data); logs in logs/
+# c30-s16384, c30-tf, c30-tau20, c30-il-tau20, c30-il-tau50: issue 30's E2c, N11-N14 on the 1,600-article
+# data); logs in logs/
 # issue 26 item 3 / issue 30 N9: the fast recipe on 200..3,300 training articles (dev 800 + extra 0-2,499),
 # val articles only, best epoch on the val curve; then each run's val evaluation with the curve (select).
 cd "$(dirname "$0")/.."
@@ -15,6 +16,8 @@ lane() {
       c30-s16384) X="--set loss.bank_sample=16384" ;;
       c30-tf) X="--set model.kind=transformer" ;;
       c30-tau20) X="--set loss.temperature=0.2" ;;
+      c30-il-tau20) X="--set model.mix_init_last=4.0 --set loss.temperature=0.2" ;;
+      c30-il-tau50) X="--set model.mix_init_last=4.0 --set loss.temperature=0.5" ;;
       *) X="" ;;
     esac
     if [ -n "$X" ]; then
