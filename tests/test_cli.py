@@ -33,6 +33,21 @@ def test_committed_schema_is_what_the_schema_command_prints(capsys, tmp_path):
     assert (tmp_path / "s.json").read_text() == printed and "s.json" in capsys.readouterr().out
     schema = json.loads(printed)
     assert schema["$defs"]["TrainConfig"]["properties"]["epochs"]["minimum"] == 1
+    study = Path(__file__).resolve().parent.parent / "params" / "confirm.schema.json"
+    assert main(["schema", "--study"]) == 0
+    printed = capsys.readouterr().out
+    assert printed == study.read_text(), "params/confirm.schema.json is stale: python -m lvmlib schema --study --out it"
+    assert "family" in json.loads(printed)["properties"]
+
+
+def test_the_study_file_points_at_and_fits_its_schema():
+    import jsonschema
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent / "params"
+    text = (root / "confirm.yaml").read_text()
+    assert text.splitlines()[0] == "# yaml-language-server: $schema=confirm.schema.json"
+    jsonschema.validate(yaml.safe_load(text), json.loads((root / "confirm.schema.json").read_text()))
 
 
 def test_cache_list_and_clear(tmp_path, capsys):

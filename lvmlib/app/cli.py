@@ -12,7 +12,7 @@ confirm STUDY.yaml [--dry-run] [--jobs N]                                  the c
 export RUN_DIR --format seed-npz [--out PATH]                              the run's windows in the seed's format
 cache {list,clear,verify} [--fix]                                          the embedding cache
 check PARAMS                                                               validate a params file
-schema [--out FILE]                                                        JSON Schema of a params file
+schema [--study] [--out FILE]                                              JSON Schema of a params (or study) file
 lab [--port N]                                                             JupyterLab on 127.0.0.1
 """
 
@@ -199,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sh = sub.add_parser("schema", help="print the JSON Schema of a params file (params/params.schema.json)")
     sh.add_argument("--out", default=None, metavar="FILE", help="write it to FILE instead")
+    sh.add_argument("--study", action="store_true", help="the schema of a study file (params/confirm.schema.json)")
     return p
 
 
@@ -278,8 +279,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         import json
 
         from lvmlib.core.config import params_schema
+        from lvmlib.core.study import study_schema
 
-        text = json.dumps(params_schema(), indent=2) + "\n"
+        text = json.dumps(study_schema() if args.study else params_schema(), indent=2) + "\n"
         if args.out is None:
             sys.stdout.write(text)
         else:

@@ -20,13 +20,13 @@ from typing import Any
 
 from lvmlib.app.execute import run_notebook
 from lvmlib.app.runner import run_study
+from lvmlib.app.studies import record_page
 from lvmlib.core.config import load_config, reserved_range
 from lvmlib.core.confirm import LEDGER, committed, protocol_digest, read_ledger
 from lvmlib.core.errors import ProtocolError, StudyFailed
 from lvmlib.core.paths import NOTEBOOK_DIR
-from lvmlib.core.runs import atomic_write_json, now_iso, read_json
+from lvmlib.core.runs import now_iso, read_json
 from lvmlib.core.study import Study, load_study, study_runs
-from lvmlib.report.pages import write_index
 
 CONFIRM_NOTEBOOK = NOTEBOOK_DIR / "07_confirm.ipynb"
 
@@ -200,25 +200,22 @@ def confirm_report(study: Study, path: str | Path, runs_root: Path, reports_root
         nav=[("all runs", "index.html")],
     )
     rec = read_json(out_dir / "confirm.json") if (out_dir / "confirm.json").is_file() else {}
-    atomic_write_json(
-        reports_root / f"confirm_{study.study}.json",
-        {
-            "kind": "confirm",
-            "compare_id": f"confirm {study.study}",
-            "href": html.name,
-            "started_at": started,
-            "seconds": round(time.time() - t0, 1),
-            "status": "failed" if failure else "succeeded",
-            "failure": failure.line if failure else None,
-            "verdict": rec.get("answer") or (f"confirmatory page failed: {failure.line}" if failure else ""),
-            "runs": [
-                {"run_id": r["run_id"], "label": r["run_id"], "href": f"{r['run_id']}/index.html"}
-                for r in study_runs(study)
-                if (reports_root / r["run_id"] / "run.json").is_file()
-            ],
-        },
+    record_page(
+        reports_root,
+        f"confirm_{study.study}",
+        "confirm",
+        f"confirm {study.study}",
+        html,
+        started,
+        t0,
+        failure.line if failure else None,
+        rec.get("answer") or (f"confirmatory page failed: {failure.line}" if failure else ""),
+        [
+            {"run_id": r["run_id"], "label": r["run_id"], "href": f"{r['run_id']}/index.html"}
+            for r in study_runs(study)
+            if (reports_root / r["run_id"] / "run.json").is_file()
+        ],
     )
-    write_index(reports_root)
     if failure is not None:
         raise StudyFailed(f"{failure.line} — see {html}") from failure.exc
     if progress:

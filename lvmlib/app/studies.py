@@ -10,6 +10,7 @@ import datetime as _dt
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 from lvmlib.analysis.compare import _maybe_json, _safe, load_runs, new_compare_id, reference_index
 from lvmlib.analysis.scaling import _safe as scaling_safe
@@ -27,6 +28,40 @@ from lvmlib.report.pages import record_run, write_index
 
 COMPARE_NOTEBOOK = NOTEBOOK_DIR / "05_compare.ipynb"
 SCALING_NOTEBOOK = NOTEBOOK_DIR / "06_scaling.ipynb"
+
+
+# --------------------------------------------------------------------------- the index's record of a study page
+def record_page(
+    reports_root: Path,
+    name: str,
+    kind: str,
+    label: str,
+    html: Path,
+    started: str,
+    t0: float,
+    failure: str | None,
+    verdict: str,
+    runs: list[dict[str, Any]],
+    **extra: Any,
+) -> None:
+    """reports/<name>.json, the row `write_index` shows for a page made of several runs (compare, scaling,
+    confirm), then the index itself."""
+    atomic_write_json(
+        reports_root / f"{name}.json",
+        {
+            "kind": kind,
+            "compare_id": label,
+            "href": html.name,
+            "started_at": started,
+            "seconds": round(time.time() - t0, 1),
+            "status": "failed" if failure else "succeeded",
+            "failure": failure,
+            "verdict": verdict,
+            "runs": runs,
+            **extra,
+        },
+    )
+    write_index(reports_root)
 
 
 # --------------------------------------------------------------------------- comparisons
@@ -67,30 +102,27 @@ def compare_runs(
     )
     summary = _maybe_json(out_dir / "compare.json") or {}
     err, line = (failure.exc, failure.line) if failure else (None, None)
-    atomic_write_json(
-        reports_root / f"compare_{compare_id}.json",
-        {
-            "kind": "compare",
-            "compare_id": compare_id,
-            "href": html_path.name,
-            "started_at": started,
-            "seconds": round(time.time() - t0, 1),
-            "status": "failed" if err else "succeeded",
-            "failure": line,
-            "verdict": (summary.get("verdict") or {}).get("headline") or (f"comparison failed: {line}" if line else ""),
-            "runs": [
-                {"run_id": r.run_id, "label": r.label, "href": f"{r.run_id}/index.html" if pages[r.run_id] else None}
-                for r in runs
-            ],
-            "summary": summary.get("summary", []),
-            "reference": summary.get("reference"),
-            "vs_reference": summary.get("vs_reference", []),
-        },
+    record_page(
+        reports_root,
+        f"compare_{compare_id}",
+        "compare",
+        compare_id,
+        html_path,
+        started,
+        t0,
+        line,
+        (summary.get("verdict") or {}).get("headline") or (f"comparison failed: {line}" if line else ""),
+        [
+            {"run_id": r.run_id, "label": r.label, "href": f"{r.run_id}/index.html" if pages[r.run_id] else None}
+            for r in runs
+        ],
+        summary=summary.get("summary", []),
+        reference=summary.get("reference"),
+        vs_reference=summary.get("vs_reference", []),
     )
     for r in runs:  # their pages list the comparisons they appear in; record_run also rebuilds the index
         if pages[r.run_id]:
             record_run(reports_root, r.run_dir)
-    write_index(reports_root)
     if err is not None:
         raise CompareFailed(f"{line} — see {html_path}") from err
     return html_path
@@ -221,21 +253,18 @@ def scaling_page(
         }
         for d in run_dirs
     ]
-    atomic_write_json(
-        reports_root / f"scaling_{scaling_id}.json",
-        {
-            "kind": "scaling",
-            "compare_id": f"scaling {scaling_id}",
-            "href": html_path.name,
-            "started_at": started,
-            "seconds": round(time.time() - t0, 1),
-            "status": "failed" if err else "succeeded",
-            "failure": line,
-            "verdict": ((rec.get("verdict") or {}).get("headline") or (f"scaling page failed: {line}" if line else "")),
-            "runs": runs,
-        },
+    record_page(
+        reports_root,
+        f"scaling_{scaling_id}",
+        "scaling",
+        f"scaling {scaling_id}",
+        html_path,
+        started,
+        t0,
+        line,
+        (rec.get("verdict") or {}).get("headline") or (f"scaling page failed: {line}" if line else ""),
+        runs,
     )
-    write_index(reports_root)
     if err is not None:
         raise ScalingFailed(f"{line} — see {html_path}") from err
     if progress:

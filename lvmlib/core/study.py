@@ -98,6 +98,11 @@ class Study(_Strict):
         return len(self.family)
 
 
+def study_schema() -> dict[str, Any]:
+    """The JSON Schema of a study file (python -m lvmlib schema --study; params/confirm.schema.json)."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **Study.model_json_schema()}
+
+
 def load_study(path: str | Path) -> Study:
     """Validate a study file; ConfigError naming the file and the key. The params files it names and every
     run's overrides are validated too (load_config), so a typo fails before any training starts."""
