@@ -808,7 +808,7 @@ def test_sigterm_during_the_data_stage_is_treated_like_ctrl_c(tmp_path, lvm_cach
     sent = "The old river flows past the castle and the market of the town every single day."
     corpus = tmp_path / "big.jsonl"
     with open(corpus, "w") as fh:
-        for a in range(40):  # ~20 s of sentence splitting: the signal lands inside it
+        for a in range(160):  # ~80 s of sentence splitting: the signal lands inside it, even with a slow interrupt
             fh.write(
                 json.dumps({"title": f"A{a}", "paragraphs": [f"{sent} Article {a}, part {i}." for i in range(400)]})
                 + "\n"
