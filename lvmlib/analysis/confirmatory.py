@@ -23,13 +23,19 @@ KEYS = ["article_id", "position"]
 
 
 # --------------------------------------------------------------------------- reading the runs
-def _queries(run_dir: Path, model: str, bank: str):
+def _table(run_dir: Path, ev: dict[str, Any]):
+    """The run's queries.csv (every predictor's per-query ranks), checked against its recorded digest."""
     import pandas as pd
 
-    ev = read_json(run_dir / "metrics" / "eval.json")
     path = run_dir / "metrics" / ev.get("queries_file", "queries.csv")
     check_files([path])
-    q = pd.read_csv(path)
+    return path, pd.read_csv(path)
+
+
+def _ranks(table, model: str, bank: str):
+    """One predictor's rows of a queries.csv: article_id, position, rank (the bank, context excluded), cosine
+    (and rank_global), sorted by query key."""
+    path, q = table
     col = f"rank_{bank}"
     if col not in q.columns:
         raise RunError(f"{path}: no column {col} (the run's eval.banks lacks {bank!r})")
@@ -37,42 +43,42 @@ def _queries(run_dir: Path, model: str, bank: str):
     if q.empty:
         raise RunError(f"{path}: no rows for predictor {model!r}")
     cols = [*KEYS, col, "cosine"] + (["rank_global"] if bank != "global" and "rank_global" in q.columns else [])
-    out = q[cols].rename(columns={col: "rank"}).sort_values(KEYS).reset_index(drop=True)
-    return out, ev
+    return q[cols].rename(columns={col: "rank"}).sort_values(KEYS).reset_index(drop=True)
 
 
 def load(study: Study, runs_root: str | Path) -> dict[str, Any]:
     """Every run's per-query ranks on the primary bank: {"runs": [{predictor, seed, run_dir, eval, gates,
-    history}], "queries": {predictor id: [DataFrame per seed]}}. RunError naming the first run that is missing,
+    history}], "queries": {predictor or baseline id: [DataFrame per seed]}} (a closed-form baseline: one, from
+    the headline's runs, which must all rank it alike). RunError naming the first run that is missing,
     unfinished or scored other queries."""
     runs_root = Path(runs_root)
     runs, per = [], {}
     head = study.headline.id
-    ref = None
+    ref, base = None, {b.id: [] for b in study.baselines}
     for r in study_runs(study):
         d = runs_root / r["run_id"]
         if not (d / "metrics" / "eval.json").is_file():
             raise RunError(f"{d}: no metrics/eval.json — run `python -m lvmlib confirm` to finish the study")
         ev = read_json(d / "metrics" / "eval.json")
-        q, _ = _queries(d, ev["primary_model"], study.primary_bank)
+        table = _table(d, ev)
+        q = _ranks(table, ev["primary_model"], study.primary_bank)
         if ref is None:
             ref = q[KEYS]
         elif len(q) != len(ref) or not (q[KEYS].to_numpy() == ref.to_numpy()).all():
             raise RunError(f"{d}: scored other queries than {study_runs(study)[0]['run_id']} — not a paired study")
+        if r["predictor"] == head:
+            for b in study.baselines:
+                base[b.id].append(_ranks(table, b.name, study.primary_bank))
         gates = read_json(d / "gates.json") if (d / "gates.json").is_file() else {}
         hist = read_json(d / "metrics" / "train.json") if (d / "metrics" / "train.json").is_file() else {}
         runs.append({**r, "run_dir": str(d), "eval": ev, "gates": gates, "history": hist})
         per.setdefault(r["predictor"], []).append(q)
-    first = next(x for x in runs if x["predictor"] == head)
     for b in study.baselines:
-        seen = []
-        for x in (x for x in runs if x["predictor"] == head):
-            qb, _ = _queries(Path(x["run_dir"]), b.name, study.primary_bank)
-            seen.append(qb)
+        seen = base[b.id]
         if any(not np.array_equal(s["rank"].to_numpy(), seen[0]["rank"].to_numpy()) for s in seen[1:]):
             raise RunError(f"baseline {b.name}: its ranks differ between the runs of {head} (different data?)")
         per[b.id] = seen[:1]
-    return {"runs": runs, "queries": per, "baseline_run": first["run_dir"]}
+    return {"runs": runs, "queries": per}
 
 
 # --------------------------------------------------------------------------- pooling and comparing
@@ -156,13 +162,12 @@ def analyse(study: Study, loaded: dict[str, Any]) -> dict[str, Any]:
         for pid, v in P.items()
     ]
     seeds = [_seed_row(study, r) for r in loaded["runs"]]
+    names = {b.id: b.name for b in study.baselines}
     for row in predictors:  # ℓ2 and contrastive accuracy: the seeds' mean of what eval.json reports
-        mine = [s for s in seeds if s["predictor"] == row["id"]] or [
-            s | {"l2": s["baselines"][b.name]["l2"], "contrastive": s["baselines"][b.name]["contrastive"]}
-            for b in study.baselines
-            if b.id == row["id"]
-            for s in seeds[:1]
-        ]
+        if row["id"] in names:  # a closed-form baseline: as the headline's first run scored it
+            mine = [seeds[0]["baselines"][names[row["id"]]]]
+        else:
+            mine = [s for s in seeds if s["predictor"] == row["id"]]
         row["l2"] = _mean(s["l2"] for s in mine)
         row["contrastive"] = _mean(s["contrastive"] for s in mine)
     reads = [r["eval"].get("confirmatory_read") for r in loaded["runs"]]

@@ -93,34 +93,33 @@ def confirm_study(
     t0 = time.time()
     if jobs > 1:
         _parallel(runs, states, runs_root, reports_root, jobs, say, path)
-    for i, r in enumerate(runs if jobs <= 1 else [], 1):
+    else:
+        _in_turn(runs, states, runs_root, reports_root, progress, say, path)
+    say(f"runs done in {(time.time() - t0) / 60:.1f} min; the report")
+    return confirm_report(study, path, runs_root, reports_root, progress)
+
+
+def _in_turn(runs, states, runs_root: Path, reports_root: Path, progress: bool, say, path) -> None:
+    """One run after the other, in this process (the runner's own signal handling and console)."""
+    for i, r in enumerate(runs, 1):
         rid, state = r["run_id"], states[r["run_id"]]
         if state == "succeeded":
             say(f"[{i}/{len(runs)}] {rid}: finished earlier, kept")
             continue
         say(f"[{i}/{len(runs)}] {rid}: {'resuming (' + state + ')' if state != 'absent' else 'starting'}")
+        resume = runs_root / rid if state != "absent" else None  # a finished stage is not run again
         try:
-            if state == "absent":
-                run_study(
-                    r["params"],
-                    r["overrides"],
-                    run_id=rid,
-                    runs_root=runs_root,
-                    reports_root=reports_root,
-                    progress=progress,
-                )
-            else:
-                run_study(
-                    r["params"],
-                    resume=runs_root / rid,
-                    runs_root=runs_root,
-                    reports_root=reports_root,
-                    progress=progress,
-                )
+            run_study(
+                r["params"],
+                [] if resume else r["overrides"],
+                run_id=None if resume else rid,
+                runs_root=runs_root,
+                reports_root=reports_root,
+                resume=resume,
+                progress=progress,
+            )
         except StudyFailed as exc:
             raise StudyFailed(f"{rid}: {exc} — `python -m lvmlib confirm {path}` goes on from there") from exc
-    say(f"runs done in {(time.time() - t0) / 60:.1f} min; the report")
-    return confirm_report(study, path, runs_root, reports_root, progress)
 
 
 def _set(o: str | dict[str, Any]) -> str:

@@ -99,9 +99,7 @@ def secondary_table(result: dict[str, Any]) -> pd.DataFrame:
     names = {p["id"]: p["label"] for p in result["predictors"]}
     rows = []
     for r in result["secondary"]:
-        if r["metric"] == "cos":
-            val = f"{r['delta']:+.4f} [{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}]"
-        elif r["metric"] == "mrr":
+        if r["metric"] in ("cos", "mrr"):
             val = f"{r['delta']:+.4f} [{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}]"
         else:
             val = _pts(r["delta"], r["ci"]) + " points"
