@@ -54,7 +54,8 @@ def main() -> None:
                 run.mkdir()
                 os.symlink(data, run / "data")
                 cfg = load_config(args.params, [*sets, "train.epochs=1", f"train.max_train_windows={args.windows}"])
-                epochs = load_config(args.params, list(sets)).train.epochs
+                tc = load_config(args.params, list(sets)).train
+                epochs = min(tc.stop_epoch or tc.epochs, tc.epochs)  # the epochs it trains
                 train(cfg, run, progress=False)
                 h = json.loads((run / "history.json").read_text())[-1]
                 epoch_s = n_train / h["seq_per_s"] + h["val_seconds"]

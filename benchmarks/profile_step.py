@@ -103,7 +103,8 @@ def recipe_child(spec: dict) -> dict:
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(spec["bank"], D_VEC)).astype(np.float32)
     if cfg.loss.negatives == "bank":
-        loss_fn.bank = L.BankNegatives(vectors, np.arange(spec["bank"]), np.arange(spec["bank"]))
+        n = spec["bank"]
+        loss_fn.bank = L.BankNegatives(vectors, np.arange(n), np.arange(n), dtype=cfg.loss.bank_dtype)
     opt = torch.optim.AdamW(M.param_groups(model, 0.01) + loss_fn.param_groups(0.01), lr=1e-4)
     rows = (rng.integers(0, spec["bank"], size=(b, k)), rng.integers(0, spec["bank"], size=b))
     ctx, tgt = torch.from_numpy(vectors[rows[0]]), torch.from_numpy(vectors[rows[1]])

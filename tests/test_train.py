@@ -409,6 +409,7 @@ def test_closed_form_baseline_fits_and_saves(tmp_path):
         ("model.kind=gru",),
         ("model.kind=transformer", "model.residual=last"),
         ("model.kind=context_mix", "loss.negatives=bank"),
+        ("loss.negatives=bank", "loss.bank_dtype=bfloat16", "model.residual=context_mix"),
     ],
 )
 def test_variants_train(tmp_path, overrides):
@@ -525,3 +526,25 @@ def test_torchrun_two_processes_trains(tmp_path):
     last = torch.load(run_dir / "last.pt", weights_only=True)
     assert len(last["rng"]) == 2  # both ranks' RNG streams are kept for resume
     assert "x2" in (run_dir / "train.log").read_text()
+
+
+def test_stop_epoch_ends_early_on_the_full_schedule(tmp_path):
+    """train.stop_epoch = 2 with train.epochs = 4: the run is the first two epochs of the 4-epoch run (same
+    lr schedule, same draws: identical history but timing, identical weights), stop reason stop_epoch;
+    resumed with stop_epoch 0 it goes on to the 4-epoch run's end."""
+    over = ("loss.negatives=bank", "model.residual=last", "train.epochs=4", "train.patience=10")
+    full = make_run_dir(tmp_path / "full", overrides=over)
+    h_full = T.train(cfg_of(full), full, progress=False)
+    short = make_run_dir(tmp_path / "short", overrides=(*over, "train.stop_epoch=2"))
+    h = T.train(cfg_of(short), short, progress=False)
+    assert len(h_full) == 4 and len(h) == 2 and h[-1]["stop_reason"] == "stop_epoch"
+    a, b = strip_timing(h), strip_timing(h_full[:2])
+    for r in (*a, *b):
+        r.pop("stop_reason", None)
+    assert a == b
+    assert h[-1]["lr"] == h_full[1]["lr"] > h_full[-1]["lr"]  # the schedule still spans 4 epochs
+    h2 = T.train(cfg_of(short, "train.stop_epoch=0"), short, resume=True, progress=False)
+    assert len(h2) == 4 and h2[-1]["stop_reason"] == "completed"
+    x = torch.load(short / "last.pt", weights_only=True)["model"]
+    y = torch.load(full / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(x[k], y[k]) for k in x)

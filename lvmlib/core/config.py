@@ -276,12 +276,23 @@ class LossConfig(_Section):
         description="bank negatives: a fresh uniform subset of this many train chunks per optimizer step, "
         "their softmax mass scaled by M/S (0 = every chunk, exact)",
     )
+    bank_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="bank negatives: the two matmuls with the bank (logits and their gradient) in float32 or "
+        "bfloat16 (bank stored in bf16; softmax, loss and the query gradient stay float32)",
+    )
 
 
 class TrainConfig(_Section):
     """train: the optimiser, the schedule, the augmentations and when to stop."""
 
     epochs: Annotated[Int, Why("early stopping ends any run long before")] = Field(10, ge=1, le=100_000)
+    stop_epoch: ZeroIsAll = Field(
+        0,
+        ge=0,
+        description="end training after this epoch while the lr schedule still spans train.epochs (a schedule "
+        "that stops where val peaked; 0 = train.epochs)",
+    )
     batch_size: Annotated[
         Int,
         Says("must be >= 2 (InfoNCE needs at least 2 samples per batch)"),

@@ -115,11 +115,40 @@ def bank_info_nce(
     q = F.normalize(q.float(), dim=-1)  # (B, D)
     t = F.normalize(target.float(), dim=-1)  # (B, D)
     pos = scale * (q * t).sum(-1)  # (B)
+    if bank.dtype != torch.float32:  # a bf16 bank: both matmuls in bf16 (fp32 accumulation), the rest float32
+        none = torch.empty(0, dtype=torch.long, device=q.device)
+        qi, cols = exclude if exclude is not None else (none, none)
+        lse = _LowPrecisionBankLSE.apply(q * scale, bank, qi, cols)
+        return (torch.logaddexp(pos, lse + log_weight) - pos).mean()
     logits = (q * scale) @ bank.T  # (B, M); mm's backward keeps its inputs, not this, so in place is safe
     if exclude is not None and exclude[0].numel():
         logits.index_put_(exclude, torch.tensor(float("-inf"), device=logits.device))
     # log(e^pos + sum e^logits) without concatenating a (B, M + 1) copy
     return (torch.logaddexp(pos, torch.logsumexp(logits, dim=1) + log_weight) - pos).mean()
+
+
+class _LowPrecisionBankLSE(torch.autograd.Function):
+    """logsumexp over a bf16 bank's logits, (B, D) x (M, D) -> (B), excluded (query, column) pairs at -inf.
+
+    Both matmuls (the logits, and the softmax times the bank in the backward) run in the bank's dtype; the
+    logits are kept once in float32 and the backward turns them into the softmax in place, so no (B, M)
+    temporaries beyond that one (autograd's generic path made ~6 of them, as much time as the bf16 matmuls)."""
+
+    @staticmethod
+    def forward(ctx, qs: torch.Tensor, bank: torch.Tensor, qi: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        logits = (qs.to(bank.dtype) @ bank.T).float()  # (B, M)
+        if qi.numel():
+            logits.index_put_((qi, cols), torch.tensor(float("-inf"), device=logits.device))
+        lse = torch.logsumexp(logits, dim=1)
+        ctx.save_for_backward(logits, lse, bank)
+        return lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        logits, lse, bank = ctx.saved_tensors
+        p = logits.sub_(lse[:, None]).exp_().mul_(grad[:, None])  # softmax x upstream gradient; -inf -> 0
+        return (p.to(bank.dtype) @ bank).float(), None, None, None
 
 
 class BankNegatives:
@@ -129,17 +158,26 @@ class BankNegatives:
     groups (M,) duplicate-group ids (`metrics.duplicate_groups`: rows with bit-identical vectors share one).
     `exclusions(ctx_rows (b, K), tgt_rows (b,))` -> (query index, column) pairs: every bank column whose
     group is the target's or one of the context rows' groups.
+    `dtype` "bfloat16" (`loss.bank_dtype`) stores the bank in bf16, so `bank_info_nce` runs its two
+    matmuls in bf16 (on a CPU with avx512_bf16 ~2-3x faster than float32 here; benchmarks/profile_step.py).
     `draw(rng, n)` picks the negatives of the next optimizer step: `active` is every row (n = 0) or a fresh
     uniform subset of n rows (`log_weight` = log(M / n)); `exclusions` then names columns of `active`."""
 
-    def __init__(self, vectors: np.ndarray, rows: np.ndarray, groups: np.ndarray, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        rows: np.ndarray,
+        groups: np.ndarray,
+        device: torch.device | str = "cpu",
+        dtype: str = "float32",
+    ):
         rows = np.asarray(rows, dtype=np.int64)
         bank = F.normalize(torch.from_numpy(np.asarray(vectors[rows], dtype=np.float32)), dim=-1)  # (M_t, D)
         # all-MiniLM-L6-v2 leaves two of its 384 dimensions at ~1e-38 in every vector: times the softmax
         # gradient (down to ~1e-11) those make subnormal products, on which MKL's sgemm of the backward
         # (grad (B, M) @ bank) ran 12x slower (3.3 vs 0.26 s at M = 167K on this CPU). Entries below 1e-30
         # cannot move a float32 logit (a sum of O(0.01) terms), so they become exact zeros.
-        self.bank = bank.masked_fill(bank.abs() < TINY, 0.0).to(device)
+        self.bank = bank.masked_fill(bank.abs() < TINY, 0.0).to(device=device, dtype=getattr(torch, dtype))
         groups = np.asarray(groups, dtype=np.int64)
         col = np.full(len(groups), -1, dtype=np.int64)
         col[rows] = np.arange(len(rows))
