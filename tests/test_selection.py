@@ -191,3 +191,44 @@ def test_select_tag_scores_a_blended_variant_beside_the_plain_one(tiny_run, tmp_
     huge = read_json(run / "metrics_val_huge" / "eval.json")
     m, c = huge["models"][huge["primary_model"]], huge["models"]["copy_last"]
     assert m["pred_target_cosine"] == pytest.approx(c["pred_target_cosine"], abs=1e-3)
+
+
+def test_select_pools_average_seeds_per_query_then_pair_the_pools(monkeypatch):
+    """versus_pools: each pool's hit@5 and cosine are averaged over its runs per val query, then every pool minus
+    the first, paired: hand-built ranks for 2 + 2 runs over 4 queries of 2 articles."""
+    import pandas as pd
+
+    import lvmlib.analysis.compare as C
+    from lvmlib.analysis.selection import parse_pools, versus_pools
+
+    ranks = {  # run -> (ranks, cosines) for queries (article, position) (1,5) (1,6) (2,5) (2,6)
+        "r0": ([1, 9, 3, 20], [0.5, 0.4, 0.6, 0.3]),
+        "r1": ([2, 4, 30, 20], [0.5, 0.6, 0.4, 0.3]),
+        "c0": ([1, 1, 1, 20], [0.6, 0.4, 0.6, 0.3]),
+        "c1": ([9, 4, 3, 5], [0.5, 0.6, 0.6, 0.5]),
+    }
+
+    def frame(run):
+        r, c = ranks[run]
+        return pd.DataFrame(
+            {"article_id": [2, 2, 1, 1], "position": [5, 6, 5, 6], "rank": r[2:] + r[:2], "cosine": c[2:] + c[:2]}
+        )  # stored out of order: the pooling sorts by query
+
+    monkeypatch.setattr(C, "load_run", lambda run, metrics_dir: run)
+    monkeypatch.setattr(C, "primary_ranks", lambda run, bank=None: frame(run))
+    out = versus_pools({"R": ["r0", "r1"], "C": ["c0", "c1"]})
+    lines = out.splitlines()
+    # hit@5 per query (1,5) (1,6) (2,5) (2,6), mean of the seeds: R 1, .5, .5, 0 -> 50%; C .5, 1, 1, .5 -> 75%
+    assert lines[3].startswith("| R | 2 | 50.00% | – | ")
+    assert lines[4].startswith("| C | 2 | 75.00% | +25.00 [")
+    cos_r, cos_c = (
+        (0.5 + 0.5 + 0.4 + 0.6 + 0.6 + 0.4 + 0.3 + 0.3) / 8,
+        (0.6 + 0.5 + 0.4 + 0.6 + 0.6 + 0.6 + 0.3 + 0.5) / 8,
+    )
+    assert f"| {cos_c:.4f} | {cos_c - cos_r:+.4f} [" in lines[4]
+    with pytest.raises(RequestError, match="--pool 'R': expected NAME=RUN"):
+        parse_pools(["R"], ["r0"])
+    with pytest.raises(RequestError, match="r9 is not one of the runs given"):
+        parse_pools(["R=r0", "C=r9"], ["r0"])
+    with pytest.raises(RequestError, match="two pools or more"):
+        parse_pools(["R=r0"], ["r0"])

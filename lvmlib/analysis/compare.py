@@ -256,7 +256,7 @@ def primary_rank_column(ev: dict[str, Any], bank: str | None = None) -> str:
     return col + "_incl_context" if ev.get("primary_context", "context_excluded") == "context_included" else col
 
 
-def _primary_ranks(run: RunView, bank: str | None):
+def primary_ranks(run: RunView, bank: str | None = None):
     """(article_id, position, rank) of the run's trained model on `bank` (primary context variant)."""
     import pandas as pd
 
@@ -286,7 +286,7 @@ def paired_difference(
     """
     from lvmlib.metrics import article_bootstrap
 
-    qa, qb = _primary_ranks(a, bank), _primary_ranks(b, bank)
+    qa, qb = primary_ranks(a, bank), primary_ranks(b, bank)
     if qa is None or qb is None or qa.empty:
         return None
     m = qa.merge(qb, on=["article_id", "position"], suffixes=("_a", "_b"))

@@ -192,9 +192,12 @@ def select(
     data: str | Path | None = None,
     overrides: list[str] | None = None,
     tag: str = "",
+    pools: list[str] | None = None,
 ) -> str:
     """The table and the pick line for these runs, as `python -m lvmlib select` prints them; with `reference`
-    (one of the runs), also every other run minus it on the same val queries (`versus_reference_val`)."""
+    (one of the runs), also every other run minus it on the same val queries (`versus_reference_val`); with
+    `pools` ("NAME=RUN,RUN,..." each: one recipe's seeds), each recipe's seeds pooled per query and every pool
+    minus the first (`versus_pools`)."""
     if not runs:
         raise RequestError("select: give one or more trained run directories")
     if rule not in RULES:
@@ -216,7 +219,72 @@ def select(
         + ")"
     )
     out = (curve_table(cards) if rule == "curve" else table(cards)) + "\n" + verdict
-    return out + ("\n\n" + versus_reference_val(runs, reference, val_dir(data, tag)) if reference is not None else "")
+    if reference is not None:
+        out += "\n\n" + versus_reference_val(runs, reference, val_dir(data, tag))
+    if pools:
+        out += "\n\n" + versus_pools(parse_pools(pools, runs), val_dir(data, tag))
+    return out
+
+
+def parse_pools(pools: list[str], runs: list[str | Path]) -> dict[str, list[str]]:
+    """["R=runs/a,runs/b", "C=runs/c,runs/d"] -> {"R": [...], "C": [...]}; every run must be one of `runs`."""
+    given = {Path(r).resolve() for r in runs}
+    out: dict[str, list[str]] = {}
+    for p in pools:
+        name, sep, members = p.partition("=")
+        paths = [m for m in members.split(",") if m]
+        if not sep or not name or not paths:
+            raise RequestError(f"select --pool {p!r}: expected NAME=RUN[,RUN...], e.g. R=runs/r-s0,runs/r-s1")
+        for m in paths:
+            if Path(m).resolve() not in given:
+                raise RequestError(f"select --pool {p!r}: {m} is not one of the runs given")
+        out[name] = paths
+    if len(out) < 2:
+        raise RequestError("select --pool: give two pools or more (the first is the reference)")
+    return out
+
+
+def versus_pools(pools: dict[str, list[str]], metrics_dir: str = VAL_DIR, n_boot: int = 1000) -> str:
+    """Each pool (one recipe's seeds) averaged per val query — hit@5 and cosine of the primary bank — then every
+    pool minus the first, paired over the same queries, 95% article-bootstrap intervals. Pooling seeds puts some
+    of the training's own variation into the comparison; one seed each measures only the queries."""
+    from lvmlib.analysis.compare import load_run, primary_ranks
+    from lvmlib.analysis.confirmatory import KEYS, pooled
+    from lvmlib.metrics import article_bootstrap
+
+    means, keys = {}, None
+    for name, members in pools.items():
+        frames = []
+        for m in members:
+            q = primary_ranks(load_run(m, metrics_dir))
+            if q is None:
+                raise RequestError(f"{m}: no per-query val ranks in {metrics_dir}/ (run select on it first)")
+            q = q.sort_values(KEYS).reset_index(drop=True)
+            if keys is None:
+                keys = q[KEYS]
+            elif len(q) != len(keys) or not (q[KEYS].to_numpy() == keys.to_numpy()).all():
+                raise RequestError(f"{m}: scored other val queries than {next(iter(pools.values()))[0]}")
+            frames.append(q)
+        means[name] = pooled(frames, 5)
+    ref = next(iter(pools))
+    lines = [
+        f"seeds pooled per val query, minus {ref} ({len(pools[ref])} run(s)):",
+        "| pool | runs | R@5 | Δ R@5 (points) | cosine | Δ cosine |",
+        "|---|---|---|---|---|---|",
+    ]
+    articles = keys["article_id"].to_numpy()
+    for name, m in means.items():
+        row = f"| {name} | {len(pools[name])} | {m['hit'].mean() * 100:.2f}% |"
+        if name == ref:
+            lines.append(row + f" – | {m['cosine'].mean():.4f} | – |")
+            continue
+        d = {"hit": m["hit"] - means[ref]["hit"], "cosine": m["cosine"] - means[ref]["cosine"]}
+        ci = article_bootstrap(d, articles, n_boot=n_boot)
+        lines.append(
+            row + f" {d['hit'].mean() * 100:+.2f} [{ci['hit'][0] * 100:+.2f}, {ci['hit'][1] * 100:+.2f}] | "
+            f"{m['cosine'].mean():.4f} | {d['cosine'].mean():+.4f} [{ci['cosine'][0]:+.4f}, {ci['cosine'][1]:+.4f}] |"
+        )
+    return "\n".join(lines)
 
 
 def versus_reference_val(runs: list[str | Path], reference: str | Path, metrics_dir: str = VAL_DIR) -> str:

@@ -5,7 +5,7 @@ status RUN                                                                 train
 verify RUN                                                                 every recorded file against its sha256
 eval RUN_DIR --data PAYLOAD_OR_PARAMS                                      score a checkpoint elsewhere
 compare RUN_DIR [RUN_DIR ...] [--reference RUN_DIR]                        runs side by side (paired vs a reference)
-select RUN_DIR [RUN_DIR ...] [--force] [--reference RUN_DIR] [--data DIR]   pick a recipe on val articles only
+select RUN_DIR [RUN_DIR ...] [--force] [--reference RUN_DIR] [--pool N=RUN,RUN] [--data DIR]   pick a recipe on val articles only
 scaling PARAMS --articles 100,300,1000 [--corpus JSONL] [--set k=v ...]    one run per training-set size + page
 study                                                                      V1/V2 pair + comparison
 confirm STUDY.yaml [--dry-run] [--jobs N]                                  the confirmatory study + its report
@@ -105,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference",
         metavar="RUN_DIR",
         help="one of the runs: also print every other run minus it, paired on the same val queries",
+    )
+    se.add_argument(
+        "--pool",
+        dest="pools",
+        action="append",
+        default=[],
+        metavar="NAME=RUN,RUN",
+        help="one recipe's seeds (runs given above), pooled per val query; with two or more, every pool minus the "
+        "first, paired (repeat the flag)",
     )
     se.add_argument(
         "--data",
@@ -330,6 +339,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 data=args.data,
                 overrides=args.overrides,
                 tag=args.tag,
+                pools=args.pools,
             )
         )
         if args.figure:
