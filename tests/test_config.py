@@ -191,7 +191,7 @@ def test_schema_and_loader_refuse_the_same_values(tmp_path, doc, key):
 KNOWN_TRAIN = (
     "article_dropout, article_dropout_positions, batch_size, best_metric, bf16, decision_tree, device, "
     "early_stop_metric, epochs, grad_accum, grad_clip, lr, max_train_windows, min_lr_ratio, negatives, nproc, "
-    "patience, seed, span_corruption, threads, val_max_queries, warmup_steps, weight_decay"
+    "patience, seed, span_corruption, stop_epoch, threads, val_max_queries, warmup_steps, weight_decay"
 )
 MESSAGES = [
     # unknown keys and sections
