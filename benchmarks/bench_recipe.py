@@ -39,7 +39,7 @@ def main() -> None:
     from lvmlib.core.config import load_config
     from lvmlib.core.errors import DataError
     from lvmlib.data.prepare import load_prepared
-    from lvmlib.train.loop import train
+    from lvmlib.train.loop import last_epoch, train
 
     try:
         prep = load_prepared(args.run_dir)  # DataError names the missing file
@@ -54,8 +54,7 @@ def main() -> None:
                 run.mkdir()
                 os.symlink(data, run / "data")
                 cfg = load_config(args.params, [*sets, "train.epochs=1", f"train.max_train_windows={args.windows}"])
-                tc = load_config(args.params, list(sets)).train
-                epochs = min(tc.stop_epoch or tc.epochs, tc.epochs)  # the epochs it trains
+                epochs = last_epoch(load_config(args.params, list(sets)).train)  # the epochs it trains
                 train(cfg, run, progress=False)
                 h = json.loads((run / "history.json").read_text())[-1]
                 epoch_s = n_train / h["seq_per_s"] + h["val_seconds"]

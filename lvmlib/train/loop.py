@@ -96,7 +96,7 @@ def _train_log(run_dir: Path, enabled: bool):
         handler.close()
 
 
-def _last_epoch(t) -> int:
+def last_epoch(t) -> int:
     """The last epoch this run trains: train.stop_epoch when set (the schedule still spans train.epochs)."""
     return min(t.stop_epoch or t.epochs, t.epochs)
 
@@ -294,7 +294,7 @@ class _Trainer:
                     host=platform.node(),
                     state="running",
                     started_at=time.time(),
-                    epochs=_last_epoch(self.cfg.train),
+                    epochs=last_epoch(self.cfg.train),
                     steps_per_epoch=self.steps_per_epoch,
                     error=None,
                     n_params=self.n_params,
@@ -329,7 +329,7 @@ class _Trainer:
         self._prepare_steps()
         if self.main and start == 1:
             _log(self._start_line())
-        for epoch in range(start, _last_epoch(t) + 1):
+        for epoch in range(start, last_epoch(t) + 1):
             t0 = time.time()
             sums, n_seen, lr_used = self._epoch(epoch, opt, sched, params)
             if self._end_epoch(epoch, t0, sums, n_seen, lr_used, history, state, opt, sched):
@@ -453,7 +453,7 @@ class _Trainer:
         self.sampler.set_epoch(epoch)
         order = np.fromiter(iter(self.sampler), dtype=np.int64)  # (n / W) this rank's windows
         sums = {"loss": 0.0, "infonce": 0.0, "ar_cosine": 0.0, "grad_norm": 0.0}
-        bar = _progress_bar(self.steps_per_epoch, f"epoch {epoch}/{_last_epoch(t)}", self.progress)
+        bar = _progress_bar(self.steps_per_epoch, f"epoch {epoch}/{last_epoch(t)}", self.progress)
         self._progress_file(epoch=epoch, step=0, epoch_started_at=time.time())
         last_write, lr_used = time.time(), opt.param_groups[0]["lr"]
         self.model.train()
@@ -586,8 +586,7 @@ class _Trainer:
     def _finish(self, history: list, state: dict) -> None:
         t = self.cfg.train
         if state["stop_reason"] is None:
-            at_stop = _last_epoch(t) < t.epochs and len(history) >= _last_epoch(t)
-            state["stop_reason"] = "stop_epoch" if at_stop else "completed"
+            state["stop_reason"] = "stop_epoch" if last_epoch(t) < t.epochs else "completed"
         if history:
             history[-1]["stop_reason"] = state["stop_reason"]
             atomic_write_json(self.run_dir / "history.json", history)

@@ -117,14 +117,14 @@ def bank_info_nce(
     pos = scale * (q * t).sum(-1)  # (B)
     if bank.dtype != torch.float32:  # a bf16 bank: both matmuls in bf16 (fp32 accumulation), the rest float32
         none = torch.empty(0, dtype=torch.long, device=q.device)
-        qi, cols = exclude if exclude is not None else (none, none)
-        lse = _LowPrecisionBankLSE.apply(q * scale, bank, qi, cols)
-        return (torch.logaddexp(pos, lse + log_weight) - pos).mean()
-    logits = (q * scale) @ bank.T  # (B, M); mm's backward keeps its inputs, not this, so in place is safe
-    if exclude is not None and exclude[0].numel():
-        logits.index_put_(exclude, torch.tensor(float("-inf"), device=logits.device))
+        lse = _LowPrecisionBankLSE.apply(q * scale, bank, *(exclude if exclude is not None else (none, none)))
+    else:
+        logits = (q * scale) @ bank.T  # (B, M); mm's backward keeps its inputs, not this, so in place is safe
+        if exclude is not None and exclude[0].numel():
+            logits.index_put_(exclude, torch.tensor(float("-inf"), device=logits.device))
+        lse = torch.logsumexp(logits, dim=1)
     # log(e^pos + sum e^logits) without concatenating a (B, M + 1) copy
-    return (torch.logaddexp(pos, torch.logsumexp(logits, dim=1) + log_weight) - pos).mean()
+    return (torch.logaddexp(pos, lse + log_weight) - pos).mean()
 
 
 class _LowPrecisionBankLSE(torch.autograd.Function):
@@ -159,7 +159,7 @@ class BankNegatives:
     `exclusions(ctx_rows (b, K), tgt_rows (b,))` -> (query index, column) pairs: every bank column whose
     group is the target's or one of the context rows' groups.
     `dtype` "bfloat16" (`loss.bank_dtype`) stores the bank in bf16, so `bank_info_nce` runs its two
-    matmuls in bf16 (on a CPU with avx512_bf16 ~2-3x faster than float32 here; benchmarks/profile_step.py).
+    matmuls in bf16 (with avx512_bf16 the bank loss ~1.9x faster than float32 here; benchmarks/profile_step.py).
     `draw(rng, n)` picks the negatives of the next optimizer step: `active` is every row (n = 0) or a fresh
     uniform subset of n rows (`log_weight` = log(M / n)); `exclusions` then names columns of `active`."""
 
